@@ -1,0 +1,51 @@
+"""celery-events: an event bus between Celery services.
+
+A service publishes named events; every service that subscribed a handler to a matching name
+or pattern gets its own delivery, an ordinary Celery task on its own queue.
+
+>>> from celery import Celery
+>>> from celery_events import EventBus, Event
+>>> bus = EventBus(Celery("orders", broker="redis://127.0.0.1:6379/0"), service="orders")
+"""
+
+from .bus import Delivery, EventBus, PublishResult, bus_for
+from .envelope import Event
+from .errors import (
+    CeleryEventsError,
+    ConfigurationError,
+    EventTooLarge,
+    InvalidEnvelope,
+    InvalidEventData,
+    InvalidEventName,
+    InvalidPattern,
+    NoSubscribersError,
+    PublishError,
+    RegistryError,
+)
+from .registry import Registry, Subscription
+from .settings import Settings
+
+__all__ = [
+    # the bus
+    "EventBus",
+    "bus_for",
+    "Event",
+    "PublishResult",
+    "Delivery",
+    "Subscription",
+    "Registry",
+    "Settings",
+    # errors
+    "CeleryEventsError",
+    "ConfigurationError",
+    "InvalidEventName",
+    "InvalidPattern",
+    "InvalidEventData",
+    "EventTooLarge",
+    "InvalidEnvelope",
+    "NoSubscribersError",
+    "PublishError",
+    "RegistryError",
+]
+
+__version__ = "0.1.0"

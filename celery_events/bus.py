@@ -1,0 +1,370 @@
+"""The event bus: ``publish`` and ``subscribe`` for one service's Celery app.
+
+Delivery guarantee: at least once. Each subscription gets its own Celery task message, so each
+delivery has its own task id, retries and failure. There is no ordering across subscribers, and
+a handler may see an event twice after a crash, so handlers should be idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from celery import Celery
+
+from . import _redis
+from ._delivery import Handler, HandlerFunc, current_event, register_task
+from ._fanout import Fanout, KombuFanout, RedisFanout
+from ._messages import build_messages, encode_body
+from .envelope import Event, encode_data
+from .errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError
+from .names import validate_name, validate_pattern
+from .registry import Registry, Subscription
+from .settings import Settings, validate_service_name
+
+__all__ = ["EventBus", "PublishResult", "Delivery"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=HandlerFunc)
+
+_HANDLER_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+_BUSES: weakref.WeakKeyDictionary[Celery, EventBus] = weakref.WeakKeyDictionary()
+_BUSES_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event sent to one handler: one Celery task."""
+
+    service: str
+    #: The handler's Celery task name.
+    handler: str
+    queue: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What a publish sent: the event and one delivery per matching subscription."""
+
+    event: Event
+    deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
+
+
+class EventBus:
+    """Publish events from, and subscribe handlers in, the Celery app of one service.
+
+    >>> app = Celery("orders", broker="redis://127.0.0.1:6379/0")
+    >>> bus = EventBus(app, service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome_order(event: Event) -> None:
+    ...     print(event.data["user_id"])
+    >>> bus.publish("order.created", {"order_id": 1})            # doctest: +SKIP
+
+    ``celery -A orders worker`` then consumes ``events.orders`` and records the service's
+    subscriptions in the registry before it starts consuming. Keyword settings are listed in
+    :class:`~celery_events.settings.Settings` and the README.
+    """
+
+    def __init__(self, app: Celery, service: str, **settings: Any) -> None:
+        self.app = app
+        self.service = validate_service_name(service)
+        self.settings = Settings.from_options(settings)
+        self._handlers: dict[str, Handler] = {}
+        self._lock = threading.RLock()
+        self._registry: Registry | None = None
+        self._fanout: Fanout | None = None
+        self._published_names: set[str] = set()
+        with _BUSES_LOCK:
+            existing = _BUSES.get(app)
+            if existing is not None:
+                raise ConfigurationError(
+                    f"The Celery app {app.main!r} already has an event bus for service"
+                    f" {existing.service!r}; a second EventBus(app, service={service!r}) would"
+                    " split its handlers. Create one bus per app and import it where needed"
+                    " (celery_events.bus_for(app) returns it)."
+                )
+            _BUSES[app] = self
+        from . import _worker  # noqa: F401  (connects the worker start-up hook)
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[F], F]:
+        """Subscribe the decorated function to events whose name matches ``pattern``.
+
+        ``pattern`` is an event name or uses ``*`` (one word) and ``#`` (zero or more words).
+        ``name`` is the handler's name, unique in the service (default: the function's name);
+        its Celery task is ``{service}.{name}``. ``queue`` overrides the service's queue.
+        Other keywords are Celery task options (``time_limit``, ``rate_limit``, ...).
+        The function is returned unchanged, so it can still be called directly in tests.
+
+        >>> @bus.subscribe("user.*", queue="events.orders.slow")    # doctest: +SKIP
+        ... def audit(event: Event) -> None: ...
+        """
+        validate_pattern(pattern)
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"A handler's queue must be a non-empty string, not {queue!r}.")
+
+        def decorator(func: F) -> F:
+            if not callable(func):
+                raise ConfigurationError(f"@bus.subscribe({pattern!r}) must decorate a function.")
+            handler_name = str(name or getattr(func, "__name__", ""))
+            if not _HANDLER_NAME_RE.match(handler_name):
+                raise ConfigurationError(
+                    f"{handler_name!r} cannot name a handler; pass a name of letters, digits"
+                    f" and '_': @bus.subscribe({pattern!r}, name='...')."
+                )
+            task_name = f"{self.service}.{handler_name}"
+            with self._lock:
+                if task_name in self._handlers:
+                    other = self._handlers[task_name].func
+                    raise ConfigurationError(
+                        f"A handler named {handler_name!r} is already subscribed in service"
+                        f" {self.service!r} (by {other.__module__}.{other.__qualname__}). Give"
+                        f" one of them another name: @bus.subscribe({pattern!r}, name='...')."
+                    )
+                # app._tasks, unlike app.tasks, does not finalize the app at import time.
+                if task_name in self.app._tasks:
+                    raise ConfigurationError(
+                        f"The Celery app already has a task named {task_name!r}; give the"
+                        f" handler another name: @bus.subscribe({pattern!r}, name='...')."
+                    )
+                handler = Handler(
+                    pattern=pattern,
+                    func=func,
+                    task_name=task_name,
+                    queue=queue or self.default_queue,
+                    task_options=dict(task_options),
+                )
+                register_task(self.app, handler)
+                self._handlers[task_name] = handler
+            return func
+
+        return decorator
+
+    @property
+    def default_queue(self) -> str:
+        """The queue of this service's handlers that do not name their own."""
+        return self.settings.queue_template.format(service=self.service)
+
+    @property
+    def handlers(self) -> list[Handler]:
+        """This service's handlers, in the order they were subscribed."""
+        return list(self._handlers.values())
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue this service's worker consumes for its handlers."""
+        return sorted({h.queue for h in self._handlers.values()})
+
+    def subscriptions(self) -> list[Subscription]:
+        """This service's subscriptions, as :meth:`register` records them."""
+        return [
+            Subscription(h.pattern, self.service, h.task_name, h.queue)
+            for h in self._handlers.values()
+        ]
+
+    def register(self) -> list[Subscription]:
+        """Record this service's subscriptions in the registry now, replacing its old set.
+
+        Workers do this when they start; call it from deploy scripts and tests.
+        """
+        subscriptions = self.subscriptions()
+        self.registry.register(self.service, subscriptions)
+        return subscriptions
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        require_subscribers: bool | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> PublishResult:
+        """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
+
+        All deliveries go to the broker in one round trip; on Redis every subscriber gets the
+        event or none does. Inside a handler, the new event inherits the handled event's
+        correlation id and names it as its cause. With no subscriber, no delivery is sent and
+        that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
+
+        Raises :class:`InvalidEventName`, :class:`InvalidEventData` or :class:`EventTooLarge`
+        for bad input, and :class:`PublishError` when the broker does not take the event
+        within ``publish_timeout``. In all these cases nothing was sent.
+
+        >>> result = bus.publish("user.registered", {"user_id": 7})   # doctest: +SKIP
+        >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
+        ['orders.welcome_order', 'notifications.greet']
+        """
+        validate_name(name)
+        data = {} if data is None else data
+        data_json = encode_data(name, data, self.settings.max_event_size)
+        cause = current_event.get()
+        if cause is not None:
+            correlation_id = correlation_id or cause.correlation_id
+            causation_id = causation_id or cause.id
+        event = Event.create(
+            name,
+            data,
+            source=self.service,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        try:
+            subscriptions = self.registry.match(name)
+        except RegistryError as exc:
+            raise PublishError(f"Could not publish {name!r}: {exc}") from exc
+        if not subscriptions:
+            must_raise = (
+                self.settings.require_subscribers
+                if require_subscribers is None
+                else require_subscribers
+            )
+            if must_raise:
+                raise NoSubscribersError(
+                    f"No service subscribes to {name!r}, so the event was not sent. Start a"
+                    " subscriber (or run its register command) first, or publish without"
+                    " require_subscribers."
+                )
+            log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
+            self._record_published_alone(name)
+            return PublishResult(event)
+
+        envelope = event.to_envelope()
+        head = {k: v for k, v in envelope.items() if k != "data"}
+        parent = self.app.current_worker_task
+        parent_id = root_id = None
+        if parent is not None:
+            parent_id = parent.request.id
+            root_id = parent.request.root_id or parent.request.id
+        messages = build_messages(
+            self.app,
+            envelope,
+            encode_body(head, data_json),
+            [(s.handler, s.queue, f"{name} → {s.handler}") for s in subscriptions],
+            parent_id=parent_id,
+            root_id=root_id,
+        )
+        self.fanout.send(messages, self._catalog_entry(name))
+        self._published_names.add(name)
+        return PublishResult(
+            event,
+            tuple(
+                Delivery(s.service, s.handler, s.queue, m.headers["id"])
+                for s, m in zip(subscriptions, messages, strict=True)
+            ),
+        )
+
+    def _catalog_entry(self, name: str) -> tuple[str, str, str] | None:
+        # The catalog learns who publishes what from the first publish of each name in each
+        # process, written in the same round trip as the deliveries.
+        if name in self._published_names or not self._fanout_shares_registry():
+            return None
+        return (self.registry.published_key, f"{self.service} {name}", str(time.time()))
+
+    def _record_published_alone(self, name: str) -> None:
+        if name in self._published_names:
+            return
+        try:
+            self.registry.client.hset(
+                self.registry.published_key, f"{self.service} {name}", str(time.time())
+            )
+        except Exception as exc:  # the catalog is a convenience; never fail a publish for it
+            log.debug("celery-events: could not record %r in the catalog: %s", name, exc)
+        else:
+            self._published_names.add(name)
+
+    def _fanout_shares_registry(self) -> bool:
+        return isinstance(self.fanout, RedisFanout) and self.fanout.client is self.registry.client
+
+    # -- connections ------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The shared subscription registry (created on first use)."""
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._registry = Registry(
+                        self._registry_client(),
+                        key_prefix=self.settings.key_prefix,
+                        refresh_interval=self.settings.registry_refresh_interval,
+                        max_staleness=self.settings.registry_max_staleness,
+                    )
+        return self._registry
+
+    @property
+    def fanout(self) -> Fanout:
+        """How deliveries reach the broker (created on first use)."""
+        if self._fanout is None:
+            with self._lock:
+                if self._fanout is None:
+                    self._fanout = self._make_fanout()
+        return self._fanout
+
+    def _broker_url(self) -> str:
+        return _redis.first_broker_url(self.app.conf.broker_url)
+
+    def _registry_client(self) -> Any:
+        url = self.settings.registry_url
+        if url is None:
+            broker = self._broker_url()
+            if not _redis.is_redis_url(broker):
+                raise ConfigurationError(
+                    f"The broker {broker.split('://')[0]!r} is not Redis, so the registry needs"
+                    " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
+                )
+            if self._registry_is_broker_fanout():
+                return self.fanout.client  # type: ignore[attr-defined]
+            url = broker
+        return _redis.connect(url, self.settings.publish_timeout)
+
+    def _registry_is_broker_fanout(self) -> bool:
+        return isinstance(self.fanout, RedisFanout)
+
+    def _make_fanout(self) -> Fanout:
+        broker = self._broker_url()
+        if _redis.is_redis_url(broker):
+            options = self.app.conf.broker_transport_options or {}
+            return RedisFanout(
+                _redis.connect(broker, self.settings.publish_timeout),
+                self.settings.publish_timeout,
+                key_prefix=options.get("global_keyprefix", ""),
+            )
+        return KombuFanout(self.app, self.settings.publish_timeout)
+
+    def close(self) -> None:
+        """Stop the registry's background check and close connections."""
+        if self._registry is not None:
+            self._registry.close()
+        if isinstance(self._fanout, RedisFanout):
+            self._fanout.client.close()
+
+
+def bus_for(app: Celery) -> EventBus:
+    """Return the event bus created for ``app``, or raise :class:`ConfigurationError`."""
+    bus = _BUSES.get(app)
+    if bus is None:
+        raise ConfigurationError(
+            f"The Celery app {app.main!r} has no event bus; create one with"
+            " EventBus(app, service='...')."
+        )
+    return bus

@@ -1,0 +1,60 @@
+"""Every exception celery-events raises on purpose.
+
+Catch :class:`CeleryEventsError` to catch them all. Each message is a full sentence that names
+the bad value and says what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CeleryEventsError",
+    "ConfigurationError",
+    "InvalidEventName",
+    "InvalidPattern",
+    "InvalidEventData",
+    "EventTooLarge",
+    "InvalidEnvelope",
+    "NoSubscribersError",
+    "PublishError",
+    "RegistryError",
+]
+
+
+class CeleryEventsError(Exception):
+    """Base class of every error celery-events raises."""
+
+
+class ConfigurationError(CeleryEventsError):
+    """A setting, a handler declaration or a bus is misconfigured; raised at import or start-up."""
+
+
+class InvalidEventName(CeleryEventsError, ValueError):
+    """An event name is not dotted lowercase words, like ``user.registered``."""
+
+
+class InvalidPattern(CeleryEventsError, ValueError):
+    """A subscription pattern is not dotted words, ``*`` (one word) or ``#`` (zero or more)."""
+
+
+class InvalidEventData(CeleryEventsError, ValueError):
+    """Event data is not a JSON object, or holds a value JSON cannot encode."""
+
+
+class EventTooLarge(InvalidEventData):
+    """The encoded event is larger than the ``max_event_size`` setting."""
+
+
+class InvalidEnvelope(CeleryEventsError, ValueError):
+    """A received envelope is not a valid CloudEvents 1.0 event of ours."""
+
+
+class NoSubscribersError(CeleryEventsError):
+    """Raised by ``publish(..., require_subscribers=True)`` when nobody subscribes to the name."""
+
+
+class PublishError(CeleryEventsError):
+    """The broker could not take the event within ``publish_timeout``; no delivery was sent."""
+
+
+class RegistryError(CeleryEventsError):
+    """The subscription registry could not be read or written."""

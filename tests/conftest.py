@@ -1,0 +1,72 @@
+"""Fixtures shared by every test: a real Redis and real worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from .harness import RedisServer, Worker, redis_server_binary
+
+# Fast-starting workers: mingle and gossip only slow start-up, they change nothing we test.
+WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the whole run. Missing Redis fails in CI, skips locally."""
+    binary = redis_server_binary()
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test Redis, emptied, and named in the environment the test services read."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    monkeypatch.setenv("CELERY_EVENTS_TEST_BROKER", redis_server.url)
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def start_worker(
+    redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Start `celery -A MODULE worker` subprocesses; every one is stopped after the test."""
+    started: list[Worker] = []
+
+    def start(
+        module: str, *, env: dict[str, str] | None = None, args: list[str] | None = None,
+        ready: bool = True,
+    ) -> Worker:
+        full_env = dict(os.environ, CELERY_EVENTS_TEST_BROKER=redis_url, **(env or {}))
+        worker = Worker(module, full_env, [*WORKER_ARGS, *(args or [])], tmp_path)
+        started.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts or "faults" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
