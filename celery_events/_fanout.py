@@ -12,18 +12,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from celery import Celery, signals
+from redis.exceptions import NoScriptError
 
-from ._messages import TaskMessage, redis_payload
+from ._messages import SentEvents, TaskMessage, redis_payload
 from .errors import PublishError
 
 log = logging.getLogger(__name__)
 
 # KEYS: the queue lists, then (optionally) the catalog hash.
-# ARGV: the number of queues, the payloads, then (optionally) the catalog field and value.
+# ARGV: the number of queues n, the n payloads, the task-event channel, the number of task
+# events m, the m event payloads, then (optionally) the catalog field and value.
+# The task events are PUBLISHed, as kombu's Redis transport sends messages to a fanout
+# exchange, and in the same script, so Flower hears of exactly the deliveries that were queued.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -35,11 +39,25 @@ end
 for i = 1, n do
   redis.call('LPUSH', KEYS[i], ARGV[i + 1])
 end
+local channel = ARGV[n + 2]
+local m = tonumber(ARGV[n + 3])
+for j = 1, m do
+  redis.call('PUBLISH', channel, ARGV[n + 3 + j])
+end
 if #KEYS > n then
-  redis.call('HSET', KEYS[n + 1], ARGV[n + 2], ARGV[n + 3])
+  redis.call('HSET', KEYS[n + 1], ARGV[n + 4 + m], ARGV[n + 5 + m])
 end
 return n
 """
+
+
+def _pack(*args: str | int) -> bytes:
+    """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class Fanout(Protocol):
@@ -47,61 +65,121 @@ class Fanout(Protocol):
         """Send every message, or raise :class:`PublishError` having sent none."""
 
 
-def _fire_before(message: TaskMessage) -> None:
-    # Tracing tools (Sentry, OpenTelemetry) add headers here, so it runs before encoding.
-    if signals.before_task_publish.receivers:
-        signals.before_task_publish.send(
-            sender=message.task_name,
-            body=message.body,
-            exchange="",
-            routing_key=message.queue,
-            declare=[],
-            headers=message.headers,
-            properties=message.properties,
-            retry_policy=None,
-        )
+class _Signals:
+    """Fires Celery's publish signals with the arguments ``send_task_message`` gives them."""
 
+    def __init__(self, app: Celery | None) -> None:
+        self.app = app
 
-def _fire_after(message: TaskMessage) -> None:
-    if signals.after_task_publish.receivers:
-        signals.after_task_publish.send(
-            sender=message.task_name,
-            body=message.body,
-            headers=message.headers,
-            exchange="",
-            routing_key=message.queue,
-        )
+    def before(self, messages: Sequence[TaskMessage]) -> None:
+        # Tracing tools (Sentry, OpenTelemetry) add headers here, so it runs before encoding.
+        if not signals.before_task_publish.receivers:
+            return
+        policy = dict(self.app.conf.task_publish_retry_policy) if self.app else None
+        for message in messages:
+            signals.before_task_publish.send(
+                sender=message.task_name,
+                body=message.body,
+                exchange="",
+                routing_key=message.queue,
+                declare=self._declare(message.queue),
+                headers=message.headers,
+                properties=message.properties,
+                retry_policy=policy,
+            )
+
+    def after(self, messages: Sequence[TaskMessage]) -> None:
+        if not signals.after_task_publish.receivers:
+            return
+        for message in messages:
+            signals.after_task_publish.send(
+                sender=message.task_name,
+                body=message.body,
+                headers=message.headers,
+                exchange="",
+                routing_key=message.queue,
+            )
+
+    def _declare(self, queue: str) -> list[Any]:
+        if self.app is None:
+            return []
+        queues = self.app.amqp.queues
+        # The Queue send_task would declare, without adding it to the app's queues.
+        return [queues[queue] if queue in queues else queues.new_missing(queue)]
 
 
 class RedisFanout:
-    """Sends deliveries straight to kombu's Redis queue lists with one atomic script."""
+    """Sends deliveries straight to kombu's Redis queue lists with one atomic script.
 
-    def __init__(self, client: redis.Redis, timeout: float, key_prefix: str = "") -> None:
+    ``app``, when given, is the Celery app whose publish signals and ``task-sent`` events
+    (``task_send_sent_event``) this fan-out reproduces.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        timeout: float,
+        key_prefix: str = "",
+        app: Celery | None = None,
+    ) -> None:
         self.client = client
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
         self._script = client.register_script(_FANOUT_LUA)
+        self._signals = _Signals(app)
+        db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self._sent_events = SentEvents(app, db) if app is not None else None
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
-        for message in messages:
-            _fire_before(message)
-        keys = [self.key_prefix + m.queue for m in messages]
+        self._signals.before(messages)
+        prefix = self.key_prefix
+        keys = [prefix + m.queue for m in messages]
         args: list[str | int] = [len(messages)]
-        args.extend(redis_payload(m) for m in messages)
+        args.extend([redis_payload(m) for m in messages])
+        events = self._sent_events
+        if events is not None and events.enabled:
+            args.append(events.channel)
+            args.append(len(messages))
+            args.extend([events.payload(m) for m in messages])
+        else:
+            args.append("")
+            args.append(0)
         if catalog is not None:
             keys.append(catalog[0])
             args.extend(catalog[1:])
         self._run(keys, args)
-        for message in messages:
-            _fire_after(message)
+        self._signals.after(messages)
+
+    def _evalsha(self, keys: list[str], args: list[str | int]) -> None:
+        # One command on one pooled connection: redis-py's generic command path (hooks,
+        # observability, retry wrappers) costs more than the round trip itself here.
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()
+        try:
+            try:
+                connection.send_packed_command(
+                    [_pack("EVALSHA", self._script.sha, len(keys), *keys, *args)]
+                )
+                connection.read_response()
+            except NoScriptError:
+                # A restarted or flushed Redis forgets scripts; load it and run it once more.
+                connection.send_command("SCRIPT", "LOAD", _FANOUT_LUA)
+                self._script.sha = connection.read_response().decode()
+                connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def _run(self, keys: list[str], args: list[str | int]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         while True:
             try:
-                self._script(keys=keys, args=args, client=self.client)
+                self._evalsha(keys, args)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
@@ -123,7 +201,18 @@ class RedisFanout:
 
 
 class KombuFanout:
-    """Sends deliveries through Celery's producer, for brokers other than Redis."""
+    """Sends deliveries through Celery's producer, for brokers other than Redis.
+
+    Every message goes through ``app.amqp.send_task_message``, as ``send_task`` sends it, so
+    signals and ``task-sent`` events are Celery's own. All of them go over one producer
+    connection inside a kombu publish batch: transports that can defer publishes send them in
+    one go, the others one by one. On RabbitMQ, publisher confirms are on when the app sets
+    ``broker_transport_options={"confirm_publish": True}``; each publish then waits up to
+    ``publish_timeout`` for the broker's confirm.
+    """
+
+    # How many transport operations a batch buffers before it flushes.
+    BATCH_SIZE = 1000
 
     def __init__(self, app: Celery, timeout: float) -> None:
         self.app = app
@@ -132,13 +221,15 @@ class KombuFanout:
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
         send = self.app.amqp.send_task_message
         policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
+        sent_events = bool(self.app.conf.task_send_sent_event)
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_or_acquire() as producer, producer.batch(self.BATCH_SIZE):
                 for message in messages:
+                    sent_event = message.sent_event() if sent_events else None
                     send(
                         producer,
                         message.task_name,
-                        (message.headers, message.properties, message.body, None),
+                        (message.headers, message.properties, message.body, sent_event),
                         exchange="",
                         routing_key=message.queue,
                         queue=message.queue,

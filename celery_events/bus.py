@@ -268,7 +268,7 @@ class EventBus:
         return PublishResult(
             event,
             tuple(
-                Delivery(s.service, s.handler, s.queue, m.headers["id"])
+                Delivery(s.service, s.handler, s.queue, m.task_id)
                 for s, m in zip(subscriptions, messages, strict=True)
             ),
         )
@@ -348,6 +348,7 @@ class EventBus:
                 _redis.connect(broker, self.settings.publish_timeout),
                 self.settings.publish_timeout,
                 key_prefix=options.get("global_keyprefix", ""),
+                app=self.app,
             )
         return KombuFanout(self.app, self.settings.publish_timeout)
 
