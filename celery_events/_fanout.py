@@ -23,11 +23,14 @@ from .errors import PublishError
 
 log = logging.getLogger(__name__)
 
-# KEYS: the queue lists, then (optionally) the catalog hash.
-# ARGV: the number of queues n, the n payloads, the task-event channel, the number of task
-# events m, the m event payloads, then (optionally) the catalog field and value.
-# The task events are PUBLISHed, as kombu's Redis transport sends messages to a fanout
-# exchange, and in the same script, so Flower hears of exactly the deliveries that were queued.
+# KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
+#       (optionally) the catalog hash.
+# ARGV: n, ledger on ('1'/'0'), the time of publishing, the event id, n payloads, n task ids,
+#       n handler task names, the task-event channel, the number m of task events, m event
+#       payloads, then (optionally) the catalog field and value.
+# The ledger records (see _inbox.py) are encoded here, by Redis's cjson, so each payload
+# crosses the network once. Task events are PUBLISHed as kombu's Redis transport sends to a
+# fanout exchange, in the same script, so Flower hears of exactly the deliveries queued.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -37,25 +40,37 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  redis.call('LPUSH', KEYS[i], ARGV[i + 1])
+  redis.call('LPUSH', KEYS[i], ARGV[4 + i])
 end
-local channel = ARGV[n + 2]
-local m = tonumber(ARGV[n + 3])
+local used_keys = n
+if ARGV[2] == '1' then
+  for i = 1, n do
+    local task_id = ARGV[4 + n + i]
+    local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
+                                h = ARGV[4 + 2 * n + i], r = 0})
+    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, entry)
+    redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
+  end
+  used_keys = 3 * n
+end
+local at = 5 + 3 * n
+local channel = ARGV[at]
+local m = tonumber(ARGV[at + 1])
 for j = 1, m do
-  redis.call('PUBLISH', channel, ARGV[n + 3 + j])
+  redis.call('PUBLISH', channel, ARGV[at + 1 + j])
 end
-if #KEYS > n then
-  redis.call('HSET', KEYS[n + 1], ARGV[n + 4 + m], ARGV[n + 5 + m])
+if #KEYS > used_keys then
+  redis.call('HSET', KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
 end
 return n
 """
 
 
-def _pack(*args: str | int) -> bytes:
+def _pack(*args: str | int | float) -> bytes:
     """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -119,24 +134,43 @@ class RedisFanout:
         self,
         client: redis.Redis,
         timeout: float,
+        *,
         key_prefix: str = "",
+        ledger_prefix: str | None = None,
         app: Celery | None = None,
     ) -> None:
         self.client = client
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
+        # Where deliveries are recorded until handled (see _inbox.py); None: not recorded.
+        self.ledger_prefix = ledger_prefix
         self._script = client.register_script(_FANOUT_LUA)
         self._signals = _Signals(app)
         db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
         self._sent_events = SentEvents(app, db) if app is not None else None
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
+        if not messages:
+            return
         self._signals.before(messages)
         prefix = self.key_prefix
         keys = [prefix + m.queue for m in messages]
-        args: list[str | int] = [len(messages)]
+        ledger = self.ledger_prefix
+        args: list[str | int | float] = [
+            len(messages),
+            "0" if ledger is None else "1",
+            time.time(),
+            messages[0].event_id,
+        ]
         args.extend([redis_payload(m) for m in messages])
+        args.extend([m.task_id for m in messages])
+        args.extend([m.task_name for m in messages])
+        if ledger is not None:
+            for message in messages:
+                base = f"{ledger}ledger:{message.service}"
+                keys.append(base)
+                keys.append(base + ":due")
         events = self._sent_events
         if events is not None and events.enabled:
             args.append(events.channel)
@@ -151,7 +185,7 @@ class RedisFanout:
         self._run(keys, args)
         self._signals.after(messages)
 
-    def _evalsha(self, keys: list[str], args: list[str | int]) -> None:
+    def _evalsha(self, keys: list[str], args: list[str | int | float]) -> None:
         # One command on one pooled connection: redis-py's generic command path (hooks,
         # observability, retry wrappers) costs more than the round trip itself here.
         pool = self.client.connection_pool
@@ -174,7 +208,7 @@ class RedisFanout:
         finally:
             pool.release(connection)
 
-    def _run(self, keys: list[str], args: list[str | int]) -> None:
+    def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         while True:

@@ -32,8 +32,8 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED)
 _dumps = json.dumps
 
-#: ``(task_name, queue, shown_name)`` of one delivery.
-Target = tuple[str, str, str]
+#: ``(task_name, queue, shown_name, subscribing service)`` of one delivery.
+Target = tuple[str, str, str, str]
 
 
 def encode_body(envelope_head: dict[str, Any], data_json: str) -> str:
@@ -151,8 +151,8 @@ class TaskMessage:
     """One delivery's message, before the transport wraps it."""
 
     __slots__ = (
-        "task_name", "queue", "shadow", "task_id", "delivery_tag", "parts", "_headers",
-        "_properties",
+        "task_name", "queue", "shadow", "service", "task_id", "delivery_tag", "parts",
+        "_headers", "_properties",
     )
 
     def __init__(
@@ -160,6 +160,7 @@ class TaskMessage:
         task_name: str,
         queue: str,
         shadow: str,
+        service: str,
         task_id: str,
         delivery_tag: str,
         parts: EventParts,
@@ -167,12 +168,18 @@ class TaskMessage:
         self.task_name = task_name
         self.queue = queue
         self.shadow = shadow
+        #: The subscribing service, for the delivery ledger.
+        self.service = service
         self.task_id = task_id
         #: The tag kombu's virtual transports give each published message.
         self.delivery_tag = delivery_tag
         self.parts = parts
         self._headers: dict[str, Any] | None = None
         self._properties: dict[str, Any] | None = None
+
+    @property
+    def event_id(self) -> str:
+        return str(self.parts.envelope["id"])
 
     @property
     def root_id(self) -> str:
@@ -270,7 +277,7 @@ class MessageBuilder:
         parent_id: str | None,
         root_id: str | None,
     ) -> list[TaskMessage]:
-        """Build one message per ``(task_name, queue, shown_name)`` target."""
+        """Build one message per ``(task_name, queue, shown_name, service)`` target."""
         if not targets:
             return []
         argsrepr = fast_saferepr([envelope], self._argsrepr_maxsize, self._maxlevels)
@@ -302,8 +309,8 @@ class MessageBuilder:
         count = len(targets)
         ids = new_ids(2 * count)
         return [
-            TaskMessage(task, queue, shadow, ids[i], ids[count + i], parts)
-            for i, (task, queue, shadow) in enumerate(targets)
+            TaskMessage(task, queue, shadow, service, ids[i], ids[count + i], parts)
+            for i, (task, queue, shadow, service) in enumerate(targets)
         ]
 
 
@@ -319,7 +326,8 @@ def build_messages(
     parent_id: str | None,
     root_id: str | None,
 ) -> list[TaskMessage]:
-    """Build one message per ``(task_name, queue, shown_name)`` target, as ``send_task`` would."""
+    """Build one message per ``(task_name, queue, shown_name, service)`` target, as
+    ``send_task`` would."""
     builder = _BUILDERS.get(app)
     if builder is None:
         builder = _BUILDERS[app] = MessageBuilder(app)

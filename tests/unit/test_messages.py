@@ -85,7 +85,11 @@ def test_the_templated_payload_is_the_json_of_the_message_dicts(parent: str | No
     app = Celery("shop", broker="redis://127.0.0.1:1/0")
     envelope = {"id": "e1", "type": "a.b", "data": {"q": "it's \"x\""}}
     body = json.dumps([[envelope], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    targets = [("o.h", "events.o", "a.b → o.h"), ("m.h", "q\"uote", "x"), ("z.h", "events.z", "z")]
+    targets = [
+        ("o.h", "events.o", "a.b → o.h", "o"),
+        ("m.h", 'q"uote', "x", "m"),
+        ("z.h", "events.z", "z", "z"),
+    ]
     messages = MessageBuilder(app).build(
         envelope, body, targets, parent_id=parent, root_id="r-1" if parent else None
     )
