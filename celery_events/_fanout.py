@@ -18,6 +18,7 @@ import redis
 from celery import Celery, signals
 from redis.exceptions import NoScriptError
 
+from ._inbox import ledger_entry
 from ._messages import SentEvents, TaskMessage, redis_payload
 from .errors import PublishError
 
@@ -25,12 +26,11 @@ log = logging.getLogger(__name__)
 
 # KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
 #       (optionally) the catalog hash.
-# ARGV: n, ledger on ('1'/'0'), the time of publishing, the event id, n payloads, n task ids,
-#       n handler task names, the task-event channel, the number m of task events, m event
-#       payloads, then (optionally) the catalog field and value.
-# The ledger records (see _inbox.py) are encoded here, by Redis's cjson, so each payload
-# crosses the network once. Task events are PUBLISHed as kombu's Redis transport sends to a
-# fanout exchange, in the same script, so Flower hears of exactly the deliveries queued.
+# ARGV: n, ledger on ('1'/'0'), the time of publishing, n payloads, (with the ledger) n task
+#       ids and n ledger records, then the task-event channel, the number m of task events,
+#       m event payloads, then (optionally) the catalog field and value.
+# Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
+# script, so Flower hears of exactly the deliveries that were queued.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -40,20 +40,17 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  redis.call('LPUSH', KEYS[i], ARGV[4 + i])
+  redis.call('LPUSH', KEYS[i], ARGV[3 + i])
 end
-local used_keys = n
+local used_keys, at = n, 4 + n
 if ARGV[2] == '1' then
   for i = 1, n do
-    local task_id = ARGV[4 + n + i]
-    local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
-                                h = ARGV[4 + 2 * n + i], r = 0})
-    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, entry)
+    local task_id = ARGV[3 + n + i]
+    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, ARGV[3 + 2 * n + i])
     redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
   end
-  used_keys = 3 * n
+  used_keys, at = 3 * n, 4 + 3 * n
 end
-local at = 5 + 3 * n
 local channel = ARGV[at]
 local m = tonumber(ARGV[at + 1])
 for j = 1, m do
@@ -157,16 +154,18 @@ class RedisFanout:
         prefix = self.key_prefix
         keys = [prefix + m.queue for m in messages]
         ledger = self.ledger_prefix
-        args: list[str | int | float] = [
-            len(messages),
-            "0" if ledger is None else "1",
-            time.time(),
-            messages[0].event_id,
-        ]
-        args.extend([redis_payload(m) for m in messages])
-        args.extend([m.task_id for m in messages])
-        args.extend([m.task_name for m in messages])
+        payloads = [redis_payload(m) for m in messages]
+        args: list[str | int | float] = [len(messages), "0" if ledger is None else "1", time.time()]
+        args.extend(payloads)
         if ledger is not None:
+            # The ledger keeps each delivery's message until it is handled (see _inbox.py).
+            args.extend([m.task_id for m in messages])
+            args.extend(
+                [
+                    ledger_entry(key, payload, m.event_id, m.task_name)
+                    for key, payload, m in zip(keys, payloads, messages, strict=True)
+                ]
+            )
             for message in messages:
                 base = f"{ledger}ledger:{message.service}"
                 keys.append(base)
