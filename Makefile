@@ -20,7 +20,7 @@ test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_events tests
+	$(BIN)/ruff check celery_events tests benchmarks
 	$(BIN)/mypy --strict celery_events
 
 clean:
