@@ -20,6 +20,7 @@ from celery import Celery, signals
 
 from celery_events import EventBus, Subscription
 from celery_events._fanout import KombuFanout
+from celery_events._inbox import ledger_entry
 
 from ..harness import wait_until
 from .conftest import effect_counts
@@ -144,7 +145,14 @@ def test_a_delivery_is_byte_for_byte_what_send_task_sends(
 
     # Then the two messages differ only in their task id and delivery tag
     assert_same_message(ours, theirs)
-    assert json.loads(ours)["headers"]["id"] == result.deliveries[0].task_id
+    task_id = result.deliveries[0].task_id
+    assert json.loads(ours)["headers"]["id"] == task_id
+
+    # And the delivery ledger holds the record the inbox defines, with the exact message
+    record = redis_client.hget("celery_events:ledger:orders", task_id)
+    expected = ledger_entry("events.orders", ours.decode(), result.event.id, "orders.welcome_order")
+    assert json.loads(record) == json.loads(expected)
+    assert redis_client.zscore("celery_events:ledger:orders:due", task_id) is not None
 
 
 def test_a_delivery_published_by_a_handler_is_what_send_task_sends_there(
