@@ -178,7 +178,7 @@ class RedisFanout:
         if events is not None and events.enabled:
             args.append(events.channel)
             args.append(len(messages))
-            args.extend([events.payload(m) for m in messages])
+            args.extend(events.payloads(messages))
         else:
             args.append("")
             args.append(0)

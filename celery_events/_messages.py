@@ -421,20 +421,79 @@ class SentEvents:
         """Whether Celery would send ``task-sent`` events (``task_send_sent_event``)."""
         return bool(self.app.conf.task_send_sent_event)
 
-    def payload(self, message: TaskMessage) -> str:
-        """The event message for ``message``, as the Redis transport publishes it."""
+    def payloads(self, messages: Sequence[TaskMessage]) -> list[str]:
+        """The event message of each of ``messages``, as the Redis transport publishes them.
+
+        Assembled from pre-encoded pieces like :func:`redis_payload`; byte for byte the
+        ``json.dumps`` of the event :meth:`event` returns, wrapped as kombu wraps it.
+        """
+        dispatcher = self._dispatcher
+        if not messages:
+            return []
+        parts = messages[0].parts
+        head = (
+            f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {utcoffset()!r},'
+            f' "pid": {dispatcher.pid!r}, "clock": '
+        )
+        middle = f', "parent_id": {_dumps(parts.parent_id)}, "name": '
+        common = (
+            f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)},'
+            ' "retries": 0, "eta": null, "expires": null, "queue": '
+        )
+        wrapper_tail = (
+            '", "content-encoding": "utf-8", "content-type": "application/json", "headers": '
+            f'{_dumps(dispatcher.headers)}, "properties": {{"delivery_mode":'
+            f' {dispatcher.delivery_mode!r}, "delivery_info": {{"exchange":'
+            f' {_dumps(self._exchange)}, "routing_key": "task.sent"}}, "priority": 0,'
+            ' "body_encoding": "base64", "delivery_tag": "'
+        )
+        tags = new_ids(len(messages))
+        forward = dispatcher.clock.forward
+        out = []
+        for message, tag in zip(messages, tags, strict=True):
+            queue = _dumps(message.queue)
+            event = "".join(
+                (
+                    head,
+                    str(forward()),
+                    ', "uuid": "',
+                    message.task_id,
+                    '", "root_id": "',
+                    message.root_id,
+                    '"',
+                    middle,
+                    _dumps(message.task_name),
+                    common,
+                    queue,
+                    ', "exchange": "", "routing_key": ',
+                    queue,
+                    ', "timestamp": ',
+                    repr(time.time()),
+                    ', "type": "task-sent"}',
+                )
+            )
+            body = base64.b64encode(event.encode()).decode()
+            out.append('{"body": "' + body + wrapper_tail + tag + '"}}')
+        return out
+
+    def event(self, message: TaskMessage, clock: int, timestamp: float) -> dict[str, Any]:
+        """The ``task-sent`` event Celery's dispatcher would make for ``message``."""
         dispatcher = self._dispatcher
         fields = message.sent_event()
         fields.update(queue=message.queue, exchange="", routing_key=message.queue)
-        event = {
+        return {
             "hostname": dispatcher.hostname,
             "utcoffset": utcoffset(),
             "pid": dispatcher.pid,
-            "clock": dispatcher.clock.forward(),
+            "clock": clock,
             **fields,
-            "timestamp": time.time(),
+            "timestamp": timestamp,
             "type": "task-sent",
         }
+
+    def wrap(self, event: dict[str, Any], delivery_tag: str) -> str:
+        """``event`` wrapped as kombu's Redis transport publishes it (the reference form)."""
+        dispatcher = self._dispatcher
         body = base64.b64encode(_dumps(event).encode()).decode()
         return _dumps(
             {
@@ -447,7 +506,7 @@ class SentEvents:
                     "delivery_info": {"exchange": self._exchange, "routing_key": "task.sent"},
                     "priority": 0,
                     "body_encoding": "base64",
-                    "delivery_tag": new_id(),
+                    "delivery_tag": delivery_tag,
                 },
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import uuid
@@ -13,6 +14,7 @@ from celery.utils.saferepr import saferepr
 
 from celery_events._messages import (
     MessageBuilder,
+    SentEvents,
     _redis_payload_from_dicts,
     encode_body,
     fast_saferepr,
@@ -105,3 +107,31 @@ def test_the_templated_payload_is_the_json_of_the_message_dicts(parent: str | No
         assert decoded["headers"]["root_id"] == ("r-1" if parent else message.task_id)
         assert decoded["properties"]["delivery_info"]["routing_key"] == message.queue
     assert len({m.task_id for m in messages}) == 3
+
+
+@pytest.mark.parametrize("parent", [None, "p-1"])
+def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | None) -> None:
+    # Given messages of one event for two targets
+    app = Celery("shop", broker="redis://127.0.0.1:1/0")
+    envelope = {"id": "e1", "type": "a.b", "data": {"q": "it's"}}
+    body = json.dumps([[envelope], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    targets = [("o.h", "events.o", "a.b → o.h", "o"), ("m.h", "events.m", "a.b → m.h", "m")]
+    messages = MessageBuilder(app).build(
+        envelope, body, targets, parent_id=parent, root_id="r-1" if parent else None
+    )
+    events = SentEvents(app, db=3)
+
+    # When their task-sent events are assembled
+    payloads = events.payloads(messages)
+
+    # Then each is the reference encoding of the event Celery's dispatcher would make
+    assert events.channel == "/3.celeryev/task.sent"
+    clocks = []
+    for message, payload in zip(messages, payloads, strict=True):
+        wrapper = json.loads(payload)
+        event = json.loads(base64.b64decode(wrapper["body"]))
+        clocks.append(event["clock"])
+        expected = events.event(message, event["clock"], event["timestamp"])
+        assert payload == events.wrap(expected, wrapper["properties"]["delivery_tag"])
+        assert event["uuid"] == message.task_id and event["name"] == message.task_name
+    assert clocks[1] == clocks[0] + 1
