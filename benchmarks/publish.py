@@ -2,8 +2,9 @@
 
 One Celery app publishes in this process to queues nobody consumes: one subscriber, then ten
 subscribing services (ten queues). Raw Celery sends the same envelope with ``send_task``;
-celery-pubsub publishes it to ten subscribed tasks on ten queues. The variants take turns
-within each repeat, and every ratio is taken between figures of the same repeat. Each figure
+celery-pubsub publishes it to ten subscribed tasks on ten queues. Within each repeat the variants
+take turns in short chunks (about 10 ms of work each, 25 chunks, rotating order), and every
+ratio is taken between figures of the same repeat. Each figure
 is the time of one event, all its deliveries included. Run twice: with Celery's
 ``task_send_sent_event`` off, and on (the ``task-sent`` events Flower uses).
 """
@@ -20,7 +21,7 @@ from celery import Celery
 
 from celery_events import Event, EventBus, Subscription
 
-from ._stats import Section, Series, Target, interleaved, ratios
+from ._stats import Section, Series, Target, ratios
 
 FANOUT = 10
 
@@ -37,7 +38,8 @@ def _clean(client: redis.Redis) -> None:
             client.delete(*keys)
 
 
-def _timed(client: redis.Redis, ops: int, op: Callable[[], Any], check: Callable[[], int]) -> float:
+def _chunk(client: redis.Redis, ops: int, op: Callable[[], Any], check: Callable[[], int]) -> float:
+    """Run ``op`` ``ops`` times; return the seconds it took. Checks and cleans, untimed."""
     started = time.perf_counter()
     for _ in range(ops):
         op()
@@ -46,7 +48,7 @@ def _timed(client: redis.Redis, ops: int, op: Callable[[], Any], check: Callable
     if queued != ops:
         raise RuntimeError(f"expected {ops} messages on the checked queue, found {queued}")
     _clean(client)
-    return elapsed / ops * 1e6
+    return elapsed
 
 
 def run_mode(url: str, client: redis.Redis, *, sent_events: bool, smoke: bool) -> Section:
@@ -89,27 +91,35 @@ def run_mode(url: str, client: redis.Redis, *, sent_events: bool, smoke: bool) -
     def llen(queue: str) -> Callable[[], int]:
         return lambda: int(client.llen(queue))
 
-    scale = 0.02 if smoke else 1.0
+    # Operations per chunk: about 10 ms of work each.
     plan = {
-        "raw send_task, 1 queue": (raw_1, 600, llen("events.one")),
-        "celery-events publish, 1 subscriber": (ours_1, 1000, llen("events.one")),
-        "raw send_task × 10 queues": (raw_10, 100, llen("events.s9")),
-        "celery-pubsub publish, 10 subscribers": (pubsub_10, 100, llen("pubsub.q9")),
-        "celery-events publish, 10 subscribers": (ours_10, 600, llen("events.s9")),
+        "raw send_task, 1 queue": (raw_1, 30, llen("events.one")),
+        "celery-events publish, 1 subscriber": (ours_1, 60, llen("events.one")),
+        "raw send_task × 10 queues": (raw_10, 3, llen("events.s9")),
+        "celery-pubsub publish, 10 subscribers": (pubsub_10, 3, llen("pubsub.q9")),
+        "celery-events publish, 10 subscribers": (ours_10, 30, llen("events.s9")),
     }
-    variants = {
-        name: (lambda op=op, n=n, check=check: _timed(client, max(5, int(n * scale)), op, check))
-        for name, (op, n, check) in plan.items()
-    }
+    names = list(plan)
     for op, _, check in plan.values():  # warm-up: connections, scripts, caches
-        _timed(client, 20, op, check)
-    results = interleaved(variants, repeats=2 if smoke else 15)
+        _chunk(client, 20, op, check)
+    repeats, chunks = (2, 2) if smoke else (15, 25)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for chunk in range(chunks):
+            # The variants take turns in short chunks, in a rotating order, so that whatever
+            # else the machine does in a repeat weighs on all of them alike.
+            shift = (repeat * chunks + chunk) % len(names)
+            for name in names[shift:] + names[:shift]:
+                op, ops, check = plan[name]
+                spent[name] += _chunk(client, ops, op, check)
+        for name in names:
+            results[name].append(spent[name] / (chunks * plan[name][1]) * 1e6)
 
     for task in pubsub_tasks:
         celery_pubsub.unsubscribe(topic, task)
     bus.close()
 
-    names = list(plan)
     raw1, ours1, raw10, pubsub10, ours10 = (results[name] for name in names)
     section = Section(
         title=f"Publish, task-sent events {mode}",

@@ -87,7 +87,7 @@ def throughput(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         return drain(fill)
 
     results = interleaved(
-        {"raw no-op tasks": raw, "celery-events deliveries": ours}, repeats=1 if smoke else 3
+        {"raw no-op tasks": raw, "celery-events deliveries": ours}, repeats=1 if smoke else 4
     )
     bus.close()
     raw_rates, our_rates = results["raw no-op tasks"], results["celery-events deliveries"]
