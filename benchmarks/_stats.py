@@ -55,7 +55,7 @@ class Section:
 
 
 def _digits(series: Series) -> int:
-    return 2 if series.unit in ("×", "µs") and series.median < 10 else 1
+    return 2 if series.unit in ("×", "µs", "ms") and series.median < 10 else 1
 
 
 def interleaved(
