@@ -22,6 +22,7 @@ from . import _redis
 from ._delivery import Handler, HandlerFunc, current_event, register_task
 from ._fanout import Fanout, KombuFanout, RedisFanout
 from ._messages import build_messages, encode_body
+from ._task_events import enable_task_events
 from .envelope import Event, encode_data
 from .errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError
 from .names import validate_name, validate_pattern
@@ -93,6 +94,8 @@ class EventBus:
                     " (celery_events.bus_for(app) returns it)."
                 )
             _BUSES[app] = self
+        if self.settings.task_events:
+            enable_task_events(app)
         from . import _worker  # noqa: F401  (connects the worker start-up hook)
 
     # -- subscribing ------------------------------------------------------------------------

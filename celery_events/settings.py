@@ -52,6 +52,9 @@ class Settings:
     require_subscribers: bool = False
     #: Record the service's subscriptions when its worker starts.
     register_on_worker_start: bool = True
+    #: Turn on the task events Flower needs (workers send them, publishers send task-sent),
+    #: unless the app's configuration sets them itself.
+    task_events: bool = True
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -105,7 +108,7 @@ class Settings:
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
                 " or unix:// URL."
             )
-        for name in ("require_subscribers", "register_on_worker_start"):
+        for name in ("require_subscribers", "register_on_worker_start", "task_events"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
