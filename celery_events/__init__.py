@@ -11,6 +11,7 @@ or pattern gets its own delivery, an ordinary Celery task on its own queue.
 from .bus import Delivery, EventBus, PublishResult, bus_for
 from .envelope import Event
 from .errors import (
+    BrokerError,
     CeleryEventsError,
     ConfigurationError,
     EventTooLarge,
@@ -46,6 +47,7 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "BrokerError",
 ]
 
 __version__ = "0.1.0"

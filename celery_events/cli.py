@@ -1,0 +1,315 @@
+"""``celery -A proj eventbus ...``: operate the event bus from the shell.
+
+Installed as a Celery sub-command through the ``celery.commands`` entry point, so it runs
+with the app (and the bus) that ``-A`` names, like ``celery worker`` does::
+
+    celery -A orders eventbus subscriptions
+    celery -A orders eventbus catalog --format mermaid
+    celery -A orders eventbus publish user.registered --data '{"user_id": 7}'
+    celery -A orders eventbus status --json
+
+Tables are printed for people; ``--json`` prints one JSON document for scripts. Exit codes:
+
+==== =====================================================================================
+0    done
+1    nothing found or nothing matched (no subscriber for a publish, no such dead letter)
+2    bad usage: a bad option or value, or an ``-A`` app without an event bus
+3    the broker or the registry could not be reached or refused the command
+==== =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import redis
+from celery.bin.base import CeleryCommand
+
+from . import _redis
+from ._table import render_table
+from .bus import EventBus, bus_for
+from .catalog import Catalog
+from .errors import (
+    BrokerError,
+    CeleryEventsError,
+    ConfigurationError,
+    InvalidEventData,
+    InvalidEventName,
+    NoSubscribersError,
+    PublishError,
+    RegistryError,
+)
+from .status import BrokerQueues, read_status
+
+__all__ = ["eventbus", "ExitCode"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExitCode(IntEnum):
+    """What ``celery eventbus`` exits with, for scripts."""
+
+    OK = 0
+    NOT_FOUND = 1
+    USAGE = 2
+    UNREACHABLE = 3
+
+
+class _NotFound(click.ClickException):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class _Usage(click.ClickException):
+    exit_code = ExitCode.USAGE
+
+
+class _Unreachable(click.ClickException):
+    exit_code = ExitCode.UNREACHABLE
+
+
+@contextmanager
+def _translated_errors(bus: EventBus) -> Iterator[None]:
+    """Turn our errors into a short message and a documented exit code, no traceback."""
+    try:
+        yield
+    except NoSubscribersError as exc:
+        raise _NotFound(str(exc)) from exc
+    except (RegistryError, PublishError, BrokerError) as exc:
+        raise _Unreachable(f"{exc}\n{_where(bus)}") from exc
+    except (ConfigurationError, InvalidEventName, InvalidEventData) as exc:
+        raise _Usage(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise _Unreachable(
+            f"Could not reach Redis: {exc}. Check that the broker and the registry are up.") from exc
+    except CeleryEventsError as exc:
+        raise _Usage(str(exc)) from exc
+
+
+def _where(bus: EventBus) -> str:
+    broker = _redis.first_broker_url(bus.app.conf.broker_url)
+    registry = bus.settings.registry_url
+    where = f"The app's broker is {_without_password(broker)}"
+    if registry is not None:
+        where += f" and its registry {_without_password(registry)}"
+    return where + "."
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _bus(ctx: click.Context) -> EventBus:
+    app = ctx.obj.app
+    try:
+        return bus_for(app)
+    except ConfigurationError as exc:
+        raise _Usage(
+            f"{exc} Pass the module that creates the bus with -A, for example"
+            " `celery -A orders eventbus status`.") from exc
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@click.group(name="eventbus")
+@click.pass_context
+def eventbus(ctx: click.Context) -> None:
+    """Operate the event bus of the app given with -A: subscriptions, catalog, publish,
+    status.
+
+    Exit codes: 0 done, 1 nothing found or matched, 2 bad usage, 3 broker or registry
+    unreachable.
+    """
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.option("--service", help="Only this service's subscriptions.")
+@_json_option
+@click.pass_context
+def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> None:
+    """List every subscription in the registry."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        found = bus.registry.subscriptions()
+    if service is not None:
+        found = [s for s in found if s.service == service]
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "pattern": s.pattern,
+                    "service": s.service,
+                    "handler": s.handler,
+                    "queue": s.queue,
+                    "registered_at": s.registered_at,
+                }
+                for s in found
+            ]
+        )
+    elif found:
+        click.echo(
+            render_table(
+                ["pattern", "service", "handler", "queue", "registered"],
+                [
+                    (s.pattern, s.service, s.handler, s.queue, _when(s.registered_at))
+                    for s in found
+                ],
+            )
+        )
+    else:
+        click.echo("No subscriptions" + (f" of service {service!r}." if service else "."), err=True)
+    if not found:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "mermaid", "dot"]),
+    default="table",
+    show_default=True,
+    help="Table, JSON, or the graph of services and events as Mermaid or Graphviz DOT.",
+)
+@click.pass_context
+def catalog(ctx: click.Context, fmt: str) -> None:
+    """List every event name published or subscribed, with its publishers and subscribers."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        found = Catalog.load(bus.registry)
+    if fmt == "json":
+        _echo_json(found.to_json())
+    elif fmt == "mermaid":
+        click.echo(found.to_mermaid(), nl=False)
+    elif fmt == "dot":
+        click.echo(found.to_dot(), nl=False)
+    elif found.entries:
+        rows = []
+        for entry in found.entries:
+            publishers = ", ".join(entry.publishers) or "(not published yet)"
+            subs = entry.subscriptions or ()
+            if not subs:
+                rows.append((entry.name, publishers, "(no subscriber)", ""))
+            for index, sub in enumerate(subs):
+                first = index == 0
+                rows.append(
+                    (entry.name if first else "", publishers if first else "", sub.handler,
+                     sub.pattern)
+                )
+        click.echo(render_table(["event", "published by", "handler", "pattern"], rows))
+    else:
+        click.echo("The catalog is empty: nothing was published or subscribed yet.", err=True)
+    if not found.entries:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.argument("name")
+@click.option("--data", default="{}", show_default=True, help="The event's data, a JSON object.")
+@_json_option
+@click.pass_context
+def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
+    """Publish event NAME from the shell and print its deliveries.
+
+    Exits with 1 when no subscription matches (nothing is sent).
+    """
+    bus = _bus(ctx)
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise _Usage(
+            f"--data {data!r} is not JSON ({exc}); pass a JSON object such as"
+            ' \'{"user_id": 7}\'.') from exc
+    with _translated_errors(bus):
+        result = bus.publish(name, payload)
+    if as_json:
+        _echo_json(
+            {
+                "event": result.event.to_envelope(),
+                "deliveries": [
+                    {"service": d.service, "handler": d.handler, "queue": d.queue,
+                     "task_id": d.task_id}
+                    for d in result.deliveries
+                ],
+            }
+        )
+    elif result.deliveries:
+        click.echo(f"Published {name} (event {result.event.id}) to:")
+        click.echo(
+            render_table(
+                ["service", "handler", "queue", "task id"],
+                [(d.service, d.handler, d.queue, d.task_id) for d in result.deliveries],
+            )
+        )
+    if not result.deliveries:
+        click.echo(f"No subscription matches {name!r}; nothing was sent.", err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show each subscribing service's waiting and in-flight deliveries, dead letters, and
+    the age of its oldest waiting delivery."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        queues = BrokerQueues.from_app(bus.app, timeout=bus.settings.publish_timeout)
+        found = read_status(bus.registry.subscriptions(), queues)
+    if as_json:
+        _echo_json([s.to_json() for s in found])
+    elif found:
+        click.echo(
+            render_table(
+                ["service", "queues", "waiting", "in flight", "dead letters", "oldest waiting"],
+                [
+                    (
+                        s.service,
+                        ", ".join(q.name for q in s.queues),
+                        s.waiting,
+                        s.in_flight,
+                        "?" if s.dead_letters is None else s.dead_letters,
+                        _age(s.oldest_waiting),
+                    )
+                    for s in found
+                ],
+            )
+        )
+    else:
+        click.echo("No service has subscriptions in the registry.", err=True)
+    if not found:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _when(stamp: float) -> str:
+    if not stamp:
+        return "-"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
