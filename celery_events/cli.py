@@ -179,6 +179,30 @@ def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> Non
 
 
 @eventbus.command(cls=CeleryCommand)
+@_json_option
+@click.pass_context
+def register(ctx: click.Context, as_json: bool) -> None:
+    """Record the -A app's subscriptions in the registry now, as its worker does at start.
+
+    Run it at deploy time so that events are queued for a service before its first worker
+    starts.
+    """
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        recorded = bus.register()
+    if as_json:
+        _echo_json([{"pattern": s.pattern, "handler": s.handler, "queue": s.queue} for s in recorded])
+        return
+    click.echo(f"Recorded {len(recorded)} subscription(s) of service {bus.service!r}.")
+    if recorded:
+        click.echo(
+            render_table(
+                ["pattern", "handler", "queue"], [(s.pattern, s.handler, s.queue) for s in recorded]
+            )
+        )
+
+
+@eventbus.command(cls=CeleryCommand)
 @click.option(
     "--format",
     "fmt",

@@ -10,7 +10,8 @@ For each service in the registry, and each queue its handlers use:
 - *dead letters*: deliveries of the service that gave up and wait to be replayed or purged.
 
 Reading is done with plain Redis commands and never takes a message off a queue. An item a
-worker could not decode is counted as waiting and given no age, rather than failing the report.
+worker could not decode is counted as waiting and left out of the age, rather than failing the
+report.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ __all__ = ["QueueStatus", "ServiceStatus", "read_status", "BrokerQueues"]
 # kombu's Redis transport keeps a queue's priority levels in separate lists.
 _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
+#: How many of the oldest items of a queue are read to find the oldest event's time.
+_OLDEST_SAMPLE = 10
 
 
 @dataclass(frozen=True)
@@ -131,14 +134,15 @@ class BrokerQueues:
             with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.llen(key)
-                    # Workers take from the right end, so the oldest item is the last one.
-                    pipe.lindex(key, -1)
+                    # Workers take from the right end, so the oldest items are the last ones;
+                    # a few are read in case the very oldest is not a message of ours.
+                    pipe.lrange(key, -_OLDEST_SAMPLE, -1)
                 replies = pipe.execute()
         except redis.RedisError as exc:
             raise _unreachable(exc) from exc
         now = time.time() if now is None else now
         count = sum(int(n) for n in replies[0::2])
-        times = [t for t in map(_published_at, replies[1::2]) if t is not None]
+        times = [t for items in replies[1::2] for t in map(_published_at, items) if t is not None]
         return count, (max(0.0, now - min(times)) if times else None)
 
     def in_flight(self) -> dict[str, int]:
@@ -195,10 +199,8 @@ def _priority_queue(queue: str, priority: int) -> str:
     return f"{queue}{_PRIORITY_SEPARATOR}{priority}" if priority else queue
 
 
-def _published_at(raw: bytes | None) -> float | None:
+def _published_at(raw: bytes) -> float | None:
     """The event time of a queued delivery, or ``None`` if it is not one of ours."""
-    if raw is None:
-        return None
     try:
         message = json.loads(raw)
         body = message["body"]
