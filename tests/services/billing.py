@@ -1,4 +1,4 @@
-"""A subscriber whose handlers succeed, fail, or wait: what Flower and the CLI show."""
+"""A subscriber whose handlers succeed, retry, fail, or wait: what Flower and the CLI show."""
 
 import os
 
@@ -17,17 +17,30 @@ bus = EventBus(app, service="billing", task_events=os.environ.get("BILLING_TASK_
 RELEASE_KEY = "test:billing:release"
 
 
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(broker_url())
+
+
 @bus.subscribe("order.created")
 def charge(event: Event) -> None:
     record("billing.charge", event)
 
 
-@bus.subscribe("order.cancelled")
+@bus.subscribe("order.cancelled", max_retries=0)
 def refund(event: Event) -> None:
     raise RuntimeError(f"order {event.data['order_id']} was never charged")
 
 
+@bus.subscribe("payment.requested", max_retries=3, retry_backoff=0.1, retry_jitter=False)
+def collect(event: Event) -> None:
+    """Fails ``event.data["failures"]`` times, then succeeds."""
+    attempt = _client().incr(f"test:billing:attempts:{event.id}")
+    if attempt <= event.data.get("failures", 0):
+        raise ConnectionError(f"payment gateway busy (attempt {attempt})")
+    record("billing.collect", event)
+
+
 @bus.subscribe("order.shipped")
 def wait_for_release(event: Event) -> None:
-    redis.Redis.from_url(broker_url()).blpop([RELEASE_KEY], timeout=30)
+    _client().blpop([RELEASE_KEY], timeout=30)
     record("billing.wait_for_release", event)
