@@ -84,6 +84,46 @@ def test_a_failing_handler_shows_its_exception_and_traceback(
     assert task["failed"] >= task["started"]
 
 
+def test_a_retried_delivery_shows_as_retry_then_its_final_state(
+    start_worker: Callable[..., Any], flower: Flower, publisher: EventBus
+) -> None:
+    # Given a handler that fails once and retries after 3 seconds
+    start_worker(BILLING)
+
+    # When its event is published
+    (delivery,) = publisher.publish("payment.settled", {"failures": 1}).deliveries
+
+    # Then Flower first shows the delivery waiting for its retry, with the error
+    retrying = flower_task(flower, delivery.task_id, "RETRY")
+    assert retrying["name"] == "payment.settled → billing.settle"
+    assert retrying["exception"] == "ConnectionError('payment gateway busy (attempt 1)')"
+    assert retrying["retried"] is not None
+
+    # And then as succeeded, one retry later, under the same task id
+    done = flower_task(flower, delivery.task_id, "SUCCESS")
+    assert done["retries"] == 1
+    assert done["succeeded"] > retrying["retried"]
+
+
+def test_a_delivery_that_uses_up_its_retries_fails_with_the_last_error(
+    start_worker: Callable[..., Any], flower: Flower, publisher: EventBus
+) -> None:
+    # Given a handler allowed 3 retries, and events that fail 2 and 10 times
+    start_worker(BILLING)
+    (recovers,) = publisher.publish("payment.requested", {"failures": 2}).deliveries
+    (gives_up,) = publisher.publish("payment.requested", {"failures": 10}).deliveries
+
+    # Then the first succeeds after two retries
+    assert flower_task(flower, recovers.task_id, "SUCCESS")["retries"] == 2
+    # and the second fails after three, with the fourth attempt's exception and traceback
+    failed = flower_task(flower, gives_up.task_id, "FAILURE")
+    assert failed["retries"] == 3
+    assert failed["exception"] == "ConnectionError('payment gateway busy (attempt 4)')"
+    assert "in collect" in failed["traceback"]
+    # and the search by state finds it among the failures
+    assert gives_up.task_id in flower.tasks(search="state:FAILURE name:payment.requested")
+
+
 def test_flowers_search_filters_deliveries_by_event_name(
     start_worker: Callable[..., Any], flower: Flower, publisher: EventBus
 ) -> None:

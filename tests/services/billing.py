@@ -31,13 +31,23 @@ def refund(event: Event) -> None:
     raise RuntimeError(f"order {event.data['order_id']} was never charged")
 
 
-@bus.subscribe("payment.requested", max_retries=3, retry_backoff=0.1, retry_jitter=False)
-def collect(event: Event) -> None:
-    """Fails ``event.data["failures"]`` times, then succeeds."""
-    attempt = _client().incr(f"test:billing:attempts:{event.id}")
+def _fail_first(handler: str, event: Event) -> None:
+    """Fail ``event.data["failures"]`` times, then succeed."""
+    attempt = _client().incr(f"test:billing:attempts:{handler}:{event.id}")
     if attempt <= event.data.get("failures", 0):
         raise ConnectionError(f"payment gateway busy (attempt {attempt})")
-    record("billing.collect", event)
+    record(handler, event)
+
+
+@bus.subscribe("payment.requested", max_retries=3, retry_backoff=0.1, retry_jitter=False)
+def collect(event: Event) -> None:
+    _fail_first("billing.collect", event)
+
+
+# Waits 3 s before its retry, long enough to watch the delivery in its RETRY state.
+@bus.subscribe("payment.settled", max_retries=1, retry_backoff=3, retry_jitter=False)
+def settle(event: Event) -> None:
+    _fail_first("billing.settle", event)
 
 
 @bus.subscribe("order.shipped")
