@@ -468,8 +468,11 @@ class EventBus:
             return fanout.client
         return self.registry.client
 
-    def _resend(self, envelope: dict[str, Any], handler: str, queue: str) -> str:
-        """Send ``envelope`` again as a fresh delivery to one of this service's handlers."""
+    def _resend(
+        self, envelope: dict[str, Any], handler: str, queue: str, service: str | None = None
+    ) -> str:
+        """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
+        this service; the operator CLI replays other services' dead letters)."""
         name = str(envelope.get("type"))
         head = {k: v for k, v in envelope.items() if k != "data"}
         data_json = encode_data(name, envelope.get("data"), self.settings.max_event_size)
@@ -477,7 +480,7 @@ class EventBus:
             self.app,
             envelope,
             encode_body(head, data_json),
-            [(handler, queue, f"{name} → {handler}", self.service)],
+            [(handler, queue, f"{name} → {handler}", service or self.service)],
             parent_id=None,
             root_id=None,
         )

@@ -7,6 +7,8 @@ with the app (and the bus) that ``-A`` names, like ``celery worker`` does::
     celery -A orders eventbus catalog --format mermaid
     celery -A orders eventbus publish user.registered --data '{"user_id": 7}'
     celery -A orders eventbus status --json
+    celery -A orders eventbus dead-letters list --handler orders.welcome_order
+    celery -A orders eventbus dead-letters replay --event user.registered
 
 Tables are printed for people; ``--json`` prints one JSON document for scripts. Exit codes:
 
@@ -33,9 +35,11 @@ import redis
 from celery.bin.base import CeleryCommand
 
 from . import _redis
+from ._all_dead_letters import AllDeadLetters
 from ._table import render_table
 from .bus import EventBus, bus_for
 from .catalog import Catalog
+from .deadletters import DeadLetter, DeadLetterNotFound
 from .errors import (
     BrokerError,
     CeleryEventsError,
@@ -79,7 +83,7 @@ def _translated_errors(bus: EventBus) -> Iterator[None]:
     """Turn our errors into a short message and a documented exit code, no traceback."""
     try:
         yield
-    except NoSubscribersError as exc:
+    except (NoSubscribersError, DeadLetterNotFound) as exc:
         raise _NotFound(str(exc)) from exc
     except (RegistryError, PublishError, BrokerError) as exc:
         raise _Unreachable(f"{exc}\n{_where(bus)}") from exc
@@ -131,7 +135,7 @@ def _echo_json(value: Any) -> None:
 @click.pass_context
 def eventbus(ctx: click.Context) -> None:
     """Operate the event bus of the app given with -A: subscriptions, catalog, publish,
-    status.
+    status, dead letters.
 
     Exit codes: 0 done, 1 nothing found or matched, 2 bad usage, 3 broker or registry
     unreachable.
@@ -295,7 +299,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     bus = _bus(ctx)
     with _translated_errors(bus):
         queues = BrokerQueues.from_app(bus.app, timeout=bus.settings.publish_timeout)
-        found = read_status(bus.registry.subscriptions(), queues)
+        found = read_status(
+            bus.registry.subscriptions(), queues, dead_letters=AllDeadLetters(bus).count
+        )
     if as_json:
         _echo_json([s.to_json() for s in found])
     elif found:
@@ -308,7 +314,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                         ", ".join(q.name for q in s.queues),
                         s.waiting,
                         s.in_flight,
-                        "?" if s.dead_letters is None else s.dead_letters,
+                        s.dead_letters,
                         _age(s.oldest_waiting),
                     )
                     for s in found
@@ -319,6 +325,212 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo("No service has subscriptions in the registry.", err=True)
     if not found:
         ctx.exit(ExitCode.NOT_FOUND)
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+@eventbus.group(name="dead-letters")
+def dead_letters() -> None:
+    """List, show, replay or purge deliveries that gave up, across every service."""
+
+
+def _filters(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--service", help="Only this subscribing service's dead letters."),
+            click.option("--handler", help="Only this handler's (its task name, svc.handler)."),
+            click.option("--event", "event_name", help="Only deliveries of this event name."),
+            click.option("--reason", help="Only this reason, such as retries_exhausted."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@dead_letters.command(name="list", cls=CeleryCommand)
+@_filters
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Show at most this many, newest first.")
+@_json_option
+@click.pass_context
+def list_dead_letters(
+    ctx: click.Context,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead letters, newest first."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = AllDeadLetters(bus).list(
+            service=service, handler=handler, event_name=event_name, reason=reason, limit=limit
+        )
+    if as_json:
+        _echo_json([letter.to_json() for letter in letters])
+    elif letters:
+        click.echo(
+            render_table(
+                ["id", "handler", "event", "reason", "attempts", "last failed", "error"],
+                [
+                    (
+                        letter.id,
+                        letter.handler or f"({letter.service})",
+                        letter.event_name or "-",
+                        letter.reason,
+                        letter.attempts,
+                        _when(letter.last_failed_at),
+                        _short(f"{letter.error_type}: {letter.error_message}"),
+                    )
+                    for letter in letters
+                ],
+            )
+        )
+    else:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+    if not letters:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@dead_letters.command(name="show", cls=CeleryCommand)
+@click.argument("id")
+@_json_option
+@click.pass_context
+def show_dead_letter(ctx: click.Context, id: str, as_json: bool) -> None:
+    """Show one dead letter: its envelope, error and traceback."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letter = AllDeadLetters(bus).get(id)
+    if as_json:
+        _echo_json(letter.to_json())
+        return
+    rows = [
+        ("id", letter.id),
+        ("service", letter.service),
+        ("handler", letter.handler or "-"),
+        ("event", f"{letter.event_name or '-'} ({letter.event_id or 'no id'})"),
+        ("reason", letter.reason),
+        ("error", f"{letter.error_type}: {letter.error_message}"),
+        ("attempts", letter.attempts),
+        ("first failed", _when(letter.first_failed_at)),
+        ("last failed", _when(letter.last_failed_at)),
+        ("worker", letter.hostname or "-"),
+        ("task id", letter.task_id or "-"),
+        ("queue", letter.queue or "-"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name.ljust(width)}  {value}")
+    if letter.envelope is not None:
+        click.echo("\nenvelope:")
+        click.echo(json.dumps(letter.envelope, indent=2, ensure_ascii=False))
+    if letter.raw_base64 is not None:
+        click.echo(f"\nraw message (base64): {letter.raw_base64}")
+    if letter.traceback:
+        click.echo("\n" + letter.traceback.rstrip())
+
+
+def _selection(
+    ctx: click.Context,
+    bus: EventBus,
+    id: str | None,
+    every: bool,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+) -> list[DeadLetter]:
+    filters = (service, handler, event_name, reason)
+    if id is None and not every and all(f is None for f in filters):
+        raise _Usage(
+            f"Name the dead letters to {ctx.info_name}: an ID, a filter (--service, --handler,"
+            " --event, --reason), or --all for every one."
+        )
+    if id is not None and (every or any(f is not None for f in filters)):
+        raise _Usage(f"Give either an ID or filters to {ctx.info_name}, not both.")
+    return AllDeadLetters(bus).select(
+        id, service=service, handler=handler, event_name=event_name, reason=reason
+    )
+
+
+@dead_letters.command(name="replay", cls=CeleryCommand)
+@click.argument("id", required=False)
+@_filters
+@click.option("--all", "every", is_flag=True, help="Every dead letter of every service.")
+@_json_option
+@click.pass_context
+def replay_dead_letters(
+    ctx: click.Context,
+    id: str | None,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """Send dead letters again, each as a fresh delivery to its handler, and remove them."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = _selection(ctx, bus, id, every, service, handler, event_name, reason)
+        replayed = AllDeadLetters(bus).replay(letters)
+    if as_json:
+        _echo_json([letter.to_json() for letter in replayed])
+    elif replayed:
+        click.echo(f"Replayed {len(replayed)} dead letter(s):")
+        click.echo(
+            render_table(
+                ["id", "handler", "event", "event id"],
+                [(lt.id, lt.handler, lt.event_name, lt.event_id) for lt in replayed],
+            )
+        )
+    if not replayed:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@dead_letters.command(name="purge", cls=CeleryCommand)
+@click.argument("id", required=False)
+@_filters
+@click.option("--all", "every", is_flag=True, help="Every dead letter of every service.")
+@_json_option
+@click.pass_context
+def purge_dead_letters(
+    ctx: click.Context,
+    id: str | None,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """Delete dead letters for good."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = _selection(ctx, bus, id, every, service, handler, event_name, reason)
+        purged = AllDeadLetters(bus).purge(letters)
+    if as_json:
+        _echo_json({"purged": purged, "ids": [letter.id for letter in letters]})
+    elif purged:
+        click.echo(f"Purged {purged} dead letter(s).")
+    if not purged:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _described(*filters: str | None) -> str:
+    names = ("service", "handler", "event", "reason")
+    given = [f"{name} {value!r}" for name, value in zip(names, filters, strict=True) if value]
+    return f" with {', '.join(given)}." if given else "."
+
+
+def _short(text: str, width: int = 60) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _when(stamp: float) -> str:
