@@ -245,3 +245,69 @@ def test_help_lists_every_command(redis_url: str) -> None:
     assert done.returncode == 0
     for command in ("subscriptions", "catalog", "publish", "status", "register"):
         assert command in done.stdout
+
+
+def test_dead_letters_can_be_listed_shown_replayed_and_purged(
+    redis_url: str, redis_client: redis.Redis, start_worker: Callable[..., Any]
+) -> None:
+    # Given billing's handlers gave up on three deliveries
+    start_worker(BILLING)
+    for order_id in (1, 2):
+        eventbus("publish", "order.cancelled", "--data", json.dumps({"order_id": order_id}))
+    eventbus("publish", "payment.requested", "--data", '{"failures": 10}')
+
+    def listed(*filters: str) -> list[dict[str, Any]]:
+        done = eventbus("dead-letters", "list", "--json", *filters)
+        assert done.returncode in (0, 1), done.stderr
+        return list(json.loads(done.stdout))
+
+    wait_until(lambda: len(listed()) == 3, timeout=30, what="three dead letters")
+
+    # When an operator lists them, with and without filters
+    table = eventbus("dead-letters", "list")
+    refunds = listed("--handler", "billing.refund")
+    payments = listed("--event", "payment.requested")
+
+    # Then each shows its handler, event, reason, attempts and error
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == [
+        "ID", "HANDLER", "EVENT", "REASON", "ATTEMPTS", "LAST", "FAILED", "ERROR",
+    ]
+    assert "RuntimeError: order 2 was never charged" in table.stdout
+    assert sorted(lt["envelope"]["data"]["order_id"] for lt in refunds) == [1, 2]
+    (payment,) = payments
+    assert payment["reason"] == "retries_exhausted" and payment["attempts"] == 4
+    assert payment["error_type"] == "ConnectionError"
+    assert listed("--service", "orders") == [] and listed("--limit", "1")[0]["id"]
+    assert eventbus("dead-letters", "list", "--event", "nope.never").returncode == 1
+
+    # And one can be shown whole, with its envelope and traceback
+    shown = eventbus("dead-letters", "show", payment["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "handler       billing.collect" in shown.stdout
+    assert '"failures": 10' in shown.stdout
+    assert "ConnectionError: payment gateway busy (attempt 4)" in shown.stdout
+    assert json.loads(eventbus("dead-letters", "show", payment["id"], "--json").stdout) == payment
+    missing = eventbus("dead-letters", "show", "no-such-id")
+    assert missing.returncode == 1 and "No service has a dead letter 'no-such-id'" in missing.stderr
+
+    # When the payment is replayed (the gateway is back: no more failures)
+    redis_client.set(f"test:billing:attempts:billing.collect:{payment['event_id']}", 100)
+    replayed = eventbus("dead-letters", "replay", payment["id"])
+
+    # Then it is delivered again, handled, and leaves the dead letters
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith("Replayed 1 dead letter(s):")
+    wait_until(lambda: any(e["handler"] == "billing.collect" for e in effects(redis_client)))
+    (handled,) = [e for e in effects(redis_client) if e["handler"] == "billing.collect"]
+    assert handled["event_id"] == payment["event_id"]
+    assert listed("--event", "payment.requested") == []
+
+    # And the refunds are purged by filter
+    assert eventbus("dead-letters", "purge").returncode == 2  # nothing named: refused
+    purged = eventbus("dead-letters", "purge", "--handler", "billing.refund", "--json")
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["purged"] == 2
+    assert listed() == []
+    assert eventbus("dead-letters", "purge", "--all").returncode == 1
+    assert eventbus("dead-letters", "replay", "--all").returncode == 1
