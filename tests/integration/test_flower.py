@@ -183,9 +183,10 @@ def test_the_flower_task_list_shows_deliveries_in_a_browser(
     shown = [
         publisher.publish("order.created", {"order_id": 1}).deliveries[0],
         publisher.publish("order.cancelled", {"order_id": 2}).deliveries[0],
+        publisher.publish("payment.requested", {"failures": 1}).deliveries[0],
         publisher.publish("order.created", {"order_id": 3}).deliveries[0],
     ]
-    for delivery, state in zip(shown, ["SUCCESS", "FAILURE", "SUCCESS"], strict=True):
+    for delivery, state in zip(shown, ["SUCCESS", "FAILURE", "SUCCESS", "SUCCESS"], strict=True):
         flower_task(flower, delivery.task_id, state)
 
     # When a user logs in to Flower and opens the task list
@@ -201,6 +202,7 @@ def test_the_flower_task_list_shows_deliveries_in_a_browser(
     # Then every delivery is listed with its event name, handler and task id
     assert "order.created → billing.charge" in dom
     assert "order.cancelled → billing.refund" in dom
+    assert "payment.requested → billing.collect" in dom
     for delivery in shown:
         assert delivery.task_id in dom
     assert screenshot.stat().st_size > 10_000
