@@ -90,8 +90,7 @@ def _translated_errors(bus: EventBus) -> Iterator[None]:
     except (ConfigurationError, InvalidEventName, InvalidEventData) as exc:
         raise _Usage(str(exc)) from exc
     except redis.RedisError as exc:
-        raise _Unreachable(
-            f"Could not reach Redis: {exc}. Check that the broker and the registry are up.") from exc
+        raise _Unreachable(f"Could not reach Redis: {exc}.\n{_where(bus)}") from exc
     except CeleryEventsError as exc:
         raise _Usage(str(exc)) from exc
 
@@ -120,7 +119,8 @@ def _bus(ctx: click.Context) -> EventBus:
     except ConfigurationError as exc:
         raise _Usage(
             f"{exc} Pass the module that creates the bus with -A, for example"
-            " `celery -A orders eventbus status`.") from exc
+            " `celery -A orders eventbus status`."
+        ) from exc
 
 
 def _json_option(func: F) -> F:
@@ -228,23 +228,26 @@ def catalog(ctx: click.Context, fmt: str) -> None:
     elif fmt == "dot":
         click.echo(found.to_dot(), nl=False)
     elif found.entries:
-        rows = []
-        for entry in found.entries:
-            publishers = ", ".join(entry.publishers) or "(not published yet)"
-            subs = entry.subscriptions or ()
-            if not subs:
-                rows.append((entry.name, publishers, "(no subscriber)", ""))
-            for index, sub in enumerate(subs):
-                first = index == 0
-                rows.append(
-                    (entry.name if first else "", publishers if first else "", sub.handler,
-                     sub.pattern)
-                )
-        click.echo(render_table(["event", "published by", "handler", "pattern"], rows))
+        click.echo(
+            render_table(["event", "published by", "handler", "pattern"], _catalog_rows(found))
+        )
     else:
         click.echo("The catalog is empty: nothing was published or subscribed yet.", err=True)
     if not found.entries:
         ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _catalog_rows(found: Catalog) -> list[tuple[str, str, str, str]]:
+    # One row per handler; an event's name and publishers only on its first row.
+    rows = []
+    for entry in found.entries:
+        name, publishers = entry.name, ", ".join(entry.publishers) or "(not published yet)"
+        if not entry.subscriptions:
+            rows.append((name, publishers, "(no subscriber)", ""))
+        for sub in entry.subscriptions:
+            rows.append((name, publishers, sub.handler, sub.pattern))
+            name = publishers = ""
+    return rows
 
 
 @eventbus.command(cls=CeleryCommand)
@@ -263,7 +266,8 @@ def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
     except ValueError as exc:
         raise _Usage(
             f"--data {data!r} is not JSON ({exc}); pass a JSON object such as"
-            ' \'{"user_id": 7}\'.') from exc
+            """ '{"user_id": 7}'."""
+        ) from exc
     with _translated_errors(bus):
         result = bus.publish(name, payload)
     if as_json:
@@ -271,8 +275,7 @@ def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
             {
                 "event": result.event.to_envelope(),
                 "deliveries": [
-                    {"service": d.service, "handler": d.handler, "queue": d.queue,
-                     "task_id": d.task_id}
+                    {"service": d.service, "handler": d.handler, "queue": d.queue, "task_id": d.task_id}
                     for d in result.deliveries
                 ],
             }
