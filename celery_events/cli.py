@@ -116,6 +116,13 @@ def _bus(ctx: click.Context) -> EventBus:
     app = ctx.obj.app
     try:
         return bus_for(app)
+    except ConfigurationError:
+        pass
+    # The bus may be created in a module the app imports on start-up (its `imports` and
+    # `include`), as workers do before they look for it.
+    app.loader.import_default_modules()
+    try:
+        return bus_for(app)
     except ConfigurationError as exc:
         raise _Usage(
             f"{exc} Pass the module that creates the bus with -A, for example"

@@ -240,6 +240,12 @@ def test_errors_are_one_clear_line_with_a_documented_exit_code(redis_url: str) -
         assert "Traceback" not in done.stderr
 
 
+def test_a_bus_created_in_a_module_the_app_includes_is_found(redis_url: str) -> None:
+    done = eventbus("register", app="tests.services.late_bus")
+    assert done.returncode == 0, done.stderr
+    assert "Recorded 1 subscription(s) of service 'late'." in done.stdout
+
+
 def test_help_lists_every_command(redis_url: str) -> None:
     done = eventbus("--help")
     assert done.returncode == 0
