@@ -120,7 +120,13 @@ def _bus(ctx: click.Context) -> EventBus:
         pass
     # The bus may be created in a module the app imports on start-up (its `imports` and
     # `include`), as workers do before they look for it.
-    app.loader.import_default_modules()
+    try:
+        app.loader.import_default_modules()
+    except ImportError as exc:
+        raise _Usage(
+            f"The app {app.main!r} has no event bus, and importing its modules to find one"
+            f" failed: {exc}."
+        ) from exc
     try:
         return bus_for(app)
     except ConfigurationError as exc:
