@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
+import pytest
+
 from celery_events import Subscription
 from celery_events._table import render_table
 from celery_events.catalog import Catalog
@@ -114,3 +119,12 @@ def test_tables_align_columns() -> None:
         "user.registered  3",
         "x",
     ]
+
+
+def test_graphviz_reads_the_dot_output() -> None:
+    dot = shutil.which("dot")
+    if dot is None:
+        pytest.skip("Graphviz is not installed (apt-get install graphviz)")
+    done = subprocess.run([dot, "-Tsvg"], input=catalog().to_dot(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "user.registered" in done.stdout and "no subscriber" in done.stdout
