@@ -64,6 +64,9 @@ def test_a_plain_worker_sends_the_task_events_flower_needs(
     assert task["worker"].startswith("celery@")
     assert task["received"] <= task["started"] <= task["succeeded"]
     assert task["retries"] == 0 and task["exception"] is None
+    # and, from the publisher, when it was sent (its task-sent event may come in last)
+    sent = wait_until(lambda: flower.task(delivery.task_id)["sent"], what="the task-sent event")
+    assert result.event.time.timestamp() <= sent <= task["received"]
 
 
 def test_a_failing_handler_shows_its_exception_and_traceback(
