@@ -11,7 +11,7 @@ from .models import Shipment
 
 # inbox=False turns off the Redis inbox, so that only the database inbox stands between a
 # repeated delivery and a second shipment.
-@bus.subscribe("order.placed", atomic=True, inbox=False, retry_backoff=1, retry_jitter=False)
+@bus.subscribe("order.placed", atomic=True, inbox=False, retry_backoff=0.2, retry_jitter=False)
 def ship(event: Event) -> None:
     Shipment.objects.create(order_id=event.data["order_id"], event_id=event.id)
     record("warehouse.ship", event)
