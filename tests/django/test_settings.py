@@ -81,3 +81,7 @@ def test_settings_are_read_when_used_so_override_settings_works() -> None:
     with override_settings(CELERY_EVENTS={**GOOD, "relay_interval": 0}):
         with pytest.raises(ConfigurationError, match="relay_interval"):
             read_config()
+
+
+def test_the_migrations_match_the_models() -> None:
+    call_command("makemigrations", "celery_events", "--check", "--dry-run", verbosity=0)

@@ -21,13 +21,13 @@ __all__ = ["OutboxEvent", "InboxEntry"]
 class OutboxEvent(models.Model):
     """An event waiting in (or already sent from) the transactional outbox."""
 
-    event_id = models.CharField(max_length=64, unique=True)
+    event_id = models.CharField(max_length=255, unique=True)
     name = models.CharField(max_length=255)
     source = models.CharField(max_length=255)
     #: The event's time as its envelope has it (RFC 3339, UTC), kept to the microsecond.
     time = models.CharField(max_length=40)
-    correlation_id = models.CharField(max_length=64)
-    causation_id = models.CharField(max_length=64, null=True, blank=True)
+    correlation_id = models.CharField(max_length=255)
+    causation_id = models.CharField(max_length=255, null=True, blank=True)
     #: The event's data as the exact JSON text that was validated at publish time.
     data = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
@@ -82,7 +82,7 @@ class OutboxEvent(models.Model):
 class InboxEntry(models.Model):
     """A delivery an atomic handler committed: (event id, handler) is never handled twice."""
 
-    event_id = models.CharField(max_length=64)
+    event_id = models.CharField(max_length=255)
     handler = models.CharField(max_length=255)
     event_name = models.CharField(max_length=255)
     handled_at = models.DateTimeField(default=timezone.now, db_index=True)
