@@ -83,6 +83,6 @@ def test_settings_are_read_when_used_so_override_settings_works() -> None:
             read_config()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(databases=["default", "pg"])
 def test_the_migrations_match_the_models() -> None:
     call_command("makemigrations", "celery_events", "--check", "--dry-run", verbosity=0)
