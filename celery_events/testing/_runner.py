@@ -10,7 +10,7 @@ from typing import Any
 from .._delivery import Handler, call_handler, current_effects, current_event, failure_outcome
 from ..bus import EventBus
 from ..deadletters import Reason
-from ..envelope import Event
+from ..envelope import Event, encode_data
 from ..errors import ConfigurationError, InvalidEnvelope
 from ..names import pattern_matches
 
@@ -80,9 +80,15 @@ class HandlerRunner:
 
         ``handlers`` limits the run to those task names. Returns one :class:`HandlerRun` per
         handler, in subscription order. An envelope that is not valid dead-letters every
-        handler of its type, as on a worker.
+        handler of its type, as on a worker; an :class:`Event` whose data ``publish`` would
+        refuse raises :class:`~celery_events.InvalidEventData`.
         """
-        envelope = event.to_envelope() if isinstance(event, Event) else event
+        if isinstance(event, Event):
+            # The checks publish makes, so that a test cannot deliver what could never be sent.
+            encode_data(event.name, event.data, bus.settings.max_event_size)
+            envelope = event.to_envelope()
+        else:
+            envelope = event
         # What goes over the wire is JSON: the handler sees what a worker would decode.
         wire = json.loads(json.dumps(envelope))
         name = wire.get("type") if isinstance(wire, dict) else None

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from celery import Celery
 
-from celery_events import ConfigurationError, Event, EventBus, Reject, Retry
+from celery_events import ConfigurationError, Event, EventBus, InvalidEventData, Reject, Retry
 from celery_events.testing import HandlerRunner
 
 NO_BROKER = "redis://127.0.0.1:1/0"
@@ -138,3 +138,12 @@ def test_an_atomic_handler_needs_a_transaction_runner(bus: EventBus) -> None:
 
     with pytest.raises(ConfigurationError, match="no transaction runner"):
         HandlerRunner().run(bus, placed())
+
+
+def test_an_event_that_publish_would_refuse_is_refused(bus: EventBus) -> None:
+    @bus.subscribe("order.placed")
+    def invoice(event: Event) -> None: ...
+
+    event = Event.create("order.placed", {"at": datetime.now()}, source="shop")
+    with pytest.raises(InvalidEventData, match="cannot be encoded as JSON"):
+        HandlerRunner().run(bus, event)
