@@ -49,12 +49,15 @@ def django_db_modify_db_settings(
 
 
 @pytest.fixture(scope="session")
-def django_bus_broker(redis_server: RedisServer) -> str:
+def django_bus_broker(redis_server: RedisServer) -> Iterator[str]:
     """Point the project's Celery app at the test Redis before its bus first connects."""
+    from celery_events.contrib.django import get_bus
+
     from .proj.celery import app
 
     app.conf.broker_url = redis_server.url
-    return redis_server.url
+    yield redis_server.url
+    get_bus().close()
 
 
 @pytest.fixture

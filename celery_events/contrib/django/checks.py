@@ -1,4 +1,4 @@
-"""System checks of ``CELERY_EVENTS``: run by ``manage.py check``, ``runserver`` and workers.
+"""System checks of ``CELERY_EVENTS``: run by ``manage.py check``, ``runserver`` and ``migrate``.
 
 - ``celery_events.E001``: ``CELERY_EVENTS`` is missing or not a dict.
 - ``celery_events.E002``: a key of ``CELERY_EVENTS`` is unknown or has a bad value.
