@@ -6,8 +6,9 @@ import pytest
 import redis
 from django.db import transaction
 
-from celery_events import NoSubscribersError
+from celery_events import NoSubscribersError, PublishError
 
+from ..harness import RedisServer
 from .helpers import queued_counts, queued_envelopes
 from .warehouse.models import Order
 
@@ -68,3 +69,16 @@ def test_require_subscribers_is_checked_when_publish_is_called(bus) -> None:
     with transaction.atomic():
         with pytest.raises(NoSubscribersError, match="'stock.counted'"):
             bus.publish("stock.counted", {"sku": "x"}, require_subscribers=True)
+
+
+def test_a_send_that_fails_after_the_commit_raises_from_the_atomic_block(
+    bus, redis_server: RedisServer
+) -> None:
+    # Given the broker goes down while a transaction is open
+    with pytest.raises(PublishError):
+        with transaction.atomic():
+            Order.objects.create(reference="A-5")
+            bus.publish("order.placed", {"order_id": 5})
+            redis_server.stop()
+    # Then the caller hears of it, with the data committed (the outbox avoids this case)
+    assert Order.objects.filter(reference="A-5").exists()
