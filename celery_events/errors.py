@@ -21,6 +21,11 @@ __all__ = [
 ]
 
 
+def describe(exc: BaseException) -> str:
+    """A third-party exception's message, ready to be followed by a full stop of ours."""
+    return (str(exc) or type(exc).__name__).rstrip(". ")
+
+
 class CeleryEventsError(Exception):
     """Base class of every error celery-events raises."""
 
