@@ -62,6 +62,11 @@ class PublishError(CeleryEventsError):
     """The broker could not take the event within ``publish_timeout``; no delivery was sent."""
 
 
+class PoisonMessageError(CeleryEventsError):
+    """A delivery was started ``max_deliveries`` times and its worker died each time; it is
+    dead-lettered instead of being run again."""
+
+
 class RegistryError(CeleryEventsError):
     """The subscription registry could not be read or written."""
 
