@@ -12,6 +12,7 @@ from .bus import Delivery, EventBus, PublishResult, bus_for
 from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
 from .envelope import Event
 from .errors import (
+    BrokerError,
     CeleryEventsError,
     ConfigurationError,
     EventTooLarge,
@@ -20,6 +21,7 @@ from .errors import (
     InvalidEventName,
     InvalidPattern,
     NoSubscribersError,
+    PoisonMessageError,
     PublishError,
     RegistryError,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "BrokerError",
+    "PoisonMessageError",
     "DeadLetterNotFound",
     "ReplayError",
 ]

@@ -17,7 +17,13 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "BrokerError",
 ]
+
+
+def describe(exc: BaseException) -> str:
+    """A third-party exception's message, ready to be followed by a full stop of ours."""
+    return (str(exc) or type(exc).__name__).rstrip(". ")
 
 
 class CeleryEventsError(Exception):
@@ -56,5 +62,14 @@ class PublishError(CeleryEventsError):
     """The broker could not take the event within ``publish_timeout``; no delivery was sent."""
 
 
+class PoisonMessageError(CeleryEventsError):
+    """A delivery was started ``max_deliveries`` times and its worker died each time; it is
+    dead-lettered instead of being run again."""
+
+
 class RegistryError(CeleryEventsError):
     """The subscription registry could not be read or written."""
+
+
+class BrokerError(CeleryEventsError):
+    """The broker could not be reached or read (for example by ``eventbus status``)."""
