@@ -7,7 +7,7 @@ events on, the same command for both variants. Handlers run with the inbox on (t
 - Throughput: 10,000 deliveries, or 10,000 no-op tasks sent with ``send_task``, are queued
   first; then a worker starts and drains them. The rate is taken between the start of the
   first task and the end of the last, as the tasks themselves record it. Variants alternate.
-- Latency: a worker runs; events are published at 200 per second in blocks that alternate
+- Latency: a worker runs; events are published at 200 per second, alternating event by event
   between ``send_task`` and ``bus.publish``; each task records the time from just before its
   publish call to the start of its function (the handler, for celery-events).
 """
@@ -138,39 +138,45 @@ def _percentile(values: list[float], q: float) -> float:
 
 def latency(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     rate = 200
-    per_block = 20 if smoke else 400
-    pairs = 1 if smoke else 5
+    per_block = 40 if smoke else 1000
+    repeats = 1 if smoke else 6
     app, bus = _publisher(url, "bench-latency")
-    for kind in ("raw", "ours"):
-        client.delete(f"bench:latency:{kind}")
+    keys = {kind: f"bench:latency:{kind}" for kind in ("raw", "ours")}
     client.delete(READY_KEY)
     worker = WorkerProcess(url, WORKER_ARGS)
     blocks: dict[str, list[list[float]]] = {"raw": [], "ours": []}
     try:
         _wait(client, worker, lambda: client.exists(READY_KEY), timeout=60)
 
-        def block(kind: str) -> float:
-            key = f"bench:latency:{kind}"
-            client.delete(key)
+        def block(first: int) -> None:
+            # One stream of events at `rate` per second in which the variants alternate
+            # event by event, so both see the same worker and the same machine.
+            client.delete(*keys.values())
             start = time.perf_counter()
             for i in range(per_block):
                 pause = start + i / rate - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
                 data = {"sent": time.time(), "i": i}
-                if kind == "raw":
+                if (i + first) % 2 == 0:
                     envelope = Event.create("bench.latency", data, source="raw").to_envelope()
                     app.send_task("bench.raw_latency", args=[envelope], kwargs={}, queue=RAW_QUEUE)
                 else:
                     bus.publish("bench.latency", data)
-            _wait(client, worker, lambda: client.llen(key) >= per_block, timeout=120)
-            blocks[kind].append([float(v) * 1e3 for v in client.lrange(key, 0, -1)])
-            return 0.0
+            expected = per_block // 2
+            _wait(
+                client,
+                worker,
+                lambda: all(client.llen(key) >= expected for key in keys.values()),
+                timeout=120,
+            )
+            for kind, key in keys.items():
+                blocks[kind].append([float(v) * 1e3 for v in client.lrange(key, 0, -1)])
 
-        # A warm-up block of each kind, not counted.
-        block("raw"), block("ours")
+        block(0)  # warm-up, not counted
         blocks["raw"].clear(), blocks["ours"].clear()
-        interleaved({"raw": lambda: block("raw"), "ours": lambda: block("ours")}, repeats=pairs * 2)
+        for repeat in range(repeats):
+            block(repeat % 2)
     finally:
         worker.stop()
         bus.close()
@@ -184,8 +190,8 @@ def latency(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         title=f"End-to-end latency at {rate} events/s",
         setup=(
             f"Publish call to task start (handler start for celery-events), one worker (`-c 1"
-            f" -E`); {len(blocks['raw'])} blocks of {per_block} per variant, alternating;"
-            " figures over blocks."
+            f" -E`); {repeats} runs of {per_block} events at {rate}/s, the two variants"
+            " alternating event by event; percentiles per run, figures over runs."
         ),
         figures=figures,
     )
