@@ -21,7 +21,7 @@ class Series:
 
     def text(self, digits: int = 1) -> str:
         low, high = min(self.values), max(self.values)
-        return f"{self.median:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}] {self.unit}"
+        return f"{self.median:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}] {self.unit}".rstrip()
 
 
 @dataclass
