@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@# Debian's python3 creates virtualenvs only with python3-venv; install it when we can.
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } \
 		|| { echo "$(PYTHON) cannot create a virtualenv: install python3-venv" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -135,6 +135,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     )
     migrate.ready = lambda: migrate.exited() == 0
     wait_ready(progress, [migrate], 60)
+    supervisor.forget_finished()
 
     started = []
     for service, celery_app in WORKERS.items():
@@ -235,7 +236,7 @@ def watch(demo: Demo) -> None:
     """Wait for Ctrl-C; stop early if a process dies on its own."""
     while True:
         for process in demo.supervisor.processes:
-            if process.name != "orders-migrate" and process.exited() is not None:
+            if process.exited() is not None:
                 raise StartupFailed(
                     f"{process.name} stopped on its own (status {process.exited()}):\n"
                     f"{process.log_tail()}"

@@ -99,6 +99,16 @@ class Supervisor:
         self.processes.append(process)
         return process
 
+    def forget_finished(self) -> None:
+        """Drop processes that exited and left nothing behind (a one-off command).
+
+        Their process group id could be reused by an unrelated process later, so they must
+        not be signalled again.
+        """
+        self.processes = [
+            p for p in self.processes if p.exited() is None or p.group_alive()
+        ]
+
     def stop_all(self, keep_last: Sequence[str] = (), timeout: float = 15.0) -> list[str]:
         """Stop every process: SIGTERM to each leader, then SIGKILL to whatever group remains.
 

@@ -108,7 +108,7 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     assert "events published      order.created 4, user.deleted 1, user.registered 4" in out
     assert "retries               4" in out
     assert "Flower      http://127.0.0.1:" in out and "password" in out
-    assert "Stopped 8 process(es)." in out
+    assert "Stopped 7 process(es)." in out
     # And no process it started is left
     assert processes_with(demo.mark) == []
 
@@ -117,14 +117,14 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     # Given the demo running after its scenario
     demo = Demo()
     demo.wait_for_line("press Ctrl-C to stop it all")
-    assert len(processes_with(demo.mark)) >= 8
+    assert len(processes_with(demo.mark)) >= 7
 
     # When the user presses Ctrl-C
     demo.process.send_signal(signal.SIGINT)
 
     # Then it stops everything and exits 0
     assert demo.wait(timeout=60) == 0, demo.output
-    assert "Stopped 8 process(es)." in demo.output
+    assert "Stopped 7 process(es)." in demo.output
     assert processes_with(demo.mark) == []
 
 
