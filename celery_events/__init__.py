@@ -9,6 +9,7 @@ or pattern gets its own delivery, an ordinary Celery task on its own queue.
 """
 
 from .bus import Delivery, EventBus, PublishResult, bus_for
+from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
 from .envelope import Event
 from .errors import (
     CeleryEventsError,
@@ -22,6 +23,7 @@ from .errors import (
     PublishError,
     RegistryError,
 )
+from .outcomes import Reject, Retry
 from .registry import Registry, Subscription
 from .settings import Settings
 
@@ -35,6 +37,12 @@ __all__ = [
     "Subscription",
     "Registry",
     "Settings",
+    # steering a delivery from a handler
+    "Retry",
+    "Reject",
+    # dead letters
+    "DeadLetter",
+    "DeadLetterStore",
     # errors
     "CeleryEventsError",
     "ConfigurationError",
@@ -46,6 +54,8 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "DeadLetterNotFound",
+    "ReplayError",
 ]
 
 __version__ = "0.1.0"

@@ -1,16 +1,36 @@
-"""The Celery task that runs one handler for one delivery, on the subscriber's worker."""
+"""The Celery task that runs one handler for one delivery, on the subscriber's worker.
+
+Each run goes: read the envelope (invalid: dead letter) → ask the inbox (already handled:
+skip and ack; another copy running: come back later; started too often without finishing:
+poison, dead letter) → run the handler → record success in the inbox (with any Redis effects
+the handler queued), or retry with backoff through Celery's own retry, or give up into the
+dead letters. The message is acknowledged only after one of these, and requeued if the worker
+dies, so no delivery is acknowledged without being handled or dead-lettered.
+"""
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject as CeleryReject
+from celery.exceptions import Retry as CeleryRetry
+from celery.utils.time import get_exponential_backoff_interval
 
+from ._inbox import holder_is_dead, lease_value
+from .deadletters import Reason, new_letter
 from .envelope import Event
+from .errors import ConfigurationError, InvalidEnvelope
+from .outcomes import Reject, Retry
+
+if TYPE_CHECKING:
+    from .bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -18,34 +38,91 @@ log = logging.getLogger(__name__)
 #: a handler carry its correlation id and name it as their cause.
 current_event: ContextVar[Event | None] = ContextVar("celery_events_current_event", default=None)
 
+#: Redis commands a running handler queued to commit together with its inbox record.
+current_effects: ContextVar[redis.client.Pipeline | None] = ContextVar(
+    "celery_events_current_effects", default=None
+)
+
 HandlerFunc = Callable[[Event], Any]
+
+#: Runs ``call`` inside a database transaction that also records (event id, handler) in an
+#: inbox table; returns False without calling when that pair is already recorded.
+TransactionRunner = Callable[[str, Event, Callable[[], object]], bool]
+
+# How much longer than the handler's time limit a lease lives, and a retry may take to show up.
+LEASE_MARGIN = 30.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failing handler is retried, and how long it waits."""
+
+    max_retries: int
+    backoff: float
+    backoff_max: float
+    jitter: bool
+    retry_for: tuple[type[BaseException], ...] = (Exception,)
+    dont_retry_for: tuple[type[BaseException], ...] = ()
+
+    def should_retry(self, exc: BaseException, failures: int) -> bool:
+        """``failures`` counts this one; a handler gets ``max_retries`` retries in all."""
+        if isinstance(exc, Retry):
+            return failures <= self.max_retries
+        if isinstance(exc, self.dont_retry_for) or not isinstance(exc, self.retry_for):
+            return False
+        return failures <= self.max_retries
+
+    def delay(self, failures: int, asked: float | None = None) -> float:
+        """Seconds to wait before retry number ``failures`` (1 for the first retry)."""
+        if asked is not None:
+            if asked > self.backoff_max:
+                log.warning(
+                    "celery-events: Retry(delay=%s) is longer than retry_backoff_max (%s);"
+                    " waiting %s s",
+                    asked,
+                    self.backoff_max,
+                    self.backoff_max,
+                )
+            return min(float(asked), self.backoff_max)
+        return float(
+            get_exponential_backoff_interval(
+                factor=self.backoff,
+                retries=failures - 1,
+                maximum=self.backoff_max,
+                full_jitter=self.jitter,
+            )
+        )
 
 
 @dataclass(frozen=True)
 class Handler:
-    """A subscribed function and where its deliveries go."""
+    """A subscribed function and how its deliveries are run."""
 
     pattern: str
     func: HandlerFunc
     #: The Celery task name, ``{service}.{name}``.
     task_name: str
     queue: str
+    retry: RetryPolicy
+    #: Skip deliveries whose event this handler already handled (and never run two copies).
+    inbox: bool = True
+    #: Run inside the bus's transaction runner (a database transaction with an inbox row).
+    atomic: bool = False
+    time_limit: float = 300.0
     task_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def lease_seconds(self) -> float:
+        return self.time_limit + LEASE_MARGIN
 
-def register_task(app: Celery, handler: Handler) -> Task:
+
+def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
-    func = handler.func
 
     def deliver(self: Task, envelope: object) -> None:
-        event = Event.from_envelope(envelope)
-        token = current_event.set(event)
-        try:
-            func(event)
-        finally:
-            current_event.reset(token)
+        _Run(bus, handler, self).run(envelope)
 
-    deliver.__doc__ = func.__doc__
+    deliver.__doc__ = handler.func.__doc__
     options: dict[str, Any] = {
         "name": handler.task_name,
         "bind": True,
@@ -53,8 +130,10 @@ def register_task(app: Celery, handler: Handler) -> Task:
         # a crash means a redelivery rather than a lost event.
         "acks_late": True,
         "reject_on_worker_lost": True,
+        "acks_on_failure_or_timeout": True,
         "ignore_result": True,
         "typing": False,
+        "time_limit": handler.time_limit,
         # A shared task would be added to every Celery app in the process, including other
         # services' apps in tests and monoliths.
         "shared": False,
@@ -62,3 +141,221 @@ def register_task(app: Celery, handler: Handler) -> Task:
     options.update(handler.task_options)
     task: Task = app.task(**options)(deliver)
     return task
+
+
+class _Run:
+    """One run of one delivery."""
+
+    def __init__(self, bus: EventBus, handler: Handler, task: Task) -> None:
+        self.bus = bus
+        self.handler = handler
+        self.task = task
+        request = task.request
+        self.task_id: str = request.id
+        self.hostname: str | None = request.hostname
+        delivery_info = request.delivery_info or {}
+        self.queue: str = delivery_info.get("routing_key") or handler.queue
+
+    def run(self, envelope: object) -> None:
+        handler = self.handler
+        inbox = self.bus.inbox
+        try:
+            event = Event.from_envelope(envelope)
+        except InvalidEnvelope as exc:
+            self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
+            raise
+
+        lease = lease_value(self.task_id)
+        claim = inbox.claim(
+            handler.task_name,
+            event.id,
+            self.task_id,
+            lease=lease,
+            lease_seconds=handler.lease_seconds,
+            use_inbox=handler.inbox,
+        )
+        if claim.status == "busy" and holder_is_dead(claim.holder):
+            # The copy holding the lease died with its worker process: take over.
+            claim = inbox.claim(
+                handler.task_name,
+                event.id,
+                self.task_id,
+                lease=lease,
+                lease_seconds=handler.lease_seconds,
+                use_inbox=handler.inbox,
+                steal_from=claim.holder,
+            )
+        if claim.status == "done":
+            log.info(
+                "celery-events: %s already handled event %s; delivery %s skipped",
+                handler.task_name,
+                event.id,
+                self.task_id,
+            )
+            return
+        if claim.status == "busy":
+            wait = max(1.0, min(claim.holder_ttl_ms / 1000.0, 30.0))
+            log.info(
+                "celery-events: another copy of delivery %s of event %s is running; checking"
+                " again in %.0f s",
+                self.task_id,
+                event.id,
+                wait,
+            )
+            self._celery_retry(countdown=wait, exc=None)
+        if claim.starts > self.bus.settings.max_deliveries:
+            inbox.release(handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True)
+            error = RuntimeError(
+                f"Delivery {self.task_id} was started {claim.starts - 1} times without finishing"
+                " (its worker died each time); it is dead-lettered as a poison message."
+            )
+            self._dead(
+                Reason.TOO_MANY_DELIVERIES,
+                error,
+                envelope,
+                attempts=claim.starts - 1,
+                event_id=event.id,
+                first_failed_at=claim.first_failed_at,
+                trace=None,
+            )
+            raise error
+
+        effects = inbox.client.pipeline(transaction=True)
+        event_token = current_event.set(event)
+        effects_token = current_effects.set(effects)
+        try:
+            self._call(event)
+        except Exception as exc:
+            current_effects.reset(effects_token)
+            current_event.reset(event_token)
+            effects.reset()
+            self._failed(exc, event, envelope, lease, claim.failures + 1, claim.first_failed_at)
+            raise
+        current_effects.reset(effects_token)
+        current_event.reset(event_token)
+        inbox.succeed(
+            handler.task_name,
+            event.id,
+            self.task_id,
+            use_inbox=handler.inbox,
+            ttl_seconds=self.bus.settings.inbox_ttl,
+            effects=effects,
+        )
+
+    def _call(self, event: Event) -> None:
+        handler = self.handler
+        if not handler.atomic:
+            handler.func(event)
+            return
+        runner = self.bus.transaction_runner
+        if runner is None:
+            raise ConfigurationError(
+                f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
+                " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+            )
+        if not runner(handler.task_name, event, lambda: handler.func(event)):
+            log.info(
+                "celery-events: %s already handled event %s (database inbox); skipped",
+                handler.task_name,
+                event.id,
+            )
+
+    def _failed(
+        self,
+        exc: Exception,
+        event: Event,
+        envelope: object,
+        lease: str,
+        failures: int,
+        first_failed_at: float | None,
+    ) -> None:
+        handler = self.handler
+        policy = handler.retry
+        if isinstance(exc, Reject):
+            reason = Reason.REJECTED
+        elif policy.should_retry(exc, failures):
+            asked = exc.delay if isinstance(exc, Retry) else None
+            countdown = policy.delay(failures, asked)
+            self.bus.inbox.release(
+                handler.task_name,
+                event.id,
+                self.task_id,
+                lease=lease,
+                failed=True,
+                next_due_in=countdown + handler.lease_seconds,
+            )
+            if not isinstance(exc, Retry):
+                log.warning(
+                    "celery-events: %s failed on event %s (attempt %d of %d), retrying in"
+                    " %.1f s: %r",
+                    handler.task_name,
+                    event.id,
+                    failures,
+                    policy.max_retries + 1,
+                    countdown,
+                    exc,
+                )
+            self._celery_retry(countdown=countdown, exc=exc)
+        elif isinstance(exc, Retry) or isinstance(exc, policy.retry_for) and not isinstance(
+            exc, policy.dont_retry_for
+        ):
+            reason = Reason.RETRIES_EXHAUSTED
+        else:
+            reason = Reason.NOT_RETRIED
+        self.bus.inbox.release(
+            handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True
+        )
+        self._dead(
+            reason,
+            exc,
+            envelope,
+            attempts=failures,
+            event_id=event.id,
+            first_failed_at=first_failed_at,
+        )
+
+    def _celery_retry(self, countdown: float, exc: Exception | None) -> None:
+        try:
+            self.task.retry(countdown=countdown, exc=exc, max_retries=None)
+        except CeleryRetry:
+            raise
+        except CeleryReject as rejected:
+            # Celery drops the message when the retry cannot be published; put it back on
+            # the queue instead, so that the delivery is not lost.
+            log.warning(
+                "celery-events: could not publish the retry of %s, requeueing it: %s",
+                self.task_id,
+                rejected.reason,
+            )
+            raise CeleryReject(rejected.reason, requeue=True) from None
+
+    def _dead(
+        self,
+        reason: str,
+        exc: BaseException,
+        envelope: object,
+        *,
+        attempts: int,
+        event_id: str,
+        first_failed_at: float | None = None,
+        trace: str | None | bool = True,
+    ) -> None:
+        if event_id == "-":
+            self.bus.inbox.forget(self.task_id)
+        letter = new_letter(
+            service=self.bus.service,
+            reason=reason,
+            error=exc,
+            traceback=traceback.format_exc() if trace is True else None,
+            handler=self.handler.task_name,
+            envelope=envelope if isinstance(envelope, dict) else {"invalid": repr(envelope)},
+            attempts=attempts,
+            first_failed_at=first_failed_at,
+            hostname=self.hostname,
+            task_id=self.task_id,
+            queue=self.queue,
+            # Named after the delivery, so that recording it twice (a crash before the ack)
+            # keeps one record.
+            id=self.task_id,
+        )
+        self.bus.dead_letters.add(letter)

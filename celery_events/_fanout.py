@@ -17,15 +17,20 @@ from typing import Protocol
 import redis
 from celery import Celery, signals
 
+from ._inbox import ledger_entry
 from ._messages import TaskMessage, redis_payload
 from .errors import PublishError
 
 log = logging.getLogger(__name__)
 
-# KEYS: the queue lists, then (optionally) the catalog hash.
-# ARGV: the number of queues, the payloads, then (optionally) the catalog field and value.
+# KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
+#       (optionally) the catalog hash.
+# ARGV: n, ledger on ('1'/'0'), the time the ledger first looks at them, n payloads,
+#       (with the ledger) n task ids and n ledger entries, then (optionally) the catalog
+#       field and value.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
+local ledger = ARGV[2] == '1'
 for i = 1, n do
   local kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and kind ~= 'list' then
@@ -33,10 +38,19 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  redis.call('LPUSH', KEYS[i], ARGV[i + 1])
+  redis.call('LPUSH', KEYS[i], ARGV[3 + i])
 end
-if #KEYS > n then
-  redis.call('HSET', KEYS[n + 1], ARGV[n + 2], ARGV[n + 3])
+local used_keys, used_args = n, 3 + n
+if ledger then
+  for i = 1, n do
+    local task_id = ARGV[3 + n + i]
+    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, ARGV[3 + 2 * n + i])
+    redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
+  end
+  used_keys, used_args = 3 * n, 3 + 3 * n
+end
+if #KEYS > used_keys then
+  redis.call('HSET', KEYS[used_keys + 1], ARGV[used_args + 1], ARGV[used_args + 2])
 end
 return n
 """
@@ -76,19 +90,45 @@ def _fire_after(message: TaskMessage) -> None:
 class RedisFanout:
     """Sends deliveries straight to kombu's Redis queue lists with one atomic script."""
 
-    def __init__(self, client: redis.Redis, timeout: float, key_prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        timeout: float,
+        *,
+        key_prefix: str = "",
+        ledger_prefix: str | None = None,
+        redelivery_timeout: float = 60.0,
+    ) -> None:
         self.client = client
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
+        # Where deliveries are recorded until handled (see _inbox.py); None: not recorded.
+        self.ledger_prefix = ledger_prefix
+        self.redelivery_timeout = redelivery_timeout
         self._script = client.register_script(_FANOUT_LUA)
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
         for message in messages:
             _fire_before(message)
         keys = [self.key_prefix + m.queue for m in messages]
-        args: list[str | int] = [len(messages)]
-        args.extend(redis_payload(m) for m in messages)
+        payloads = [redis_payload(m) for m in messages]
+        ledger = self.ledger_prefix is not None
+        args: list[str | int | float] = [
+            len(messages),
+            "1" if ledger else "0",
+            time.time() + self.redelivery_timeout,
+        ]
+        args.extend(payloads)
+        if self.ledger_prefix is not None:
+            for message in messages:
+                base = f"{self.ledger_prefix}ledger:{message.service}"
+                keys.extend((base, f"{base}:due"))
+            args.extend(m.headers["id"] for m in messages)
+            args.extend(
+                ledger_entry(key, payload, m.event_id, m.task_name)
+                for key, payload, m in zip(keys, payloads, messages, strict=False)
+            )
         if catalog is not None:
             keys.append(catalog[0])
             args.extend(catalog[1:])
@@ -96,7 +136,7 @@ class RedisFanout:
         for message in messages:
             _fire_after(message)
 
-    def _run(self, keys: list[str], args: list[str | int]) -> None:
+    def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         while True:

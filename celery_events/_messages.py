@@ -26,6 +26,9 @@ class TaskMessage:
 
     task_name: str
     queue: str
+    #: The subscribing service and the event, for the delivery ledger.
+    service: str
+    event_id: str
     headers: dict[str, Any]
     properties: dict[str, Any]
     #: ``(args, kwargs, embed)``, as Celery's protocol 2 has it (what publish signals see).
@@ -50,16 +53,16 @@ def build_messages(
     app: Celery,
     envelope: dict[str, Any],
     body_json: str,
-    targets: list[tuple[str, str, str]],
+    targets: list[tuple[str, str, str, str]],
     *,
     parent_id: str | None,
     root_id: str | None,
 ) -> list[TaskMessage]:
-    """Build one message per ``(task_name, queue, shown_name)`` target."""
+    """Build one message per ``(task_name, queue, shown_name, service)`` target."""
     if not targets:
         return []
     first_id = str(uuid.uuid4())
-    task_name, _, shadow = targets[0]
+    task_name, _, shadow, _ = targets[0]
     template = app.amqp.as_task_v2(
         first_id,
         task_name,
@@ -74,7 +77,8 @@ def build_messages(
     body = template.body
     body_b64 = base64.b64encode(body_json.encode()).decode()
     messages = []
-    for index, (task_name, queue, shadow) in enumerate(targets):
+    event_id = envelope["id"]
+    for index, (task_name, queue, shadow, service) in enumerate(targets):
         task_id = first_id if index == 0 else str(uuid.uuid4())
         headers = dict(template.headers)
         headers["task"] = task_name
@@ -83,7 +87,9 @@ def build_messages(
         headers["root_id"] = root_id or task_id
         properties = {"correlation_id": task_id, "reply_to": template.properties["reply_to"]}
         messages.append(
-            TaskMessage(task_name, queue, headers, properties, body, body_json, body_b64)
+            TaskMessage(
+                task_name, queue, service, event_id, headers, properties, body, body_json, body_b64
+            )
         )
     return messages
 

@@ -1,21 +1,100 @@
-"""What a service's ``celery worker`` does for its bus before it starts consuming."""
+"""What a service's ``celery worker`` does for its bus.
+
+Before the worker is built (``celeryd_init``): use the screening Redis transport, make the
+broker's visibility timeout longer than any retry wait plus handler time limit (or refuse a
+user's setting that is shorter), and prefetch one message per process unless the user chose
+otherwise. After it is built, before it consumes (``celeryd_after_setup``): add the service's
+event queues and record its subscriptions. Once it runs (``worker_ready``): look for lost
+deliveries every ``sweep_interval`` seconds.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
+from . import _redis
+from .deadletters import Reason, new_letter
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
 log = logging.getLogger(__name__)
+
+TRANSPORT = "celery_events._transport:Transport"
+CELERY_DEFAULT_PREFETCH = 4
+# Extra room on top of the longest retry wait plus handler time limit.
+VISIBILITY_MARGIN = 60.0
+
+
+def _bus(app: Any) -> EventBus | None:
+    from .bus import _BUSES
+
+    return _BUSES.get(app)
+
+
+def needed_visibility_timeout(bus: EventBus) -> float:
+    """The shortest Redis visibility timeout under which no delivery runs twice."""
+    longest = max(
+        (h.retry.backoff_max + h.time_limit for h in bus.handlers), default=0.0
+    )
+    return longest + VISIBILITY_MARGIN
+
+
+def configure_worker(bus: EventBus) -> None:
+    """Apply the delivery-protecting worker settings to the bus's app (see module doc)."""
+    conf = bus.app.conf
+    broker = _redis.first_broker_url(conf.broker_url)
+    if not _redis.is_redis_url(broker):
+        return
+    if not conf.broker_transport:
+        conf.broker_transport = TRANSPORT
+    elif conf.broker_transport != TRANSPORT:
+        log.warning(
+            "celery-events: broker_transport is %r, so unreadable items on event queues are not"
+            " screened and can stop the worker",
+            conf.broker_transport,
+        )
+    options = dict(conf.broker_transport_options or {})
+    needed = needed_visibility_timeout(bus)
+    current = options.get("visibility_timeout")
+    if current is None:
+        options["visibility_timeout"] = max(3600.0, needed)
+        conf.broker_transport_options = options
+    elif float(current) < needed:
+        raise ConfigurationError(
+            f"broker_transport_options['visibility_timeout'] is {current} s, but a delivery of"
+            f" service {bus.service!r} may wait up to {needed:.0f} s (longest retry_backoff_max"
+            f" plus handler time limit plus {VISIBILITY_MARGIN:.0f} s). Redis would hand it to"
+            f" a second worker meanwhile. Raise visibility_timeout to at least {needed:.0f}, or"
+            " lower retry_backoff_max / time_limit."
+        )
+    if conf.worker_prefetch_multiplier == CELERY_DEFAULT_PREFETCH:
+        conf.worker_prefetch_multiplier = 1
+
+
+def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    bus = _bus(instance.app) if instance is not None else None
+    if bus is not None:
+        configure_worker(bus)
 
 
 def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
-    from .bus import _BUSES
-
-    bus = _BUSES.get(instance.app)
+    bus = _bus(instance.app)
     if bus is None:
         return
+    atomic = [h.task_name for h in bus.handlers if h.atomic]
+    if atomic and bus.transaction_runner is None:
+        raise ConfigurationError(
+            f"Handlers {', '.join(atomic)} are atomic=True, but the bus of service"
+            f" {bus.service!r} has no transaction runner. Add 'celery_events.contrib.django' to"
+            " INSTALLED_APPS, or drop atomic=True."
+        )
     # Consume the service's event queues in addition to whatever the worker was told to
     # consume, so that plain `celery -A svc worker` receives deliveries.
     queues = instance.app.amqp.queues
@@ -31,4 +110,107 @@ def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
         )
 
 
+class Sweeper:
+    """Finds this service's lost deliveries and sends them again (see ``_inbox.py``)."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="celery-events-sweeper", daemon=True)
+        self._token = uuid.uuid4().hex
+        options = bus.app.conf.broker_transport_options or {}
+        prefix = options.get("global_keyprefix", "")
+        self.unacked_key = prefix + options.get("unacked_key", "unacked")
+        self.lock_key = f"{bus.settings.key_prefix}sweeper:{bus.service}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        interval = self.bus.settings.sweep_interval
+        while not self._stop.wait(interval):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # Redis restarting, say; the next round tries again
+                log.warning("celery-events: sweep for lost deliveries failed: %s", exc)
+
+    def sweep_once(self) -> int:
+        """One round; returns how many lost deliveries were sent again."""
+        client = self.bus.inbox.client
+        settings = self.bus.settings
+        # One sweeper per service at a time; the lock outlives a dead worker by one interval.
+        lock_ms = int(settings.sweep_interval * 2000)
+        if not client.set(self.lock_key, self._token, nx=True, px=lock_ms):
+            if client.get(self.lock_key) != self._token.encode():
+                return 0
+            client.pexpire(self.lock_key, lock_ms)
+        resent, given_up = self.bus.inbox.sweep(
+            unacked_key=self.unacked_key,
+            redelivery_timeout=settings.redelivery_timeout,
+            max_redeliveries=settings.max_deliveries,
+            postpone=settings.sweep_interval,
+        )
+        if resent:
+            log.warning(
+                "celery-events: sent %d lost delivery(ies) of service %r again",
+                resent,
+                self.bus.service,
+            )
+        for entry in given_up:
+            self.bus.dead_letters.add(
+                new_letter(
+                    service=self.bus.service,
+                    reason=Reason.LOST_TOO_OFTEN,
+                    error_type="DeliveryLost",
+                    error_message=(
+                        f"The delivery was lost {entry.get('r')} times (its message vanished"
+                        " before a worker finished it) and was given up."
+                    ),
+                    handler=entry.get("h"),
+                    envelope=_envelope_of(entry.get("m")),
+                    queue=entry.get("q"),
+                    raw=str(entry.get("m", "")).encode(),
+                )
+            )
+        return resent
+
+
+def _envelope_of(payload: object) -> dict[str, Any] | None:
+    import base64
+    import json
+
+    try:
+        message = json.loads(str(payload))
+        body = json.loads(base64.b64decode(message["body"]))
+        envelope = body[0][0]
+    except Exception:
+        return None
+    return envelope if isinstance(envelope, dict) else None
+
+
+_sweepers: dict[int, Sweeper] = {}
+
+
+def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    bus = _bus(app) if app is not None else None
+    if bus is None or bus.fanout.__class__.__name__ != "RedisFanout":
+        return
+    sweeper = Sweeper(bus)
+    _sweepers[id(bus)] = sweeper
+    sweeper.start()
+
+
+def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    for sweeper in _sweepers.values():
+        sweeper.stop()
+    _sweepers.clear()
+
+
+signals.celeryd_init.connect(_on_worker_init, weak=False)
 signals.celeryd_after_setup.connect(_on_worker_setup, weak=False)
+signals.worker_ready.connect(_on_worker_ready, weak=False)
+signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)

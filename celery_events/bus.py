@@ -19,11 +19,27 @@ from typing import Any, TypeVar
 from celery import Celery
 
 from . import _redis
-from ._delivery import Handler, HandlerFunc, current_event, register_task
+from ._delivery import (
+    Handler,
+    HandlerFunc,
+    RetryPolicy,
+    TransactionRunner,
+    current_effects,
+    current_event,
+    register_task,
+)
 from ._fanout import Fanout, KombuFanout, RedisFanout
+from ._inbox import Inbox
 from ._messages import build_messages, encode_body
+from .deadletters import DeadLetterStore
 from .envelope import Event, encode_data
-from .errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError
+from .errors import (
+    CeleryEventsError,
+    ConfigurationError,
+    NoSubscribersError,
+    PublishError,
+    RegistryError,
+)
 from .names import validate_name, validate_pattern
 from .registry import Registry, Subscription
 from .settings import Settings, validate_service_name
@@ -83,6 +99,11 @@ class EventBus:
         self._registry: Registry | None = None
         self._fanout: Fanout | None = None
         self._published_names: set[str] = set()
+        self._inbox: Inbox | None = None
+        self._dead_letters: DeadLetterStore | None = None
+        #: Set by the Django integration: runs ``atomic=True`` handlers in a database
+        #: transaction that records the delivery in its inbox table.
+        self.transaction_runner: TransactionRunner | None = None
         with _BUSES_LOCK:
             existing = _BUSES.get(app)
             if existing is not None:
@@ -103,6 +124,15 @@ class EventBus:
         *,
         name: str | None = None,
         queue: str | None = None,
+        max_retries: int | None = None,
+        retry_backoff: float | None = None,
+        retry_backoff_max: float | None = None,
+        retry_jitter: bool | None = None,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+        dont_retry_for: tuple[type[BaseException], ...] = (),
+        inbox: bool = True,
+        atomic: bool = False,
+        time_limit: float | None = None,
         **task_options: Any,
     ) -> Callable[[F], F]:
         """Subscribe the decorated function to events whose name matches ``pattern``.
@@ -110,15 +140,41 @@ class EventBus:
         ``pattern`` is an event name or uses ``*`` (one word) and ``#`` (zero or more words).
         ``name`` is the handler's name, unique in the service (default: the function's name);
         its Celery task is ``{service}.{name}``. ``queue`` overrides the service's queue.
-        Other keywords are Celery task options (``time_limit``, ``rate_limit``, ...).
+
+        Failures are retried ``max_retries`` times with exponential backoff
+        (``retry_backoff * 2**n`` seconds, at most ``retry_backoff_max``, with full jitter
+        unless ``retry_jitter=False``) for exceptions in ``retry_for`` and not in
+        ``dont_retry_for``; then the delivery becomes a dead letter. Defaults come from the
+        bus settings. ``inbox=False`` turns off skipping of already handled deliveries.
+        ``atomic=True`` runs the handler in a database transaction that records the delivery
+        (needs the Django integration). ``time_limit`` is the hard limit in seconds. Other
+        keywords are Celery task options (``rate_limit``, ``soft_time_limit``, ...).
         The function is returned unchanged, so it can still be called directly in tests.
 
-        >>> @bus.subscribe("user.*", queue="events.orders.slow")    # doctest: +SKIP
+        >>> @bus.subscribe("user.*", max_retries=3, dont_retry_for=(KeyError,))  # doctest: +SKIP
         ... def audit(event: Event) -> None: ...
         """
         validate_pattern(pattern)
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"A handler's queue must be a non-empty string, not {queue!r}.")
+        settings = self.settings
+        policy = RetryPolicy(
+            max_retries=settings.max_retries if max_retries is None else max_retries,
+            backoff=settings.retry_backoff if retry_backoff is None else retry_backoff,
+            backoff_max=(
+                settings.retry_backoff_max if retry_backoff_max is None else retry_backoff_max
+            ),
+            jitter=settings.retry_jitter if retry_jitter is None else retry_jitter,
+            retry_for=_exception_types("retry_for", retry_for),
+            dont_retry_for=_exception_types("dont_retry_for", dont_retry_for),
+        )
+        _check_policy(pattern, policy)
+        limit = settings.handler_time_limit if time_limit is None else time_limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+            raise ConfigurationError(
+                f"@bus.subscribe({pattern!r}, time_limit={limit!r}): the time limit must be a"
+                " positive number of seconds."
+            )
 
         def decorator(func: F) -> F:
             if not callable(func):
@@ -149,9 +205,13 @@ class EventBus:
                     func=func,
                     task_name=task_name,
                     queue=queue or self.default_queue,
+                    retry=policy,
+                    inbox=bool(inbox),
+                    atomic=bool(atomic),
+                    time_limit=float(limit),
                     task_options=dict(task_options),
                 )
-                register_task(self.app, handler)
+                register_task(self.app, self, handler)
                 self._handlers[task_name] = handler
             return func
 
@@ -166,6 +226,11 @@ class EventBus:
     def handlers(self) -> list[Handler]:
         """This service's handlers, in the order they were subscribed."""
         return list(self._handlers.values())
+
+    @property
+    def handler_names(self) -> frozenset[str]:
+        """The Celery task names of this service's handlers."""
+        return frozenset(self._handlers)
 
     @property
     def queues(self) -> list[str]:
@@ -259,7 +324,7 @@ class EventBus:
             self.app,
             envelope,
             encode_body(head, data_json),
-            [(s.handler, s.queue, f"{name} → {s.handler}") for s in subscriptions],
+            [(s.handler, s.queue, f"{name} → {s.handler}", s.service) for s in subscriptions],
             parent_id=parent_id,
             root_id=root_id,
         )
@@ -348,8 +413,73 @@ class EventBus:
                 _redis.connect(broker, self.settings.publish_timeout),
                 self.settings.publish_timeout,
                 key_prefix=options.get("global_keyprefix", ""),
+                ledger_prefix=self.settings.key_prefix,
+                redelivery_timeout=self.settings.redelivery_timeout,
             )
         return KombuFanout(self.app, self.settings.publish_timeout)
+
+    @property
+    def inbox(self) -> Inbox:
+        """This service's inbox and delivery bookkeeping (in the broker's Redis if it is one)."""
+        if self._inbox is None:
+            with self._lock:
+                if self._inbox is None:
+                    self._inbox = Inbox(
+                        self._state_client(), self.service, self.settings.key_prefix
+                    )
+        return self._inbox
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """This service's dead letters: ``list``, ``get``, ``replay``, ``purge``, ``count``."""
+        if self._dead_letters is None:
+            with self._lock:
+                if self._dead_letters is None:
+                    self._dead_letters = DeadLetterStore(
+                        self._state_client(),
+                        self.service,
+                        key_prefix=self.settings.key_prefix,
+                        limit=self.settings.dead_letter_limit,
+                        resend=self._resend,
+                    )
+        return self._dead_letters
+
+    def redis_effects(self) -> Any:
+        """A Redis pipeline whose commands run only if the current handler succeeds, in one
+        transaction with its inbox record: exactly-once effects for Redis writes.
+
+        >>> @bus.subscribe("order.created")                          # doctest: +SKIP
+        ... def count(event: Event) -> None:
+        ...     bus.redis_effects().incr("orders:created")
+        """
+        effects = current_effects.get()
+        if effects is None:
+            raise CeleryEventsError(
+                "bus.redis_effects() is only available inside a running handler."
+            )
+        return effects
+
+    def _state_client(self) -> Any:
+        fanout = self.fanout
+        if isinstance(fanout, RedisFanout):
+            return fanout.client
+        return self.registry.client
+
+    def _resend(self, envelope: dict[str, Any], handler: str, queue: str) -> str:
+        """Send ``envelope`` again as a fresh delivery to one of this service's handlers."""
+        name = str(envelope.get("type"))
+        head = {k: v for k, v in envelope.items() if k != "data"}
+        data_json = encode_data(name, envelope.get("data"), self.settings.max_event_size)
+        [message] = build_messages(
+            self.app,
+            envelope,
+            encode_body(head, data_json),
+            [(handler, queue, f"{name} → {handler}", self.service)],
+            parent_id=None,
+            root_id=None,
+        )
+        self.fanout.send([message], None)
+        return str(message.headers["id"])
 
     def close(self) -> None:
         """Stop the registry's background check and close connections."""
@@ -357,6 +487,47 @@ class EventBus:
             self._registry.close()
         if isinstance(self._fanout, RedisFanout):
             self._fanout.client.close()
+
+
+def _exception_types(option: str, value: object) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    for item in types:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ConfigurationError(
+                f"{option} must be an exception class or a tuple of them, not {value!r}."
+            )
+    return types
+
+
+def _check_policy(pattern: str, policy: RetryPolicy) -> None:
+    if isinstance(policy.max_retries, bool) or not isinstance(policy.max_retries, int) or (
+        policy.max_retries < 0
+    ):
+        raise ConfigurationError(
+            f"@bus.subscribe({pattern!r}): max_retries must be a whole number >= 0, not"
+            f" {policy.max_retries!r}."
+        )
+    for option, value in (("retry_backoff", policy.backoff), ("retry_backoff_max", policy.backoff_max)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(
+                f"@bus.subscribe({pattern!r}): {option} must be a positive number of seconds,"
+                f" not {value!r}."
+            )
+
+
+def bus_for_queue(queue: str) -> EventBus | None:
+    """The bus in this process whose handlers consume ``queue``, if any."""
+    for bus in list(_BUSES.values()):
+        if queue in bus.queues:
+            return bus
+    return None
+
+
+def any_bus() -> EventBus | None:
+    """Some bus of this process (a worker process normally has exactly one)."""
+    for bus in list(_BUSES.values()):
+        return bus
+    return None
 
 
 def bus_for(app: Celery) -> EventBus:

@@ -52,6 +52,28 @@ class Settings:
     require_subscribers: bool = False
     #: Record the service's subscriptions when its worker starts.
     register_on_worker_start: bool = True
+    #: Default retries of a handler before its delivery becomes a dead letter.
+    max_retries: int = 5
+    #: Default first backoff step in seconds; retry n waits up to ``retry_backoff * 2**n``.
+    retry_backoff: float = 2.0
+    #: Default longest wait between two retries, in seconds.
+    retry_backoff_max: float = 600.0
+    #: Default: wait a random time up to the backoff ("full jitter") rather than all of it.
+    retry_jitter: bool = True
+    #: Default hard time limit of a handler, in seconds (the worker kills it past that).
+    handler_time_limit: float = 300.0
+    #: How long the inbox remembers that a delivery was handled, in seconds.
+    inbox_ttl: float = 7 * 24 * 3600.0
+    #: Deliveries of one message that started but never finished (their worker died) before
+    #: it is dead-lettered as a poison message.
+    max_deliveries: int = 5
+    #: Seconds after publishing (or after its last sign of life) before a delivery that is in
+    #: no queue, held by no worker and not handled is presumed lost and sent again.
+    redelivery_timeout: float = 60.0
+    #: How often a worker looks for lost deliveries of its service, in seconds.
+    sweep_interval: float = 5.0
+    #: Most dead letters kept per service; ``None`` keeps all. Dropping is logged.
+    dead_letter_limit: int | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -71,20 +93,36 @@ class Settings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` naming the first bad value."""
-        for name in ("publish_timeout", "registry_refresh_interval", "registry_max_staleness"):
+        for name in (
+            "publish_timeout",
+            "registry_refresh_interval",
+            "registry_max_staleness",
+            "retry_backoff",
+            "retry_backoff_max",
+            "handler_time_limit",
+            "inbox_ttl",
+            "redelivery_timeout",
+            "sweep_interval",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(
                     f"The setting {name} must be a positive number of seconds, not {value!r}."
                 )
-        if (
-            isinstance(self.max_event_size, bool)
-            or not isinstance(self.max_event_size, int)
-            or self.max_event_size <= 0
+        for name, minimum in (("max_event_size", 1), ("max_retries", 0), ("max_deliveries", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigurationError(
+                    f"The setting {name} must be a whole number >= {minimum}, not {value!r}."
+                )
+        if self.dead_letter_limit is not None and (
+            isinstance(self.dead_letter_limit, bool)
+            or not isinstance(self.dead_letter_limit, int)
+            or self.dead_letter_limit < 1
         ):
             raise ConfigurationError(
-                f"The setting max_event_size must be a positive whole number of bytes, not"
-                f" {self.max_event_size!r}."
+                "The setting dead_letter_limit must be None (keep every dead letter) or a"
+                f" whole number >= 1, not {self.dead_letter_limit!r}."
             )
         if self.registry_refresh_interval >= self.registry_max_staleness:
             raise ConfigurationError(
@@ -105,7 +143,7 @@ class Settings:
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
                 " or unix:// URL."
             )
-        for name in ("require_subscribers", "register_on_worker_start"):
+        for name in ("require_subscribers", "register_on_worker_start", "retry_jitter"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:

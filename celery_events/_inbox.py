@@ -1,0 +1,296 @@
+"""The per-subscriber inbox, delivery bookkeeping and the lost-delivery ledger, in Redis.
+
+Keys under ``{key_prefix}``:
+
+- ``inbox:{handler}:{event id}``: ``done`` once the handler succeeded (kept ``inbox_ttl``), or
+  the lease of the copy running it now (expires after the handler time limit), so a second copy
+  of one delivery never runs beside the first and a finished one is not run again;
+- ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
+  ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
+- ``ledger:{service}`` and ``ledger:{service}:due``: every delivery from publish until it is
+  handled or dead-lettered, with its message. Written atomically with the fan-out, it is how a
+  message that vanished between the queue and a worker (a worker killed just after taking it, a
+  retry whose re-publish failed, Redis restarting at the wrong moment) is found and sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+CLAIM_LUA = """
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, steal_from
+local current = redis.call('GET', KEYS[1])
+if ARGV[4] == '1' and current then
+  if current == 'done' then
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    return {'done', '', 0, 0, 0, ''}
+  end
+  if current ~= ARGV[6] then
+    return {'busy', current, redis.call('PTTL', KEYS[1]), 0, 0, ''}
+  end
+end
+local starts = redis.call('HINCRBY', KEYS[2], 'starts', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3] * 4 + 86400000)
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+end
+local failures = tonumber(redis.call('HGET', KEYS[2], 'failures') or '0')
+local first = redis.call('HGET', KEYS[2], 'first_failed_at') or ''
+return {'run', '', 0, starts, failures, first}
+"""
+
+# Ends a run that will be retried or dead-lettered: the lease is released (only if still ours),
+# the run counts as finished, and a failure is counted.
+RELEASE_LUA = """
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, failed, now, due_at, forget
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[2])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[2], 'starts', 0)
+local failures = 0
+if ARGV[3] == '1' then
+  failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
+  redis.call('HSETNX', KEYS[2], 'first_failed_at', ARGV[4])
+end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+end
+return failures
+"""
+
+SWEEP_LUA = """
+-- KEYS: ledger, due, unacked   ARGV: now, batch, postpone_s, inbox_prefix, redelivery_s, max_redeliveries
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then return {} end
+local held = {}
+for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
+  local ok, item = pcall(cjson.decode, raw)
+  if ok and type(item) == 'table' and type(item[1]) == 'table'
+      and type(item[1]['headers']) == 'table' and item[1]['headers']['id'] then
+    held[item[1]['headers']['id']] = true
+  end
+end
+local given_up = {}
+for _, task_id in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[1], task_id)
+  if not raw then
+    redis.call('ZREM', KEYS[2], task_id)
+  else
+    local entry = cjson.decode(raw)
+    local inbox = redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
+    if inbox == 'done' then
+      redis.call('HDEL', KEYS[1], task_id)
+      redis.call('ZREM', KEYS[2], task_id)
+    elseif held[task_id] or inbox or redis.call('LLEN', entry['q']) > 0 then
+      -- Running, held by a worker, or possibly still waiting in a busy queue: look later.
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), task_id)
+    elseif entry['r'] >= tonumber(ARGV[6]) then
+      redis.call('HDEL', KEYS[1], task_id)
+      redis.call('ZREM', KEYS[2], task_id)
+      table.insert(given_up, raw)
+    else
+      entry['r'] = entry['r'] + 1
+      redis.call('LPUSH', entry['q'], entry['m'])
+      redis.call('HSET', KEYS[1], task_id, cjson.encode(entry))
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), task_id)
+      table.insert(given_up, '')
+    end
+  end
+end
+return given_up
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the inbox said when a delivery asked to run."""
+
+    #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
+    status: str
+    holder: str = ""
+    holder_ttl_ms: int = 0
+    #: Runs begun and not finished, this one included: above 1, earlier runs died.
+    starts: int = 0
+    failures: int = 0
+    first_failed_at: float | None = None
+
+
+def lease_value(task_id: str) -> str:
+    return json.dumps({"task": task_id, "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Tell whether the lease holder was a process on this host that no longer exists."""
+    try:
+        info = json.loads(holder)
+        if info.get("host") != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError, OSError):
+        return False
+    return False
+
+
+class Inbox:
+    """Bookkeeping of one service's deliveries (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, service: str, key_prefix: str) -> None:
+        self.client = client
+        self.prefix = key_prefix
+        self.ledger_key = f"{key_prefix}ledger:{service}"
+        self.due_key = f"{key_prefix}ledger:{service}:due"
+        self._claim = client.register_script(CLAIM_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
+
+    def _keys(self, handler: str, event_id: str, task_id: str) -> list[str]:
+        return [
+            f"{self.prefix}inbox:{handler}:{event_id}",
+            f"{self.prefix}delivery:{task_id}",
+            self.ledger_key,
+            self.due_key,
+        ]
+
+    def is_done(self, handler: str, event_id: str) -> bool:
+        return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
+
+    def claim(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        lease_seconds: float,
+        use_inbox: bool,
+        steal_from: str = "",
+    ) -> Claim:
+        now = time.time()
+        status, holder, ttl, starts, failures, first = self._claim(
+            keys=self._keys(handler, event_id, task_id),
+            args=[
+                task_id,
+                lease,
+                int(lease_seconds * 1000),
+                "1" if use_inbox else "0",
+                now + lease_seconds,
+                steal_from or "\x00",
+            ],
+        )
+        return Claim(
+            status=_text(status),
+            holder=_text(holder),
+            holder_ttl_ms=int(ttl),
+            starts=int(starts),
+            failures=int(failures),
+            first_failed_at=float(first) if first else None,
+        )
+
+    def succeed(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        use_inbox: bool,
+        ttl_seconds: float,
+        effects: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Record success, in one transaction with the Redis ``effects`` the handler queued."""
+        pipe = effects if effects is not None else self.client.pipeline(transaction=True)
+        inbox, state, ledger, due = self._keys(handler, event_id, task_id)
+        if use_inbox:
+            pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
+        pipe.delete(state)
+        pipe.hdel(ledger, task_id)
+        pipe.zrem(due, task_id)
+        pipe.execute()
+
+    def forget(self, task_id: str) -> None:
+        """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.prefix}delivery:{task_id}")
+            pipe.hdel(self.ledger_key, task_id)
+            pipe.zrem(self.due_key, task_id)
+            pipe.execute()
+
+    def release(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        failed: bool,
+        next_due_in: float = 0.0,
+        forget: bool = False,
+    ) -> int:
+        """End a run that is retried (``forget=False``) or given up (``forget=True``)."""
+        now = time.time()
+        return int(
+            self._release(
+                keys=self._keys(handler, event_id, task_id),
+                args=[
+                    task_id,
+                    lease,
+                    "1" if failed else "0",
+                    now,
+                    now + next_due_in,
+                    "1" if forget else "0",
+                ],
+            )
+        )
+
+    def sweep(
+        self,
+        *,
+        unacked_key: str,
+        redelivery_timeout: float,
+        max_redeliveries: int,
+        postpone: float,
+        batch: int = 200,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Send lost deliveries again; return how many, and those sent too often already."""
+        results = self._sweep(
+            keys=[self.ledger_key, self.due_key, unacked_key],
+            args=[
+                time.time(),
+                batch,
+                postpone,
+                f"{self.prefix}inbox:",
+                redelivery_timeout,
+                max_redeliveries,
+            ],
+        )
+        resent = sum(1 for r in results if not r)
+        given_up = [json.loads(r) for r in results if r]
+        return resent, given_up
+
+
+def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:
+    """The ledger record of one delivery, as the fan-out script stores it."""
+    return json.dumps({"q": queue, "m": payload, "e": event_id, "h": handler, "r": 0})
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,36 @@
+"""What a handler may raise to steer its own delivery, besides returning or failing.
+
+>>> @bus.subscribe("payment.requested")                                # doctest: +SKIP
+... def charge(event):
+...     if gateway.busy():
+...         raise Retry(delay=30)          # try again in 30 s; logged as a retry, not an error
+...     if event.data["amount"] <= 0:
+...         raise Reject("amount must be positive")   # give up now: straight to dead letters
+"""
+
+from __future__ import annotations
+
+__all__ = ["Retry", "Reject"]
+
+
+class Retry(Exception):
+    """Ask for this delivery to run again after ``delay`` seconds (default: the backoff).
+
+    A retry counts toward the handler's ``max_retries``; when they are used up, the delivery
+    becomes a dead letter.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and (isinstance(delay, bool) or delay < 0):
+            raise ValueError(f"Retry(delay=...) must be a number of seconds >= 0, not {delay!r}.")
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or (f"retry in {delay} s" if delay is not None else "retry"))
+
+
+class Reject(Exception):
+    """Give up on this delivery at once: no retries, straight to the dead letters."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
