@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE))
 
 from demo_runner import http  # noqa: E402
 from demo_runner.flower import Flower  # noqa: E402
-from demo_runner.processes import Process, Supervisor  # noqa: E402
+from demo_runner.operate import APPS, Operator  # noqa: E402
+from demo_runner.processes import STOP_SIGNALS, Process, Supervisor  # noqa: E402
 from demo_runner.progress import Progress  # noqa: E402
 from demo_runner.redis_server import (  # noqa: E402
     NoRedisServer,
@@ -40,12 +41,7 @@ from demo_runner.redis_server import (  # noqa: E402
 )
 from demo_runner.scenario import Scenario  # noqa: E402
 
-#: Service name -> the Celery app its worker runs (``celery -A ...``).
-WORKERS = {
-    "users": "users.events",
-    "orders": "orders.celery",
-    "notifications": "notifications.worker",
-}
+WORKERS = APPS
 STARTUP_TIMEOUT = 90.0
 
 
@@ -69,6 +65,7 @@ class Demo:
     users_url: str
     orders_url: str
     flower: Flower
+    operator: Operator
 
 
 def python(*args: str) -> list[str]:
@@ -120,7 +117,8 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     orders_url = f"http://127.0.0.1:{ports['orders-web']}"
     flower_url = f"http://127.0.0.1:{ports['flower']}"
     flower = Flower(flower_url, flower_auth)
-    demo = Demo(work, supervisor, redis_url, users_url, orders_url, flower)
+    operator = Operator(redis_url, HERE, supervisor.env)
+    demo = Demo(work, supervisor, redis_url, users_url, orders_url, flower, operator)
 
     progress.add("redis", f"redis-server {version(binary)} ({where}) on 127.0.0.1:{redis_port}")
     redis = supervisor.start(
@@ -218,9 +216,13 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
         states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(stats.states.items()))
         retries = f", {stats.retries} retries" if stats.retries else ""
         print(f"    {handler:<34} {stats.total:>3}  ({states}{retries})")
-    failed = sum(s.states.get("FAILURE", 0) for s in deliveries.by_handler.values())
     print(f"  retries               {deliveries.retries}")
-    print(f"  failed deliveries     {failed}")
+    for service in WORKERS:
+        for letter in demo.operator.dead_letters(service):
+            print(
+                f"  dead letter           {letter.id}  {letter.event_name} → {letter.handler}:"
+                f" {letter.reason} after {letter.attempts} attempts ({letter.error_type})"
+            )
 
 
 def print_addresses(demo: Demo) -> None:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="celery-events-demo-"))
     supervisor = Supervisor(HERE, dict(os.environ), work / "logs")
@@ -264,9 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         progress = Progress()
         demo = start(supervisor, work, args.redis, progress)
         print()
-        scenario = Scenario(demo.users_url, demo.orders_url, work / "data", demo.flower)
+        scenario = Scenario(
+            demo.users_url, demo.orders_url, work / "data", demo.flower, demo.operator
+        )
         scenario.run()
         print_summary(demo, scenario)
+        if args.once:
+            print()
+            scenario.replay()
         failed = [c for c in scenario.checks if not c.ok]
         ok = not failed
         keep = not ok
@@ -277,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
                 for process in demo.supervisor.processes:
                     print(f"\n--- {process.name} ({process.log_path})\n{process.log_tail(40)}")
         else:
+            print(
+                "\nThe goodbye SMS is a dead letter. To replay it once the gateway is up:"
+                f"\n  touch {work / 'data' / 'sms-gateway-up'}"
+                f"\n  (cd {HERE} && CELERY_BROKER_URL={demo.redis_url} {sys.executable} -c"
+                " 'from notifications.worker import bus; print(bus.dead_letters.replay())')"
+            )
             print("\nEverything keeps running; press Ctrl-C to stop it all.")
             watch(demo)
     except Interrupted as exc:
@@ -286,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe demo could not run: {exc}", file=sys.stderr)
         ok, keep = False, True
     finally:
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)
+        # Nothing may interrupt the clean-up; a second Ctrl-C waits for it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         count = len(supervisor.processes)
         killed = supervisor.stop_all(keep_last=("redis",))
         note = f" ({', '.join(killed)} had to be killed)" if killed else ""

@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+#: The signals that tell the runner to stop; held back while a child is being started, so
+#: that no child can be started without being recorded (and so stopped).
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _die_with_parent() -> None:
+def _in_child() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -84,19 +88,23 @@ class Supervisor:
         env: dict[str, str] | None = None,
     ) -> Process:
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=self.cwd,
-                env={**self.env, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        process = Process(name, argv, log_path, ready or (lambda: True), popen)
-        self.processes.append(process)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            with open(log_path, "ab") as log:
+                popen = subprocess.Popen(
+                    list(argv),
+                    cwd=self.cwd,
+                    env={**self.env, **(env or {})},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_in_child,
+                )
+            process = Process(name, argv, log_path, ready or (lambda: True), popen)
+            self.processes.append(process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
     def forget_finished(self) -> None:

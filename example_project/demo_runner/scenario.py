@@ -6,7 +6,9 @@
    notes the order) and to notifications (a confirmation e-mail whose mail relay times out on
    the first tries for some users, so the delivery is retried).
 2. One of them leaves (``DELETE /users/<id>``): ``user.deleted`` reaches the audit trail and
-   the goodbye SMS, which always fails while the SMS gateway is down.
+   the goodbye SMS, which always fails while the SMS gateway is down: after two retries the
+   delivery becomes a dead letter of the notifications service.
+3. (``--once``) The gateway is brought up and the dead letter replayed: the SMS goes out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from . import http
 from .flower import Flower
+from .operate import Operator
 
 PEOPLE = [
     ("ada@example.com", "Ada Lovelace"),
@@ -59,6 +62,7 @@ class Scenario:
     orders_url: str
     data_dir: Path
     flower: Flower
+    operator: Operator
     say: Callable[[str], None] = print
     #: email -> (user id, id of its user.registered event)
     users: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -134,7 +138,25 @@ class Scenario:
         self.say(f"User {leaver_id} leaves (DELETE /users/{leaver_id}): HTTP {status}")
         self.record(expect("every user event reached the audit trail (user.*)", self._audit_ok))
         self.record(
-            expect("the goodbye SMS failed (the SMS gateway is down)", self._goodbye_failed)
+            expect(
+                "the goodbye SMS failed 3 times and became a dead letter (the SMS gateway is down)",
+                self._goodbye_dead,
+            )
+        )
+
+    def replay(self) -> None:
+        """Bring the SMS gateway up, replay the dead letter, and check that the SMS went out."""
+        (self.data_dir / "sms-gateway-up").touch()
+        self.say("The SMS gateway is up again; replaying the notifications' dead letters:")
+        output = self.operator.replay_dead_letters("notifications")
+        for line in output.strip().splitlines():
+            self.say(f"    {line}")
+        self.record(expect("the replayed goodbye SMS was sent", self._sms_sent))
+        self.record(
+            expect(
+                "no dead letter is left",
+                lambda: (not self.operator.dead_letters("notifications"), ""),
+            )
         )
 
     # -- conditions --------------------------------------------------------------------------
@@ -193,7 +215,26 @@ class Scenario:
             expected.add(self.deleted_event)
         return expected <= seen, f"{len(seen & expected)} of {len(expected)} events"
 
-    def _goodbye_failed(self) -> tuple[bool, str]:
+    def _goodbye_dead(self) -> tuple[bool, str]:
         stats = self.flower.deliveries().by_handler.get("notifications.goodbye_sms")
         failed = stats.states.get("FAILURE", 0) if stats else 0
-        return failed == 1, f"{failed} failed delivery in Flower"
+        letters = self.operator.dead_letters("notifications")
+        if not letters:
+            return False, f"{failed} failed delivery in Flower, no dead letter yet"
+        letter = letters[0]
+        detail = (
+            f"dead letter {letter.id[:8]}…, {letter.reason}, {letter.attempts} attempts,"
+            f" {letter.error_type}"
+        )
+        ok = (
+            len(letters) == 1
+            and failed == 1
+            and letter.handler == "notifications.goodbye_sms"
+            and letter.event_id == self.deleted_event
+            and letter.attempts == 3
+        )
+        return ok, detail
+
+    def _sms_sent(self) -> tuple[bool, str]:
+        sms = [line for line in self.sent("sms") if line["event_id"] == self.deleted_event]
+        return len(sms) == 1, f"{len(sms)} SMS for event {str(self.deleted_event)[:8]}…"

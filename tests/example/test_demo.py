@@ -106,7 +106,10 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     ):
         assert handler in out
     assert "events published      order.created 4, user.deleted 1, user.registered 4" in out
-    assert "retries               4" in out
+    assert "retries               6" in out  # 4 for the flaky e-mails, 2 for the SMS
+    assert "user.deleted → notifications.goodbye_sms: retries_exhausted after 3 attempts" in out
+    assert "✓ the replayed goodbye SMS was sent" in out
+    assert "✓ no dead letter is left" in out
     assert "Flower      http://127.0.0.1:" in out and "password" in out
     assert "Stopped 7 process(es)." in out
     # And no process it started is left
