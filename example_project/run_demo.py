@@ -260,44 +260,29 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="celery-events-demo-"))
     supervisor = Supervisor(HERE, dict(os.environ), work / "logs")
-    ok = keep = False
+    #: None until the scenario's checks ran.
+    passed: bool | None = None
+    # Files stay for a look after a failure or an unexpected error; a success or a Ctrl-C
+    # removes them.
+    keep = True
     print("Starting the celery-events demo (three services, their workers, Redis and Flower):")
     try:
-        progress = Progress()
-        demo = start(supervisor, work, args.redis, progress)
-        print()
-        scenario = Scenario(
-            demo.users_url, demo.orders_url, work / "data", demo.flower, demo.operator
-        )
-        scenario.run()
-        print_summary(demo, scenario)
-        if args.once:
-            print()
-            scenario.replay()
-        failed = [c for c in scenario.checks if not c.ok]
-        ok = not failed
-        keep = not ok
-        print_addresses(demo)
-        if args.once:
-            print(f"\n{'All checks passed' if ok else f'{len(failed)} check(s) failed'}.")
-            if not ok:
-                for process in demo.supervisor.processes:
-                    print(f"\n--- {process.name} ({process.log_path})\n{process.log_tail(40)}")
-        else:
-            print(
-                "\nThe goodbye SMS is a dead letter. To replay it once the gateway is up:"
-                f"\n  touch {work / 'data' / 'sms-gateway-up'}"
-                f"\n  (cd {HERE} && CELERY_BROKER_URL={demo.redis_url} {sys.executable} -c"
-                " 'from notifications.worker import bus; print(bus.dead_letters.replay())')"
-            )
+        demo = start(supervisor, work, args.redis, Progress())
+        passed = play(demo, once=args.once)
+        keep = not passed
+        if not args.once:
+            print_replay_help(demo)
             print("\nEverything keeps running; press Ctrl-C to stop it all.")
             watch(demo)
     except Interrupted as exc:
         print(f"\n{exc}: stopping.")
-        ok = ok and not args.once
+        keep = passed is False
+        if args.once:
+            passed = False
     except (StartupFailed, NoRedisServer) as exc:
         print(f"\nThe demo could not run: {exc}", file=sys.stderr)
-        ok, keep = False, True
+        passed = False
+        keep = isinstance(exc, StartupFailed)  # its logs tell why
     finally:
         # Nothing may interrupt the clean-up; a second Ctrl-C waits for it.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -309,7 +294,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    return 0 if ok else 1
+    return 0 if passed else 1
+
+
+def play(demo: Demo, once: bool) -> bool:
+    """Drive the scenario, print its summary (and with ``once``, replay); True if all passed."""
+    print()
+    scenario = Scenario(
+        demo.users_url, demo.orders_url, demo.work / "data", demo.flower, demo.operator
+    )
+    scenario.run()
+    print_summary(demo, scenario)
+    if once:
+        print()
+        scenario.replay()
+    failed = [c for c in scenario.checks if not c.ok]
+    print_addresses(demo)
+    if once:
+        print(f"\n{'All checks passed' if not failed else f'{len(failed)} check(s) failed'}.")
+        if failed:
+            for process in demo.supervisor.processes:
+                print(f"\n--- {process.name} ({process.log_path})\n{process.log_tail(40)}")
+    return not failed
+
+
+def print_replay_help(demo: Demo) -> None:
+    print(
+        "\nThe goodbye SMS is a dead letter. To replay it once the gateway is up:"
+        f"\n  touch {demo.work / 'data' / 'sms-gateway-up'}"
+        f"\n  (cd {HERE} && CELERY_BROKER_URL={demo.redis_url} {sys.executable} -c"
+        " 'from notifications.worker import bus; print(bus.dead_letters.replay())')"
+    )
 
 
 if __name__ == "__main__":

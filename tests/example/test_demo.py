@@ -112,7 +112,8 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     assert "✓ no dead letter is left" in out
     assert "Flower      http://127.0.0.1:" in out and "password" in out
     assert "Stopped 7 process(es)." in out
-    # And no process it started is left
+    # And no process it started is left, nor its temporary files
+    assert "Files kept" not in out
     assert processes_with(demo.mark) == []
 
 
@@ -142,6 +143,7 @@ def test_sigterm_while_starting_stops_what_was_started() -> None:
     # Then it stops what it had started and says so
     assert demo.wait(timeout=60) == 1, demo.output
     assert "SIGTERM: stopping." in demo.output
+    assert "Files kept" not in demo.output
     assert processes_with(demo.mark) == []
 
 
