@@ -11,6 +11,7 @@ dies, so no delivery is acknowledged without being handled or dead-lettered.
 from __future__ import annotations
 
 import logging
+import random
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -21,7 +22,6 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
-from celery.utils.time import get_exponential_backoff_interval
 
 from ._inbox import holder_is_dead, lease_value
 from .deadletters import Reason, new_letter
@@ -84,14 +84,9 @@ class RetryPolicy:
                     self.backoff_max,
                 )
             return min(float(asked), self.backoff_max)
-        return float(
-            get_exponential_backoff_interval(
-                factor=self.backoff,
-                retries=failures - 1,
-                maximum=self.backoff_max,
-                full_jitter=self.jitter,
-            )
-        )
+        delay = min(self.backoff_max, self.backoff * 2 ** max(failures - 1, 0))
+        # Full jitter spreads the retries of many deliveries that failed together.
+        return random.uniform(0, delay) if self.jitter else delay
 
 
 @dataclass(frozen=True)

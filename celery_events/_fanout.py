@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
 #       (optionally) the catalog hash.
-# ARGV: n, ledger on ('1'/'0'), the time the ledger first looks at them, n payloads,
+# ARGV: n, ledger on ('1'/'0'), the time of publishing, n payloads,
 #       (with the ledger) n task ids and n ledger entries, then (optionally) the catalog
 #       field and value.
 _FANOUT_LUA = """
@@ -97,7 +97,6 @@ class RedisFanout:
         *,
         key_prefix: str = "",
         ledger_prefix: str | None = None,
-        redelivery_timeout: float = 60.0,
     ) -> None:
         self.client = client
         self.timeout = timeout
@@ -105,7 +104,6 @@ class RedisFanout:
         self.key_prefix = key_prefix
         # Where deliveries are recorded until handled (see _inbox.py); None: not recorded.
         self.ledger_prefix = ledger_prefix
-        self.redelivery_timeout = redelivery_timeout
         self._script = client.register_script(_FANOUT_LUA)
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
@@ -117,7 +115,7 @@ class RedisFanout:
         args: list[str | int | float] = [
             len(messages),
             "1" if ledger else "0",
-            time.time() + self.redelivery_timeout,
+            time.time(),
         ]
         args.extend(payloads)
         if self.ledger_prefix is not None:

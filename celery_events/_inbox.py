@@ -8,7 +8,7 @@ Keys under ``{key_prefix}``:
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
 - ``ledger:{service}`` and ``ledger:{service}:due``: every delivery from publish until it is
-  handled or dead-lettered, with its message. Written atomically with the fan-out, it is how a
+  handled or dead-lettered, with its message, scored by its last sign of life. Written atomically with the fan-out, it is how a
   message that vanished between the queue and a worker (a worker killed just after taking it, a
   retry whose re-publish failed, Redis restarting at the wrong moment) is found and sent again.
 """
@@ -77,8 +77,11 @@ return failures
 
 SWEEP_LUA = """
 -- KEYS: ledger, due, unacked   ARGV: now, batch, postpone_s, inbox_prefix, redelivery_s, max_redeliveries
+-- A delivery's score is its last sign of life (publish, start of a run, expected retry);
+-- those quiet for longer than the redelivery timeout are examined.
 local now = tonumber(ARGV[1])
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local cutoff = now - tonumber(ARGV[5])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
 if #due == 0 then return {} end
 local held = {}
 for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
@@ -101,7 +104,7 @@ for _, task_id in ipairs(due) do
       redis.call('ZREM', KEYS[2], task_id)
     elseif held[task_id] or inbox or redis.call('LLEN', entry['q']) > 0 then
       -- Running, held by a worker, or possibly still waiting in a busy queue: look later.
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), task_id)
+      redis.call('ZADD', KEYS[2], cutoff + tonumber(ARGV[3]), task_id)
     elseif entry['r'] >= tonumber(ARGV[6]) then
       redis.call('HDEL', KEYS[1], task_id)
       redis.call('ZREM', KEYS[2], task_id)
@@ -110,7 +113,7 @@ for _, task_id in ipairs(due) do
       entry['r'] = entry['r'] + 1
       redis.call('LPUSH', entry['q'], entry['m'])
       redis.call('HSET', KEYS[1], task_id, cjson.encode(entry))
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), task_id)
+      redis.call('ZADD', KEYS[2], now, task_id)
       table.insert(given_up, '')
     end
   end

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TRANSPORT = "celery_events._transport:Transport"
 CELERY_DEFAULT_PREFETCH = 4
 # Extra room on top of the longest retry wait plus handler time limit.
-VISIBILITY_MARGIN = 60.0
+VISIBILITY_MARGIN = 10.0
 
 
 def _bus(app: Any) -> EventBus | None:

@@ -414,7 +414,6 @@ class EventBus:
                 self.settings.publish_timeout,
                 key_prefix=options.get("global_keyprefix", ""),
                 ledger_prefix=self.settings.key_prefix,
-                redelivery_timeout=self.settings.redelivery_timeout,
             )
         return KombuFanout(self.app, self.settings.publish_timeout)
 

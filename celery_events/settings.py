@@ -67,8 +67,9 @@ class Settings:
     #: Deliveries of one message that started but never finished (their worker died) before
     #: it is dead-lettered as a poison message.
     max_deliveries: int = 5
-    #: Seconds after publishing (or after its last sign of life) before a delivery that is in
-    #: no queue, held by no worker and not handled is presumed lost and sent again.
+    #: Seconds after its last sign of life (publish, start of a run, an expected retry) before
+    #: a delivery that is in no queue, held by no worker and not handled is presumed lost and
+    #: sent again. The subscribing service's setting counts.
     redelivery_timeout: float = 60.0
     #: How often a worker looks for lost deliveries of its service, in seconds.
     sweep_interval: float = 5.0

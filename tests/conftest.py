@@ -45,9 +45,16 @@ def redis_client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def start_worker(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Worker]]:
     """Start `celery -A MODULE worker` subprocesses; every one is stopped after the test."""
     started: list[Worker] = []
@@ -64,6 +71,10 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for worker in started:
+            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

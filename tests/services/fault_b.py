@@ -1,0 +1,3 @@
+from ._fault import make_service
+
+app, bus = make_service("fault_b")
