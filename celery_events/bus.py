@@ -517,7 +517,7 @@ def _check_policy(pattern: str, policy: RetryPolicy) -> None:
 def bus_for_queue(queue: str) -> EventBus | None:
     """The bus in this process whose handlers consume ``queue``, if any."""
     for bus in list(_BUSES.values()):
-        if queue in bus.queues:
+        if any(h.queue == queue for h in bus._handlers.values()):
             return bus
     return None
 
