@@ -50,7 +50,11 @@ class Interrupted(Exception):
 
 
 class StartupFailed(Exception):
-    pass
+    """A process did not come up."""
+
+
+class ProcessDied(Exception):
+    """A process stopped on its own while the demo ran."""
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -239,7 +243,7 @@ def watch(demo: Demo) -> None:
     while True:
         for process in demo.supervisor.processes:
             if process.exited() is not None:
-                raise StartupFailed(
+                raise ProcessDied(
                     f"{process.name} stopped on its own (status {process.exited()}):\n"
                     f"{process.log_tail()}"
                 )
@@ -283,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe demo could not run: {exc}", file=sys.stderr)
         passed = False
         keep = isinstance(exc, StartupFailed)  # its logs tell why
+    except ProcessDied as exc:
+        print(f"\n{exc}\nStopping everything.", file=sys.stderr)
+        passed, keep = False, True
     finally:
         # Nothing may interrupt the clean-up; a second Ctrl-C waits for it.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

@@ -7,6 +7,7 @@ by reading /proc, whether anything the demo started outlived it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,11 @@ MARK = "CELERY_EVENTS_DEMO_TEST_RUN"
 
 def processes_with(mark: str) -> list[str]:
     """Command lines of live processes whose environment holds ``MARK=mark``."""
+    return [cmdline for _, cmdline in pids_with(mark)]
+
+
+def pids_with(mark: str) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of live processes whose environment holds ``MARK=mark``."""
     needle = f"{MARK}={mark}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -35,7 +41,8 @@ def processes_with(mark: str) -> list[str]:
             if needle in (entry / "environ").read_bytes().split(b"\0"):
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
                 if state != "Z":
-                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    found.append((int(entry.name), cmdline))
         except OSError:
             continue
     return found
@@ -152,3 +159,24 @@ def test_without_any_redis_it_says_what_to_install() -> None:
     assert demo.wait(timeout=60) == 1
     assert "apt-get install redis-server" in demo.output
     assert processes_with(demo.mark) == []
+
+
+def test_a_process_that_dies_stops_the_whole_demo() -> None:
+    # Given the demo running after its scenario
+    demo = Demo()
+    demo.wait_for_line("press Ctrl-C to stop it all")
+
+    # When one of its workers dies
+    worker = next(
+        pid for pid, cmdline in pids_with(demo.mark)
+        if "notifications.worker" in cmdline and os.getpgid(pid) == pid
+    )
+    os.kill(worker, signal.SIGKILL)
+
+    # Then the demo says so, stops everything else and exits 1, keeping the logs
+    assert demo.wait(timeout=60) == 1, demo.output
+    assert "notifications-worker stopped on its own" in demo.output
+    assert processes_with(demo.mark) == []
+    kept = demo.output.split("Files kept in ", 1)[1].split()[0]
+    assert (Path(kept) / "logs" / "notifications-worker.log").exists()
+    shutil.rmtree(kept)
