@@ -12,25 +12,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from celery import Celery, signals
+from redis.exceptions import NoScriptError
 
 from ._inbox import ledger_entry
-from ._messages import TaskMessage, redis_payload
+from ._messages import SentEvents, TaskMessage, redis_payload
 from .errors import PublishError
 
 log = logging.getLogger(__name__)
 
 # KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
 #       (optionally) the catalog hash.
-# ARGV: n, ledger on ('1'/'0'), the time of publishing, n payloads,
-#       (with the ledger) n task ids and n ledger entries, then (optionally) the catalog
-#       field and value.
+# ARGV: n, ledger on ('1'/'0'), the time of publishing, n payloads, (with the ledger) n task
+#       ids and n ledger records, then the task-event channel, the number m of task events,
+#       m event payloads, then (optionally) the catalog field and value.
+# Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
+# script, so Flower hears of exactly the deliveries that were queued.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
-local ledger = ARGV[2] == '1'
 for i = 1, n do
   local kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and kind ~= 'list' then
@@ -40,20 +42,34 @@ end
 for i = 1, n do
   redis.call('LPUSH', KEYS[i], ARGV[3 + i])
 end
-local used_keys, used_args = n, 3 + n
-if ledger then
+local used_keys, at = n, 4 + n
+if ARGV[2] == '1' then
   for i = 1, n do
     local task_id = ARGV[3 + n + i]
     redis.call('HSET', KEYS[n + 2 * i - 1], task_id, ARGV[3 + 2 * n + i])
     redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
   end
-  used_keys, used_args = 3 * n, 3 + 3 * n
+  used_keys, at = 3 * n, 4 + 3 * n
+end
+local channel = ARGV[at]
+local m = tonumber(ARGV[at + 1])
+for j = 1, m do
+  redis.call('PUBLISH', channel, ARGV[at + 1 + j])
 end
 if #KEYS > used_keys then
-  redis.call('HSET', KEYS[used_keys + 1], ARGV[used_args + 1], ARGV[used_args + 2])
+  redis.call('HSET', KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
 end
 return n
 """
+
+
+def _pack(*args: str | int | float) -> bytes:
+    """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class Fanout(Protocol):
@@ -61,34 +77,55 @@ class Fanout(Protocol):
         """Send every message, or raise :class:`PublishError` having sent none."""
 
 
-def _fire_before(message: TaskMessage) -> None:
-    # Tracing tools (Sentry, OpenTelemetry) add headers here, so it runs before encoding.
-    if signals.before_task_publish.receivers:
-        signals.before_task_publish.send(
-            sender=message.task_name,
-            body=message.body,
-            exchange="",
-            routing_key=message.queue,
-            declare=[],
-            headers=message.headers,
-            properties=message.properties,
-            retry_policy=None,
-        )
+class _Signals:
+    """Fires Celery's publish signals with the arguments ``send_task_message`` gives them."""
 
+    def __init__(self, app: Celery | None) -> None:
+        self.app = app
 
-def _fire_after(message: TaskMessage) -> None:
-    if signals.after_task_publish.receivers:
-        signals.after_task_publish.send(
-            sender=message.task_name,
-            body=message.body,
-            headers=message.headers,
-            exchange="",
-            routing_key=message.queue,
-        )
+    def before(self, messages: Sequence[TaskMessage]) -> None:
+        # Tracing tools (Sentry, OpenTelemetry) add headers here, so it runs before encoding.
+        if not signals.before_task_publish.receivers:
+            return
+        policy = dict(self.app.conf.task_publish_retry_policy) if self.app else None
+        for message in messages:
+            signals.before_task_publish.send(
+                sender=message.task_name,
+                body=message.body,
+                exchange="",
+                routing_key=message.queue,
+                declare=self._declare(message.queue),
+                headers=message.headers,
+                properties=message.properties,
+                retry_policy=policy,
+            )
+
+    def after(self, messages: Sequence[TaskMessage]) -> None:
+        if not signals.after_task_publish.receivers:
+            return
+        for message in messages:
+            signals.after_task_publish.send(
+                sender=message.task_name,
+                body=message.body,
+                headers=message.headers,
+                exchange="",
+                routing_key=message.queue,
+            )
+
+    def _declare(self, queue: str) -> list[Any]:
+        if self.app is None:
+            return []
+        queues = self.app.amqp.queues
+        # The Queue send_task would declare, without adding it to the app's queues.
+        return [queues[queue] if queue in queues else queues.new_missing(queue)]
 
 
 class RedisFanout:
-    """Sends deliveries straight to kombu's Redis queue lists with one atomic script."""
+    """Sends deliveries straight to kombu's Redis queue lists with one atomic script.
+
+    ``app``, when given, is the Celery app whose publish signals and ``task-sent`` events
+    (``task_send_sent_event``) this fan-out reproduces.
+    """
 
     def __init__(
         self,
@@ -97,6 +134,7 @@ class RedisFanout:
         *,
         key_prefix: str = "",
         ledger_prefix: str | None = None,
+        app: Celery | None = None,
     ) -> None:
         self.client = client
         self.timeout = timeout
@@ -105,41 +143,76 @@ class RedisFanout:
         # Where deliveries are recorded until handled (see _inbox.py); None: not recorded.
         self.ledger_prefix = ledger_prefix
         self._script = client.register_script(_FANOUT_LUA)
+        self._signals = _Signals(app)
+        db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self._sent_events = SentEvents(app, db) if app is not None else None
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
-        for message in messages:
-            _fire_before(message)
-        keys = [self.key_prefix + m.queue for m in messages]
+        if not messages:
+            return
+        self._signals.before(messages)
+        prefix = self.key_prefix
+        keys = [prefix + m.queue for m in messages]
+        ledger = self.ledger_prefix
         payloads = [redis_payload(m) for m in messages]
-        ledger = self.ledger_prefix is not None
-        args: list[str | int | float] = [
-            len(messages),
-            "1" if ledger else "0",
-            time.time(),
-        ]
+        args: list[str | int | float] = [len(messages), "0" if ledger is None else "1", time.time()]
         args.extend(payloads)
-        if self.ledger_prefix is not None:
-            for message in messages:
-                base = f"{self.ledger_prefix}ledger:{message.service}"
-                keys.extend((base, f"{base}:due"))
-            args.extend(m.headers["id"] for m in messages)
+        if ledger is not None:
+            # The ledger keeps each delivery's message until it is handled (see _inbox.py).
+            args.extend([m.task_id for m in messages])
             args.extend(
-                ledger_entry(key, payload, m.event_id, m.task_name)
-                for key, payload, m in zip(keys, payloads, messages, strict=False)
+                [
+                    ledger_entry(key, payload, m.event_id, m.task_name)
+                    for key, payload, m in zip(keys, payloads, messages, strict=True)
+                ]
             )
+            for message in messages:
+                base = f"{ledger}ledger:{message.service}"
+                keys.append(base)
+                keys.append(base + ":due")
+        events = self._sent_events
+        if events is not None and events.enabled:
+            args.append(events.channel)
+            args.append(len(messages))
+            args.extend([events.payload(m) for m in messages])
+        else:
+            args.append("")
+            args.append(0)
         if catalog is not None:
             keys.append(catalog[0])
             args.extend(catalog[1:])
         self._run(keys, args)
-        for message in messages:
-            _fire_after(message)
+        self._signals.after(messages)
+
+    def _evalsha(self, keys: list[str], args: list[str | int | float]) -> None:
+        # One command on one pooled connection: redis-py's generic command path (hooks,
+        # observability, retry wrappers) costs more than the round trip itself here.
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()
+        try:
+            try:
+                connection.send_packed_command(
+                    [_pack("EVALSHA", self._script.sha, len(keys), *keys, *args)]
+                )
+                connection.read_response()
+            except NoScriptError:
+                # A restarted or flushed Redis forgets scripts; load it and run it once more.
+                connection.send_command("SCRIPT", "LOAD", _FANOUT_LUA)
+                self._script.sha = connection.read_response().decode()
+                connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         while True:
             try:
-                self._script(keys=keys, args=args, client=self.client)
+                self._evalsha(keys, args)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
@@ -161,7 +234,18 @@ class RedisFanout:
 
 
 class KombuFanout:
-    """Sends deliveries through Celery's producer, for brokers other than Redis."""
+    """Sends deliveries through Celery's producer, for brokers other than Redis.
+
+    Every message goes through ``app.amqp.send_task_message``, as ``send_task`` sends it, so
+    signals and ``task-sent`` events are Celery's own. All of them go over one producer
+    connection inside a kombu publish batch: transports that can defer publishes send them in
+    one go, the others one by one. On RabbitMQ, publisher confirms are on when the app sets
+    ``broker_transport_options={"confirm_publish": True}``; each publish then waits up to
+    ``publish_timeout`` for the broker's confirm.
+    """
+
+    # How many transport operations a batch buffers before it flushes.
+    BATCH_SIZE = 1000
 
     def __init__(self, app: Celery, timeout: float) -> None:
         self.app = app
@@ -170,13 +254,15 @@ class KombuFanout:
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
         send = self.app.amqp.send_task_message
         policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
+        sent_events = bool(self.app.conf.task_send_sent_event)
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_or_acquire() as producer, producer.batch(self.BATCH_SIZE):
                 for message in messages:
+                    sent_event = message.sent_event() if sent_events else None
                     send(
                         producer,
                         message.task_name,
-                        (message.headers, message.properties, message.body, None),
+                        (message.headers, message.properties, message.body, sent_event),
                         exchange="",
                         routing_key=message.queue,
                         queue=message.queue,

@@ -333,7 +333,7 @@ class EventBus:
         return PublishResult(
             event,
             tuple(
-                Delivery(s.service, s.handler, s.queue, m.headers["id"])
+                Delivery(s.service, s.handler, s.queue, m.task_id)
                 for s, m in zip(subscriptions, messages, strict=True)
             ),
         )
@@ -414,6 +414,7 @@ class EventBus:
                 self.settings.publish_timeout,
                 key_prefix=options.get("global_keyprefix", ""),
                 ledger_prefix=self.settings.key_prefix,
+                app=self.app,
             )
         return KombuFanout(self.app, self.settings.publish_timeout)
 
@@ -478,7 +479,7 @@ class EventBus:
             root_id=None,
         )
         self.fanout.send([message], None)
-        return str(message.headers["id"])
+        return message.task_id
 
     def close(self) -> None:
         """Stop the registry's background check and close connections."""

@@ -1,0 +1,120 @@
+"""A private redis-server and ``celery worker`` processes for the benchmarks, and the machine.
+
+The server runs on a free loopback port with persistence off: the benchmarks measure the
+publish and delivery paths, not the disk. It and every worker are stopped when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.harness import ROOT, free_port, redis_server_binary, wait_until
+
+
+class PrivateRedis:
+    """``redis-server`` on 127.0.0.1 and a free port, without persistence."""
+
+    def __init__(self) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise SystemExit("redis-server is not installed (apt-get install redis-server).")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="celery-events-bench-")
+        self.process = subprocess.Popen(
+            [
+                binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
+                "--save", "", "--appendonly", "no", "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._ping, timeout=10, what=f"redis-server on port {self.port}")
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class WorkerProcess:
+    """``celery -A benchmarks.service worker`` with the given options, logging to a file."""
+
+    def __init__(self, broker_url: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_path = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "benchmarks.service", "worker", *args],
+            cwd=ROOT,
+            env=dict(os.environ, BENCH_BROKER=broker_url, **(env or {})),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the benchmark worker exited:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def machine(client: redis.Redis) -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "celery": version("celery"),
+        "kombu": version("kombu"),
+        "redis-py": version("redis"),
+        "hiredis": version("hiredis"),
+        "redis-server": client.info("server")["redis_version"],
+        "celery-events": version("celery-events"),
+        "celery-pubsub": version("celery-pubsub"),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
