@@ -12,6 +12,7 @@ from .bus import Delivery, EventBus, PublishResult, bus_for
 from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
 from .envelope import Event
 from .errors import (
+    BrokerError,
     CeleryEventsError,
     ConfigurationError,
     EventTooLarge,
@@ -54,6 +55,7 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "BrokerError",
     "DeadLetterNotFound",
     "ReplayError",
 ]

@@ -138,6 +138,46 @@ def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     return task
 
 
+def call_handler(bus: EventBus, handler: Handler, event: Event) -> bool:
+    """Run ``handler`` on ``event`` as a worker does: an ``atomic=True`` handler through the
+    bus's transaction runner. Returns False when the database inbox skipped it."""
+    if not handler.atomic:
+        handler.func(event)
+        return True
+    runner = bus.transaction_runner
+    if runner is None:
+        raise ConfigurationError(
+            f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
+            " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+        )
+    if not runner(handler.task_name, event, lambda: handler.func(event)):
+        log.info(
+            "celery-events: %s already handled event %s (database inbox); skipped",
+            handler.task_name,
+            event.id,
+        )
+        return False
+    return True
+
+
+def failure_outcome(
+    policy: RetryPolicy, exc: BaseException, failures: int
+) -> tuple[str | None, float]:
+    """What a worker does after the ``failures``-th failed run of a delivery raised ``exc``:
+    ``(None, countdown)`` to retry in ``countdown`` seconds, or ``(reason, 0.0)`` to give up
+    into the dead letters with that :class:`~celery_events.deadletters.Reason`."""
+    if isinstance(exc, Reject):
+        return Reason.REJECTED, 0.0
+    if policy.should_retry(exc, failures):
+        asked = exc.delay if isinstance(exc, Retry) else None
+        return None, policy.delay(failures, asked)
+    if isinstance(exc, Retry) or (
+        isinstance(exc, policy.retry_for) and not isinstance(exc, policy.dont_retry_for)
+    ):
+        return Reason.RETRIES_EXHAUSTED, 0.0
+    return Reason.NOT_RETRIED, 0.0
+
+
 class _Run:
     """One run of one delivery."""
 
@@ -238,22 +278,7 @@ class _Run:
         )
 
     def _call(self, event: Event) -> None:
-        handler = self.handler
-        if not handler.atomic:
-            handler.func(event)
-            return
-        runner = self.bus.transaction_runner
-        if runner is None:
-            raise ConfigurationError(
-                f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
-                " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
-            )
-        if not runner(handler.task_name, event, lambda: handler.func(event)):
-            log.info(
-                "celery-events: %s already handled event %s (database inbox); skipped",
-                handler.task_name,
-                event.id,
-            )
+        call_handler(self.bus, self.handler, event)
 
     def _failed(
         self,
@@ -265,12 +290,8 @@ class _Run:
         first_failed_at: float | None,
     ) -> None:
         handler = self.handler
-        policy = handler.retry
-        if isinstance(exc, Reject):
-            reason = Reason.REJECTED
-        elif policy.should_retry(exc, failures):
-            asked = exc.delay if isinstance(exc, Retry) else None
-            countdown = policy.delay(failures, asked)
+        reason, countdown = failure_outcome(handler.retry, exc, failures)
+        if reason is None:
             self.bus.inbox.release(
                 handler.task_name,
                 event.id,
@@ -286,17 +307,12 @@ class _Run:
                     handler.task_name,
                     event.id,
                     failures,
-                    policy.max_retries + 1,
+                    handler.retry.max_retries + 1,
                     countdown,
                     exc,
                 )
             self._celery_retry(countdown=countdown, exc=exc)
-        elif isinstance(exc, Retry) or isinstance(exc, policy.retry_for) and not isinstance(
-            exc, policy.dont_retry_for
-        ):
-            reason = Reason.RETRIES_EXHAUSTED
-        else:
-            reason = Reason.NOT_RETRIED
+            return  # not reached: the retry raises
         self.bus.inbox.release(
             handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True
         )

@@ -31,6 +31,7 @@ from ._delivery import (
 from ._fanout import Fanout, KombuFanout, RedisFanout
 from ._inbox import Inbox
 from ._messages import build_messages, encode_body
+from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore
 from .envelope import Event, encode_data
 from .errors import (
@@ -69,10 +70,16 @@ class Delivery:
 
 @dataclass(frozen=True)
 class PublishResult:
-    """What a publish sent: the event and one delivery per matching subscription."""
+    """What a publish sent: the event and one delivery per matching subscription.
+
+    ``deferred`` is true when the event was not sent yet but will be: the Django integration
+    sends it after the current database transaction commits, or writes it to the outbox. The
+    event (and its id) is final then, and ``deliveries`` is empty.
+    """
 
     event: Event
     deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
+    deferred: bool = False
 
 
 class EventBus:
@@ -114,6 +121,8 @@ class EventBus:
                     " (celery_events.bus_for(app) returns it)."
                 )
             _BUSES[app] = self
+        if self.settings.task_events:
+            enable_task_events(app)
         from . import _worker  # noqa: F401  (connects the worker start-up hook)
 
     # -- subscribing ------------------------------------------------------------------------
@@ -279,6 +288,34 @@ class EventBus:
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
         ['orders.welcome_order', 'notifications.greet']
         """
+        event, data_json = self._make_event(name, data, correlation_id, causation_id)
+        return self._send(event, data_json, require_subscribers)
+
+    def new_event(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Event:
+        """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
+
+        Inside a handler the event inherits the handled event's correlation id and names it as
+        its cause. Raises what :meth:`publish` raises for bad input; sends nothing.
+
+        >>> event = bus.new_event("order.created", {"order_id": 1})   # doctest: +SKIP
+        >>> bus.publish_event(event)                                  # doctest: +SKIP
+        """
+        return self._make_event(name, data, correlation_id, causation_id)[0]
+
+    def _make_event(
+        self,
+        name: str,
+        data: dict[str, Any] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> tuple[Event, str]:
         validate_name(name)
         data = {} if data is None else data
         data_json = encode_data(name, data, self.settings.max_event_size)
@@ -293,6 +330,24 @@ class EventBus:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
+        return event, data_json
+
+    def publish_event(
+        self, event: Event, *, require_subscribers: bool | None = None
+    ) -> PublishResult:
+        """Send an already made ``event`` as it is: its id, time, correlation and cause are kept.
+
+        This is how an outbox relay re-sends a stored event, so that a resend carries the same
+        id and subscribers' inboxes skip it. Same errors and guarantees as :meth:`publish`.
+        """
+        validate_name(event.name)
+        data_json = encode_data(event.name, event.data, self.settings.max_event_size)
+        return self._send(event, data_json, require_subscribers)
+
+    def _send(
+        self, event: Event, data_json: str, require_subscribers: bool | None
+    ) -> PublishResult:
+        name = event.name
         try:
             subscriptions = self.registry.match(name)
         except RegistryError as exc:
@@ -465,8 +520,11 @@ class EventBus:
             return fanout.client
         return self.registry.client
 
-    def _resend(self, envelope: dict[str, Any], handler: str, queue: str) -> str:
-        """Send ``envelope`` again as a fresh delivery to one of this service's handlers."""
+    def _resend(
+        self, envelope: dict[str, Any], handler: str, queue: str, service: str | None = None
+    ) -> str:
+        """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
+        this service; the operator CLI replays other services' dead letters)."""
         name = str(envelope.get("type"))
         head = {k: v for k, v in envelope.items() if k != "data"}
         data_json = encode_data(name, envelope.get("data"), self.settings.max_event_size)
@@ -474,7 +532,7 @@ class EventBus:
             self.app,
             envelope,
             encode_body(head, data_json),
-            [(handler, queue, f"{name} → {handler}", self.service)],
+            [(handler, queue, f"{name} → {handler}", service or self.service)],
             parent_id=None,
             root_id=None,
         )

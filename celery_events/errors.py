@@ -17,6 +17,7 @@ __all__ = [
     "NoSubscribersError",
     "PublishError",
     "RegistryError",
+    "BrokerError",
 ]
 
 
@@ -58,3 +59,7 @@ class PublishError(CeleryEventsError):
 
 class RegistryError(CeleryEventsError):
     """The subscription registry could not be read or written."""
+
+
+class BrokerError(CeleryEventsError):
+    """The broker could not be reached or read (for example by ``eventbus status``)."""

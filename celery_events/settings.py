@@ -75,6 +75,9 @@ class Settings:
     sweep_interval: float = 5.0
     #: Most dead letters kept per service; ``None`` keeps all. Dropping is logged.
     dead_letter_limit: int | None = None
+    #: Turn on the task events Flower needs (workers send them, publishers send task-sent),
+    #: unless the app's configuration sets them itself.
+    task_events: bool = True
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -144,7 +147,9 @@ class Settings:
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
                 " or unix:// URL."
             )
-        for name in ("require_subscribers", "register_on_worker_start", "retry_jitter"):
+        for name in (
+            "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:

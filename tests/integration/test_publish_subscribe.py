@@ -133,6 +133,7 @@ def test_a_steady_publish_costs_one_round_trip(
     # (commandstats also counts the commands the script runs inside Redis)
     assert calls.pop("cmdstat_lpush") == calls.pop("cmdstat_type") == 200
     assert calls.pop("cmdstat_hset") == calls.pop("cmdstat_zadd") == 200  # the delivery ledger
+    assert calls.pop("cmdstat_publish") == 200  # the task-sent event Flower shows
     calls.pop("cmdstat_config|resetstat", None)
     checks = calls.pop("cmdstat_get", 0)
     assert checks <= elapsed / publisher.settings.registry_refresh_interval + 2

@@ -1,0 +1,122 @@
+"""The dead letters of every service sharing a Redis, for operators.
+
+Each service keeps its own store (:class:`~celery_events.DeadLetterStore`); the operator CLI
+runs with one service's app but looks at all of them: every service in the registry, and any
+service whose store still holds letters after it left the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+
+from .bus import EventBus
+from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
+
+# Aliases: the class below has a method named ``list``.
+Letters = list[DeadLetter]
+Stores = list[DeadLetterStore]
+Names = list[str]
+
+
+class AllDeadLetters:
+    """Read and act on dead letters across services, through one service's bus."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.client = bus._state_client()
+        self.key_prefix = bus.settings.key_prefix
+
+    def services(self) -> Names:
+        """Every service that subscribes or holds dead letters, sorted."""
+        found = {s.service for s in self.bus.registry.subscriptions()}
+        head, tail = f"{self.key_prefix}dead:", ":index"
+        for key in self.client.scan_iter(match=f"{head}*{tail}", count=500):
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            service = text[len(head) : -len(tail)]
+            if service and ":" not in service:
+                found.add(service)
+        return sorted(found)
+
+    def store(self, service: str) -> DeadLetterStore:
+        if service == self.bus.service:
+            return self.bus.dead_letters
+        return DeadLetterStore(
+            self.client,
+            service,
+            key_prefix=self.key_prefix,
+            resend=partial(self._resend, service=service),
+        )
+
+    def _resend(self, envelope: dict[str, object], handler: str, queue: str, *, service: str) -> str:
+        return self.bus._resend(envelope, handler, queue, service)
+
+    def stores(self, service: str | None = None) -> Stores:
+        names = self.services() if service is None else [service]
+        return [self.store(name) for name in names]
+
+    def count(self, service: str) -> int:
+        return self.store(service).count()
+
+    def list(
+        self,
+        *,
+        service: str | None = None,
+        handler: str | None = None,
+        event_name: str | None = None,
+        reason: str | None = None,
+        limit: int | None = 100,
+    ) -> Letters:
+        """Dead letters of every service (or one), newest first."""
+        letters: Letters = []
+        for store in self.stores(service):
+            letters.extend(
+                store.list(handler=handler, event_name=event_name, reason=reason, limit=limit)
+            )
+        letters.sort(key=lambda letter: letter.last_failed_at, reverse=True)
+        return letters if limit is None else letters[:limit]
+
+    def get(self, id: str) -> DeadLetter:
+        """The dead letter ``id``, whichever service holds it."""
+        for store in self.stores():
+            try:
+                return store.get(id)
+            except DeadLetterNotFound:
+                continue
+        raise DeadLetterNotFound(
+            f"No service has a dead letter {id!r}; list them with"
+            " `celery -A app eventbus dead-letters list`."
+        )
+
+    def select(
+        self,
+        id: str | None,
+        *,
+        service: str | None = None,
+        handler: str | None = None,
+        event_name: str | None = None,
+        reason: str | None = None,
+    ) -> Letters:
+        if id is not None:
+            return [self.get(id)]
+        return self.list(
+            service=service, handler=handler, event_name=event_name, reason=reason, limit=None
+        )
+
+    def replay(self, letters: Iterable[DeadLetter]) -> Letters:
+        """Replay ``letters``, each as a fresh delivery; none is replayed if one cannot be."""
+        letters = list(letters)
+        for letter in letters:
+            if letter.handler is None or letter.envelope is None or letter.queue is None:
+                raise ReplayError(
+                    f"Dead letter {letter.id} ({letter.reason}) has no handler or no readable"
+                    " envelope, so it cannot be replayed; inspect it with `dead-letters show`"
+                    " and remove it with `dead-letters purge`."
+                )
+        for letter in letters:
+            self.store(letter.service).replay(letter.id)
+        return letters
+
+    def purge(self, letters: Iterable[DeadLetter]) -> int:
+        """Delete ``letters`` for good; returns how many were deleted."""
+        return sum(self.store(letter.service).purge(letter.id) for letter in letters)

@@ -1,0 +1,195 @@
+"""The event catalog: every event name published or subscribed, and who is at each end.
+
+It is read from the registry, so no service's code is imported: a publisher records each event
+name the first time one of its processes publishes it (in the same round trip as the
+deliveries), and subscribers record their patterns when their workers start. A name is listed
+once someone published it, with every subscription whose pattern matches it; a subscription
+whose pattern matches no published name yet is listed under its pattern, so a team sees both
+"who receives what we send" and "what we wait for that nobody sends".
+
+The graph views (Mermaid and Graphviz DOT) draw services as nodes and each event as an edge
+from its publisher to each subscribing service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .errors import RegistryError
+from .names import pattern_matches
+from .registry import Registry, Subscription
+
+__all__ = ["Catalog", "CatalogEntry", "read_publishers"]
+
+#: Graph node of an event nobody subscribes to, and of a pattern nobody published yet.
+_NOBODY = "no subscriber"
+_UNPUBLISHED = "not published yet"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One event name and both of its ends."""
+
+    #: The event name; for a subscription nobody published yet, its pattern.
+    name: str
+    #: Services that published it, sorted.
+    publishers: tuple[str, ...]
+    #: Subscriptions whose pattern matches it (or, unpublished, that subscribed the pattern).
+    subscriptions: tuple[Subscription, ...]
+
+    @property
+    def published(self) -> bool:
+        """Whether any service published this name."""
+        return bool(self.publishers)
+
+    @property
+    def subscribers(self) -> tuple[str, ...]:
+        """The subscribing services, sorted, each once."""
+        return tuple(sorted({s.service for s in self.subscriptions}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "published": self.published,
+            "publishers": list(self.publishers),
+            "subscribers": [
+                {"service": s.service, "handler": s.handler, "pattern": s.pattern, "queue": s.queue}
+                for s in self.subscriptions
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every event name published or subscribed across the services sharing a registry.
+
+    >>> catalog = Catalog.load(bus.registry)                           # doctest: +SKIP
+    >>> [(e.name, e.publishers, e.subscribers) for e in catalog.entries]  # doctest: +SKIP
+    [('user.registered', ('users',), ('mailer', 'orders'))]
+    >>> print(catalog.to_mermaid())                                    # doctest: +SKIP
+    """
+
+    #: Published names first, sorted; then subscribed patterns nobody published, sorted.
+    entries: tuple[CatalogEntry, ...]
+
+    @classmethod
+    def build(
+        cls, subscriptions: Iterable[Subscription], published: Iterable[tuple[str, str]]
+    ) -> Catalog:
+        """Build the catalog from subscriptions and ``(service, event name)`` publish records."""
+        subscriptions = sorted(subscriptions, key=lambda s: (s.service, s.handler, s.pattern))
+        publishers: dict[str, set[str]] = {}
+        for service, name in published:
+            publishers.setdefault(name, set()).add(service)
+        entries = [
+            CatalogEntry(
+                name,
+                tuple(sorted(publishers[name])),
+                tuple(s for s in subscriptions if pattern_matches(s.pattern, name)),
+            )
+            for name in sorted(publishers)
+        ]
+        waiting: dict[str, list[Subscription]] = {}
+        for subscription in subscriptions:
+            if not any(pattern_matches(subscription.pattern, name) for name in publishers):
+                waiting.setdefault(subscription.pattern, []).append(subscription)
+        entries.extend(
+            CatalogEntry(pattern, (), tuple(subs)) for pattern, subs in sorted(waiting.items())
+        )
+        return cls(tuple(entries))
+
+    @classmethod
+    def load(cls, registry: Registry) -> Catalog:
+        """Read the catalog from ``registry`` now (no cache).
+
+        Raises :class:`~celery_events.RegistryError` when the registry cannot be read.
+        """
+        return cls.build(registry.subscriptions(), read_publishers(registry))
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Every service that publishes or subscribes, sorted."""
+        names = {p for e in self.entries for p in e.publishers}
+        names.update(s for e in self.entries for s in e.subscribers)
+        return tuple(sorted(names))
+
+    def edges(self) -> list[tuple[str | None, str | None, str]]:
+        """``(publisher, subscriber, event)`` edges of the graph, one per pair of services
+        and event; ``None`` stands for "nobody" at an end without a service."""
+        edges: list[tuple[str | None, str | None, str]] = []
+        for entry in self.entries:
+            senders: tuple[str | None, ...] = entry.publishers or (None,)
+            receivers: tuple[str | None, ...] = entry.subscribers or (None,)
+            edges.extend((p, s, entry.name) for p in senders for s in receivers)
+        return edges
+
+    def to_json(self) -> dict[str, Any]:
+        """The catalog as a JSON-ready dict: ``{"services": [...], "events": [...]}``."""
+        return {"services": list(self.services), "events": [e.to_json() for e in self.entries]}
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart (GitHub renders it in a ```` ```mermaid ```` block)."""
+        ids = {service: f"s{i}" for i, service in enumerate(self.services)}
+        lines = ["flowchart LR"]
+        lines.extend(f'    {ids[service]}["{service}"]' for service in self.services)
+        edges = self.edges()
+        if any(p is None for p, _, _ in edges):
+            lines.append(f'    unpublished(["{_UNPUBLISHED}"])')
+        if any(s is None for _, s, _ in edges):
+            lines.append(f'    nobody(["{_NOBODY}"])')
+        for publisher, subscriber, event in edges:
+            source = "unpublished" if publisher is None else ids[publisher]
+            target = "nobody" if subscriber is None else ids[subscriber]
+            arrow = "-->" if publisher is not None and subscriber is not None else "-.->"
+            # '#' starts an entity code in Mermaid text, so it is written as one.
+            label = event.replace("#", "#35;")
+            lines.append(f'    {source} {arrow}|"{label}"| {target}')
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT (``dot -Tsvg``)."""
+        lines = [
+            "digraph events {",
+            "    rankdir=LR;",
+            '    node [shape=box, style=rounded, fontname="Helvetica"];',
+            '    edge [fontname="Helvetica", fontsize=10];',
+        ]
+        lines.extend(f"    {_dot_quote(service)};" for service in self.services)
+        edges = self.edges()
+        if any(p is None for p, _, _ in edges):
+            lines.append(f'    "_unpublished" [label={_dot_quote(_UNPUBLISHED)}, shape=plaintext];')
+        if any(s is None for _, s, _ in edges):
+            lines.append(f'    "_nobody" [label={_dot_quote(_NOBODY)}, shape=plaintext];')
+        for publisher, subscriber, event in edges:
+            source = '"_unpublished"' if publisher is None else _dot_quote(publisher)
+            target = '"_nobody"' if subscriber is None else _dot_quote(subscriber)
+            style = "" if publisher is not None and subscriber is not None else ", style=dashed"
+            lines.append(f"    {source} -> {target} [label={_dot_quote(event)}{style}];")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def read_publishers(registry: Registry) -> list[tuple[str, str]]:
+    """Read the ``(service, event name)`` pairs recorded by publishers, sorted."""
+    try:
+        raw: Mapping[bytes | str, Any] = registry.client.hgetall(registry.published_key)
+    except redis.RedisError as exc:
+        raise RegistryError(
+            f"Could not read the event catalog: {exc}. Check that Redis is reachable at the"
+            " registry URL."
+        ) from exc
+    pairs = []
+    for field in raw:
+        text = field.decode(errors="replace") if isinstance(field, bytes) else field
+        service, _, name = text.partition(" ")
+        if name:
+            pairs.append((service, name))
+    return sorted(pairs)
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

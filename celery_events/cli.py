@@ -1,0 +1,567 @@
+"""``celery -A proj eventbus ...``: operate the event bus from the shell.
+
+Installed as a Celery sub-command through the ``celery.commands`` entry point, so it runs
+with the app (and the bus) that ``-A`` names, like ``celery worker`` does::
+
+    celery -A orders eventbus subscriptions
+    celery -A orders eventbus catalog --format mermaid
+    celery -A orders eventbus publish user.registered --data '{"user_id": 7}'
+    celery -A orders eventbus status --json
+    celery -A orders eventbus dead-letters list --handler orders.welcome_order
+    celery -A orders eventbus dead-letters replay --event user.registered
+
+Tables are printed for people; ``--json`` prints one JSON document for scripts. Exit codes:
+
+==== =====================================================================================
+0    done
+1    nothing found or nothing matched (no subscriber for a publish, no such dead letter)
+2    bad usage: a bad option or value, or an ``-A`` app without an event bus
+3    the broker or the registry could not be reached or refused the command
+==== =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import redis
+from celery.bin.base import CeleryCommand
+
+from . import _redis
+from ._all_dead_letters import AllDeadLetters
+from ._table import render_table
+from .bus import EventBus, bus_for
+from .catalog import Catalog
+from .deadletters import DeadLetter, DeadLetterNotFound
+from .errors import (
+    BrokerError,
+    CeleryEventsError,
+    ConfigurationError,
+    InvalidEventData,
+    InvalidEventName,
+    NoSubscribersError,
+    PublishError,
+    RegistryError,
+)
+from .status import BrokerQueues, read_status
+
+__all__ = ["eventbus", "ExitCode"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExitCode(IntEnum):
+    """What ``celery eventbus`` exits with, for scripts."""
+
+    OK = 0
+    NOT_FOUND = 1
+    USAGE = 2
+    UNREACHABLE = 3
+
+
+class _NotFound(click.ClickException):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class _Usage(click.ClickException):
+    exit_code = ExitCode.USAGE
+
+
+class _Unreachable(click.ClickException):
+    exit_code = ExitCode.UNREACHABLE
+
+
+@contextmanager
+def _translated_errors(bus: EventBus) -> Iterator[None]:
+    """Turn our errors into a short message and a documented exit code, no traceback."""
+    try:
+        yield
+    except (NoSubscribersError, DeadLetterNotFound) as exc:
+        raise _NotFound(str(exc)) from exc
+    except (RegistryError, PublishError, BrokerError) as exc:
+        raise _Unreachable(f"{exc}\n{_where(bus)}") from exc
+    except (ConfigurationError, InvalidEventName, InvalidEventData) as exc:
+        raise _Usage(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise _Unreachable(f"Could not reach Redis: {exc}.\n{_where(bus)}") from exc
+    except CeleryEventsError as exc:
+        raise _Usage(str(exc)) from exc
+
+
+def _where(bus: EventBus) -> str:
+    broker = _redis.first_broker_url(bus.app.conf.broker_url)
+    registry = bus.settings.registry_url
+    where = f"The app's broker is {_without_password(broker)}"
+    if registry is not None:
+        where += f" and its registry {_without_password(registry)}"
+    return where + "."
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _bus(ctx: click.Context) -> EventBus:
+    app = ctx.obj.app
+    try:
+        return bus_for(app)
+    except ConfigurationError:
+        pass
+    # The bus may be created in a module the app imports on start-up (its `imports` and
+    # `include`), as workers do before they look for it.
+    try:
+        app.loader.import_default_modules()
+    except ImportError as exc:
+        raise _Usage(
+            f"The app {app.main!r} has no event bus, and importing its modules to find one"
+            f" failed: {exc}."
+        ) from exc
+    try:
+        return bus_for(app)
+    except ConfigurationError as exc:
+        raise _Usage(
+            f"{exc} Pass the module that creates the bus with -A, for example"
+            " `celery -A orders eventbus status`."
+        ) from exc
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@click.group(name="eventbus")
+@click.pass_context
+def eventbus(ctx: click.Context) -> None:
+    """Operate the event bus of the app given with -A: subscriptions, catalog, publish,
+    status, dead letters.
+
+    Exit codes: 0 done, 1 nothing found or matched, 2 bad usage, 3 broker or registry
+    unreachable.
+    """
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.option("--service", help="Only this service's subscriptions.")
+@_json_option
+@click.pass_context
+def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> None:
+    """List every subscription in the registry."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        found = bus.registry.subscriptions()
+    if service is not None:
+        found = [s for s in found if s.service == service]
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "pattern": s.pattern,
+                    "service": s.service,
+                    "handler": s.handler,
+                    "queue": s.queue,
+                    "registered_at": s.registered_at,
+                }
+                for s in found
+            ]
+        )
+    elif found:
+        click.echo(
+            render_table(
+                ["pattern", "service", "handler", "queue", "registered"],
+                [
+                    (s.pattern, s.service, s.handler, s.queue, _when(s.registered_at))
+                    for s in found
+                ],
+            )
+        )
+    else:
+        click.echo("No subscriptions" + (f" of service {service!r}." if service else "."), err=True)
+    if not found:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@_json_option
+@click.pass_context
+def register(ctx: click.Context, as_json: bool) -> None:
+    """Record the -A app's subscriptions in the registry now, as its worker does at start.
+
+    Run it at deploy time so that events are queued for a service before its first worker
+    starts.
+    """
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        recorded = bus.register()
+    if as_json:
+        _echo_json([{"pattern": s.pattern, "handler": s.handler, "queue": s.queue} for s in recorded])
+        return
+    click.echo(f"Recorded {len(recorded)} subscription(s) of service {bus.service!r}.")
+    if recorded:
+        click.echo(
+            render_table(
+                ["pattern", "handler", "queue"], [(s.pattern, s.handler, s.queue) for s in recorded]
+            )
+        )
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "mermaid", "dot"]),
+    default="table",
+    show_default=True,
+    help="Table, JSON, or the graph of services and events as Mermaid or Graphviz DOT.",
+)
+@click.pass_context
+def catalog(ctx: click.Context, fmt: str) -> None:
+    """List every event name published or subscribed, with its publishers and subscribers."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        found = Catalog.load(bus.registry)
+    if fmt == "json":
+        _echo_json(found.to_json())
+    elif fmt == "mermaid":
+        click.echo(found.to_mermaid(), nl=False)
+    elif fmt == "dot":
+        click.echo(found.to_dot(), nl=False)
+    elif found.entries:
+        click.echo(
+            render_table(["event", "published by", "handler", "pattern"], _catalog_rows(found))
+        )
+    else:
+        click.echo("The catalog is empty: nothing was published or subscribed yet.", err=True)
+    if not found.entries:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _catalog_rows(found: Catalog) -> list[tuple[str, str, str, str]]:
+    # One row per handler; an event's name and publishers only on its first row.
+    rows = []
+    for entry in found.entries:
+        name, publishers = entry.name, ", ".join(entry.publishers) or "(not published yet)"
+        if not entry.subscriptions:
+            rows.append((name, publishers, "(no subscriber)", ""))
+        for sub in entry.subscriptions:
+            rows.append((name, publishers, sub.handler, sub.pattern))
+            name = publishers = ""
+    return rows
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.argument("name")
+@click.option("--data", default="{}", show_default=True, help="The event's data, a JSON object.")
+@_json_option
+@click.pass_context
+def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
+    """Publish event NAME from the shell and print its deliveries.
+
+    Exits with 1 when no subscription matches (nothing is sent).
+    """
+    bus = _bus(ctx)
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise _Usage(
+            f"--data {data!r} is not JSON ({exc}); pass a JSON object such as"
+            """ '{"user_id": 7}'."""
+        ) from exc
+    with _translated_errors(bus):
+        result = bus.publish(name, payload)
+    if as_json:
+        _echo_json(
+            {
+                "event": result.event.to_envelope(),
+                "deliveries": [
+                    {"service": d.service, "handler": d.handler, "queue": d.queue, "task_id": d.task_id}
+                    for d in result.deliveries
+                ],
+            }
+        )
+    elif result.deliveries:
+        click.echo(f"Published {name} (event {result.event.id}) to:")
+        click.echo(
+            render_table(
+                ["service", "handler", "queue", "task id"],
+                [(d.service, d.handler, d.queue, d.task_id) for d in result.deliveries],
+            )
+        )
+    if not result.deliveries:
+        click.echo(f"No subscription matches {name!r}; nothing was sent.", err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show each subscribing service's waiting and in-flight deliveries, dead letters, and
+    the age of its oldest waiting delivery."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        queues = BrokerQueues.from_app(bus.app, timeout=bus.settings.publish_timeout)
+        found = read_status(
+            bus.registry.subscriptions(), queues, dead_letters=AllDeadLetters(bus).count
+        )
+    if as_json:
+        _echo_json([s.to_json() for s in found])
+    elif found:
+        click.echo(
+            render_table(
+                ["service", "queues", "waiting", "in flight", "dead letters", "oldest waiting"],
+                [
+                    (
+                        s.service,
+                        ", ".join(q.name for q in s.queues),
+                        s.waiting,
+                        s.in_flight,
+                        s.dead_letters,
+                        _age(s.oldest_waiting),
+                    )
+                    for s in found
+                ],
+            )
+        )
+    else:
+        click.echo("No service has subscriptions in the registry.", err=True)
+    if not found:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+@eventbus.group(name="dead-letters")
+def dead_letters() -> None:
+    """List, show, replay or purge deliveries that gave up, across every service."""
+
+
+def _filters(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--service", help="Only this subscribing service's dead letters."),
+            click.option("--handler", help="Only this handler's (its task name, svc.handler)."),
+            click.option("--event", "event_name", help="Only deliveries of this event name."),
+            click.option("--reason", help="Only this reason, such as retries_exhausted."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@dead_letters.command(name="list", cls=CeleryCommand)
+@_filters
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Show at most this many, newest first.")
+@_json_option
+@click.pass_context
+def list_dead_letters(
+    ctx: click.Context,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead letters, newest first."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = AllDeadLetters(bus).list(
+            service=service, handler=handler, event_name=event_name, reason=reason, limit=limit
+        )
+    if as_json:
+        _echo_json([letter.to_json() for letter in letters])
+    elif letters:
+        click.echo(
+            render_table(
+                ["id", "handler", "event", "reason", "attempts", "last failed", "error"],
+                [
+                    (
+                        letter.id,
+                        letter.handler or f"({letter.service})",
+                        letter.event_name or "-",
+                        letter.reason,
+                        letter.attempts,
+                        _when(letter.last_failed_at),
+                        _short(f"{letter.error_type}: {letter.error_message}"),
+                    )
+                    for letter in letters
+                ],
+            )
+        )
+    else:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+    if not letters:
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@dead_letters.command(name="show", cls=CeleryCommand)
+@click.argument("id")
+@_json_option
+@click.pass_context
+def show_dead_letter(ctx: click.Context, id: str, as_json: bool) -> None:
+    """Show one dead letter: its envelope, error and traceback."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letter = AllDeadLetters(bus).get(id)
+    if as_json:
+        _echo_json(letter.to_json())
+        return
+    rows = [
+        ("id", letter.id),
+        ("service", letter.service),
+        ("handler", letter.handler or "-"),
+        ("event", f"{letter.event_name or '-'} ({letter.event_id or 'no id'})"),
+        ("reason", letter.reason),
+        ("error", f"{letter.error_type}: {letter.error_message}"),
+        ("attempts", letter.attempts),
+        ("first failed", _when(letter.first_failed_at)),
+        ("last failed", _when(letter.last_failed_at)),
+        ("worker", letter.hostname or "-"),
+        ("task id", letter.task_id or "-"),
+        ("queue", letter.queue or "-"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name.ljust(width)}  {value}")
+    if letter.envelope is not None:
+        click.echo("\nenvelope:")
+        click.echo(json.dumps(letter.envelope, indent=2, ensure_ascii=False))
+    if letter.raw_base64 is not None:
+        click.echo(f"\nraw message (base64): {letter.raw_base64}")
+    if letter.traceback:
+        click.echo("\n" + letter.traceback.rstrip())
+
+
+def _selection(
+    ctx: click.Context,
+    bus: EventBus,
+    id: str | None,
+    every: bool,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+) -> list[DeadLetter]:
+    filters = (service, handler, event_name, reason)
+    if id is None and not every and all(f is None for f in filters):
+        raise _Usage(
+            f"Name the dead letters to {ctx.info_name}: an ID, a filter (--service, --handler,"
+            " --event, --reason), or --all for every one."
+        )
+    if id is not None and (every or any(f is not None for f in filters)):
+        raise _Usage(f"Give either an ID or filters to {ctx.info_name}, not both.")
+    return AllDeadLetters(bus).select(
+        id, service=service, handler=handler, event_name=event_name, reason=reason
+    )
+
+
+@dead_letters.command(name="replay", cls=CeleryCommand)
+@click.argument("id", required=False)
+@_filters
+@click.option("--all", "every", is_flag=True, help="Every dead letter of every service.")
+@_json_option
+@click.pass_context
+def replay_dead_letters(
+    ctx: click.Context,
+    id: str | None,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """Send dead letters again, each as a fresh delivery to its handler, and remove them."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = _selection(ctx, bus, id, every, service, handler, event_name, reason)
+        replayed = AllDeadLetters(bus).replay(letters)
+    if as_json:
+        _echo_json([letter.to_json() for letter in replayed])
+    elif replayed:
+        click.echo(f"Replayed {len(replayed)} dead letter(s):")
+        click.echo(
+            render_table(
+                ["id", "handler", "event", "event id"],
+                [(lt.id, lt.handler, lt.event_name, lt.event_id) for lt in replayed],
+            )
+        )
+    if not replayed:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+@dead_letters.command(name="purge", cls=CeleryCommand)
+@click.argument("id", required=False)
+@_filters
+@click.option("--all", "every", is_flag=True, help="Every dead letter of every service.")
+@_json_option
+@click.pass_context
+def purge_dead_letters(
+    ctx: click.Context,
+    id: str | None,
+    service: str | None,
+    handler: str | None,
+    event_name: str | None,
+    reason: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """Delete dead letters for good."""
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        letters = _selection(ctx, bus, id, every, service, handler, event_name, reason)
+        purged = AllDeadLetters(bus).purge(letters)
+    if as_json:
+        _echo_json({"purged": purged, "ids": [letter.id for letter in letters]})
+    elif purged:
+        click.echo(f"Purged {purged} dead letter(s).")
+    if not purged:
+        click.echo("No dead letters" + _described(service, handler, event_name, reason), err=True)
+        ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _described(*filters: str | None) -> str:
+    names = ("service", "handler", "event", "reason")
+    given = [f"{name} {value!r}" for name, value in zip(names, filters, strict=True) if value]
+    return f" with {', '.join(given)}." if given else "."
+
+
+def _short(text: str, width: int = 60) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _when(stamp: float) -> str:
+    if not stamp:
+        return "-"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"

@@ -1,0 +1,49 @@
+"""The Django integration: ``INSTALLED_APPS += ["celery_events.contrib.django"]``.
+
+Configure it with one dict in your settings (all keys: ``celery_events.contrib.django.conf``)::
+
+    CELERY_EVENTS = {"service": "orders", "app": "proj.celery.app"}
+
+and use the project's bus, made on first use::
+
+    from celery_events.contrib.django import bus       # or get_bus()
+
+    @bus.subscribe("user.registered", atomic=True)      # in <app>/subscribers.py
+    def open_account(event):
+        Account.objects.create(user_id=event.data["user_id"])
+
+    with transaction.atomic():
+        order = Order.objects.create(...)
+        bus.publish("order.placed", {"order_id": order.pk})   # sent after the commit
+
+``subscribers`` modules of installed apps are imported at start-up, in web processes and in
+``celery -A proj worker`` alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._bus import DjangoEventBus
+
+__all__ = ["bus", "get_bus", "DjangoEventBus"]
+
+
+def get_bus() -> DjangoEventBus:
+    """Return the project's bus (see :func:`celery_events.contrib.django._bus.get_bus`)."""
+    from ._bus import get_bus as _get_bus
+
+    return _get_bus()
+
+
+def __getattr__(name: str) -> Any:
+    # `bus` and `DjangoEventBus` are looked up on use, so that importing this package from
+    # settings or an app's __init__ does not need the app registry to be ready.
+    if name == "bus":
+        return get_bus()
+    if name == "DjangoEventBus":
+        from ._bus import DjangoEventBus
+
+        return DjangoEventBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

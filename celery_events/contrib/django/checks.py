@@ -1,0 +1,82 @@
+"""System checks of ``CELERY_EVENTS``: run by ``manage.py check``, ``runserver`` and ``migrate``.
+
+- ``celery_events.E001``: ``CELERY_EVENTS`` is missing or not a dict.
+- ``celery_events.E002``: a key of ``CELERY_EVENTS`` is unknown or has a bad value.
+- ``celery_events.E003``: ``CELERY_EVENTS["app"]`` does not import a Celery app.
+- ``celery_events.E004``: ``CELERY_EVENTS["database"]`` is not in ``DATABASES``.
+- ``celery_events.W001``: the outbox's database cannot lock rows (``SKIP LOCKED``), so
+  only one relay may run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import SETTING, _raw, config_problems
+
+__all__ = ["check_settings"]
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Check ``settings.CELERY_EVENTS``; every message names the key and the fix."""
+    raw = _raw()
+    messages: list[CheckMessage] = []
+    for key, message in config_problems(raw):
+        messages.append(
+            Error(message, obj=SETTING, id="celery_events.E001" if key == SETTING else "celery_events.E002")
+        )
+    if messages or not isinstance(raw, dict):
+        return messages
+    path = raw["app"].replace(":", ".")
+    try:
+        app = import_string(path)
+    except ImportError as exc:
+        messages.append(
+            Error(
+                f"CELERY_EVENTS['app'] is {raw['app']!r}, which cannot be imported: {exc}.",
+                hint="Name your Celery app's module and variable, such as 'proj.celery.app'.",
+                obj=SETTING,
+                id="celery_events.E003",
+            )
+        )
+    else:
+        if not isinstance(app, Celery):
+            messages.append(
+                Error(
+                    f"CELERY_EVENTS['app'] is {raw['app']!r}, which is a {type(app).__name__},"
+                    " not a Celery app.",
+                    hint="Point it at the Celery() instance of your project.",
+                    obj=SETTING,
+                    id="celery_events.E003",
+                )
+            )
+    from django.db import connections
+
+    database = raw.get("database", "default")
+    if database not in connections.settings:
+        messages.append(
+            Error(
+                f"CELERY_EVENTS['database'] is {database!r}, which is not in DATABASES.",
+                hint=f"Use one of {', '.join(sorted(connections.settings))}.",
+                obj=SETTING,
+                id="celery_events.E004",
+            )
+        )
+    elif raw.get("outbox") and not connections[database].features.has_select_for_update_skip_locked:
+        messages.append(
+            Warning(
+                f"The outbox's database {database!r} cannot lock rows with SKIP LOCKED, so two"
+                " outbox relays could send one event twice.",
+                hint="Run a single relay, or keep the outbox in PostgreSQL, MySQL 8 or Oracle.",
+                obj=SETTING,
+                id="celery_events.W001",
+            )
+        )
+    return messages
+
+
+register(check_settings, "celery_events")

@@ -1,0 +1,102 @@
+"""The outbox and inbox tables.
+
+``OutboxEvent``: one row per event published through the outbox, written in the publisher's
+transaction and marked sent by a relay. ``InboxEntry``: one row per (event id, handler) that a
+``@bus.subscribe(..., atomic=True)`` handler committed, written in the handler's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from django.db import models
+from django.utils import timezone
+
+from ...envelope import Event
+
+__all__ = ["OutboxEvent", "InboxEntry"]
+
+
+class OutboxEvent(models.Model):
+    """An event waiting in (or already sent from) the transactional outbox."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    name = models.CharField(max_length=255)
+    source = models.CharField(max_length=255)
+    #: The event's time as its envelope has it (RFC 3339, UTC), kept to the microsecond.
+    time = models.CharField(max_length=40)
+    correlation_id = models.CharField(max_length=255)
+    causation_id = models.CharField(max_length=255, null=True, blank=True)
+    #: The event's data as the exact JSON text that was validated at publish time.
+    data = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    #: Set when the row can never be sent (its data breaks a setting changed since it was
+    #: written); such a row is kept with its error and no longer relayed.
+    failed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "celery_events_outbox"
+        verbose_name = "outbox event"
+        ordering = ["-id"]
+        indexes = [
+            # What every relay poll reads: the oldest unsent rows.
+            models.Index(
+                fields=["id"],
+                name="celery_events_outbox_unsent",
+                condition=models.Q(sent_at__isnull=True, failed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.event_id}"
+
+    @classmethod
+    def from_event(cls, event: Event, data_json: str) -> OutboxEvent:
+        return cls(
+            event_id=event.id,
+            name=event.name,
+            source=event.source,
+            time=event.to_envelope()["time"],
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            data=data_json,
+        )
+
+    def to_event(self) -> Event:
+        """The stored event, with the id, time, correlation and cause it was published with."""
+        return Event(
+            id=self.event_id,
+            name=self.name,
+            data=json.loads(self.data),
+            source=self.source,
+            time=datetime.fromisoformat(self.time.replace("Z", "+00:00")),
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+        )
+
+
+class InboxEntry(models.Model):
+    """A delivery an atomic handler committed: (event id, handler) is never handled twice."""
+
+    event_id = models.CharField(max_length=255)
+    handler = models.CharField(max_length=255)
+    event_name = models.CharField(max_length=255)
+    handled_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "celery_events_inbox"
+        verbose_name = "inbox entry"
+        verbose_name_plural = "inbox entries"
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_id", "handler"], name="celery_events_inbox_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.event_id}"

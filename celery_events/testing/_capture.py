@@ -1,0 +1,75 @@
+"""Recording what a bus would publish, instead of sending it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..bus import EventBus, PublishResult
+from ..envelope import Event
+
+__all__ = ["Captured", "capture_published"]
+
+
+class Captured:
+    """The events a bus would have sent, in order; a sequence of :class:`Event`."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __getitem__(self, index: int) -> Event:
+        return self.events[index]
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the captured events, in order."""
+        return [event.name for event in self.events]
+
+    def named(self, name: str) -> list[Event]:
+        """The captured events called ``name``."""
+        return [event for event in self.events if event.name == name]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+@contextmanager
+def capture_published(bus: EventBus) -> Iterator[Captured]:
+    """Record every event ``bus`` sends inside the block, and send nothing.
+
+    Input is validated exactly as in a real publish (a bad name or data still raises), the
+    event gets its id, time, correlation and cause, and ``publish`` returns a
+    :class:`~celery_events.PublishResult` without deliveries. No broker or registry is touched,
+    so ``require_subscribers`` is not checked. With the Django integration an event is sent,
+    and so captured, when its transaction commits (in pytest-django, use
+    ``django_capture_on_commit_callbacks(execute=True)`` or a transactional test).
+
+    >>> with capture_published(bus) as published:                      # doctest: +SKIP
+    ...     bus.publish("order.placed", {"order_id": 7})
+    >>> published.names, published[0].data                             # doctest: +SKIP
+    (['order.placed'], {'order_id': 7})
+    """
+    captured = Captured()
+    # The bus sends every event, published or pre-built, through its _send: shadow it on
+    # this one bus for the block, keeping any capture already active outside it.
+    outer: Any = bus.__dict__.get("_send")
+
+    def record(event: Event, data_json: str, require_subscribers: bool | None) -> PublishResult:
+        captured.events.append(event)
+        return PublishResult(event)
+
+    bus._send = record  # type: ignore[method-assign]
+    try:
+        yield captured
+    finally:
+        if outer is None:
+            del bus._send
+        else:
+            bus._send = outer  # type: ignore[method-assign]

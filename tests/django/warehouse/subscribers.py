@@ -1,0 +1,26 @@
+"""The warehouse's handlers, found by the Django app's autodiscovery."""
+
+import redis
+
+from celery_events import Event
+from celery_events.contrib.django import bus
+
+from ...services._effects import broker_url, record
+from .models import Shipment
+
+
+# inbox=False turns off the Redis inbox, so that only the database inbox stands between a
+# repeated delivery and a second shipment.
+@bus.subscribe("order.placed", atomic=True, inbox=False, retry_backoff=0.2, retry_jitter=False)
+def ship(event: Event) -> None:
+    Shipment.objects.create(order_id=event.data["order_id"], event_id=event.id)
+    record("warehouse.ship", event)
+    if event.data.get("fail_once"):
+        attempt = redis.Redis.from_url(broker_url()).incr(f"test:attempts:{event.id}")
+        if attempt == 1:
+            raise RuntimeError(f"order {event.data['order_id']} cannot ship yet")
+
+
+@bus.subscribe("order.#")
+def count_orders(event: Event) -> None:
+    record("warehouse.count_orders", event)

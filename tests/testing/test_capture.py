@@ -1,0 +1,80 @@
+"""capture_published records what would be sent, and sends nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_events import Event, EventBus, InvalidEventName
+from celery_events.testing import HandlerRunner, capture_published
+
+# Nothing listens on port 1: a bus that tried to reach this broker would fail.
+NO_BROKER = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+def offline_bus() -> Iterator[EventBus]:
+    bus = EventBus(Celery("shop", broker=NO_BROKER), service="shop", publish_timeout=0.2)
+    yield bus
+    bus.close()
+
+
+def test_published_events_are_recorded_and_not_sent(offline_bus: EventBus) -> None:
+    with capture_published(offline_bus) as published:
+        result = offline_bus.publish("order.placed", {"order_id": 7}, correlation_id="c-1")
+        prebuilt = Event.create("order.cancelled", {"order_id": 7}, source="shop")
+        offline_bus.publish_event(prebuilt)
+    assert result.deliveries == () and result.deferred is False
+    assert published.names == ["order.placed", "order.cancelled"]
+    assert published[0] is result.event and published[1] is prebuilt
+    assert published[0].data == {"order_id": 7} and published[0].correlation_id == "c-1"
+    assert published.named("order.cancelled") == [prebuilt]
+
+
+def test_bad_input_still_raises_inside_a_capture(offline_bus: EventBus) -> None:
+    with capture_published(offline_bus) as published:
+        with pytest.raises(InvalidEventName):
+            offline_bus.publish("Order Placed", {})
+    assert len(published) == 0
+
+
+def test_after_the_block_the_bus_sends_again(redis_url: str, redis_client: redis.Redis) -> None:
+    bus = EventBus(Celery("shop2", broker=redis_url), service="shop2")
+    subscriber = EventBus(Celery("mailer2", broker=redis_url), service="mailer2")
+
+    @subscriber.subscribe("order.placed")
+    def mail(event: Event) -> None: ...
+
+    subscriber.register()
+    try:
+        with capture_published(bus) as outer:
+            with capture_published(bus) as inner:
+                bus.publish("order.placed", {"order_id": 1})
+            bus.publish("order.placed", {"order_id": 2})
+        assert [e.data for e in inner] == [{"order_id": 1}]
+        assert [e.data for e in outer] == [{"order_id": 2}]
+        assert redis_client.llen("events.mailer2") == 0
+        result = bus.publish("order.placed", {"order_id": 3})
+        assert [d.handler for d in result.deliveries] == ["mailer2.mail"]
+        assert redis_client.llen("events.mailer2") == 1
+    finally:
+        bus.close()
+        subscriber.close()
+
+
+def test_events_published_by_a_handler_name_the_handled_event_as_their_cause(
+    offline_bus: EventBus,
+) -> None:
+    @offline_bus.subscribe("order.placed")
+    def confirm(event: Event) -> None:
+        offline_bus.publish("order.confirmed", {"order_id": event.data["order_id"]})
+
+    placed = Event.create("order.placed", {"order_id": 4}, source="shop")
+    with capture_published(offline_bus) as published:
+        [run] = HandlerRunner().run(offline_bus, placed)
+    assert run.status == "succeeded"
+    [confirmed] = published
+    assert confirmed.causation_id == placed.id and confirmed.correlation_id == placed.correlation_id

@@ -1,0 +1,149 @@
+"""HandlerRunner makes the worker's decisions in-process: envelope, inbox, retries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from celery import Celery
+
+from celery_events import ConfigurationError, Event, EventBus, InvalidEventData, Reject, Retry
+from celery_events.testing import HandlerRunner
+
+NO_BROKER = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+def bus() -> Iterator[EventBus]:
+    bus = EventBus(Celery("billing", broker=NO_BROKER), service="billing", retry_jitter=False)
+    yield bus
+    bus.close()
+
+
+def placed(**data: object) -> Event:
+    return Event.create("order.placed", {"order_id": 1, **data}, source="shop")
+
+
+def test_every_matching_handler_runs_once_with_the_decoded_envelope(bus: EventBus) -> None:
+    seen: list[tuple[str, Event]] = []
+
+    @bus.subscribe("order.placed")
+    def invoice(event: Event) -> None:
+        seen.append(("invoice", event))
+
+    @bus.subscribe("order.#")
+    def audit(event: Event) -> None:
+        seen.append(("audit", event))
+
+    @bus.subscribe("user.*")
+    def unrelated(event: Event) -> None:
+        seen.append(("unrelated", event))
+
+    event = Event.create("order.placed", {"lines": [{"sku": "a"}]}, source="shop")
+    runs = HandlerRunner().run(bus, event)
+    assert [(r.handler, r.status, r.attempts) for r in runs] == [
+        ("billing.invoice", "succeeded", 1), ("billing.audit", "succeeded", 1),
+    ]
+    assert [name for name, _ in seen] == ["invoice", "audit"]
+    received = seen[0][1]
+    assert received == event and received is not event  # decoded from JSON, like a worker
+    assert isinstance(received.time, datetime)
+    only = HandlerRunner().run(bus, event, handlers=["billing.audit"])
+    assert [r.handler for r in only] == ["billing.audit"]
+
+
+def test_the_inbox_skips_a_delivery_that_already_succeeded(bus: EventBus) -> None:
+    calls: list[str] = []
+
+    @bus.subscribe("order.placed")
+    def invoice(event: Event) -> None:
+        calls.append("invoice")
+
+    @bus.subscribe("order.placed", inbox=False)
+    def notify(event: Event) -> None:
+        calls.append("notify")
+
+    runner = HandlerRunner()
+    event = placed()
+    runner.run(bus, event)
+    again = runner.run(bus, event)
+    assert [(r.handler, r.status) for r in again] == [
+        ("billing.invoice", "skipped"), ("billing.notify", "succeeded"),
+    ]
+    assert calls == ["invoice", "notify", "notify"]
+    # Another event is not skipped
+    assert runner.run(bus, placed())[0].status == "succeeded"
+
+
+def test_a_failing_handler_is_retried_with_the_workers_backoff(bus: EventBus) -> None:
+    failures = iter([ConnectionError("down"), TimeoutError("slow")])
+
+    @bus.subscribe("order.placed", max_retries=3, retry_backoff=2)
+    def charge(event: Event) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+
+    [run] = HandlerRunner().run(bus, placed())
+    assert (run.status, run.attempts, run.retry_delays) == ("succeeded", 3, (2.0, 4.0))
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_when_retries_run_out(
+    bus: EventBus,
+) -> None:
+    @bus.subscribe("order.placed", max_retries=2, retry_backoff=1)
+    def charge(event: Event) -> None:
+        raise ConnectionError("gateway down")
+
+    [run] = HandlerRunner().run(bus, placed())
+    assert (run.status, run.reason, run.attempts) == ("dead_lettered", "retries_exhausted", 3)
+    assert isinstance(run.error, ConnectionError) and not run.ok
+    [first] = HandlerRunner(run_retries=False).run(bus, placed())
+    assert (first.status, first.attempts, first.retry_delays) == ("retrying", 1, (1.0,))
+
+
+def test_reject_retry_and_dont_retry_for_steer_the_delivery(bus: EventBus) -> None:
+    @bus.subscribe("order.placed", dont_retry_for=(KeyError,))
+    def validate(event: Event) -> None:
+        if event.data.get("reject"):
+            raise Reject("amount must be positive")
+        if event.data.get("wait"):
+            raise Retry(delay=5)
+        event.data["missing"]
+
+    runner = HandlerRunner(run_retries=False)
+    [rejected] = runner.run(bus, placed(reject=True))
+    assert (rejected.status, rejected.reason, rejected.attempts) == ("dead_lettered", "rejected", 1)
+    [waiting] = runner.run(bus, placed(wait=True))
+    assert (waiting.status, waiting.retry_delays) == ("retrying", (5.0,))
+    [not_retried] = runner.run(bus, placed())
+    assert (not_retried.status, not_retried.reason) == ("dead_lettered", "not_retried")
+
+
+def test_an_invalid_envelope_is_dead_lettered_as_on_a_worker(bus: EventBus) -> None:
+    @bus.subscribe("order.placed")
+    def invoice(event: Event) -> None:
+        raise AssertionError("must not run")
+
+    envelope = placed().to_envelope()
+    envelope["specversion"] = "0.3"
+    [run] = HandlerRunner().run(bus, envelope)
+    assert (run.status, run.reason, run.attempts) == ("dead_lettered", "invalid_envelope", 0)
+
+
+def test_an_atomic_handler_needs_a_transaction_runner(bus: EventBus) -> None:
+    @bus.subscribe("order.placed", atomic=True)
+    def book(event: Event) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="no transaction runner"):
+        HandlerRunner().run(bus, placed())
+
+
+def test_an_event_that_publish_would_refuse_is_refused(bus: EventBus) -> None:
+    @bus.subscribe("order.placed")
+    def invoice(event: Event) -> None: ...
+
+    event = Event.create("order.placed", {"at": datetime.now()}, source="shop")
+    with pytest.raises(InvalidEventData, match="cannot be encoded as JSON"):
+        HandlerRunner().run(bus, event)
