@@ -12,6 +12,7 @@ logs) in one temporary directory that is removed at the end (kept with --keep, o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -29,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 from demo_runner import http  # noqa: E402
 from demo_runner.flower import Flower  # noqa: E402
-from demo_runner.operate import APPS, Operator  # noqa: E402
+from demo_runner.operate import APPS, CLI_APP, Operator  # noqa: E402
 from demo_runner.processes import STOP_SIGNALS, Process, Supervisor  # noqa: E402
 from demo_runner.progress import Progress  # noqa: E402
 from demo_runner.redis_server import (  # noqa: E402
@@ -121,7 +122,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     orders_url = f"http://127.0.0.1:{ports['orders-web']}"
     flower_url = f"http://127.0.0.1:{ports['flower']}"
     flower = Flower(flower_url, flower_auth)
-    operator = Operator(redis_url, HERE, supervisor.env)
+    operator = Operator(HERE, supervisor.env)
     demo = Demo(work, supervisor, redis_url, users_url, orders_url, flower, operator)
 
     progress.add("redis", f"redis-server {version(binary)} ({where}) on 127.0.0.1:{redis_port}")
@@ -147,7 +148,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
             supervisor.start(
                 name,
                 python(
-                    "-m", "celery", "-A", celery_app, "worker", "-E", "-l", "info",
+                    "-m", "celery", "-A", celery_app, "worker", "-l", "info",
                     "-c", "1", "-n", f"{service}@%h", "--without-mingle", "--without-gossip",
                 ),
                 ready=_log_says(logs / f"{name}.log", " ready."),
@@ -221,12 +222,13 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
         retries = f", {stats.retries} retries" if stats.retries else ""
         print(f"    {handler:<34} {stats.total:>3}  ({states}{retries})")
     print(f"  retries               {deliveries.retries}")
-    for service in WORKERS:
-        for letter in demo.operator.dead_letters(service):
-            print(
-                f"  dead letter           {letter.id}  {letter.event_name} → {letter.handler}:"
-                f" {letter.reason} after {letter.attempts} attempts ({letter.error_type})"
-            )
+    for args, ok in (
+        (("catalog",), (0,)),
+        (("status",), (0,)),
+        (("dead-letters", "list"), (0, 1)),
+    ):
+        print(f"\n$ {demo.operator.shown(*args)}")
+        print(demo.operator.text(*args, ok=ok))
 
 
 def print_addresses(demo: Demo) -> None:
@@ -320,17 +322,32 @@ def play(demo: Demo, once: bool) -> bool:
     if once:
         print(f"\n{'All checks passed' if not failed else f'{len(failed)} check(s) failed'}.")
         if failed:
+            save_flower_tasks(demo)
             for process in demo.supervisor.processes:
                 print(f"\n--- {process.name} ({process.log_path})\n{process.log_tail(40)}")
     return not failed
 
 
+def save_flower_tasks(demo: Demo) -> None:
+    """Keep what Flower saw next to the logs, to tell a delivery problem from a display one."""
+    try:
+        tasks = demo.flower.tasks()
+    except (OSError, RuntimeError) as exc:
+        print(f"(could not read Flower's task list: {exc})")
+        return
+    path = demo.work / "logs" / "flower-tasks.json"
+    path.write_text(json.dumps(tasks, indent=1))
+    print(f"Flower's task list: {path}")
+
+
 def print_replay_help(demo: Demo) -> None:
+    celery = Path(sys.executable).parent / "celery"
     print(
-        "\nThe goodbye SMS is a dead letter. To replay it once the gateway is up:"
+        "\nThe goodbye SMS is a dead letter. Look at it, bring the SMS gateway up, replay it:"
+        f"\n  cd {HERE}; export CELERY_BROKER_URL={demo.redis_url}"
+        f"\n  {celery} -A {CLI_APP} eventbus dead-letters list"
         f"\n  touch {demo.work / 'data' / 'sms-gateway-up'}"
-        f"\n  (cd {HERE} && CELERY_BROKER_URL={demo.redis_url} {sys.executable} -c"
-        " 'from notifications.worker import bus; print(bus.dead_letters.replay())')"
+        f"\n  {celery} -A {CLI_APP} eventbus dead-letters replay --all"
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from . import http
 
 _EVENT_ID = re.compile(r"'id': '([^']+)'")
+_EVENT_NAME = re.compile(r"'type': '([^']+)'")
 
 
 @dataclass
@@ -61,14 +62,17 @@ class Flower:
         by_handler: dict[str, HandlerStats] = {}
         events: dict[str, set[str]] = {}
         for task in self.tasks().values():
+            args = str(task.get("args") or "")
+            if "'specversion'" not in args:
+                continue  # not a delivery: its one argument is an envelope
+            # Flower names a delivery "event → handler", or by the handler's task name alone
+            # when the task-sent event of a retry arrived after the retry was received.
             name = str(task.get("name") or "")
-            event_name, arrow, handler = name.partition(" → ")
-            if not arrow:
-                continue  # not a delivery
+            handler = name.partition(" → ")[2] or name
             stats = by_handler.setdefault(handler, HandlerStats())
             stats.states[str(task.get("state"))] += 1
             stats.retries += int(task.get("retries") or 0)
-            found = _EVENT_ID.search(str(task.get("args") or ""))
-            if found:
-                events.setdefault(event_name, set()).add(found.group(1))
+            event_id, event_name = _EVENT_ID.search(args), _EVENT_NAME.search(args)
+            if event_id and event_name:
+                events.setdefault(event_name.group(1), set()).add(event_id.group(1))
         return Deliveries(dict(sorted(by_handler.items())), events)

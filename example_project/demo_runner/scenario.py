@@ -120,6 +120,13 @@ class Scenario:
         )
         self.say("Waiting for the services to react:")
         self.record(expect("orders created one welcome order per user", self._orders_ok))
+        self.record(
+            expect(
+                "orders handled each user.registered once (database inbox) and sent each"
+                " order.created through its outbox",
+                self._outbox_ok,
+            )
+        )
         self.record(expect("users noted each welcome order (order.created)", self._users_ok))
         self.record(
             expect("notifications e-mailed every order confirmation", self._emails_ok)
@@ -145,14 +152,15 @@ class Scenario:
         """Bring the SMS gateway up, replay the dead letter, and check that the SMS went out."""
         (self.data_dir / "sms-gateway-up").touch()
         self.say("The SMS gateway is up again; replaying the notifications' dead letters:")
-        output = self.operator.replay_dead_letters("notifications")
-        for line in output.strip().splitlines():
+        args = ("dead-letters", "replay", "--service", "notifications")
+        self.say(f"  $ {self.operator.shown(*args)}")
+        for line in self.operator.text(*args).splitlines():
             self.say(f"    {line}")
         self.record(expect("the replayed goodbye SMS was sent", self._sms_sent))
         self.record(
             expect(
                 "no dead letter is left",
-                lambda: (not self.operator.dead_letters("notifications"), ""),
+                lambda: (not self.operator.dead_letters(), ""),
             )
         )
 
@@ -171,6 +179,23 @@ class Scenario:
         return not wrong, f"orders {sorted(o['id'] for o in orders.values())}" + (
             f"; wrong cause for {wrong}" if wrong else ""
         )
+
+    def _outbox_ok(self) -> tuple[bool, str]:
+        status, body = http.call("GET", f"{self.orders_url}/events/")
+        if status != 200:
+            raise RuntimeError(f"GET /events/ answered {status}")
+        registered = {event_id for _, event_id in self.users.values()}
+        handled = [r["event_id"] for r in body["inbox"] if r["handler"] == "orders.welcome_order"]
+        sent = {r["causation_id"] for r in body["outbox"] if r["sent_at"]}
+        emailed = {line["event_id"] for line in self.sent("email")}
+        outbox_ids = {r["event_id"] for r in body["outbox"]}
+        ok = (
+            sorted(handled) == sorted(registered)
+            and sent == registered
+            and len(body["outbox"]) == len(registered)
+            and emailed <= outbox_ids
+        )
+        return ok, f"{len(handled)} inbox rows, {len(sent)} outbox rows sent"
 
     def _users_ok(self) -> tuple[bool, str]:
         orders, stored = self.orders(), self.stored_users()
@@ -215,20 +240,20 @@ class Scenario:
     def _goodbye_dead(self) -> tuple[bool, str]:
         stats = self.flower.deliveries().by_handler.get("notifications.goodbye_sms")
         failed = stats.states.get("FAILURE", 0) if stats else 0
-        letters = self.operator.dead_letters("notifications")
+        letters = self.operator.dead_letters()
         if not letters:
             return False, f"{failed} failed delivery in Flower, no dead letter yet"
         letter = letters[0]
         detail = (
-            f"dead letter {letter.id[:8]}…, {letter.reason}, {letter.attempts} attempts,"
-            f" {letter.error_type}"
+            f"dead letter {letter['id'][:8]}…, {letter['reason']}, {letter['attempts']}"
+            f" attempts, {letter['error_type']}"
         )
         ok = (
             len(letters) == 1
             and failed == 1
-            and letter.handler == "notifications.goodbye_sms"
-            and letter.event_id == self.deleted_event
-            and letter.attempts == 3
+            and letter["handler"] == "notifications.goodbye_sms"
+            and letter["event_id"] == self.deleted_event
+            and letter["attempts"] == 3
         )
         return ok, detail
 

@@ -1,23 +1,18 @@
-"""The orders service's Celery app and event bus.
+"""The orders service's Celery app, as Celery's Django guide writes it.
 
 Run the worker with ``celery -A orders.celery worker`` (from the directory holding ``orders``).
+The bus is the Django integration's (``CELERY_EVENTS`` in ``orders/settings.py``); the
+handlers are in ``orders/subscribers.py``, found at start-up. The worker also runs the outbox
+relay (``relay_in_worker``).
 """
 
 from __future__ import annotations
 
 import os
 
-import django
 from celery import Celery
 
-from celery_events import EventBus
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders.settings")
-django.setup()
 
-from django.conf import settings  # noqa: E402  (after django.setup())
-
-app = Celery("orders", broker=settings.CELERY_BROKER_URL)
-bus = EventBus(app, service="orders")
-
-from . import subscribers  # noqa: E402, F401  (registers the handlers on the bus)
+app = Celery("orders")
+app.config_from_object("django.conf:settings", namespace="CELERY")

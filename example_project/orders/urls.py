@@ -4,5 +4,6 @@ from . import views
 
 urlpatterns = [
     path("orders/", views.list_orders),
+    path("events/", views.events),
     path("health", views.health),
 ]

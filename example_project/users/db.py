@@ -1,16 +1,12 @@
-"""The users table, in SQLite: one file in the data directory, shared by web and worker."""
+"""The users table, in SQLite: one file, shared by the web process and the worker."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
-DB_PATH = DATA_DIR / "users.sqlite3"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -22,20 +18,15 @@ CREATE TABLE IF NOT EXISTS users (
 """
 
 
-def connect() -> sqlite3.Connection:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(DB_PATH, timeout=10)
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(SCHEMA)
-    return connection
-
-
 @contextmanager
-def transaction() -> Iterator[sqlite3.Connection]:
+def transaction(path: Path) -> Iterator[sqlite3.Connection]:
     """A connection whose changes are committed on success and rolled back on error."""
-    connection = connect()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=10)
+    connection.row_factory = sqlite3.Row
     try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(SCHEMA)
         with connection:
             yield connection
     finally:

@@ -1,34 +1,30 @@
-"""The users service's Celery app and event bus, shared by its web process and its worker.
+"""The users service's event handlers, on the Flask extension.
 
-Run the worker with ``celery -A users.events worker``: it consumes ``events.users`` and runs
-the handler below.
+They run in the worker inside the Flask app's context, so they read the app's configuration
+(``current_app.config``) like views do.
 """
 
 from __future__ import annotations
 
-import os
+from flask import current_app
 
-from celery import Celery
-
-from celery_events import Event, EventBus
+from celery_events import Event
+from celery_events.contrib.flask import CeleryEvents
 
 from . import db
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-
-celery = Celery("users", broker=BROKER_URL)
-bus = EventBus(celery, service="users")
+events = CeleryEvents()
 
 
-@bus.subscribe("order.created")
+@events.subscribe("order.created")
 def remember_welcome_order(event: Event) -> None:
     """Note on the user which order the orders service created to welcome them.
 
-    Idempotent: a redelivery writes the same value again.
+    Idempotent: a repeated delivery writes the same value again.
     """
     if event.data.get("kind") != "welcome":
         return
-    with db.transaction() as connection:
+    with db.transaction(current_app.config["USERS_DATABASE"]) as connection:
         connection.execute(
             "UPDATE users SET welcome_order_id = ? WHERE id = ?",
             (event.data["order_id"], event.data["user_id"]),

@@ -1,4 +1,4 @@
-"""The users service's HTTP API (Flask).
+"""The users service: a Flask app factory and its HTTP API.
 
 ``flask --app users.web run`` serves:
 
@@ -10,16 +10,21 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, jsonify, request
+from celery import Celery
+from flask import Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from celery_events import PublishError, PublishResult
 
 from . import db
-from .events import bus
+from .events import events
+
+DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
 
 
 def _published(result: PublishResult) -> dict[str, Any]:
@@ -30,8 +35,18 @@ def _published(result: PublishResult) -> dict[str, Any]:
     }
 
 
+def _database() -> Path:
+    return Path(current_app.config["USERS_DATABASE"])
+
+
 def create_app() -> Flask:
     app = Flask("users")
+    app.config["USERS_DATABASE"] = DATA_DIR / "users.sqlite3"
+    app.config["CELERY_EVENTS"] = {"service": "users"}
+    broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    # Flask's Celery recipe keeps the Celery app in app.extensions["celery"].
+    app.extensions["celery"] = Celery("users", broker=broker)
+    events.init_app(app)
 
     @app.post("/users")
     def register() -> ResponseReturnValue:
@@ -40,7 +55,7 @@ def create_app() -> Flask:
         if not isinstance(email, str) or "@" not in email or not isinstance(name, str):
             return jsonify(error='Send {"email": "ada@example.com", "name": "Ada"}.'), 400
         try:
-            with db.transaction() as connection:
+            with db.transaction(_database()) as connection:
                 cursor = connection.execute(
                     "INSERT INTO users (email, name) VALUES (?, ?)", (email, name)
                 )
@@ -50,7 +65,7 @@ def create_app() -> Flask:
         # Published after the commit: subscribers never hear of a user that was not stored.
         # (The orders service shows the stronger way: a transactional outbox.)
         try:
-            result = bus.publish(
+            result = events.publish(
                 "user.registered", {"user_id": user_id, "email": email, "name": name}
             )
         except PublishError as exc:
@@ -60,13 +75,13 @@ def create_app() -> Flask:
 
     @app.get("/users")
     def list_users() -> ResponseReturnValue:
-        with db.transaction() as connection:
+        with db.transaction(_database()) as connection:
             rows = connection.execute("SELECT * FROM users ORDER BY id").fetchall()
         return jsonify(users=[db.as_dict(row) for row in rows])
 
     @app.get("/users/<int:user_id>")
     def show_user(user_id: int) -> ResponseReturnValue:
-        with db.transaction() as connection:
+        with db.transaction(_database()) as connection:
             row = connection.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
         if row is None:
             abort(404)
@@ -74,11 +89,11 @@ def create_app() -> Flask:
 
     @app.delete("/users/<int:user_id>")
     def delete_user(user_id: int) -> ResponseReturnValue:
-        with db.transaction() as connection:
+        with db.transaction(_database()) as connection:
             deleted = connection.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount
         if not deleted:
             abort(404)
-        result = bus.publish("user.deleted", {"user_id": user_id})
+        result = events.publish("user.deleted", {"user_id": user_id})
         return jsonify(event=_published(result))
 
     @app.get("/health")
