@@ -42,7 +42,6 @@ from demo_runner.redis_server import (  # noqa: E402
 )
 from demo_runner.scenario import Scenario  # noqa: E402
 
-WORKERS = APPS
 STARTUP_TIMEOUT = 90.0
 
 
@@ -101,94 +100,113 @@ def wait_ready(progress: Progress, pending: list[Process], timeout: float) -> No
         time.sleep(0.1)
 
 
-def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progress) -> Demo:
-    logs = supervisor.log_dir
-    data = work / "data"
-    for folder in (logs, data, work / "redis"):
-        folder.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Spec:
+    """A process to start: its name, what the progress display says, its command, readiness."""
 
+    name: str
+    what: str
+    argv: list[str]
+    ready: Callable[[], bool]
+
+
+def launch(supervisor: Supervisor, progress: Progress, specs: list[Spec], timeout: float) -> None:
+    """Start ``specs`` together and wait until all are ready."""
+    started = []
+    for spec in specs:
+        progress.add(spec.name, spec.what)
+        started.append(supervisor.start(spec.name, spec.argv, ready=spec.ready))
+    wait_ready(progress, started, timeout)
+
+
+def service_specs(demo: Demo, ports: dict[str, int]) -> list[Spec]:
+    """The three workers, the two web servers and Flower, as their READMEs start them."""
+    logs = demo.supervisor.log_dir
+    specs = [
+        Spec(
+            f"{service}-worker",
+            f"celery -A {celery_app} worker",
+            python(
+                "-m", "celery", "-A", celery_app, "worker", "-l", "info",
+                "-c", "1", "-n", f"{service}@%h", "--without-mingle", "--without-gossip",
+            ),
+            _log_says(logs / f"{service}-worker.log", " ready."),
+        )
+        for service, celery_app in APPS.items()
+    ]
+    user, password = demo.flower.auth
+    specs += [
+        Spec(
+            "users-web",
+            f"Flask  {demo.users_url}/users",
+            python(
+                "-m", "flask", "--app", "users.web", "run", "--host", "127.0.0.1",
+                "--port", str(ports["users-web"]), "--no-reload", "--no-debugger",
+            ),
+            lambda: http.answers(f"{demo.users_url}/health"),
+        ),
+        Spec(
+            "orders-web",
+            f"Django {demo.orders_url}/orders/",
+            python(
+                "-m", "django", "runserver", f"127.0.0.1:{ports['orders-web']}", "--noreload",
+                "--settings", "orders.settings",
+            ),
+            lambda: http.answers(f"{demo.orders_url}/health"),
+        ),
+        Spec(
+            "flower",
+            f"Flower {demo.flower.url}",
+            python(
+                "-m", "celery", "--broker", demo.redis_url, "flower", "--address=127.0.0.1",
+                f"--port={ports['flower']}", f"--basic-auth={user}:{password}",
+            ),
+            # Ready once it hears every worker's heartbeat: then it records every delivery.
+            lambda: demo.flower.workers_online() >= set(APPS),
+        ),
+    ]
+    return specs
+
+
+def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progress) -> Demo:
+    """Start Redis, create the orders database, then start everything else at once."""
+    data = work / "data"
+    for folder in (supervisor.log_dir, data, work / "redis"):
+        folder.mkdir(parents=True, exist_ok=True)
     binary, where = find_redis_server(redis_choice)
-    redis_port = free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    ports = {name: free_port() for name in ("redis", "users-web", "orders-web", "flower")}
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     supervisor.env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
         CELERY_BROKER_URL=redis_url,
         DEMO_DATA_DIR=str(data),
     )
-    flower_auth = ("demo", secrets.token_urlsafe(9))
-    ports = {name: free_port() for name in ("users-web", "orders-web", "flower")}
-    users_url = f"http://127.0.0.1:{ports['users-web']}"
-    orders_url = f"http://127.0.0.1:{ports['orders-web']}"
-    flower_url = f"http://127.0.0.1:{ports['flower']}"
-    flower = Flower(flower_url, flower_auth)
-    operator = Operator(HERE, supervisor.env)
-    demo = Demo(work, supervisor, redis_url, users_url, orders_url, flower, operator)
-
-    progress.add("redis", f"redis-server {version(binary)} ({where}) on 127.0.0.1:{redis_port}")
-    redis = supervisor.start(
-        "redis", server_argv(binary, redis_port, work / "redis"), ready=lambda: _pings(redis_port)
+    demo = Demo(
+        work,
+        supervisor,
+        redis_url,
+        users_url=f"http://127.0.0.1:{ports['users-web']}",
+        orders_url=f"http://127.0.0.1:{ports['orders-web']}",
+        flower=Flower(f"http://127.0.0.1:{ports['flower']}", ("demo", secrets.token_urlsafe(9))),
+        operator=Operator(HERE, supervisor.env),
     )
-    wait_ready(progress, [redis], 20)
-
-    progress.add("orders-migrate", "creating the orders database (Django migrate)")
-    migrate = supervisor.start(
+    redis = Spec(
+        "redis",
+        f"redis-server {version(binary)} ({where}) on 127.0.0.1:{ports['redis']}",
+        server_argv(binary, ports["redis"], work / "redis"),
+        lambda: _pings(ports["redis"]),
+    )
+    launch(supervisor, progress, [redis], 20)
+    migrate = Spec(
         "orders-migrate",
+        "creating the orders database (Django migrate)",
         python("-m", "django", "migrate", "--noinput", "--settings", "orders.settings"),
+        lambda: supervisor.exited_ok("orders-migrate"),
     )
-    migrate.ready = lambda: migrate.exited() == 0
-    wait_ready(progress, [migrate], 60)
+    launch(supervisor, progress, [migrate], 60)
     supervisor.forget_finished()
-
-    started = []
-    for service, celery_app in WORKERS.items():
-        name = f"{service}-worker"
-        progress.add(name, f"celery -A {celery_app} worker")
-        started.append(
-            supervisor.start(
-                name,
-                python(
-                    "-m", "celery", "-A", celery_app, "worker", "-l", "info",
-                    "-c", "1", "-n", f"{service}@%h", "--without-mingle", "--without-gossip",
-                ),
-                ready=_log_says(logs / f"{name}.log", " ready."),
-            )
-        )
-    progress.add("users-web", f"Flask  {users_url}/users")
-    started.append(
-        supervisor.start(
-            "users-web",
-            python(
-                "-m", "flask", "--app", "users.web", "run", "--host", "127.0.0.1",
-                "--port", str(ports["users-web"]), "--no-reload", "--no-debugger",
-            ),
-            ready=lambda: http.answers(f"{users_url}/health"),
-        )
-    )
-    progress.add("orders-web", f"Django {orders_url}/orders/")
-    started.append(
-        supervisor.start(
-            "orders-web",
-            python(
-                "-m", "django", "runserver", f"127.0.0.1:{ports['orders-web']}", "--noreload",
-                "--settings", "orders.settings",
-            ),
-            ready=lambda: http.answers(f"{orders_url}/health"),
-        )
-    )
-    progress.add("flower", f"Flower {flower_url}")
-    started.append(
-        supervisor.start(
-            "flower",
-            python(
-                "-m", "celery", "--broker", redis_url, "flower", "--address=127.0.0.1",
-                f"--port={ports['flower']}", f"--basic-auth={flower_auth[0]}:{flower_auth[1]}",
-            ),
-            # Ready once it hears every worker's heartbeat: then it records every delivery.
-            ready=lambda: flower.workers_online() >= set(WORKERS),
-        )
-    )
-    wait_ready(progress, started, STARTUP_TIMEOUT)
+    launch(supervisor, progress, service_specs(demo, ports), STARTUP_TIMEOUT)
     return demo
 
 

@@ -107,6 +107,10 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
+    def exited_ok(self, name: str) -> bool:
+        """Whether the process called ``name`` has exited with status 0."""
+        return any(p.name == name and p.exited() == 0 for p in self.processes)
+
     def forget_finished(self) -> None:
         """Drop processes that exited and left nothing behind (a one-off command).
 
