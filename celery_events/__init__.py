@@ -21,6 +21,7 @@ from .errors import (
     InvalidEventName,
     InvalidPattern,
     NoSubscribersError,
+    PoisonMessageError,
     PublishError,
     RegistryError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "PublishError",
     "RegistryError",
     "BrokerError",
+    "PoisonMessageError",
     "DeadLetterNotFound",
     "ReplayError",
 ]

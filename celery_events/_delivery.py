@@ -26,7 +26,7 @@ from celery.exceptions import Retry as CeleryRetry
 from ._inbox import holder_is_dead, lease_value
 from .deadletters import Reason, new_letter
 from .envelope import Event
-from .errors import ConfigurationError, InvalidEnvelope
+from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
 from .outcomes import Reject, Retry
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class _Run:
             self._celery_retry(countdown=wait, exc=None)
         if claim.starts > self.bus.settings.max_deliveries:
             inbox.release(handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True)
-            error = RuntimeError(
+            error = PoisonMessageError(
                 f"Delivery {self.task_id} was started {claim.starts - 1} times without finishing"
                 " (its worker died each time); it is dead-lettered as a poison message."
             )

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 from ._inbox import ledger_entry
 from ._messages import SentEvents, TaskMessage, redis_payload
-from .errors import PublishError
+from .errors import PublishError, describe
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class RedisFanout:
                 if left <= pause:
                     raise PublishError(
                         f"The broker did not take the event within publish_timeout"
-                        f" ({self.timeout:g} s): {exc}. No delivery was sent; check that"
+                        f" ({self.timeout:g} s): {describe(exc)}. No delivery was sent; check that"
                         " Redis is reachable, then publish again."
                     ) from exc
                 log.warning("celery-events: publish failed, retrying: %s", exc)
@@ -229,7 +229,7 @@ class RedisFanout:
                 pause = min(pause * 2, 0.5)
             except redis.RedisError as exc:
                 raise PublishError(
-                    f"The broker refused the event: {exc}. No delivery was sent."
+                    f"The broker refused the event: {describe(exc)}. No delivery was sent."
                 ) from exc
 
 
@@ -273,6 +273,6 @@ class KombuFanout:
                     )
         except Exception as exc:  # kombu raises transport-specific errors
             raise PublishError(
-                f"The broker did not take the event: {exc}. Some deliveries may have been sent"
+                f"The broker did not take the event: {describe(exc)}. Some deliveries may have been sent"
                 " (fan-out is atomic on Redis only)."
             ) from exc

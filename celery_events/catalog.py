@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from .errors import RegistryError
+from .errors import RegistryError, describe
 from .names import pattern_matches
 from .registry import Registry, Subscription
 
@@ -179,7 +179,7 @@ def read_publishers(registry: Registry) -> list[tuple[str, str]]:
         raw: Mapping[bytes | str, Any] = registry.client.hgetall(registry.published_key)
     except redis.RedisError as exc:
         raise RegistryError(
-            f"Could not read the event catalog: {exc}. Check that Redis is reachable at the"
+            f"Could not read the event catalog: {describe(exc)}. Check that Redis is reachable at the"
             " registry URL."
         ) from exc
     pairs = []

@@ -49,6 +49,7 @@ from .errors import (
     NoSubscribersError,
     PublishError,
     RegistryError,
+    describe,
 )
 from .status import BrokerQueues, read_status
 
@@ -90,7 +91,7 @@ def _translated_errors(bus: EventBus) -> Iterator[None]:
     except (ConfigurationError, InvalidEventName, InvalidEventData) as exc:
         raise _Usage(str(exc)) from exc
     except redis.RedisError as exc:
-        raise _Unreachable(f"Could not reach Redis: {exc}.\n{_where(bus)}") from exc
+        raise _Unreachable(f"Could not reach Redis: {describe(exc)}.\n{_where(bus)}") from exc
     except CeleryEventsError as exc:
         raise _Usage(str(exc)) from exc
 
@@ -125,7 +126,7 @@ def _bus(ctx: click.Context) -> EventBus:
     except ImportError as exc:
         raise _Usage(
             f"The app {app.main!r} has no event bus, and importing its modules to find one"
-            f" failed: {exc}."
+            f" failed: {describe(exc)}."
         ) from exc
     try:
         return bus_for(app)

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from .errors import CeleryEventsError, RegistryError
+from .errors import CeleryEventsError, RegistryError, describe
 
 __all__ = ["DeadLetter", "DeadLetterStore", "DeadLetterNotFound", "ReplayError", "Reason"]
 
@@ -133,7 +133,7 @@ class DeadLetterStore:
                 pipe.zadd(self.index_key, {letter.id: letter.last_failed_at})
                 pipe.execute()
         except redis.RedisError as exc:
-            raise RegistryError(f"Could not store dead letter {letter.id}: {exc}.") from exc
+            raise RegistryError(f"Could not store dead letter {letter.id}: {describe(exc)}.") from exc
         log.error(
             "celery-events: dead letter %s: %s for %s (event %s %s): %s: %s",
             letter.id,

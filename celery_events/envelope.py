@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName
+from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName, describe
 from .names import validate_name
 
 __all__ = ["Event", "SPECVERSION", "DATACONTENTTYPE", "encode_data"]
@@ -146,7 +146,7 @@ def encode_data(name: str, data: object, max_size: int) -> str:
         text = json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEventData(
-            f"The data of event {name!r} cannot be encoded as JSON: {exc}. Send only dicts,"
+            f"The data of event {name!r} cannot be encoded as JSON: {describe(exc)}. Send only dicts,"
             " lists, strings, numbers, booleans and None; convert datetimes, decimals and UUIDs"
             " to strings first."
         ) from exc

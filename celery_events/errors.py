@@ -21,6 +21,11 @@ __all__ = [
 ]
 
 
+def describe(exc: BaseException) -> str:
+    """A third-party exception's message, ready to be followed by a full stop of ours."""
+    return (str(exc) or type(exc).__name__).rstrip(". ")
+
+
 class CeleryEventsError(Exception):
     """Base class of every error celery-events raises."""
 
@@ -55,6 +60,11 @@ class NoSubscribersError(CeleryEventsError):
 
 class PublishError(CeleryEventsError):
     """The broker could not take the event within ``publish_timeout``; no delivery was sent."""
+
+
+class PoisonMessageError(CeleryEventsError):
+    """A delivery was started ``max_deliveries`` times and its worker died each time; it is
+    dead-lettered instead of being run again."""
 
 
 class RegistryError(CeleryEventsError):

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from .errors import RegistryError
+from .errors import RegistryError, describe
 from .names import Matcher
 
 __all__ = ["Subscription", "Registry"]
@@ -108,7 +108,7 @@ class Registry:
         except redis.RedisError as exc:
             raise RegistryError(
                 f"Could not record the subscriptions of service {service!r} in the registry:"
-                f" {exc}. Check that Redis is reachable at the registry URL."
+                f" {describe(exc)}. Check that Redis is reachable at the registry URL."
             ) from exc
         log.info(
             "celery-events: recorded %d subscription(s) of service %r",
@@ -124,7 +124,7 @@ class Registry:
                 pipe.set(self.version_key, uuid.uuid4().hex)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise RegistryError(f"Could not unregister service {service!r}: {exc}.") from exc
+            raise RegistryError(f"Could not unregister service {service!r}: {describe(exc)}.") from exc
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class Registry:
                     self._view = view
             except redis.RedisError as exc:
                 raise RegistryError(
-                    f"Could not read the subscription registry: {exc}. Check that Redis is"
+                    f"Could not read the subscription registry: {describe(exc)}. Check that Redis is"
                     " reachable at the registry URL."
                 ) from exc
             self._checked_at = checked
@@ -167,7 +167,7 @@ class Registry:
                 pipe.hgetall(self.subscriptions_key)
                 version, records = pipe.execute()
         except redis.RedisError as exc:
-            raise RegistryError(f"Could not read the subscription registry: {exc}.") from exc
+            raise RegistryError(f"Could not read the subscription registry: {describe(exc)}.") from exc
         return version, tuple(_decode(records))
 
     # -- the watcher -----------------------------------------------------------------------

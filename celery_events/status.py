@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from . import _redis
-from .errors import BrokerError, ConfigurationError
+from .errors import BrokerError, ConfigurationError, describe
 from .registry import Subscription
 
 __all__ = ["QueueStatus", "ServiceStatus", "read_status", "BrokerQueues"]
@@ -228,5 +228,5 @@ def _rounded(seconds: float | None) -> float | None:
 
 def _unreachable(exc: redis.RedisError) -> BrokerError:
     return BrokerError(
-        f"Could not read the broker's queues: {exc}. Check that the Redis broker is reachable."
+        f"Could not read the broker's queues: {describe(exc)}. Check that the Redis broker is reachable."
     )

@@ -178,6 +178,7 @@ def test_a_poison_message_that_kills_its_worker_is_dead_lettered_not_looped(
     wait_until(lambda: ops.dead_letters.count(handler="flaky.work") == 1, timeout=60)
     [letter] = ops.dead_letters.list(handler="flaky.work")
     assert letter.reason == "too_many_deliveries"
+    assert letter.error_type == "PoisonMessageError"
     assert letter.attempts == 3 and letter.event_id == result.event.id
     assert redis_client.llen(f"test:started:{result.event.id}") == 3
     # The worker survived and still handles events

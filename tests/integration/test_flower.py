@@ -135,10 +135,15 @@ def test_flowers_search_filters_deliveries_by_event_name(
     created = [publisher.publish("order.created", {"order_id": i}) for i in range(3)]
     (cancelled,) = publisher.publish("order.cancelled", {"order_id": 9}).deliveries
     created_ids = {r.deliveries[0].task_id for r in created}
-    wait_until(
-        lambda: created_ids | {cancelled.task_id} <= set(flower.tasks()),
-        timeout=30, interval=0.2, what="every delivery in Flower",
-    )
+
+    def received() -> bool:
+        # A delivery is listed from its task-sent event on, under its task name; the name
+        # with the event in it comes with the worker's task-received event.
+        tasks = flower.tasks()
+        wanted = created_ids | {cancelled.task_id}
+        return wanted <= set(tasks) and all("→" in str(tasks[t]["name"]) for t in wanted)
+
+    wait_until(received, timeout=30, interval=0.2, what="every delivery received in Flower")
 
     # When a user searches for an event name, as typed in Flower's search box
     by_name = flower.tasks(search="order.created")

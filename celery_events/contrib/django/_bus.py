@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 
 from ...bus import EventBus, PublishResult
 from ...envelope import Event, encode_data
-from ...errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError
+from ...errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError, describe
 from .conf import read_config
 
 __all__ = ["DjangoEventBus", "get_bus"]
@@ -126,7 +126,7 @@ def get_bus() -> DjangoEventBus:
                 app = import_string(config.app.replace(":", "."))
             except ImportError as exc:
                 raise ConfigurationError(
-                    f"CELERY_EVENTS['app'] is {config.app!r}, which cannot be imported: {exc}."
+                    f"CELERY_EVENTS['app'] is {config.app!r}, which cannot be imported: {describe(exc)}."
                     " Name your Celery app's module and variable, such as 'proj.celery.app'."
                 ) from exc
             if not isinstance(app, Celery):

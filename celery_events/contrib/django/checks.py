@@ -16,6 +16,7 @@ from celery import Celery
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
+from ...errors import describe
 from .conf import SETTING, _raw, config_problems
 
 __all__ = ["check_settings"]
@@ -37,7 +38,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     except ImportError as exc:
         messages.append(
             Error(
-                f"CELERY_EVENTS['app'] is {raw['app']!r}, which cannot be imported: {exc}.",
+                f"CELERY_EVENTS['app'] is {raw['app']!r}, which cannot be imported: {describe(exc)}.",
                 hint="Name your Celery app's module and variable, such as 'proj.celery.app'.",
                 obj=SETTING,
                 id="celery_events.E003",
