@@ -32,6 +32,8 @@ PEOPLE = [
 ]
 #: The person who leaves again.
 LEAVER = PEOPLE[-1][0]
+#: The handlers every user.registered must be delivered to.
+SUBSCRIBERS_OF_REGISTERED = ["notifications.audit_trail", "orders.welcome_order"]
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Scenario:
 
     def run(self) -> None:
         self.say("Registering users over HTTP (POST /users):")
+        routed = []
         for email, name in PEOPLE:
             status, body = http.call("POST", f"{self.users_url}/users", {"email": email, "name": name})
             if status != 201:
@@ -107,6 +110,7 @@ class Scenario:
                 continue
             event = body["event"]
             self.users[email] = (body["user"]["id"], event["id"])
+            routed.append(sorted(event["deliveries"]) == SUBSCRIBERS_OF_REGISTERED)
             self.say(
                 f"    {name:<16} user {body['user']['id']}, user.registered {event['id'][:8]}…"
                 f" → {', '.join(event['deliveries'])}"
@@ -115,7 +119,7 @@ class Scenario:
             Check(
                 f"{len(PEOPLE)} users registered, each user.registered sent to orders and"
                 " notifications",
-                len(self.users) == len(PEOPLE),
+                len(self.users) == len(PEOPLE) and all(routed),
             )
         )
         self.say("Waiting for the services to react:")
