@@ -2,14 +2,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Extra arguments for the demo, e.g. `make demo DEMO_ARGS=--once`.
+DEMO_ARGS ?=
 
-.PHONY: test test-unit lint clean
+.PHONY: demo test test-unit lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
+	@# Debian's python3 creates virtualenvs only with python3-venv; install it when we can.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } \
+		|| { echo "$(PYTHON) cannot create a virtualenv: install python3-venv" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+## The example project: Redis, three services, their workers and Flower, a scenario; Ctrl-C stops it.
+demo: $(BIN)/.installed
+	$(BIN)/python example_project/run_demo.py $(DEMO_ARGS)
 
 ## Every test: unit tests, then integration tests against a real redis-server and real workers.
 test: $(BIN)/.installed
@@ -20,7 +30,7 @@ test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_events tests benchmarks
+	$(BIN)/ruff check celery_events tests example_project benchmarks
 	$(BIN)/mypy --strict celery_events
 
 clean:

