@@ -2,8 +2,8 @@
 
 Before the worker is built (``celeryd_init``): use the screening Redis transport, make the
 broker's visibility timeout longer than any retry wait plus handler time limit (or refuse a
-user's setting that is shorter), and prefetch one message per process unless the user chose
-otherwise. After it is built, before it consumes (``celeryd_after_setup``): add the service's
+user's setting that is shorter), prefetch one message per process unless the user chose
+otherwise, and name handler retries' task-sent events like their deliveries. After it is built, before it consumes (``celeryd_after_setup``): add the service's
 event queues and record its subscriptions. Once it runs (``worker_ready``): look for lost
 deliveries every ``sweep_interval`` seconds.
 """
@@ -78,10 +78,38 @@ def configure_worker(bus: EventBus) -> None:
         conf.worker_prefetch_multiplier = 1
 
 
+def name_retries_like_deliveries(bus: EventBus) -> None:
+    """Give the task-sent events of handler retries the delivery's shown name.
+
+    A handler's retry is re-sent by Celery's own ``Task.retry``, whose task-sent event names the
+    handler's task (``orders.welcome_order``), not the delivery (``user.registered →
+    orders.welcome_order``). That event can reach Flower after the worker's task-received, and
+    Flower then lists the delivery under the bare task name. The retry is sent from inside the
+    running delivery, whose request carries the shown name, so the event is renamed here.
+    """
+    dispatcher = getattr(bus.app.amqp, "_event_dispatcher", None)
+    if dispatcher is None or getattr(dispatcher, "_celery_events_renames", False):
+        return
+    publish = dispatcher.publish
+    app = bus.app
+
+    def publish_named(type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if type == "task-sent" and fields.get("name") in bus.handler_names:
+            task = app.current_worker_task
+            shown = getattr(task.request, "shadow", None) if task is not None else None
+            if shown and task.request.id == fields.get("uuid"):
+                fields = {**fields, "name": shown}
+        return publish(type, fields, *args, **kwargs)
+
+    dispatcher.publish = publish_named
+    dispatcher._celery_events_renames = True
+
+
 def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, **kwargs: Any) -> None:
     bus = _bus(instance.app) if instance is not None else None
     if bus is not None:
         configure_worker(bus)
+        name_retries_like_deliveries(bus)
 
 
 def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
