@@ -226,16 +226,20 @@ class TaskMessage:
         return self._properties
 
     def sent_event(self) -> dict[str, Any]:
-        """The fields of the ``task-sent`` event, as ``as_task_v2`` makes them.
+        """The fields of the ``task-sent`` event, as ``as_task_v2`` makes them, but for the name.
 
-        Like Celery's, they are fixed when the message is built, before any signal runs.
+        Celery names the event after the task; here it carries the delivery's shown name
+        (``user.registered → orders.welcome_order``), the name the worker's own events give it,
+        so that Flower lists a waiting delivery under its event, and a task-sent event that
+        reaches Flower late cannot rename it. Like Celery's, the fields are fixed when the
+        message is built, before any signal runs.
         """
         parts = self.parts
         return {
             "uuid": self.task_id,
             "root_id": self.root_id,
             "parent_id": parts.parent_id,
-            "name": self.task_name,
+            "name": self.shadow,
             "args": parts.argsrepr,
             "kwargs": parts.kwargsrepr,
             "retries": 0,
@@ -462,7 +466,7 @@ class SentEvents:
                     message.root_id,
                     '"',
                     middle,
-                    _dumps(message.task_name),
+                    _dumps(message.shadow),
                     common,
                     queue,
                     ', "exchange": "", "routing_key": ',

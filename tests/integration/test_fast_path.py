@@ -192,12 +192,15 @@ def test_task_sent_events_are_what_send_task_publishes(
     their_channel, their_event = listener.next()
     listener.close()
 
-    # Then both events went to the same channel and differ only in per-call values
+    # Then both events went to the same channel and differ only in per-call values, and in
+    # the name: ours is the delivery's shown name, Celery's the bare task name
     assert channel == their_channel == b"/0.celeryev/task.sent"
     a, b = decode(our_event), decode(their_event)
     assert list(a) == list(b) and list(a["body"]) == list(b["body"])
     assert a["headers"] == b["headers"]
-    per_call = {"uuid", "root_id", "clock", "timestamp"}
+    assert a["body"]["name"] == "user.registered → orders.welcome_order"
+    assert b["body"]["name"] == "orders.welcome_order"
+    per_call = {"uuid", "root_id", "clock", "timestamp", "name"}
     assert {k: v for k, v in a["body"].items() if k not in per_call} == {
         k: v for k, v in b["body"].items() if k not in per_call
     }
@@ -267,7 +270,7 @@ def test_workers_run_deliveries_and_a_receiver_hears_every_task_sent_event(
     assert sorted(e["uuid"] for e in receiver.events) == sorted(deliveries)
     for event in receiver.events:
         delivery = deliveries[event["uuid"]]
-        assert event["name"] == delivery.handler
+        assert event["name"] == f"user.registered → {delivery.handler}"
         assert event["queue"] == event["routing_key"] == delivery.queue
         assert event["type"] == "task-sent" and event["hostname"].startswith("gen")
 

@@ -133,5 +133,5 @@ def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | No
         clocks.append(event["clock"])
         expected = events.event(message, event["clock"], event["timestamp"])
         assert payload == events.wrap(expected, wrapper["properties"]["delivery_tag"])
-        assert event["uuid"] == message.task_id and event["name"] == message.task_name
+        assert event["uuid"] == message.task_id and event["name"] == message.shadow
     assert clocks[1] == clocks[0] + 1
