@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import redis
 from celery import Celery, signals
-from redis.exceptions import NoScriptError
 
 from ._messages import SentEvents, TaskMessage, redis_payload
+from ._redis import run_script
 from .errors import PublishError, describe
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,6 @@ if #KEYS > used_keys then
 end
 return n
 """
-
-
-def _pack(*args: str | int | float) -> bytes:
-    """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class Fanout(Protocol):
@@ -188,35 +179,12 @@ class RedisFanout:
         self._run(keys, args)
         self._signals.after(messages)
 
-    def _evalsha(self, keys: list[str], args: list[str | int | float]) -> None:
-        # One command on one pooled connection: redis-py's generic command path (hooks,
-        # observability, retry wrappers) costs more than the round trip itself here.
-        pool = self.client.connection_pool
-        connection: Any = pool.get_connection()
-        try:
-            try:
-                connection.send_packed_command(
-                    [_pack("EVALSHA", self._script.sha, len(keys), *keys, *args)]
-                )
-                connection.read_response()
-            except NoScriptError:
-                # A restarted or flushed Redis forgets scripts; load it and run it once more.
-                connection.send_command("SCRIPT", "LOAD", _FANOUT_LUA)
-                self._script.sha = connection.read_response().decode()
-                connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-                connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
-
     def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         while True:
             try:
-                self._evalsha(keys, args)
+                run_script(self.client, self._script, keys, args)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then

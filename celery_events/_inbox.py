@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from ._redis import run_script
+
 CLAIM_LUA = """
 -- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, steal_from
 local current = redis.call('GET', KEYS[1])
@@ -48,6 +50,18 @@ end
 local failures = tonumber(redis.call('HGET', KEYS[2], 'failures') or '0')
 local first = redis.call('HGET', KEYS[2], 'first_failed_at') or ''
 return {'run', '', 0, starts, failures, first}
+"""
+
+# Records a success when the handler queued no Redis effects (else a MULTI carries them too).
+SUCCEED_LUA = """
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, use_inbox, inbox_ttl_ms
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
 """
 
 # Ends a run that will be retried or dead-lettered: the lease is released (only if still ours),
@@ -163,6 +177,7 @@ class Inbox:
         self.ledger_key = f"{key_prefix}ledger:{service}"
         self.due_key = f"{key_prefix}ledger:{service}:due"
         self._claim = client.register_script(CLAIM_LUA)
+        self._succeed = client.register_script(SUCCEED_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
 
@@ -189,9 +204,11 @@ class Inbox:
         steal_from: str = "",
     ) -> Claim:
         now = time.time()
-        status, holder, ttl, starts, failures, first = self._claim(
-            keys=self._keys(handler, event_id, task_id),
-            args=[
+        status, holder, ttl, starts, failures, first = run_script(
+            self.client,
+            self._claim,
+            self._keys(handler, event_id, task_id),
+            [
                 task_id,
                 lease,
                 int(lease_seconds * 1000),
@@ -220,8 +237,18 @@ class Inbox:
         effects: redis.client.Pipeline | None = None,
     ) -> None:
         """Record success, in one transaction with the Redis ``effects`` the handler queued."""
-        pipe = effects if effects is not None else self.client.pipeline(transaction=True)
-        inbox, state, ledger, due = self._keys(handler, event_id, task_id)
+        keys = self._keys(handler, event_id, task_id)
+        if effects is None or not effects.command_stack:
+            # One script call: about half the cost of a MULTI pipeline on this hot path.
+            run_script(
+                self.client,
+                self._succeed,
+                keys,
+                [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000)],
+            )
+            return
+        pipe = effects
+        inbox, state, ledger, due = keys
         if use_inbox:
             pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
         pipe.delete(state)
@@ -251,9 +278,11 @@ class Inbox:
         """End a run that is retried (``forget=False``) or given up (``forget=True``)."""
         now = time.time()
         return int(
-            self._release(
-                keys=self._keys(handler, event_id, task_id),
-                args=[
+            run_script(
+                self.client,
+                self._release,
+                self._keys(handler, event_id, task_id),
+                [
                     task_id,
                     lease,
                     "1" if failed else "0",
@@ -274,9 +303,11 @@ class Inbox:
         batch: int = 200,
     ) -> tuple[int, list[dict[str, Any]]]:
         """Send lost deliveries again; return how many, and those sent too often already."""
-        results = self._sweep(
-            keys=[self.ledger_key, self.due_key, unacked_key],
-            args=[
+        results = run_script(
+            self.client,
+            self._sweep,
+            [self.ledger_key, self.due_key, unacked_key],
+            [
                 time.time(),
                 batch,
                 postpone,
