@@ -23,7 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._inbox import holder_is_dead, lease_value
+from ._inbox import Claim, holder_is_dead, lease_value
 from .deadletters import Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
@@ -201,25 +201,22 @@ class _Run:
             raise
 
         lease = lease_value(self.task_id)
-        claim = inbox.claim(
-            handler.task_name,
-            event.id,
-            self.task_id,
-            lease=lease,
-            lease_seconds=handler.lease_seconds,
-            use_inbox=handler.inbox,
-        )
-        if claim.status == "busy" and holder_is_dead(claim.holder):
-            # The copy holding the lease died with its worker process: take over.
-            claim = inbox.claim(
+
+        def claim_lease(steal_from: str = "") -> Claim:
+            return inbox.claim(
                 handler.task_name,
                 event.id,
                 self.task_id,
                 lease=lease,
                 lease_seconds=handler.lease_seconds,
                 use_inbox=handler.inbox,
-                steal_from=claim.holder,
+                steal_from=steal_from,
             )
+
+        claim = claim_lease()
+        if claim.status == "busy" and holder_is_dead(claim.holder):
+            # The copy holding the lease died with its worker process: take over.
+            claim = claim_lease(steal_from=claim.holder)
         if claim.status == "done":
             log.info(
                 "celery-events: %s already handled event %s; delivery %s skipped",
