@@ -23,6 +23,7 @@ demo: $(BIN)/.installed
 
 ## Every test: unit tests, then integration tests against a real redis-server and real workers.
 test: $(BIN)/.installed
+	scripts/system-packages
 	$(BIN)/python -m pytest
 
 ## Unit tests only (no server needed).
