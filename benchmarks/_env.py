@@ -19,41 +19,24 @@ from typing import Any
 
 import redis
 
-from tests.harness import ROOT, free_port, redis_server_binary, wait_until
+from tests.harness import ROOT, RedisServer, redis_server_binary
 
 
-class PrivateRedis:
-    """``redis-server`` on 127.0.0.1 and a free port, without persistence."""
+class PrivateRedis(RedisServer):
+    """``redis-server`` on 127.0.0.1 and a free port, without persistence, started at once."""
 
     def __init__(self) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise SystemExit("redis-server is not installed (apt-get install redis-server).")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="celery-events-bench-")
-        self.process = subprocess.Popen(
-            [
-                binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
-                "--save", "", "--appendonly", "no", "--protected-mode", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._ping, timeout=10, what=f"redis-server on port {self.port}")
+        super().__init__(binary, persistent=False)
+        self.start()
 
-    def _ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+    def client(self, timeout: float = 30) -> redis.Redis:
+        return super().client(timeout)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=30)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+    def stop(self, kill: bool = False) -> None:
+        super().stop(kill)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -57,10 +57,12 @@ def redis_server_binary() -> str | None:
 
 
 class RedisServer:
-    """A private redis-server on 127.0.0.1, with an append-only file so restarts keep data."""
+    """A private redis-server on 127.0.0.1; ``persistent`` keeps an append-only file, synced
+    on every write, so that restarts keep the data."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, persistent: bool = True) -> None:
         self.binary = binary
+        self.persistent = persistent
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="celery-events-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -73,8 +75,8 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", self.dir,
-                "--appendonly", "yes",
-                "--appendfsync", "always",
+                *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                  else ["--appendonly", "no"]),
                 "--save", "",
                 "--protected-mode", "no",
             ],
@@ -89,8 +91,8 @@ class RedisServer:
         except redis.RedisError:
             return False
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+    def client(self, timeout: float = 5) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
