@@ -30,7 +30,7 @@ from ._delivery import (
 )
 from ._fanout import Fanout, KombuFanout, RedisFanout
 from ._inbox import Inbox
-from ._messages import build_messages, encode_body
+from ._messages import TaskMessage, build_messages, encode_body
 from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore
 from .envelope import Event, encode_data
@@ -368,18 +368,15 @@ class EventBus:
             self._record_published_alone(name)
             return PublishResult(event)
 
-        envelope = event.to_envelope()
-        head = {k: v for k, v in envelope.items() if k != "data"}
         parent = self.app.current_worker_task
         parent_id = root_id = None
         if parent is not None:
             parent_id = parent.request.id
             root_id = parent.request.root_id or parent.request.id
-        messages = build_messages(
-            self.app,
-            envelope,
-            encode_body(head, data_json),
-            [(s.handler, s.queue, f"{name} → {s.handler}", s.service) for s in subscriptions],
+        messages = self._messages(
+            event.to_envelope(),
+            data_json,
+            [(s.handler, s.queue, s.service) for s in subscriptions],
             parent_id=parent_id,
             root_id=root_id,
         )
@@ -526,18 +523,38 @@ class EventBus:
         """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
         this service; the operator CLI replays other services' dead letters)."""
         name = str(envelope.get("type"))
-        head = {k: v for k, v in envelope.items() if k != "data"}
         data_json = encode_data(name, envelope.get("data"), self.settings.max_event_size)
-        [message] = build_messages(
-            self.app,
+        [message] = self._messages(
             envelope,
-            encode_body(head, data_json),
-            [(handler, queue, f"{name} → {handler}", service or self.service)],
+            data_json,
+            [(handler, queue, service or self.service)],
             parent_id=None,
             root_id=None,
         )
         self.fanout.send([message], None)
         return message.task_id
+
+    def _messages(
+        self,
+        envelope: dict[str, Any],
+        data_json: str,
+        targets: list[tuple[str, str, str]],
+        *,
+        parent_id: str | None,
+        root_id: str | None,
+    ) -> list[TaskMessage]:
+        """One task message per ``(handler, queue, service)``, each shown in worker logs and
+        Flower as ``event.name → handler``."""
+        name = envelope["type"]
+        head = {k: v for k, v in envelope.items() if k != "data"}
+        return build_messages(
+            self.app,
+            envelope,
+            encode_body(head, data_json),
+            [(handler, queue, f"{name} → {handler}", service) for handler, queue, service in targets],
+            parent_id=parent_id,
+            root_id=root_id,
+        )
 
     def close(self) -> None:
         """Stop the registry's background check and close connections."""
