@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ._plainjson import DEFAULT_MAX_DEPTH
 from .errors import ConfigurationError
 
 __all__ = ["Settings", "validate_service_name"]
@@ -42,6 +43,8 @@ class Settings:
     queue_template: str = "events.{service}"
     #: Largest JSON encoding of event data, in bytes.
     max_event_size: int = 256 * 1024
+    #: Deepest nesting of lists and objects in event data (``{}`` is one level).
+    max_event_depth: int = DEFAULT_MAX_DEPTH
     #: Longest a publish may take, connecting and retrying included, before PublishError.
     publish_timeout: float = 5.0
     #: How often a publisher checks the registry for changes, in seconds.
@@ -113,7 +116,9 @@ class Settings:
                 raise ConfigurationError(
                     f"The setting {name} must be a positive number of seconds, not {value!r}."
                 )
-        for name, minimum in (("max_event_size", 1), ("max_retries", 0), ("max_deliveries", 1)):
+        for name, minimum in (
+            ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0), ("max_deliveries", 1)
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigurationError(
