@@ -33,10 +33,11 @@ from ._inbox import Inbox
 from ._messages import TaskMessage, build_messages, encode_body
 from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore
-from .envelope import Event, encode_data
+from .envelope import Event, check_ids, encode_data
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
+    InvalidEnvelope,
     NoSubscribersError,
     PublishError,
     RegistryError,
@@ -280,8 +281,11 @@ class EventBus:
         correlation id and names it as its cause. With no subscriber, no delivery is sent and
         that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
 
-        Raises :class:`InvalidEventName`, :class:`InvalidEventData` or :class:`EventTooLarge`
-        for bad input, and :class:`PublishError` when the broker does not take the event
+        Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
+        object, nests deeper than ``max_event_depth``, has a key that is not a string or a
+        value JSON cannot hold) or :class:`EventTooLarge` for bad data,
+        :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
+        string, and :class:`PublishError` when the broker does not take the event
         within ``publish_timeout``. In all these cases nothing was sent.
 
         >>> result = bus.publish("user.registered", {"user_id": 7})   # doctest: +SKIP
@@ -317,8 +321,13 @@ class EventBus:
         causation_id: str | None,
     ) -> tuple[Event, str]:
         validate_name(name)
+        # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
+        # replaced, and a non-string id would make every subscriber dead-letter the event.
+        check_ids(correlation_id=correlation_id, causation_id=causation_id)
         data = {} if data is None else data
-        data_json = encode_data(name, data, self.settings.max_event_size)
+        data_json = encode_data(
+            name, data, self.settings.max_event_size, self.settings.max_event_depth
+        )
         cause = current_event.get()
         if cause is not None:
             correlation_id = correlation_id or cause.correlation_id
@@ -338,10 +347,19 @@ class EventBus:
         """Send an already made ``event`` as it is: its id, time, correlation and cause are kept.
 
         This is how an outbox relay re-sends a stored event, so that a resend carries the same
-        id and subscribers' inboxes skip it. Same errors and guarantees as :meth:`publish`.
+        id and subscribers' inboxes skip it. Same errors and guarantees as :meth:`publish`, and
+        :class:`InvalidEnvelope` when the event's attributes could not be sent (see
+        :meth:`Event.validate`).
         """
-        validate_name(event.name)
-        data_json = encode_data(event.name, event.data, self.settings.max_event_size)
+        if not isinstance(event, Event):
+            raise InvalidEnvelope(
+                f"publish_event takes an Event (from bus.new_event or Event.create), not"
+                f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
+            )
+        event.validate()
+        data_json = encode_data(
+            event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
+        )
         return self._send(event, data_json, require_subscribers)
 
     def _send(

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ._plainjson import DEFAULT_MAX_DEPTH, Problem, find_problem
 from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName, describe
 from .names import validate_name
 
-__all__ = ["Event", "SPECVERSION", "DATACONTENTTYPE", "encode_data"]
+__all__ = ["Event", "SPECVERSION", "DATACONTENTTYPE", "encode_data", "check_ids"]
 
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
@@ -55,18 +56,62 @@ class Event:
         id: str | None = None,
         time: datetime | None = None,
     ) -> Event:
-        """Make a new event; a fresh event starts its own correlation chain."""
+        """Make a new event; a fresh event starts its own correlation chain.
+
+        ``id``, ``correlation_id`` and ``causation_id`` must be strings when given (an empty
+        one counts as not given) and ``time`` a timezone-aware datetime; anything else raises
+        :class:`InvalidEnvelope`, as a bad ``name`` raises :class:`InvalidEventName`.
+        """
         validate_name(name)
+        check_ids(id=id, correlation_id=correlation_id, causation_id=causation_id)
         event_id = id or str(uuid.uuid4())
-        return cls(
+        event = cls(
             id=event_id,
             name=name,
             data=data,
             source=source,
-            time=time or datetime.now(timezone.utc),
+            time=datetime.now(timezone.utc) if time is None else time,
             correlation_id=correlation_id or event_id,
-            causation_id=causation_id,
+            causation_id=causation_id or None,
         )
+        event.validate()
+        return event
+
+    def validate(self) -> None:
+        """Raise if this event cannot be sent as it is, so that no subscriber dead-letters it.
+
+        The name must be valid (else :class:`InvalidEventName`); ``id``, ``source`` and
+        ``correlation_id`` non-empty strings, ``causation_id`` one or None, ``time`` a
+        timezone-aware datetime and ``specversion`` ``"1.0"`` (else :class:`InvalidEnvelope`).
+        The data is checked when the event is published (:func:`encode_data`).
+
+        >>> Event.create("user.registered", {}, source="users").validate()
+        """
+        validate_name(self.name)
+        for attribute in ("id", "source", "correlation_id"):
+            value = getattr(self, attribute)
+            if not isinstance(value, str) or not value:
+                raise InvalidEnvelope(
+                    f"The event's {attribute} must be a non-empty string, not {value!r}"
+                    f" ({type(value).__name__})."
+                )
+        if self.causation_id is not None and (
+            not isinstance(self.causation_id, str) or not self.causation_id
+        ):
+            raise InvalidEnvelope(
+                "The event's causation_id must be the id (a non-empty string) of the event that"
+                f" caused it, or None; not {self.causation_id!r} ({type(self.causation_id).__name__})."
+            )
+        if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
+            raise InvalidEnvelope(
+                f"The event's time must be a timezone-aware datetime, not {self.time!r}. Use"
+                " datetime.now(timezone.utc), or leave it out."
+            )
+        if self.specversion != SPECVERSION:
+            raise InvalidEnvelope(
+                f"The event's specversion is {self.specversion!r}; subscribers read only"
+                f" {SPECVERSION!r}. Leave it out."
+            )
 
     def to_envelope(self) -> dict[str, Any]:
         """Return the CloudEvents 1.0 envelope of this event as a JSON-ready dict."""
@@ -131,24 +176,54 @@ class Event:
         )
 
 
-def encode_data(name: str, data: object, max_size: int) -> str:
-    """Check that ``data`` is a JSON object within ``max_size`` bytes; return its JSON text.
+def check_ids(
+    *, id: object = None, correlation_id: object = None, causation_id: object = None
+) -> None:
+    """Raise :class:`InvalidEnvelope` unless each given id is a string (or None).
 
-    Raises :class:`InvalidEventData` or :class:`EventTooLarge` naming what is wrong, so bad
-    input fails in the caller and never reaches a worker.
+    Checked before an empty or missing id is replaced by a default, so that ``0`` or
+    ``False`` is refused rather than silently replaced.
+    """
+    for attribute, value in (
+        ("id", id), ("correlation_id", correlation_id), ("causation_id", causation_id)
+    ):
+        if value is not None and not isinstance(value, str):
+            raise InvalidEnvelope(
+                f"The event's {attribute} must be a string, not {value!r}"
+                f" ({type(value).__name__}). Pass the id of an event (event.id), or leave it"
+                " out."
+            )
+
+
+def encode_data(
+    name: str, data: object, max_size: int, max_depth: int = DEFAULT_MAX_DEPTH
+) -> str:
+    """Check that ``data`` is a JSON object within ``max_size`` bytes and ``max_depth`` levels
+    of nesting, with only string keys; return its JSON text.
+
+    Raises :class:`InvalidEventData` or :class:`EventTooLarge` naming what is wrong and where
+    (``data["a"][3]``), so bad input fails in the caller and never reaches a worker.
     """
     if not isinstance(data, dict):
         raise InvalidEventData(
             f"The data of event {name!r} must be a dict (a JSON object), not"
             f" {type(data).__name__}. Wrap it: {{'value': ...}}."
         )
+    # Before json.dumps, which recurses itself: 10,000 levels would raise RecursionError
+    # here, and 500 levels encode fine but kill every prefork subscriber while it pickles.
+    problem = find_problem(data, max_depth, keys=True)
+    if problem is not None:
+        raise InvalidEventData(_explain(name, problem, max_depth))
     try:
         text = json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
+        # Walk again, this time looking at every value, only to say where the bad one is.
+        found = find_problem(data, max_depth, values=True)
+        where = f" at data{found.path}" if found is not None else ""
         raise InvalidEventData(
-            f"The data of event {name!r} cannot be encoded as JSON: {describe(exc)}. Send only dicts,"
-            " lists, strings, numbers, booleans and None; convert datetimes, decimals and UUIDs"
-            " to strings first."
+            f"The data of event {name!r} cannot be encoded as JSON{where}: {describe(exc)}."
+            " Send only dicts, lists, strings, finite numbers, booleans and None; convert"
+            " datetimes, decimals and UUIDs to strings first."
         ) from exc
     if len(text) > max_size:
         raise EventTooLarge(
@@ -157,3 +232,25 @@ def encode_data(name: str, data: object, max_size: int) -> str:
             " or raise max_event_size."
         )
     return text
+
+
+def _explain(name: str, problem: Problem, max_depth: int) -> str:
+    where = f"data{problem.path}"
+    if problem.kind == "key":
+        key = problem.culprit
+        return (
+            f"The data of event {name!r} has the key {key!r} ({type(key).__name__}) in {where};"
+            " JSON keys are strings, and turning it into one could silently merge it with"
+            f" another key. Use a string key, such as {str(key)!r}."
+        )
+    if problem.kind == "cycle":
+        return (
+            f"The data of event {name!r} contains itself: {where} is one of the containers"
+            " it is in. JSON cannot encode a cycle; send a copy without it."
+        )
+    return (
+        f"The data of event {name!r} nests lists and objects more than {max_depth} levels"
+        f" deep ({where} is level {max_depth + 1}), and subscribers refuse data that deep."
+        " Flatten it or send a reference (an id or a URL), or raise the max_event_depth"
+        " setting of the publisher and of every subscriber."
+    )

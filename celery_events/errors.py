@@ -43,7 +43,9 @@ class InvalidPattern(CeleryEventsError, ValueError):
 
 
 class InvalidEventData(CeleryEventsError, ValueError):
-    """Event data is not a JSON object, or holds a value JSON cannot encode."""
+    """Event data is not a JSON object, nests lists and objects deeper than the
+    ``max_event_depth`` setting, has a key that is not a string, or holds a value JSON cannot
+    encode; raised in the publisher, before anything is sent."""
 
 
 class EventTooLarge(InvalidEventData):
@@ -51,7 +53,13 @@ class EventTooLarge(InvalidEventData):
 
 
 class InvalidEnvelope(CeleryEventsError, ValueError):
-    """A received envelope is not a valid CloudEvents 1.0 event of ours."""
+    """An envelope is not a valid CloudEvents 1.0 event of ours.
+
+    Raised for an envelope received from the wire (its delivery is dead-lettered), and in the
+    publisher for an event that could not be sent as it is: an ``id``, ``source`` or
+    ``correlation_id`` that is not a non-empty string, a ``causation_id`` that is neither that
+    nor None, or a ``time`` that is not a timezone-aware datetime.
+    """
 
 
 class NoSubscribersError(CeleryEventsError):

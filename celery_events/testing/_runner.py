@@ -85,7 +85,9 @@ class HandlerRunner:
         """
         if isinstance(event, Event):
             # The checks publish makes, so that a test cannot deliver what could never be sent.
-            encode_data(event.name, event.data, bus.settings.max_event_size)
+            encode_data(
+                event.name, event.data, bus.settings.max_event_size, bus.settings.max_event_depth
+            )
             envelope = event.to_envelope()
         else:
             envelope = event

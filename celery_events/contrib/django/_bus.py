@@ -91,7 +91,9 @@ class DjangoEventBus(EventBus):
     def _write_outbox(self, event: Event, using: str) -> None:
         from .models import OutboxEvent
 
-        data_json = encode_data(event.name, event.data, self.settings.max_event_size)
+        data_json = encode_data(
+            event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
+        )
         OutboxEvent.from_event(event, data_json).save(using=using, force_insert=True)
 
     def _check_subscribers(self, event: Event) -> None:
