@@ -44,7 +44,7 @@ from .errors import (
 )
 from .names import validate_name, validate_pattern
 from .registry import Registry, Subscription
-from .settings import Settings, validate_service_name
+from .settings import Settings, is_seconds, validate_service_name
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
 
@@ -180,10 +180,10 @@ class EventBus:
         )
         _check_policy(pattern, policy)
         limit = settings.handler_time_limit if time_limit is None else time_limit
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+        if not is_seconds(limit):
             raise ConfigurationError(
                 f"@bus.subscribe({pattern!r}, time_limit={limit!r}): the time limit must be a"
-                " positive number of seconds."
+                " finite, positive number of seconds."
             )
 
         def decorator(func: F) -> F:
@@ -601,10 +601,10 @@ def _check_policy(pattern: str, policy: RetryPolicy) -> None:
             f" {policy.max_retries!r}."
         )
     for option, value in (("retry_backoff", policy.backoff), ("retry_backoff_max", policy.backoff_max)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not is_seconds(value):
             raise ConfigurationError(
-                f"@bus.subscribe({pattern!r}): {option} must be a positive number of seconds,"
-                f" not {value!r}."
+                f"@bus.subscribe({pattern!r}): {option} must be a finite, positive number of"
+                f" seconds, not {value!r}."
             )
 
 

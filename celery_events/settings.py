@@ -8,14 +8,16 @@ nowhere else, and an unknown or ill-typed one is refused when the bus is created
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import string
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
 from .errors import ConfigurationError
 
-__all__ = ["Settings", "validate_service_name"]
+__all__ = ["Settings", "validate_service_name", "is_seconds"]
 
 _SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 
@@ -28,6 +30,47 @@ def validate_service_name(service: object) -> str:
             " digits, '_' or '-', such as 'orders'."
         )
     return service
+
+
+#: The shortest duration a seconds setting may have: durations become whole milliseconds in
+#: Redis (PX), and zero milliseconds is an error there.
+MIN_SECONDS = 0.001
+
+
+#: The highest max_event_depth allowed. Pickling (which a prefork pool does with every task)
+#: recurses about twice per level and fails from about 450 levels at the default recursion
+#: limit of 1000; 200 leaves room for the frames of the worker that pickles it.
+MAX_EVENT_DEPTH = 200
+
+
+def is_seconds(value: object) -> bool:
+    """Whether ``value`` is a usable duration: a finite number of seconds, at least 1 ms.
+
+    NaN compares false with everything, so a plain ``value <= 0`` check lets it (and
+    infinity) through to fail later, in a timer or in Redis.
+    """
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value >= MIN_SECONDS
+    )
+
+
+def _queue_template_problem(template: str) -> str | None:
+    """What is wrong with a queue template, or None: only ``{service}`` may be filled in."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"has unbalanced braces ({exc}); write a literal brace as '{{{{' or '}}}}'"
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parts if name is not None]
+    for name, spec, conversion in fields:
+        if name != "service" or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return f"has the placeholder {shown!r}; only '{{service}}' is filled in"
+    if not fields:
+        return "must contain '{service}' so that every service gets its own queue"
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,7 +86,8 @@ class Settings:
     queue_template: str = "events.{service}"
     #: Largest JSON encoding of event data, in bytes.
     max_event_size: int = 256 * 1024
-    #: Deepest nesting of lists and objects in event data (``{}`` is one level).
+    #: Deepest nesting of lists and objects in event data (``{}`` is one level), at most
+    #: ``MAX_EVENT_DEPTH`` (200).
     max_event_depth: int = DEFAULT_MAX_DEPTH
     #: Longest a publish may take, connecting and retrying included, before PublishError.
     publish_timeout: float = 5.0
@@ -112,9 +156,10 @@ class Settings:
             "sweep_interval",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if not is_seconds(value):
                 raise ConfigurationError(
-                    f"The setting {name} must be a positive number of seconds, not {value!r}."
+                    f"The setting {name} must be a finite, positive number of seconds (at"
+                    f" least {MIN_SECONDS}), not {value!r}."
                 )
         for name, minimum in (
             ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0), ("max_deliveries", 1)
@@ -124,6 +169,13 @@ class Settings:
                 raise ConfigurationError(
                     f"The setting {name} must be a whole number >= {minimum}, not {value!r}."
                 )
+        if self.max_event_depth > MAX_EVENT_DEPTH:
+            raise ConfigurationError(
+                f"The setting max_event_depth must be at most {MAX_EVENT_DEPTH}, not"
+                f" {self.max_event_depth}: deeper data exhausts Python's recursion limit when"
+                " a prefork worker pickles it (about 450 levels kill the worker). Flatten the"
+                " data instead."
+            )
         if self.dead_letter_limit is not None and (
             isinstance(self.dead_letter_limit, bool)
             or not isinstance(self.dead_letter_limit, int)
@@ -140,17 +192,24 @@ class Settings:
                 f" registry_max_staleness ({self.registry_max_staleness}), or every publish"
                 " would reload the registry."
             )
-        if "{service}" not in self.queue_template:
+        if not isinstance(self.queue_template, str):
             raise ConfigurationError(
-                f"The setting queue_template {self.queue_template!r} must contain '{{service}}'"
-                " so that every service gets its own queue."
+                f"The setting queue_template must be a string such as 'events.{{service}}', not"
+                f" {self.queue_template!r}."
             )
-        if self.registry_url is not None and not self.registry_url.startswith(
-            ("redis://", "rediss://", "unix://")
+        problem = _queue_template_problem(self.queue_template)
+        if problem is not None:
+            raise ConfigurationError(
+                f"The setting queue_template {self.queue_template!r} {problem}, as in"
+                " 'events.{service}'."
+            )
+        if self.registry_url is not None and (
+            not isinstance(self.registry_url, str)
+            or not self.registry_url.startswith(("redis://", "rediss://", "unix://"))
         ):
             raise ConfigurationError(
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
-                " or unix:// URL."
+                " or unix:// URL (a string), or None to use the broker."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"

@@ -66,3 +66,14 @@ def test_a_non_redis_broker_needs_a_registry_url() -> None:
 def test_a_lambda_needs_a_name() -> None:
     with pytest.raises(ConfigurationError, match="cannot name a handler"):
         make_bus().subscribe("user.*")(lambda event: None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0001])
+@pytest.mark.parametrize("option", ["time_limit", "retry_backoff", "retry_backoff_max"])
+def test_a_handler_duration_of_nan_or_infinity_is_refused_at_declaration(
+    option: str, value: float
+) -> None:
+    # NaN passed `value <= 0` and reached Celery's time limit or the retry countdown
+    bus = make_bus()
+    with pytest.raises(ConfigurationError, match="finite, positive number of seconds"):
+        bus.subscribe("user.registered", **{option: value})

@@ -202,3 +202,80 @@ def test_event_create_refuses_a_naive_time_and_a_bad_source() -> None:
         Event.create("user.registered", {}, source="users", time=datetime(2026, 1, 1))
     with pytest.raises(InvalidEnvelope, match="source must be a non-empty string"):
         Event.create("user.registered", {}, source=3)  # type: ignore[arg-type]
+
+
+# -- through the bus: refused in the caller, before any broker is touched ---------------------
+
+
+def unreachable_bus(**settings: Any) -> Any:
+    from celery import Celery
+
+    from celery_events import EventBus
+
+    # Port 1: nothing listens there, so a publish that got as far as the broker would raise
+    # PublishError instead of the errors asserted below.
+    return EventBus(Celery("shop", broker="redis://127.0.0.1:1/0"), service="shop", **settings)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (nested(500), "more than 64 levels deep"),
+        (nested(10_000), "more than 64 levels deep"),
+        ({1: "x", "1": "y"}, "has the key 1 (int)"),
+        ({None: "x"}, "has the key None"),
+        ({True: "x"}, "has the key True"),
+    ],
+)
+def test_publish_and_new_event_refuse_bad_data_in_the_caller(data: Any, message: str) -> None:
+    bus = unreachable_bus()
+    with pytest.raises(InvalidEventData, match=re.escape(message)):
+        bus.publish("user.registered", data)
+    with pytest.raises(InvalidEventData, match=re.escape(message)):
+        bus.new_event("user.registered", data)
+
+
+def test_the_bus_uses_its_max_event_depth_setting() -> None:
+    bus = unreachable_bus(max_event_depth=3)
+    assert bus.new_event("user.registered", nested(3)).data == nested(3)
+    with pytest.raises(InvalidEventData, match="more than 3 levels deep"):
+        bus.new_event("user.registered", nested(4))
+
+
+@pytest.mark.parametrize("option", ["correlation_id", "causation_id"])
+@pytest.mark.parametrize("bad", [5, 0, False, 1.5, ["c"]])
+def test_publish_refuses_ids_that_are_not_strings(option: str, bad: object) -> None:
+    bus = unreachable_bus()
+    with pytest.raises(InvalidEnvelope, match=f"{option} must be a string"):
+        bus.publish("user.registered", {}, **{option: bad})
+    with pytest.raises(InvalidEnvelope, match=f"{option} must be a string"):
+        bus.new_event("user.registered", {}, **{option: bad})
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"correlation_id": 5}, InvalidEnvelope),
+        ({"causation_id": 7}, InvalidEnvelope),
+        ({"time": datetime(2026, 1, 1)}, InvalidEnvelope),
+        ({"id": ""}, InvalidEnvelope),
+        ({"data": nested(500)}, InvalidEventData),
+        ({"data": {1: "x"}}, InvalidEventData),
+        ({"name": "Bad Name"}, InvalidEventName),
+    ],
+)
+def test_publish_event_refuses_a_user_made_event_subscribers_could_not_read(
+    changes: dict[str, Any], error: type[Exception]
+) -> None:
+    bus = unreachable_bus()
+    good = dict(
+        id="e1", name="user.registered", data={}, source="shop",
+        time=datetime(2026, 1, 1, tzinfo=timezone.utc), correlation_id="e1",
+    )
+    with pytest.raises(error):
+        bus.publish_event(Event(**{**good, **changes}))  # type: ignore[arg-type]
+
+
+def test_publish_event_takes_only_an_event() -> None:
+    with pytest.raises(InvalidEnvelope, match="publish_event takes an Event"):
+        unreachable_bus().publish_event({"type": "user.registered"})
