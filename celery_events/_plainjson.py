@@ -13,20 +13,40 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["loads", "depth_exceeds", "find_problem", "Problem", "DEFAULT_MAX_DEPTH"]
+__all__ = ["loads", "NestedTooDeep", "depth_exceeds", "find_problem", "Problem", "DEFAULT_MAX_DEPTH"]
 
 #: Default of the ``max_event_depth`` setting: the deepest nesting of lists and objects in
 #: event data.
 DEFAULT_MAX_DEPTH = 64
 
 
-def loads(text: str | bytes) -> Any:
+class NestedTooDeep(ValueError):
+    """JSON text nests so deep that decoding it would exhaust the recursion limit."""
+
+
+def loads(text: str | bytes, *, unique_keys: bool = False) -> Any:
     """Decode JSON with the standard library and no hooks; raise ``ValueError`` when it is not
-    JSON, including when it nests so deep that decoding would recurse too far."""
+    JSON, and its subclass :class:`NestedTooDeep` when it nests so deep that decoding would
+    recurse too far.
+
+    With ``unique_keys``, an object that names a key twice is refused too (plain JSON keeps
+    the last value and silently drops the others), for input typed by people.
+    """
     try:
+        if unique_keys:
+            return json.loads(text, object_pairs_hook=_unique)
         return json.loads(text)
     except RecursionError:
-        raise ValueError("JSON nested too deep to decode") from None
+        raise NestedTooDeep("JSON nested too deep to decode") from None
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        found[key] = value
+    return found
 
 
 def depth_exceeds(value: object, limit: int) -> bool:

@@ -11,6 +11,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from .errors import ConfigurationError, describe
+
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 
 
@@ -37,15 +39,23 @@ def connect(url: str, timeout: float, **options: Any) -> redis.Redis:
     if scheme == "redis+socket":
         # kombu spells unix sockets redis+socket:///path; redis-py spells them unix:///path.
         url = "unix" + url[len("redis+socket") :]
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=30,
-        **options,
-    )
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=30,
+            **options,
+        )
+    except ValueError as exc:
+        # A malformed URL (a port that is not a number, an unknown scheme) is a setting to fix,
+        # not a broker to retry. The message leaves the URL out: it may hold a password.
+        raise ConfigurationError(
+            f"The Redis URL with scheme {scheme!r} cannot be used: {describe(exc)}. Fix the broker_url or"
+            " registry_url, such as redis://host:6379/0."
+        ) from exc
 
 
 def _pack(*args: str | int | float) -> bytes:

@@ -34,7 +34,7 @@ import click
 import redis
 from celery.bin.base import CeleryCommand
 
-from . import _redis
+from . import _plainjson, _redis
 from ._all_dead_letters import AllDeadLetters
 from ._table import render_table
 from .bus import EventBus, bus_for
@@ -225,13 +225,21 @@ def register(ctx: click.Context, as_json: bool) -> None:
     "--format",
     "fmt",
     type=click.Choice(["table", "json", "mermaid", "dot"]),
-    default="table",
-    show_default=True,
-    help="Table, JSON, or the graph of services and events as Mermaid or Graphviz DOT.",
+    default=None,
+    help="Table (the default), JSON, or the graph of services and events as Mermaid or"
+    " Graphviz DOT.",
 )
+@_json_option
 @click.pass_context
-def catalog(ctx: click.Context, fmt: str) -> None:
-    """List every event name published or subscribed, with its publishers and subscribers."""
+def catalog(ctx: click.Context, fmt: str | None, as_json: bool) -> None:
+    """List every event name published or subscribed, with its publishers and subscribers.
+
+    ``--json`` is ``--format json``, like every other command's ``--json``; giving it with
+    another ``--format`` is an error.
+    """
+    if as_json and fmt not in (None, "json"):
+        raise _Usage(f"--json and --format {fmt} ask for two formats; pass only one of them.")
+    fmt = "json" if as_json else fmt or "table"
     bus = _bus(ctx)
     with _translated_errors(bus):
         found = Catalog.load(bus.registry)
@@ -264,6 +272,10 @@ def _catalog_rows(found: Catalog) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
 @eventbus.command(cls=CeleryCommand)
 @click.argument("name")
 @click.option("--data", default="{}", show_default=True, help="The event's data, a JSON object.")
@@ -276,12 +288,25 @@ def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
     """
     bus = _bus(ctx)
     try:
-        payload = json.loads(data)
+        # Our decoder: the stdlib's recursion on 10,000 levels would be a RecursionError
+        # traceback, and a key given twice would silently lose a value.
+        payload = _plainjson.loads(data, unique_keys=True)
+    except _plainjson.NestedTooDeep as exc:
+        raise _Usage(
+            f"--data {_short(data)!r} nests far deeper than the bus takes (max_event_depth is"
+            f" {bus.settings.max_event_depth} levels); flatten it."
+        ) from exc
     except ValueError as exc:
         raise _Usage(
-            f"--data {data!r} is not JSON ({exc}); pass a JSON object such as"
+            f"--data {_short(data)!r} is not JSON ({describe(exc)}); pass a JSON object such as"
             """ '{"user_id": 7}'."""
         ) from exc
+    if not isinstance(payload, dict):
+        kind = _JSON_KINDS.get(type(payload), type(payload).__name__)
+        raise _Usage(
+            f"--data must be a JSON object such as '{{\"user_id\": 7}}', not {kind}"
+            f" {_short(data)!r}."
+        )
     with _translated_errors(bus):
         result = bus.publish(name, payload)
     if as_json:

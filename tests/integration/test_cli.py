@@ -317,3 +317,81 @@ def test_dead_letters_can_be_listed_shown_replayed_and_purged(
     assert listed() == []
     assert eventbus("dead-letters", "purge", "--all").returncode == 1
     assert eventbus("dead-letters", "replay", "--all").returncode == 1
+
+
+def one_line_error(done: Any) -> str:
+    """The single `Error: ...` line a usage error prints, with no traceback around it."""
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    return str(lines[0])
+
+
+def test_publish_data_too_deep_or_not_an_object_exits_2_and_sends_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given a subscriber that every user.registered would reach
+    register(ORDERS)
+
+    # When an operator publishes data nested 500 levels (about 3 KB, accepted before and then
+    # fatal to every prefork subscriber), 10,000 levels (a RecursionError traceback before),
+    # JSON that is not an object, or an object naming a key twice
+    deep = '{"a":' * 500 + "{}" + "}" * 500
+    deeper = '{"a":' * 10_000 + "{}" + "}" * 10_000
+    too_deep = eventbus("publish", "user.registered", "--data", deep)
+    far_too_deep = eventbus("publish", "user.registered", "--data", deeper)
+    lists = eventbus("publish", "user.registered", "--data", "[" * 500 + "]" * 500)
+    not_objects = [eventbus("publish", "user.registered", "--data", d) for d in ("[1]", '"x"', "7", "null")]
+    twice = eventbus("publish", "user.registered", "--data", '{"user_id": 1, "user_id": 2}')
+
+    # Then each exits 2 with one line that says what is wrong, and nothing is sent
+    for done in (too_deep, far_too_deep, lists, *not_objects, twice):
+        assert done.returncode == 2, done.stderr
+    assert "more than 64 levels deep" in one_line_error(too_deep)
+    assert "max_event_depth" in one_line_error(too_deep)
+    assert "nests far deeper than the bus takes" in one_line_error(far_too_deep)
+    assert len(one_line_error(far_too_deep)) < 300
+    assert "must be a JSON object" in one_line_error(lists)
+    for done, kind in zip(not_objects, ["an array", "a string", "a number", "null"], strict=True):
+        assert "--data must be a JSON object such as" in one_line_error(done)
+        assert f"not {kind}" in done.stderr
+    assert "the key 'user_id' appears twice" in one_line_error(twice)
+    assert redis_client.llen("events.orders") == 0
+
+    # And data at the limit still goes out
+    ok = eventbus("publish", "user.registered", "--data", '{"a":' * 63 + "{}" + "}" * 63)
+    assert ok.returncode == 0, ok.stderr
+    assert redis_client.llen("events.orders") == 2
+
+
+def test_catalog_takes_json_like_every_other_command(redis_url: str) -> None:
+    # Given a registered subscriber and one published name
+    register(ORDERS)
+    eventbus("publish", "user.registered")
+
+    # When an operator asks for the catalog with --json, as with every other command
+    as_json = eventbus("catalog", "--json")
+    as_format = eventbus("catalog", "--format", "json")
+    both = eventbus("catalog", "--json", "--format", "json")
+
+    # Then it is the same document as --format json
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == json.loads(as_format.stdout) == json.loads(both.stdout)
+    assert "user.registered" in {e["name"] for e in json.loads(as_json.stdout)["events"]}
+
+    # And --json with another format is a usage error naming both
+    clash = eventbus("catalog", "--json", "--format", "mermaid")
+    assert clash.returncode == 2
+    assert "--json and --format mermaid ask for two formats" in one_line_error(clash)
+
+
+def test_a_malformed_broker_url_is_a_usage_error_not_a_traceback(redis_url: str) -> None:
+    # Given an app whose broker URL has a port that is not a number
+    env = {"CELERY_EVENTS_TEST_BROKER": "redis://127.0.0.1:notaport/0"}
+
+    # When an operator runs commands against it, Then each says what to fix, with exit 2
+    for args in (("status",), ("catalog",), ("subscriptions",), ("publish", "user.registered")):
+        done = eventbus(*args, env=env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "The Redis URL with scheme 'redis' cannot be used" in one_line_error(done)
+        assert "notaport" in done.stderr

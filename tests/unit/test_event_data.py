@@ -279,3 +279,25 @@ def test_publish_event_refuses_a_user_made_event_subscribers_could_not_read(
 def test_publish_event_takes_only_an_event() -> None:
     with pytest.raises(InvalidEnvelope, match="publish_event takes an Event"):
         unreachable_bus().publish_event({"type": "user.registered"})
+
+
+# -- reading JSON typed by people (the CLI's --data) ------------------------------------------
+
+
+def test_loads_can_refuse_a_key_given_twice_and_types_deep_nesting() -> None:
+    from celery_events._plainjson import NestedTooDeep, loads
+
+    assert loads('{"a": 1, "a": 2}') == {"a": 2}  # the wire decoder keeps JSON's rule
+    with pytest.raises(ValueError, match="the key 'a' appears twice"):
+        loads('{"b": {"a": 1, "a": 2}}', unique_keys=True)
+    with pytest.raises(NestedTooDeep):
+        loads("[" * 100_000 + "]" * 100_000, unique_keys=True)
+
+
+def test_a_malformed_redis_url_is_a_configuration_error_without_the_password() -> None:
+    from celery_events import ConfigurationError
+    from celery_events._redis import connect
+
+    with pytest.raises(ConfigurationError, match="cannot be used: Port could not be cast") as caught:
+        connect("redis://:s3cret@127.0.0.1:notaport/0", 1.0)
+    assert "s3cret" not in str(caught.value)
