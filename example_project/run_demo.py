@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -41,12 +40,9 @@ from demo_runner.redis_server import (  # noqa: E402
     version,
 )
 from demo_runner.scenario import Scenario  # noqa: E402
+from demo_runner.stopping import STOP, Interrupted  # noqa: E402
 
 STARTUP_TIMEOUT = 90.0
-
-
-class Interrupted(Exception):
-    """Ctrl-C, SIGTERM or SIGHUP: time to stop everything."""
 
 
 class StartupFailed(Exception):
@@ -55,10 +51,6 @@ class StartupFailed(Exception):
 
 class ProcessDied(Exception):
     """A process stopped on its own while the demo ran."""
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
 
 
 @dataclass
@@ -81,6 +73,7 @@ def wait_ready(progress: Progress, pending: list[Process], timeout: float) -> No
     deadline = time.monotonic() + timeout
     pending = list(pending)
     while pending:
+        STOP.check()
         for process in list(pending):
             code = process.exited()
             if code is not None and not process.ready():
@@ -97,7 +90,7 @@ def wait_ready(progress: Progress, pending: list[Process], timeout: float) -> No
             tails = "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in pending)
             raise StartupFailed(f"{names} did not become ready within {timeout:.0f}s:\n{tails}")
         progress.draw()
-        time.sleep(0.1)
+        STOP.sleep(0.1)
 
 
 @dataclass
@@ -114,6 +107,7 @@ def launch(supervisor: Supervisor, progress: Progress, specs: list[Spec], timeou
     """Start ``specs`` together and wait until all are ready."""
     started = []
     for spec in specs:
+        STOP.check()  # start nothing more once told to stop
         progress.add(spec.name, spec.what)
         started.append(supervisor.start(spec.name, spec.argv, ready=spec.ready))
     wait_ready(progress, started, timeout)
@@ -267,7 +261,7 @@ def watch(demo: Demo) -> None:
                     f"{process.name} stopped on its own (status {process.exited()}):\n"
                     f"{process.log_tail()}"
                 )
-        time.sleep(0.5)
+        STOP.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _interrupt)
+    # The handlers only record the signal; the loops and start-up steps check it (see
+    # demo_runner/stopping.py for why a raising handler could be ignored).
+    STOP.install(STOP_SIGNALS)
     work = Path(tempfile.mkdtemp(prefix="celery-events-demo-"))
     supervisor = Supervisor(HERE, dict(os.environ), work / "logs")
     #: None until the scenario's checks ran.
@@ -311,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{exc}\nStopping everything.", file=sys.stderr)
         passed, keep = False, True
     finally:
-        # Nothing may interrupt the clean-up; a second Ctrl-C waits for it.
+        # A second Ctrl-C waits for the clean-up (the handler would only record it anyway).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         count = len(supervisor.processes)
         killed = supervisor.stop_all(keep_last=("redis",))

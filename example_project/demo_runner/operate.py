@@ -6,8 +6,11 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from .stopping import STOP
 
 #: Service name -> the Celery app its worker runs (``celery -A ...``).
 APPS = {
@@ -31,11 +34,32 @@ class Operator:
         """The command as a user types it."""
         return shlex.join(["celery", "-A", CLI_APP, "eventbus", *args])
 
-    def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            self.command(*args),
-            cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=60,
-        )
+    def run(
+        self, *args: str, ok: tuple[int, ...] = (0,), timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command; a stop signal ends it early (and raises Interrupted)."""
+        command = self.command(*args)
+        deadline = time.monotonic() + timeout
+        with subprocess.Popen(
+            command, cwd=self.cwd, env=self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        ) as process:
+            while True:
+                try:
+                    stdout, stderr = process.communicate(timeout=STOP.POLL)
+                    break
+                except subprocess.TimeoutExpired:
+                    if STOP.signal is None and time.monotonic() < deadline:
+                        continue
+                    process.kill()
+                    process.communicate()
+                    STOP.check()
+                    raise RuntimeError(
+                        f"`{self.shown(*args)}` did not finish in {timeout:.0f}s"
+                    ) from None
+        # Ctrl-C in a terminal reaches this command too: say "stopping", not "it failed".
+        STOP.check()
+        done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         if done.returncode not in ok:
             raise RuntimeError(
                 f"`{self.shown(*args)}` exited with {done.returncode}: {done.stderr.strip()}"

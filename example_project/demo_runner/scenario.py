@@ -23,6 +23,7 @@ from typing import Any
 from . import http
 from .flower import Flower
 from .operate import Operator
+from .stopping import STOP
 
 PEOPLE = [
     ("ada@example.com", "Ada Lovelace"),
@@ -55,7 +56,7 @@ def expect(
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         if ok or time.monotonic() > deadline:
             return Check(what, ok, detail)
-        time.sleep(0.2)
+        STOP.sleep(0.2)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Scenario:
         return {user["id"]: user for user in body["users"]}
 
     def record(self, check: Check) -> Check:
+        STOP.check()  # between two steps of the story: stop here when told to
         self.checks.append(check)
         mark = "✓" if check.ok else "✗"
         self.say(f"  {mark} {check.what}" + (f": {check.detail}" if check.detail else ""))

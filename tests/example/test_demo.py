@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -157,6 +158,48 @@ def test_sigterm_while_starting_stops_what_was_started() -> None:
     # Then it stops what it had started and says so
     assert demo.wait(timeout=60) == 1, demo.output
     assert "SIGTERM: stopping." in demo.output
+    assert "Exception ignored" not in demo.output
+    assert "Files kept" not in demo.output
+    assert processes_with(demo.mark) == []
+
+
+#: (a line the demo prints, seconds after it, the signal): from the first line (nothing
+#: started yet) through Redis, the database migration, the workers' and Flower's start-up,
+#: the scenario's HTTP calls and polls, the operator's CLI commands, to the idle wait.
+MOMENTS = [
+    ("Starting the celery-events demo", 0.0, signal.SIGTERM),
+    ("Starting the celery-events demo", 0.2, signal.SIGINT),
+    ("orders-migrate", 0.0, signal.SIGHUP),
+    ("users-worker", 0.0, signal.SIGTERM),
+    ("users-worker", 1.0, signal.SIGINT),
+    ("users-worker", 2.5, signal.SIGTERM),
+    ("Registering users", 0.0, signal.SIGTERM),
+    ("Registering users", 2.0, signal.SIGINT),
+    ("Summary (from Flower", 0.0, signal.SIGHUP),
+    ("eventbus status", 0.0, signal.SIGTERM),
+    ("press Ctrl-C to stop it all", 0.0, signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize(("line", "after", "signum"), MOMENTS)
+def test_a_stop_signal_at_any_moment_stops_everything_it_started(
+    line: str, after: float, signum: signal.Signals
+) -> None:
+    # Given the demo at some moment of its run
+    demo = Demo()
+    demo.wait_for_line(line)
+    # (the delay is the moment under test, not a wait for something to happen)
+    time.sleep(after)
+
+    # When it gets a stop signal
+    demo.process.send_signal(signum)
+
+    # Then it says so, stops whatever it had started and removes its files; it exits 0
+    # only when the scenario had passed, as after Ctrl-C at the end
+    expected = 0 if line.startswith("press Ctrl-C") else 1
+    assert demo.wait(timeout=60) == expected, demo.output
+    assert f"{signum.name}: stopping." in demo.output
+    assert "Exception ignored" not in demo.output and "Traceback" not in demo.output
     assert "Files kept" not in demo.output
     assert processes_with(demo.mark) == []
 
