@@ -2,8 +2,8 @@
 
 On Redis, one Lua script checks every target queue and pushes every message: Redis runs a
 script atomically, so either every subscriber's queue gets its delivery or none does (a
-publisher that dies mid-call, a wrong-typed key or an out-of-memory refusal leaves nothing
-behind). On other brokers, kombu's producer sends the messages over one connection; there
+publisher that dies mid-call, a wrong-typed key, an ACL refusal or an out-of-memory refusal
+leaves nothing behind). On other brokers, kombu's producer sends the messages over one connection; there
 fan-out is not atomic, and RabbitMQ users should turn on publisher confirms.
 """
 
@@ -18,7 +18,7 @@ import redis
 from celery import Celery, signals
 
 from ._messages import SentEvents, TaskMessage, redis_payload
-from ._redis import run_script
+from ._redis import ReplyLost, run_script
 from .errors import PublishError, describe
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 # once, not also inside its record, is what keeps a publish to ten subscribers fast.
 # Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
 # script, so Flower hears of exactly the deliveries that were queued.
+#
+# All or nothing: Redis runs a script atomically but does not roll back the writes made before
+# a command that fails (a Redis 7 ACL user without channel rights fails on PUBLISH, after the
+# pushes). So every write goes through redis.pcall, each one records how to undo it, and the
+# first failure undoes the earlier writes in reverse order before returning the error. No
+# other client runs in between, so LPOP takes back exactly the message LPUSH put at the head,
+# and a field or member a retried publish had already written gets its old value back. The
+# PUBLISHes, which cannot be undone, come last, once every write has succeeded.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -41,8 +49,47 @@ for i = 1, n do
     return redis.error_reply('WRONGTYPE queue key ' .. KEYS[i] .. ' holds a ' .. kind)
   end
 end
+local undo = {}
+local function failed(reply)
+  if type(reply) == 'table' and reply['err'] then
+    return reply['err']
+  end
+  return nil
+end
+local function rollback(err)
+  for k = #undo, 1, -1 do
+    redis.pcall(unpack(undo[k]))
+  end
+  return redis.error_reply(err)
+end
+local function push(key, value)
+  local err = failed(redis.pcall('LPUSH', key, value))
+  if err then return err end
+  undo[#undo + 1] = {'LPOP', key}
+end
+local function set_field(key, field, value)
+  local old = redis.pcall('HGET', key, field)
+  local err = failed(old) or failed(redis.pcall('HSET', key, field, value))
+  if err then return err end
+  if old then
+    undo[#undo + 1] = {'HSET', key, field, old}
+  else
+    undo[#undo + 1] = {'HDEL', key, field}
+  end
+end
+local function add_member(key, score, member)
+  local old = redis.pcall('ZSCORE', key, member)
+  local err = failed(old) or failed(redis.pcall('ZADD', key, score, member))
+  if err then return err end
+  if old then
+    undo[#undo + 1] = {'ZADD', key, old, member}
+  else
+    undo[#undo + 1] = {'ZREM', key, member}
+  end
+end
 for i = 1, n do
-  redis.call('LPUSH', KEYS[i], ARGV[4 + i])
+  local err = push(KEYS[i], ARGV[4 + i])
+  if err then return rollback(err) end
 end
 local used_keys = n
 if ARGV[2] == '1' then
@@ -50,19 +97,22 @@ if ARGV[2] == '1' then
     local task_id = ARGV[4 + n + i]
     local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
                                 h = ARGV[4 + 2 * n + i], r = 0})
-    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, entry)
-    redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
+    local err = set_field(KEYS[n + 2 * i - 1], task_id, entry)
+      or add_member(KEYS[n + 2 * i], ARGV[3], task_id)
+    if err then return rollback(err) end
   end
   used_keys = 3 * n
 end
 local at = 5 + 3 * n
-local channel = ARGV[at]
 local m = tonumber(ARGV[at + 1])
-for j = 1, m do
-  redis.call('PUBLISH', channel, ARGV[at + 1 + j])
-end
 if #KEYS > used_keys then
-  redis.call('HSET', KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
+  local err = set_field(KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
+  if err then return rollback(err) end
+end
+local channel = ARGV[at]
+for j = 1, m do
+  local err = failed(redis.pcall('PUBLISH', channel, ARGV[at + 1 + j]))
+  if err then return rollback(err) end
 end
 return n
 """
@@ -182,6 +232,7 @@ class RedisFanout:
     def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
+        reply_lost = False
         while True:
             try:
                 run_script(self.client, self._script, keys, args)
@@ -189,20 +240,54 @@ class RedisFanout:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
                 # the retry repeats deliveries with the same ids, which the inbox absorbs.
+                reply_lost = reply_lost or isinstance(exc, ReplyLost)
                 left = deadline - time.monotonic()
                 if left <= pause:
-                    raise PublishError(
-                        f"The broker did not take the event within publish_timeout"
-                        f" ({self.timeout:g} s): {describe(exc)}. No delivery was sent; check that"
-                        " Redis is reachable, then publish again."
-                    ) from exc
+                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
                 log.warning("celery-events: publish failed, retrying: %s", exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
             except redis.RedisError as exc:
-                raise PublishError(
-                    f"The broker refused the event: {describe(exc)}. No delivery was sent."
-                ) from exc
+                # The script undid its own writes before replying with the error.
+                if reply_lost:
+                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
+                raise PublishError(_refused(exc)) from exc
+
+
+def _unreachable(timeout: float, exc: BaseException, reply_lost: bool) -> str:
+    text = (
+        f"The broker did not take the event within publish_timeout ({timeout:g} s):"
+        f" {describe(exc)}."
+    )
+    if reply_lost:
+        # An attempt reached Redis but its answer did not come back: it may have run.
+        return (
+            f"{text} The deliveries may have been queued: an attempt reached Redis but its reply"
+            " was lost. Publishing the same event again (bus.publish_event with the same"
+            " event) is safe, as subscribers' inboxes skip an event id they already handled;"
+            " publishing the data again as a new event may deliver it twice."
+        )
+    return f"{text} No delivery was sent; check that Redis is reachable, then publish again."
+
+
+def _refused(exc: BaseException) -> str:
+    text = f"The broker refused the event: {describe(exc)}. No delivery was sent."
+    message = str(exc)
+    if "publish to the channel" in message:
+        return (
+            f"{text} The broker's Redis user may not publish the task-sent events that Flower"
+            " shows (Redis 7 gives new users no channel rights): grant them with ACL SETUSER"
+            " <user> '&*' (or allchannels), or turn the events off with the bus setting"
+            " task_events=False (or the Celery setting task_send_sent_event=False)."
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "access at least one of the keys" in message:
+        return (
+            f"{text} The broker's Redis user lacks rights on the event queues or the"
+            " celery-events keys: grant read and write on them with ACL SETUSER <user> '~*'"
+            " (or '~events.*' '~celery_events:*' and the key_prefix in use), and '+@all' or"
+            " at least +evalsha, +lpush, +hset, +zadd and +publish."
+        )
+    return text
 
 
 class KombuFanout:

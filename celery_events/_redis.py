@@ -11,6 +11,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from .errors import describe
+
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 
 
@@ -72,15 +74,26 @@ def run_script(
             connection.send_packed_command(
                 [_pack("EVALSHA", script.sha, len(keys), *keys, *args)]
             )
-            return connection.read_response()
+            return _reply(connection)
         except NoScriptError:
             # A restarted or flushed Redis forgets scripts; load it and run it once more.
             connection.send_command("SCRIPT", "LOAD", script.script)
             script.sha = connection.read_response().decode()
             connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return connection.read_response()
+            return _reply(connection)
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
         raise
     finally:
         pool.release(connection)
+
+
+class ReplyLost(redis.ConnectionError):
+    """A command was sent whole but its reply never came: Redis may or may not have run it."""
+
+
+def _reply(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ReplyLost(describe(exc)) from exc
