@@ -36,11 +36,13 @@ log = logging.getLogger(__name__)
 #
 # All or nothing: Redis runs a script atomically but does not roll back the writes made before
 # a command that fails (a Redis 7 ACL user without channel rights fails on PUBLISH, after the
-# pushes). So every write goes through redis.pcall, each one records how to undo it, and the
-# first failure undoes the earlier writes in reverse order before returning the error. No
-# other client runs in between, so LPOP takes back exactly the message LPUSH put at the head,
-# and a field or member a retried publish had already written gets its old value back. The
-# PUBLISHes, which cannot be undone, come last, once every write has succeeded.
+# pushes). So every write goes through redis.pcall, and the first failure undoes the earlier
+# writes in reverse order before returning the error. No other client runs in between, so LPOP
+# takes back exactly the message LPUSH put at the head. The ledger is written with HSETNX and
+# ZADD NX: a field or member that is already there belongs to the same delivery (a publish
+# retried after a lost reply repeats its task ids) and is kept as it is, so an undo removes
+# only what this call added, without reading anything first. The PUBLISHes, which cannot be
+# undone, come last, once every write has succeeded.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -49,47 +51,33 @@ for i = 1, n do
     return redis.error_reply('WRONGTYPE queue key ' .. KEYS[i] .. ' holds a ' .. kind)
   end
 end
-local undo = {}
+local pushed, recorded = 0, 0
+local added_entry, added_due = {}, {}
+local catalog_key, catalog_field, catalog_old = nil, nil, nil
+local function rollback(reply)
+  if catalog_key then
+    if catalog_old then
+      redis.pcall('HSET', catalog_key, catalog_field, catalog_old)
+    else
+      redis.pcall('HDEL', catalog_key, catalog_field)
+    end
+  end
+  for i = recorded, 1, -1 do
+    if added_due[i] then redis.pcall('ZREM', KEYS[n + 2 * i], ARGV[4 + n + i]) end
+    if added_entry[i] then redis.pcall('HDEL', KEYS[n + 2 * i - 1], ARGV[4 + n + i]) end
+  end
+  for i = pushed, 1, -1 do
+    redis.pcall('LPOP', KEYS[i])
+  end
+  return redis.error_reply(reply['err'])
+end
 local function failed(reply)
-  if type(reply) == 'table' and reply['err'] then
-    return reply['err']
-  end
-  return nil
-end
-local function rollback(err)
-  for k = #undo, 1, -1 do
-    redis.pcall(unpack(undo[k]))
-  end
-  return redis.error_reply(err)
-end
-local function push(key, value)
-  local err = failed(redis.pcall('LPUSH', key, value))
-  if err then return err end
-  undo[#undo + 1] = {'LPOP', key}
-end
-local function set_field(key, field, value)
-  local old = redis.pcall('HGET', key, field)
-  local err = failed(old) or failed(redis.pcall('HSET', key, field, value))
-  if err then return err end
-  if old then
-    undo[#undo + 1] = {'HSET', key, field, old}
-  else
-    undo[#undo + 1] = {'HDEL', key, field}
-  end
-end
-local function add_member(key, score, member)
-  local old = redis.pcall('ZSCORE', key, member)
-  local err = failed(old) or failed(redis.pcall('ZADD', key, score, member))
-  if err then return err end
-  if old then
-    undo[#undo + 1] = {'ZADD', key, old, member}
-  else
-    undo[#undo + 1] = {'ZREM', key, member}
-  end
+  return type(reply) == 'table' and reply['err'] ~= nil
 end
 for i = 1, n do
-  local err = push(KEYS[i], ARGV[4 + i])
-  if err then return rollback(err) end
+  local reply = redis.pcall('LPUSH', KEYS[i], ARGV[4 + i])
+  if failed(reply) then return rollback(reply) end
+  pushed = i
 end
 local used_keys = n
 if ARGV[2] == '1' then
@@ -97,22 +85,31 @@ if ARGV[2] == '1' then
     local task_id = ARGV[4 + n + i]
     local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
                                 h = ARGV[4 + 2 * n + i], r = 0})
-    local err = set_field(KEYS[n + 2 * i - 1], task_id, entry)
-      or add_member(KEYS[n + 2 * i], ARGV[3], task_id)
-    if err then return rollback(err) end
+    local reply = redis.pcall('HSETNX', KEYS[n + 2 * i - 1], task_id, entry)
+    if failed(reply) then return rollback(reply) end
+    added_entry[i] = reply == 1
+    recorded = i
+    reply = redis.pcall('ZADD', KEYS[n + 2 * i], 'NX', ARGV[3], task_id)
+    if failed(reply) then return rollback(reply) end
+    added_due[i] = reply == 1
   end
   used_keys = 3 * n
 end
 local at = 5 + 3 * n
 local m = tonumber(ARGV[at + 1])
 if #KEYS > used_keys then
-  local err = set_field(KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
-  if err then return rollback(err) end
+  -- Once per name and process: reading the old value first costs little here.
+  local key, field = KEYS[used_keys + 1], ARGV[at + 2 + m]
+  local old = redis.pcall('HGET', key, field)
+  if failed(old) then return rollback(old) end
+  local reply = redis.pcall('HSET', key, field, ARGV[at + 3 + m])
+  if failed(reply) then return rollback(reply) end
+  catalog_key, catalog_field, catalog_old = key, field, old
 end
 local channel = ARGV[at]
 for j = 1, m do
-  local err = failed(redis.pcall('PUBLISH', channel, ARGV[at + 1 + j]))
-  if err then return rollback(err) end
+  local reply = redis.pcall('PUBLISH', channel, ARGV[at + 1 + j])
+  if failed(reply) then return rollback(reply) end
 end
 return n
 """
