@@ -6,6 +6,7 @@ the pushes) and keys of the wrong type, on a real redis-server.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from celery import Celery
 from celery_events import EventBus, PublishError, RegistryError
 from celery_events.registry import Subscription
 
-from ..harness import RedisServer
+from ..harness import RedisServer, wait_until
 
 PASSWORD = "pw"
 SUBSCRIPTIONS = [
@@ -66,7 +67,7 @@ def registered(redis_url: str) -> Iterator[EventBus]:
 
 
 def shop(url: str, **settings: object) -> EventBus:
-    return EventBus(Celery("shop", broker=url), service="shop", publish_timeout=1.0, **settings)
+    return EventBus(Celery("shop", broker=url), service="shop", **{"publish_timeout": 1.0, **settings})
 
 
 def test_a_user_without_channel_rights_gets_an_error_and_nothing_is_queued(
@@ -185,3 +186,47 @@ def test_a_registration_the_user_may_not_finish_writes_nothing(
         bus.close()
     # Then the transaction was discarded whole
     assert redis_client.hgetall("celery_events:subscriptions") == {}
+
+
+BUSY_LUA = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+def test_a_publish_whose_reply_was_lost_does_not_claim_nothing_was_sent(
+    registered: EventBus, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given Redis is busy (another client's long script) for longer than the publisher waits
+    bus = shop(redis_url, publish_timeout=0.3)
+    busy = threading.Thread(
+        target=redis.Redis.from_url(redis_url).eval, args=(BUSY_LUA, 0, 1_500_000)
+    )
+    try:
+        bus.registry.refresh()
+        busy.start()
+        wait_until(lambda: _is_busy(redis_url), what="Redis to be busy")
+        # When the shop publishes: the script reaches Redis, its reply does not come in time
+        with pytest.raises(PublishError) as caught:
+            bus.publish("user.registered", {"user_id": 1})
+    finally:
+        busy.join()
+        bus.close()
+    # Then the error says the deliveries may have been queued, and how to resend safely: the
+    # script sat unread in Redis's socket when the publisher gave up, and Redis runs it or not
+    # depending on whether it reads the command before it notices the closed connection (both
+    # happen here), so "nothing was sent" cannot be said
+    message = str(caught.value)
+    assert "No delivery was sent" not in message
+    assert "may have been queued" in message and "publish_event" in message
+
+
+def _is_busy(url: str) -> bool:
+    try:
+        redis.Redis.from_url(url, socket_timeout=0.05).ping()
+    except redis.RedisError:
+        return True
+    return False
