@@ -2,8 +2,8 @@
 
 On Redis, one Lua script checks every target queue and pushes every message: Redis runs a
 script atomically, so either every subscriber's queue gets its delivery or none does (a
-publisher that dies mid-call, a wrong-typed key or an out-of-memory refusal leaves nothing
-behind). On other brokers, kombu's producer sends the messages over one connection; there
+publisher that dies mid-call, a wrong-typed key, an ACL refusal or an out-of-memory refusal
+leaves nothing behind). On other brokers, kombu's producer sends the messages over one connection; there
 fan-out is not atomic, and RabbitMQ users should turn on publisher confirms.
 """
 
@@ -18,7 +18,7 @@ import redis
 from celery import Celery, signals
 
 from ._messages import SentEvents, TaskMessage, redis_payload
-from ._redis import run_script
+from ._redis import ReplyLost, run_script
 from .errors import PublishError, describe
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 # once, not also inside its record, is what keeps a publish to ten subscribers fast.
 # Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
 # script, so Flower hears of exactly the deliveries that were queued.
+#
+# All or nothing: Redis runs a script atomically but does not roll back the writes made before
+# a command that fails (a Redis 7 ACL user without channel rights fails on PUBLISH, after the
+# pushes). So every write goes through redis.pcall, and the first failure undoes the earlier
+# writes in reverse order before returning the error. No other client runs in between, so LPOP
+# takes back exactly the message LPUSH put at the head. The ledger is written with HSETNX and
+# ZADD NX: a field or member that is already there belongs to the same delivery (a publish
+# retried after a lost reply repeats its task ids) and is kept as it is, so an undo removes
+# only what this call added, without reading anything first. The PUBLISHes, which cannot be
+# undone, come last, once every write has succeeded.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -41,8 +51,33 @@ for i = 1, n do
     return redis.error_reply('WRONGTYPE queue key ' .. KEYS[i] .. ' holds a ' .. kind)
   end
 end
+local pushed, recorded = 0, 0
+local added_entry, added_due = {}, {}
+local catalog_key, catalog_field, catalog_old = nil, nil, nil
+local function rollback(reply)
+  if catalog_key then
+    if catalog_old then
+      redis.pcall('HSET', catalog_key, catalog_field, catalog_old)
+    else
+      redis.pcall('HDEL', catalog_key, catalog_field)
+    end
+  end
+  for i = recorded, 1, -1 do
+    if added_due[i] then redis.pcall('ZREM', KEYS[n + 2 * i], ARGV[4 + n + i]) end
+    if added_entry[i] then redis.pcall('HDEL', KEYS[n + 2 * i - 1], ARGV[4 + n + i]) end
+  end
+  for i = pushed, 1, -1 do
+    redis.pcall('LPOP', KEYS[i])
+  end
+  return redis.error_reply(reply['err'])
+end
+local function failed(reply)
+  return type(reply) == 'table' and reply['err'] ~= nil
+end
 for i = 1, n do
-  redis.call('LPUSH', KEYS[i], ARGV[4 + i])
+  local reply = redis.pcall('LPUSH', KEYS[i], ARGV[4 + i])
+  if failed(reply) then return rollback(reply) end
+  pushed = i
 end
 local used_keys = n
 if ARGV[2] == '1' then
@@ -50,19 +85,31 @@ if ARGV[2] == '1' then
     local task_id = ARGV[4 + n + i]
     local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
                                 h = ARGV[4 + 2 * n + i], r = 0})
-    redis.call('HSET', KEYS[n + 2 * i - 1], task_id, entry)
-    redis.call('ZADD', KEYS[n + 2 * i], ARGV[3], task_id)
+    local reply = redis.pcall('HSETNX', KEYS[n + 2 * i - 1], task_id, entry)
+    if failed(reply) then return rollback(reply) end
+    added_entry[i] = reply == 1
+    recorded = i
+    reply = redis.pcall('ZADD', KEYS[n + 2 * i], 'NX', ARGV[3], task_id)
+    if failed(reply) then return rollback(reply) end
+    added_due[i] = reply == 1
   end
   used_keys = 3 * n
 end
 local at = 5 + 3 * n
-local channel = ARGV[at]
 local m = tonumber(ARGV[at + 1])
-for j = 1, m do
-  redis.call('PUBLISH', channel, ARGV[at + 1 + j])
-end
 if #KEYS > used_keys then
-  redis.call('HSET', KEYS[used_keys + 1], ARGV[at + 2 + m], ARGV[at + 3 + m])
+  -- Once per name and process: reading the old value first costs little here.
+  local key, field = KEYS[used_keys + 1], ARGV[at + 2 + m]
+  local old = redis.pcall('HGET', key, field)
+  if failed(old) then return rollback(old) end
+  local reply = redis.pcall('HSET', key, field, ARGV[at + 3 + m])
+  if failed(reply) then return rollback(reply) end
+  catalog_key, catalog_field, catalog_old = key, field, old
+end
+local channel = ARGV[at]
+for j = 1, m do
+  local reply = redis.pcall('PUBLISH', channel, ARGV[at + 1 + j])
+  if failed(reply) then return rollback(reply) end
 end
 return n
 """
@@ -182,6 +229,7 @@ class RedisFanout:
     def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
         pause = 0.05
+        reply_lost = False
         while True:
             try:
                 run_script(self.client, self._script, keys, args)
@@ -189,20 +237,54 @@ class RedisFanout:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
                 # the retry repeats deliveries with the same ids, which the inbox absorbs.
+                reply_lost = reply_lost or isinstance(exc, ReplyLost)
                 left = deadline - time.monotonic()
                 if left <= pause:
-                    raise PublishError(
-                        f"The broker did not take the event within publish_timeout"
-                        f" ({self.timeout:g} s): {describe(exc)}. No delivery was sent; check that"
-                        " Redis is reachable, then publish again."
-                    ) from exc
+                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
                 log.warning("celery-events: publish failed, retrying: %s", exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
             except redis.RedisError as exc:
-                raise PublishError(
-                    f"The broker refused the event: {describe(exc)}. No delivery was sent."
-                ) from exc
+                # The script undid its own writes before replying with the error.
+                if reply_lost:
+                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
+                raise PublishError(_refused(exc)) from exc
+
+
+def _unreachable(timeout: float, exc: BaseException, reply_lost: bool) -> str:
+    text = (
+        f"The broker did not take the event within publish_timeout ({timeout:g} s):"
+        f" {describe(exc)}."
+    )
+    if reply_lost:
+        # An attempt reached Redis but its answer did not come back: it may have run.
+        return (
+            f"{text} The deliveries may have been queued: an attempt reached Redis but its reply"
+            " was lost. Publishing the same event again (bus.publish_event with the same"
+            " event) is safe, as subscribers' inboxes skip an event id they already handled;"
+            " publishing the data again as a new event may deliver it twice."
+        )
+    return f"{text} No delivery was sent; check that Redis is reachable, then publish again."
+
+
+def _refused(exc: BaseException) -> str:
+    text = f"The broker refused the event: {describe(exc)}. No delivery was sent."
+    message = str(exc)
+    if "publish to the channel" in message:
+        return (
+            f"{text} The broker's Redis user may not publish the task-sent events that Flower"
+            " shows (Redis 7 gives new users no channel rights): grant them with ACL SETUSER"
+            " <user> '&*' (or allchannels), or turn the events off with the bus setting"
+            " task_events=False (or the Celery setting task_send_sent_event=False)."
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "access at least one of the keys" in message:
+        return (
+            f"{text} The broker's Redis user lacks rights on the event queues or the"
+            " celery-events keys: grant read and write on them with ACL SETUSER <user> '~*'"
+            " (or '~events.*' '~celery_events:*' and the key_prefix in use), and '+@all' or"
+            " at least +evalsha, +lpush, +hset, +zadd and +publish."
+        )
+    return text
 
 
 class KombuFanout:

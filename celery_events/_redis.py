@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import ssl
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -12,6 +15,8 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .errors import ConfigurationError, describe
+
+log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 
@@ -29,8 +34,82 @@ def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in REDIS_SCHEMES
 
 
-def connect(url: str, timeout: float, **options: Any) -> redis.Redis:
+# Every spelling kombu's URL parser and Celery's Redis backend accept for ssl_cert_reqs.
+_CERT_REQS = {
+    "CERT_REQUIRED": ssl.CERT_REQUIRED,
+    "required": ssl.CERT_REQUIRED,
+    "CERT_OPTIONAL": ssl.CERT_OPTIONAL,
+    "optional": ssl.CERT_OPTIONAL,
+    "CERT_NONE": ssl.CERT_NONE,
+    "none": ssl.CERT_NONE,
+}
+
+
+def tls_options(url: str, use_ssl: object = None) -> dict[str, Any] | None:
+    """The TLS options kombu's Redis transport connects with for ``url``; None: no TLS.
+
+    ``use_ssl`` is the app's ``broker_use_ssl`` (for the broker's own URL; None for another
+    URL). As kombu does: ``ssl_*`` options in the URL's query replace ``broker_use_ssl``
+    whole, on ``redis://`` as on ``rediss://``; a ``broker_use_ssl`` dict turns TLS on even
+    for a ``redis://`` URL; ``rediss://`` with neither does not verify the server's
+    certificate (kombu logs that it defaults to insecure TLS). ``broker_use_ssl=True``, which
+    kombu's Redis transport does not read, means TLS with redis-py's defaults (the server's
+    certificate verified against the system's CAs). ``ssl_cert_reqs`` may be spelled
+    ``CERT_REQUIRED``/``required``, ``CERT_OPTIONAL``/``optional``, ``CERT_NONE``/``none``
+    or be an :mod:`ssl` constant.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    from_url = {k: v for k, v in parse_qsl(parts.query) if k.startswith("ssl_")}
+    options: dict[str, Any]
+    if from_url:
+        options = dict(from_url)
+        if "ssl_check_hostname" in options:
+            options["ssl_check_hostname"] = options["ssl_check_hostname"].lower() != "false"
+    elif isinstance(use_ssl, Mapping) and use_ssl:
+        options = dict(use_ssl)
+    elif use_ssl is True:
+        options = {}
+    elif parts.scheme == "rediss":
+        log.warning(
+            "celery-events: %s has no ssl_cert_reqs, so the server's certificate is not"
+            " verified (as kombu does); add ?ssl_cert_reqs=required&ssl_ca_certs=... or set"
+            " broker_use_ssl",
+            _without_password(url),
+        )
+        options = {"ssl_cert_reqs": ssl.CERT_NONE}
+    else:
+        return None
+    if "ssl_cert_reqs" in options:
+        options["ssl_cert_reqs"] = _cert_reqs(options["ssl_cert_reqs"])
+    return options
+
+
+def _cert_reqs(value: object) -> ssl.VerifyMode:
+    if isinstance(value, str) and value in _CERT_REQS:
+        return _CERT_REQS[value]
+    if isinstance(value, int) and value in (ssl.CERT_REQUIRED, ssl.CERT_OPTIONAL, ssl.CERT_NONE):
+        return ssl.VerifyMode(value)
+    raise ConfigurationError(
+        f"ssl_cert_reqs is {value!r}; use one of {', '.join(_CERT_REQS)} (in the URL or in"
+        " broker_use_ssl), or an ssl.CERT_* constant."
+    )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str, timeout: float, *, use_ssl: object = None, **options: Any) -> redis.Redis:
     """Open a Redis client whose every call gives up after ``timeout`` seconds.
+
+    TLS is set up as kombu sets it up for the same URL and ``use_ssl`` (the app's
+    ``broker_use_ssl``, for the broker's URL): see :func:`tls_options`.
 
     redis-py retries by itself with backoff by default, which would stretch a bounded publish
     into many timeouts; our callers retry on their own deadline instead.
@@ -39,6 +118,14 @@ def connect(url: str, timeout: float, **options: Any) -> redis.Redis:
     if scheme == "redis+socket":
         # kombu spells unix sockets redis+socket:///path; redis-py spells them unix:///path.
         url = "unix" + url[len("redis+socket") :]
+    tls = tls_options(url, use_ssl)
+    if tls is not None:
+        # redis-py's own URL parser refuses kombu's spellings (ssl_cert_reqs=CERT_REQUIRED),
+        # so the TLS options leave the URL and are passed as they were read.
+        parts = urlsplit(url)
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("ssl_")])
+        url = urlunsplit(parts._replace(scheme="rediss", query=query))
+        options = {**tls, **options}
     try:
         return redis.Redis.from_url(
             url,
@@ -53,8 +140,8 @@ def connect(url: str, timeout: float, **options: Any) -> redis.Redis:
         # A malformed URL (a port that is not a number, an unknown scheme) is a setting to fix,
         # not a broker to retry. The message leaves the URL out: it may hold a password.
         raise ConfigurationError(
-            f"The Redis URL with scheme {scheme!r} cannot be used: {describe(exc)}. Fix the broker_url or"
-            " registry_url, such as redis://host:6379/0."
+            f"The Redis URL with scheme {scheme!r} cannot be used: {describe(exc)}. Fix the"
+            " broker_url or registry_url, such as redis://host:6379/0."
         ) from exc
 
 
@@ -82,15 +169,26 @@ def run_script(
             connection.send_packed_command(
                 [_pack("EVALSHA", script.sha, len(keys), *keys, *args)]
             )
-            return connection.read_response()
+            return _reply(connection)
         except NoScriptError:
             # A restarted or flushed Redis forgets scripts; load it and run it once more.
             connection.send_command("SCRIPT", "LOAD", script.script)
             script.sha = connection.read_response().decode()
             connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return connection.read_response()
+            return _reply(connection)
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
         raise
     finally:
         pool.release(connection)
+
+
+class ReplyLost(redis.ConnectionError):
+    """A command was sent whole but its reply never came: Redis may or may not have run it."""
+
+
+def _reply(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ReplyLost(describe(exc)) from exc

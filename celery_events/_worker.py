@@ -1,11 +1,16 @@
 """What a service's ``celery worker`` does for its bus.
 
 Before the worker is built (``celeryd_init``): use the screening Redis transport, make the
-broker's visibility timeout longer than any retry wait plus handler time limit (or refuse a
-user's setting that is shorter), prefetch one message per process unless the user chose
-otherwise, and name handler retries' task-sent events like their deliveries. After it is built, before it consumes (``celeryd_after_setup``): add the service's
-event queues and record its subscriptions. Once it runs (``worker_ready``): look for lost
-deliveries every ``sweep_interval`` seconds.
+broker's visibility timeout longer than any retry wait plus handler time limit, prefetch one
+message per process unless the user chose otherwise, name handler retries' task-sent events
+like their deliveries, and add the start-up check bootstep. After it is built, before it
+consumes (``celeryd_after_setup``): add the service's event queues. The bootstep then, before
+the worker consumes or says "ready", checks the bus (a visibility timeout the user set too
+short, atomic handlers without a transaction runner, a registry it cannot reach) and records
+the service's subscriptions; if any of that fails, the worker logs one error saying what to fix
+and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's exception, so
+a check in a signal receiver cannot stop a worker; a bootstep's ``SystemExit`` does.) Once it
+runs (``worker_ready``): look for lost deliveries every ``sweep_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from celery import signals
+from celery import bootsteps, signals
 
 from . import _redis
 from .deadletters import Reason, new_letter
-from .errors import ConfigurationError
+from .errors import CeleryEventsError, ConfigurationError
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -47,7 +52,11 @@ def needed_visibility_timeout(bus: EventBus) -> float:
 
 
 def configure_worker(bus: EventBus) -> None:
-    """Apply the delivery-protecting worker settings to the bus's app (see module doc)."""
+    """Apply the delivery-protecting worker settings to the bus's app (see module doc).
+
+    Raises :class:`ConfigurationError` (after applying the rest) when the user's own
+    ``visibility_timeout`` is too short for the bus's handlers.
+    """
     conf = bus.app.conf
     broker = _redis.first_broker_url(conf.broker_url)
     if not _redis.is_redis_url(broker):
@@ -61,12 +70,22 @@ def configure_worker(bus: EventBus) -> None:
             conf.broker_transport,
         )
     options = dict(conf.broker_transport_options or {})
-    needed = needed_visibility_timeout(bus)
-    current = options.get("visibility_timeout")
-    if current is None:
-        options["visibility_timeout"] = max(3600.0, needed)
+    if options.get("visibility_timeout") is None:
+        options["visibility_timeout"] = max(3600.0, needed_visibility_timeout(bus))
         conf.broker_transport_options = options
-    elif float(current) < needed:
+    if conf.worker_prefetch_multiplier == CELERY_DEFAULT_PREFETCH:
+        conf.worker_prefetch_multiplier = 1
+    check_visibility_timeout(bus)
+
+
+def check_visibility_timeout(bus: EventBus) -> None:
+    """Raise :class:`ConfigurationError` if the broker's visibility timeout is too short."""
+    conf = bus.app.conf
+    if not _redis.is_redis_url(_redis.first_broker_url(conf.broker_url)):
+        return
+    current = (conf.broker_transport_options or {}).get("visibility_timeout")
+    needed = needed_visibility_timeout(bus)
+    if current is not None and float(current) < needed:
         raise ConfigurationError(
             f"broker_transport_options['visibility_timeout'] is {current} s, but a delivery of"
             f" service {bus.service!r} may wait up to {needed:.0f} s (longest retry_backoff_max"
@@ -74,8 +93,59 @@ def configure_worker(bus: EventBus) -> None:
             f" a second worker meanwhile. Raise visibility_timeout to at least {needed:.0f}, or"
             " lower retry_backoff_max / time_limit."
         )
-    if conf.worker_prefetch_multiplier == CELERY_DEFAULT_PREFETCH:
-        conf.worker_prefetch_multiplier = 1
+
+
+def check_worker(bus: EventBus) -> None:
+    """Raise :class:`CeleryEventsError` if ``bus``'s worker could not do its job.
+
+    Run by the start-up bootstep before the worker consumes; raises what the worker must not
+    start with, and records the service's subscriptions (``register_on_worker_start``).
+    """
+    check_visibility_timeout(bus)
+    atomic = [h.task_name for h in bus.handlers if h.atomic]
+    if atomic and bus.transaction_runner is None:
+        raise ConfigurationError(
+            f"Handlers {', '.join(atomic)} are atomic=True, but the bus of service"
+            f" {bus.service!r} has no transaction runner. Add 'celery_events.contrib.django' to"
+            " INSTALLED_APPS, or drop atomic=True."
+        )
+    # Made now so that a broker with no registry of its own (and no registry_url) stops here.
+    registry = bus.registry
+    if bus.settings.register_on_worker_start:
+        subscriptions = bus.register()
+        log.info(
+            "celery-events: service %r consumes %s with %d subscription(s)",
+            bus.service,
+            ", ".join(bus.queues) or "no event queue",
+            len(subscriptions),
+        )
+    else:
+        registry.refresh()
+
+
+def refuse_to_start(message: str) -> None:
+    """Stop a worker that is starting: log ``message`` once and exit with status 1.
+
+    Called from a bootstep's ``start``: Celery's worker turns the ``SystemExit`` into a warm
+    stop with that exit code, before the consumer starts and before "ready" is logged.
+    """
+    log.critical("celery-events: the worker cannot start: %s", message)
+    raise SystemExit(1)
+
+
+class StartupCheck(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Refuses to start a worker whose bus is misconfigured (see :func:`check_worker`)."""
+
+    label = "celery-events start-up check"
+
+    def start(self, parent: Any) -> None:
+        bus = _bus(parent.app)
+        if bus is None:
+            return
+        try:
+            check_worker(bus)
+        except CeleryEventsError as exc:
+            refuse_to_start(str(exc))
 
 
 def name_retries_like_deliveries(bus: EventBus) -> None:
@@ -107,35 +177,26 @@ def name_retries_like_deliveries(bus: EventBus) -> None:
 
 def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, **kwargs: Any) -> None:
     bus = _bus(instance.app) if instance is not None else None
-    if bus is not None:
+    if bus is None:
+        return
+    # The blueprint is built after this signal, so the step is part of this worker.
+    instance.app.steps["worker"].add(StartupCheck)
+    name_retries_like_deliveries(bus)
+    try:
         configure_worker(bus)
-        name_retries_like_deliveries(bus)
+    except ConfigurationError:
+        pass  # the start-up check refuses the worker with this message
 
 
 def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
     bus = _bus(instance.app)
     if bus is None:
         return
-    atomic = [h.task_name for h in bus.handlers if h.atomic]
-    if atomic and bus.transaction_runner is None:
-        raise ConfigurationError(
-            f"Handlers {', '.join(atomic)} are atomic=True, but the bus of service"
-            f" {bus.service!r} has no transaction runner. Add 'celery_events.contrib.django' to"
-            " INSTALLED_APPS, or drop atomic=True."
-        )
     # Consume the service's event queues in addition to whatever the worker was told to
     # consume, so that plain `celery -A svc worker` receives deliveries.
     queues = instance.app.amqp.queues
     for queue in bus.queues:
         queues.select_add(queue)
-    if bus.settings.register_on_worker_start:
-        subscriptions = bus.register()
-        log.info(
-            "celery-events: service %r consumes %s with %d subscription(s)",
-            bus.service,
-            ", ".join(bus.queues) or "no event queue",
-            len(subscriptions),
-        )
 
 
 class Sweeper:

@@ -469,8 +469,15 @@ class EventBus:
                 )
             if self._registry_is_broker_fanout():
                 return self.fanout.client  # type: ignore[attr-defined]
-            url = broker
+            return self._broker_client(broker)
+        # A registry of its own takes its TLS options from its own URL only.
         return _redis.connect(url, self.settings.publish_timeout)
+
+    def _broker_client(self, broker: str) -> Any:
+        # The broker's Redis, with the TLS options the app's kombu connection uses.
+        return _redis.connect(
+            broker, self.settings.publish_timeout, use_ssl=self.app.conf.broker_use_ssl
+        )
 
     def _registry_is_broker_fanout(self) -> bool:
         return isinstance(self.fanout, RedisFanout)
@@ -480,7 +487,7 @@ class EventBus:
         if _redis.is_redis_url(broker):
             options = self.app.conf.broker_transport_options or {}
             return RedisFanout(
-                _redis.connect(broker, self.settings.publish_timeout),
+                self._broker_client(broker),
                 self.settings.publish_timeout,
                 key_prefix=options.get("global_keyprefix", ""),
                 ledger_prefix=self.settings.key_prefix,

@@ -67,7 +67,11 @@ class NoSubscribersError(CeleryEventsError):
 
 
 class PublishError(CeleryEventsError):
-    """The broker could not take the event within ``publish_timeout``; no delivery was sent."""
+    """The broker refused the event, or did not take it within ``publish_timeout``.
+
+    No delivery was sent, unless the message says otherwise: when Redis was reached but its
+    reply was lost, the deliveries may have been queued, and the message says so.
+    """
 
 
 class PoisonMessageError(CeleryEventsError):

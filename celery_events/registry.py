@@ -106,9 +106,17 @@ class Registry:
                 pipe.set(self.version_key, uuid.uuid4().hex)
                 pipe.execute()
         except redis.RedisError as exc:
+            if isinstance(exc, redis.exceptions.NoPermissionError) or "permission" in str(exc):
+                fix = (
+                    "The registry's Redis user may not write it: grant write rights on"
+                    f" {self.subscriptions_key} and {self.version_key} (ACL SETUSER <user>"
+                    " '~*', or the bus's key_prefix), or use a registry_url whose user may."
+                )
+            else:
+                fix = "Check that Redis is reachable at the registry URL."
             raise RegistryError(
                 f"Could not record the subscriptions of service {service!r} in the registry:"
-                f" {describe(exc)}. Check that Redis is reachable at the registry URL."
+                f" {describe(exc)}. Nothing was recorded. {fix}"
             ) from exc
         log.info(
             "celery-events: recorded %d subscription(s) of service %r",

@@ -122,7 +122,7 @@ class BrokerQueues:
             )
         options = app.conf.broker_transport_options or {}
         return cls(
-            _redis.connect(url, timeout),
+            _redis.connect(url, timeout, use_ssl=app.conf.broker_use_ssl),
             key_prefix=options.get("global_keyprefix", ""),
             unacked_key=options.get("unacked_key", "unacked"),
         )

@@ -132,7 +132,7 @@ def test_a_steady_publish_costs_one_round_trip(
     assert calls.pop("cmdstat_evalsha") == 200
     # (commandstats also counts the commands the script runs inside Redis)
     assert calls.pop("cmdstat_lpush") == calls.pop("cmdstat_type") == 200
-    assert calls.pop("cmdstat_hset") == calls.pop("cmdstat_zadd") == 200  # the delivery ledger
+    assert calls.pop("cmdstat_hsetnx") == calls.pop("cmdstat_zadd") == 200  # the delivery ledger
     assert calls.pop("cmdstat_publish") == 200  # the task-sent event Flower shows
     calls.pop("cmdstat_config|resetstat", None)
     # The client's pool opens a second connection (HELLO, PING) once if the background check

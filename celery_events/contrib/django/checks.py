@@ -32,29 +32,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
     if messages or not isinstance(raw, dict):
         return messages
-    path = raw["app"].replace(":", ".")
-    try:
-        app = import_string(path)
-    except ImportError as exc:
-        messages.append(
-            Error(
-                f"CELERY_EVENTS['app'] is {raw['app']!r}, which cannot be imported: {describe(exc)}.",
-                hint="Name your Celery app's module and variable, such as 'proj.celery.app'.",
-                obj=SETTING,
-                id="celery_events.E003",
-            )
-        )
-    else:
-        if not isinstance(app, Celery):
-            messages.append(
-                Error(
-                    f"CELERY_EVENTS['app'] is {raw['app']!r}, which is a {type(app).__name__},"
-                    " not a Celery app.",
-                    hint="Point it at the Celery() instance of your project.",
-                    obj=SETTING,
-                    id="celery_events.E003",
-                )
-            )
+    problem = app_problem(raw["app"])
+    if problem is not None:
+        message, hint = problem
+        messages.append(Error(message, hint=hint, obj=SETTING, id="celery_events.E003"))
     from django.db import connections
 
     database = raw.get("database", "default")
@@ -78,6 +59,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     return messages
+
+
+def app_problem(path: str) -> tuple[str, str] | None:
+    """``(message, hint)`` if ``CELERY_EVENTS["app"]`` does not import a Celery app, else None."""
+    try:
+        app = import_string(path.replace(":", "."))
+    except ImportError as exc:
+        return (
+            f"CELERY_EVENTS['app'] is {path!r}, which cannot be imported: {describe(exc)}.",
+            "Name your Celery app's module and variable, such as 'proj.celery.app'.",
+        )
+    if not isinstance(app, Celery):
+        return (
+            f"CELERY_EVENTS['app'] is {path!r}, which is a {type(app).__name__}, not a Celery app.",
+            "Point it at the Celery() instance of your project.",
+        )
+    return None
+
+
+def configuration_errors() -> list[str]:
+    """Every error :func:`check_settings` finds, each with its hint and id, as sentences."""
+    texts = []
+    for message in check_settings():
+        if message.is_serious():
+            hint = f" {message.hint}" if message.hint else ""
+            texts.append(f"{message.msg}{hint} ({message.id})")
+    return texts
 
 
 register(check_settings, "celery_events")
