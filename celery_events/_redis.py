@@ -76,7 +76,7 @@ def tls_options(url: str, use_ssl: object = None) -> dict[str, Any] | None:
             "celery-events: %s has no ssl_cert_reqs, so the server's certificate is not"
             " verified (as kombu does); add ?ssl_cert_reqs=required&ssl_ca_certs=... or set"
             " broker_use_ssl",
-            _without_password(url),
+            without_password(url),
         )
         options = {"ssl_cert_reqs": ssl.CERT_NONE}
     else:
@@ -97,7 +97,8 @@ def _cert_reqs(value: object) -> ssl.VerifyMode:
     )
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for messages and logs)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

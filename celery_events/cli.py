@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import IntEnum
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
@@ -99,18 +98,10 @@ def _translated_errors(bus: EventBus) -> Iterator[None]:
 def _where(bus: EventBus) -> str:
     broker = _redis.first_broker_url(bus.app.conf.broker_url)
     registry = bus.settings.registry_url
-    where = f"The app's broker is {_without_password(broker)}"
+    where = f"The app's broker is {_redis.without_password(broker)}"
     if registry is not None:
-        where += f" and its registry {_without_password(registry)}"
+        where += f" and its registry {_redis.without_password(registry)}"
     return where + "."
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _bus(ctx: click.Context) -> EventBus:
