@@ -40,6 +40,8 @@ class Reason:
     TOO_MANY_DELIVERIES = "too_many_deliveries"
     LOST_TOO_OFTEN = "lost_too_often"
     UNREADABLE = "unreadable_message"
+    #: The lost-delivery ledger held an entry the sweeper could not read; its raw text is kept.
+    UNREADABLE_LEDGER_ENTRY = "unreadable_ledger_entry"
     UNKNOWN_HANDLER = "unknown_handler"
 
 
