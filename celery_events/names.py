@@ -127,13 +127,15 @@ def _canonical(pattern: list[str]) -> list[str]:
 
 
 class _Node(Generic[T]):
-    __slots__ = ("children", "values", "swallows")
+    __slots__ = ("children", "values", "star", "hash")
 
-    def __init__(self, swallows: bool = False) -> None:
+    def __init__(self) -> None:
+        #: Every child, by the pattern word leading to it: a literal word, ``*`` or ``#``.
         self.children: dict[str, _Node[T]] = {}
         self.values: list[T] = []
-        #: Reached through a '#': it may consume further words and stay where it is.
-        self.swallows = swallows
+        #: The children behind ``*`` and ``#``, also kept apart because every match looks them up.
+        self.star: _Node[T] | None = None
+        self.hash: _Node[T] | None = None
 
 
 class Matcher(Generic[T]):
@@ -161,7 +163,11 @@ class Matcher(Generic[T]):
             for word in _canonical(pattern.split(".")):
                 child = node.children.get(word)
                 if child is None:
-                    child = node.children[word] = _Node(swallows=word == "#")
+                    child = node.children[word] = _Node()
+                    if word == "*":
+                        node.star = child
+                    elif word == "#":
+                        node.hash = child
                 node = child
             node.values.append(value)
             self._order[id(value)] = position
@@ -181,32 +187,49 @@ class Matcher(Generic[T]):
     def _walk(self, node: _Node[T], words: list[str], j: int, hits: dict[int, T]) -> None:
         """Add to ``hits`` the values of every pattern below ``node`` matching ``words[j:]``.
 
-        Each trie node is visited at most once per word: the set of reached nodes is deduplicated
-        before the next word is read.
+        The nodes reached so far are kept in two sets. A node behind a ``#`` stays reached for
+        every later word (the ``#`` swallows it), so it joins ``swallowing`` once, and its
+        literal children are indexed by word: each later word costs one lookup for all of them.
+        (In the canonical form a ``#`` is followed only by a literal word or the end.) The
+        other reached nodes, ``current``, last one word each. Every node is visited at most once
+        per word, so a match costs at most (name words) × (trie nodes) steps, whatever ``#`` and
+        ``*`` the patterns hold.
         """
-        active = _closure([node])
+        swallowing: dict[int, _Node[T]] = {}
+        behind: dict[str, list[_Node[T]]] = {}  # literal children of swallowing nodes
+        joined: list[_Node[T]] = []  # swallowing since the last word, not yet in ``behind``
+
+        def reach(found: _Node[T], into: dict[int, _Node[T]]) -> None:
+            into[id(found)] = found
+            swallower = found.hash
+            if swallower is not None and id(swallower) not in swallowing:
+                swallowing[id(swallower)] = swallower
+                joined.append(swallower)
+
+        def index_joined() -> None:
+            # Their children can match from the next word on, not the one that reached them.
+            for swallower in joined:
+                for word, child in swallower.children.items():
+                    behind.setdefault(word, []).append(child)
+            joined.clear()
+
+        current: dict[int, _Node[T]] = {}
+        reach(node, current)
+        index_joined()
         for word in words[j:]:
-            reached: dict[int, _Node[T]] = {}
-            for current in active:
-                if current.swallows:
-                    reached[id(current)] = current
-                for child in (current.children.get(word), current.children.get("*")):
-                    if child is not None:
-                        reached[id(child)] = child
-            if not reached:
+            following: dict[int, _Node[T]] = {}
+            for child in behind.get(word, ()):
+                reach(child, following)
+            for reached in current.values():
+                exact = reached.children.get(word)
+                if exact is not None and exact is not reached.hash:
+                    reach(exact, following)
+                if reached.star is not None:
+                    reach(reached.star, following)
+            index_joined()
+            current = following
+            if not current and not swallowing:
                 return
-            active = _closure(reached.values())
-        for current in active:
-            for value in current.values:
+        for reached in (*current.values(), *swallowing.values()):
+            for value in reached.values:
                 hits[id(value)] = value
-
-
-def _closure(nodes: Iterable[_Node[T]]) -> list[_Node[T]]:
-    """``nodes`` plus the nodes reached from them by letting a '#' match no word."""
-    closed: dict[int, _Node[T]] = {}
-    for node in nodes:
-        current: _Node[T] | None = node
-        while current is not None and id(current) not in closed:
-            closed[id(current)] = current
-            current = current.children.get("#")
-    return list(closed.values())
