@@ -19,11 +19,12 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from . import _plainjson
 from ._redis import run_script
 
 CLAIM_LUA = """
@@ -111,9 +112,20 @@ for _, task_id in ipairs(due) do
   if not raw then
     redis.call('ZREM', KEYS[2], task_id)
   else
-    local entry = cjson.decode(raw)
-    local inbox = redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
-    if inbox == 'done' then
+    local ok, entry = pcall(cjson.decode, raw)
+    if not (ok and type(entry) == 'table' and type(entry['q']) == 'string'
+        and type(entry['m']) == 'string' and type(entry['e']) == 'string'
+        and type(entry['h']) == 'string' and type(entry['r']) == 'number') then
+      entry = nil
+    end
+    local inbox = entry and redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
+    if not entry then
+      -- Not what the fan-out writes: handed back to be kept as a dead letter, so that one bad
+      -- entry neither stops every sweep nor vanishes.
+      redis.call('HDEL', KEYS[1], task_id)
+      redis.call('ZREM', KEYS[2], task_id)
+      table.insert(given_up, {task_id, raw})
+    elseif inbox == 'done' then
       redis.call('HDEL', KEYS[1], task_id)
       redis.call('ZREM', KEYS[2], task_id)
     elseif held[task_id] or inbox or redis.call('LLEN', entry['q']) > 0 then
@@ -301,8 +313,9 @@ class Inbox:
         max_redeliveries: int,
         postpone: float,
         batch: int = 200,
-    ) -> tuple[int, list[dict[str, Any]]]:
-        """Send lost deliveries again; return how many, and those sent too often already."""
+    ) -> SweepResult:
+        """Send lost deliveries again; report them, those sent too often already, and the
+        ledger entries that could not be read (all three are out of the ledger now)."""
         results = run_script(
             self.client,
             self._sweep,
@@ -316,9 +329,35 @@ class Inbox:
                 max_redeliveries,
             ],
         )
-        resent = sum(1 for r in results if not r)
-        given_up = [json.loads(r) for r in results if r]
-        return resent, given_up
+        found = SweepResult()
+        for result in results:
+            if isinstance(result, list):
+                task_id, raw = result
+                found.unreadable.append((_text(task_id), bytes(raw)))
+            elif not result:
+                found.resent += 1
+            else:
+                try:
+                    entry = _plainjson.loads(result)
+                except ValueError:  # read by Lua's decoder, which is laxer than ours
+                    entry = None
+                if isinstance(entry, dict):
+                    found.given_up.append(entry)
+                else:
+                    found.unreadable.append(("", bytes(result)))
+        return found
+
+
+@dataclass
+class SweepResult:
+    """What one sweep of the ledger did."""
+
+    #: Lost deliveries sent again.
+    resent: int = 0
+    #: Ledger entries of deliveries lost ``max_deliveries`` times: given up.
+    given_up: list[dict[str, Any]] = field(default_factory=list)
+    #: ``(task id, raw entry)`` of ledger entries that are not what the fan-out writes.
+    unreadable: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:
