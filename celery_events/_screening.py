@@ -14,7 +14,7 @@ screening transport (``_transport.py``) passes every popped item through here fi
   dead-letter replay sends passes it). The body is decoded here, with plain JSON, once; only
   the subscribed handler may run from it: no ``callbacks``, ``errbacks``, ``chain`` or
   ``chord``, no ``kwargs``, no expiry, data no deeper than ``max_event_depth`` and no larger
-  than ``max_event_size``.
+  than ``max_event_size``, and a valid envelope.
 
 Anything else raises :class:`Unreadable`, and the item becomes a dead letter with its raw bytes.
 """
@@ -33,6 +33,8 @@ from celery.app.task import Context
 
 from . import _plainjson
 from .deadletters import Reason
+from .envelope import Event
+from .errors import InvalidEnvelope
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -41,7 +43,7 @@ __all__ = ["Unreadable", "Screened", "read_item", "check_message", "read_deliver
 
 #: Room in a delivery's body beyond its data: the envelope's other attributes and the
 #: ``[[...], {}, {...}]`` around it.
-ENVELOPE_ALLOWANCE = 64 * 1024
+ENVELOPE_ALLOWANCE = 16 * 1024
 #: Room in a whole queue item beyond its body: headers (``argsrepr`` among them), properties.
 MESSAGE_ALLOWANCE = 64 * 1024
 #: Task ids and delivery tags name Redis keys and hash fields; Celery makes 36-character UUIDs.
@@ -56,10 +58,21 @@ _STEERING = ("callbacks", "errbacks", "chain", "chord", "link", "link_error")
 class Unreadable(Exception):
     """Why a popped item is not a deliverable message."""
 
-    def __init__(self, reason: str, message: str, handler: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        handler: str | None = None,
+        *,
+        error_type: str = "UnreadableMessage",
+        envelope: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.handler = handler
+        self.error_type = error_type
+        #: The envelope, when it could be read but is not valid.
+        self.envelope = envelope
 
 
 @dataclass(frozen=True)
@@ -148,7 +161,7 @@ def _parse_time(text: str) -> datetime | None:
     from celery.utils.time import maybe_iso8601
 
     try:
-        parsed = maybe_iso8601(text)
+        parsed: datetime | None = maybe_iso8601(text)
         if parsed is None:
             return None
         if parsed.tzinfo is None:
@@ -236,7 +249,7 @@ def _check_json_body(message: dict[str, Any], task: str | None) -> None:
         text: str | bytes = body
         if message["properties"].get("body_encoding") == "base64":
             text = base64.b64decode(body, validate=True)
-        decoded = kombu_loads(text)
+        decoded = kombu_loads(text)  # type: ignore[no-untyped-call]
     except Exception as exc:  # whatever kombu's decoder raises would stop the worker
         raise _unreadable(f"unreadable body: {exc}", task) from None
     if not (
@@ -380,11 +393,22 @@ def _read_body(message: dict[str, Any], bus: EventBus, task: str) -> list[Any]:
                 f"the body's {key!r} is set; nothing but the handler runs from an event queue",
                 task,
             )
-    # The envelope's own validity is the delivery task's to judge (an invalid_envelope dead
-    # letter); its depth is not: a prefork pool pickles it before the task starts.
+    # Refused here, before a prefork pool pickles it (which recursion too deep would kill).
     if _plainjson.depth_exceeds(args, settings.max_event_depth + 2):
         raise _unreadable(
             f"the event data nests deeper than max_event_depth ({settings.max_event_depth})",
             task,
         )
+    envelope = args[0]
+    try:
+        Event.from_envelope(envelope)
+    except InvalidEnvelope as exc:
+        # Kept with its raw bytes, like every other item the screen refuses.
+        raise Unreadable(
+            Reason.INVALID_ENVELOPE,
+            str(exc),
+            task,
+            error_type="InvalidEnvelope",
+            envelope=envelope if isinstance(envelope, dict) else None,
+        ) from None
     return arguments

@@ -25,6 +25,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from . import _plainjson, _screening
@@ -83,7 +84,7 @@ def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
             "celery-events: dropped an unreadable item from queue %r (%s): %r", queue, why, data
         )
         return
-    envelope = None
+    envelope = why.envelope
     task_id = None
     try:
         message = _plainjson.loads(data)
@@ -94,8 +95,8 @@ def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
         new_letter(
             service=bus.service,
             reason=why.reason,
-            error_type="UnreadableMessage",
-            error_message=f"An item on queue {queue!r} could not be delivered: {why}.",
+            error_type=why.error_type,
+            error_message=f"An item on queue {queue!r} could not be delivered: {_sentence(why)}",
             handler=why.handler,
             envelope=envelope,
             queue=queue,
@@ -107,7 +108,12 @@ def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
         bus.inbox.forget(task_id)
 
 
-class Message(kombu_redis.Channel.Message):  # type: ignore[misc]
+def _sentence(why: Unreadable) -> str:
+    text = str(why)
+    return text if text.endswith(".") else text + "."
+
+
+class Message(virtual.Message):
     """kombu's message, but one from an event queue carries the body the screen decoded.
 
     Its body is given to Celery as already decoded (content type ``None``): the consumer and

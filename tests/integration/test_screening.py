@@ -19,11 +19,15 @@ from celery_events import EventBus
 from ..harness import wait_until
 from ..screening_items import (
     BAD_ITEMS,
+    CANARY,
     CANARY_KEY,
     QUEUE,
     RECEIVED_KEY,
+    body_of,
     delivery,
     nested,
+    with_body,
+    with_embed,
     with_header,
 )
 
@@ -189,3 +193,30 @@ def test_deep_data_is_refused_before_the_pool_but_the_limit_itself_passes(
     wait_until(lambda: len(received(redis_client)) == 1, timeout=30)
     assert list(received(redis_client).values()) == [repr({"x": nested(15)})]
     assert worker.process.poll() is None
+
+
+def test_without_the_screening_transport_a_delivery_still_runs_nothing_but_its_handler(
+    start_worker, publisher: EventBus, ops: EventBus, redis_client: redis.Redis
+) -> None:
+    # Given a worker on kombu's own Redis transport, which does not screen
+    worker = start_worker(SCREENED, env={"SCREENED_STOCK_TRANSPORT": "1"})
+    assert "unreadable items on event queues are not screened" in worker.log()
+    chained = delivery(publisher.app, {"n": "chained"})
+    chained = with_embed(chained, {"callbacks": [CANARY], "errbacks": [CANARY], "chain": [CANARY]})
+    extra = delivery(publisher.app, {"n": "kwargs"})
+    extra = with_body(extra, [body_of(extra)[0], {"x": 1}, body_of(extra)[2]])
+    chained_id = body_of(chained)[0][0]["id"]
+
+    # When deliveries carrying callbacks and a chain, or keyword arguments, arrive
+    redis_client.lpush(QUEUE, json.dumps(chained), json.dumps(extra))
+
+    # Then the handler runs alone, and the one it cannot take is a dead letter
+    wait_until(lambda: chained_id in received(redis_client), timeout=30)
+    wait_until(lambda: ops.dead_letters.count() == 1, timeout=30)
+    [letter] = ops.dead_letters.list()
+    assert letter.reason == "invalid_envelope"
+    assert letter.task_id == extra["headers"]["id"]
+    assert "exactly one envelope" in letter.error_message
+    assert_handles_the_next_event(publisher, redis_client)
+    assert "carried callbacks, errbacks, chain" in worker.log()
+    assert redis_client.llen(CANARY_KEY) == 0

@@ -1,7 +1,9 @@
 """A subscriber for the screening tests: its handler records exactly what it received, and a
 canary task of the same app records if it ever runs (nothing on an event queue may run it).
 
-``SCREENED_MAX_RETRIES`` (default 0) lets a failing handler give up at once.
+``SCREENED_MAX_RETRIES`` (default 0) lets a failing handler give up at once;
+``SCREENED_STOCK_TRANSPORT=1`` keeps kombu's own Redis transport (no screening), as a user who
+chose another ``broker_transport`` has.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ..screening_items import CANARY_KEY, RECEIVED_KEY
 from ._effects import broker_url
 
 app = Celery("screened", broker=broker_url())
+if os.environ.get("SCREENED_STOCK_TRANSPORT") == "1":
+    app.conf.broker_transport = "redis"
 bus = EventBus(
     app,
     service="screened",
