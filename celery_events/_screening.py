@@ -337,9 +337,7 @@ def _check_headers(
         # tracing library's, pass.
         if not isinstance(key, str) or key.startswith("_") or hasattr(Context, key):
             raise _unreadable(f"task header {key!r} is not one a delivery may carry", task)
-    if _plainjson.depth_exceeds(headers, MAX_HEADER_DEPTH) or _plainjson.depth_exceeds(
-        message["properties"], MAX_HEADER_DEPTH
-    ):
+    if _nests_deeper(headers) or _nests_deeper(message["properties"]):
         raise _unreadable(f"the headers nest deeper than {MAX_HEADER_DEPTH} levels", task)
     routing_key = message["properties"]["delivery_info"]["routing_key"]
     if routing_key != queue:
@@ -347,6 +345,14 @@ def _check_headers(
         raise _unreadable(
             f"properties.delivery_info routes it to {_shown(routing_key)}, not to {queue!r}", task
         )
+
+
+def _nests_deeper(fields: dict[str, Any]) -> bool:
+    # Most values are scalars; only containers need the walk.
+    return any(
+        isinstance(value, (dict, list)) and _plainjson.depth_exceeds(value, MAX_HEADER_DEPTH - 1)
+        for value in fields.values()
+    )
 
 
 def _read_body(message: dict[str, Any], bus: EventBus, task: str) -> list[Any]:
