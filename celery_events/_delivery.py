@@ -114,8 +114,12 @@ class Handler:
 def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
 
-    def deliver(self: Task, envelope: object) -> None:
-        _Run(bus, handler, self).run(envelope)
+    def deliver(self: Task, *args: object, **kwargs: object) -> None:
+        drop_steering(self.request, handler.task_name)
+        run = _Run(bus, handler, self)
+        if kwargs or len(args) != 1:
+            run.refuse_arguments(args, kwargs)
+        run.run(args[0])
 
     deliver.__doc__ = handler.func.__doc__
     options: dict[str, Any] = {
@@ -136,6 +140,31 @@ def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     options.update(handler.task_options)
     task: Task = app.task(**options)(deliver)
     return task
+
+
+#: What makes a Celery worker run other tasks after (or instead of) this one.
+STEERING = ("callbacks", "errbacks", "chain", "chord")
+
+
+def drop_steering(request: Any, task_name: str) -> None:
+    """Make sure nothing but the handler runs from a delivery.
+
+    The screening transport refuses deliveries that carry callbacks, errbacks, a chain or a
+    chord; on brokers without it they would reach Celery's tracer, which runs them after the
+    handler. They are cleared on the running request before the tracer reads them, which also
+    keeps them out of a retry's message.
+    """
+    found = [name for name in STEERING if getattr(request, name, None)]
+    for name in STEERING:
+        setattr(request, name, None)
+    if found:
+        log.warning(
+            "celery-events: delivery %s of %s carried %s; nothing but the handler runs from an"
+            " event queue, so they were dropped",
+            getattr(request, "id", None),
+            task_name,
+            ", ".join(found),
+        )
 
 
 def call_handler(bus: EventBus, handler: Handler, event: Event) -> bool:
@@ -273,6 +302,23 @@ class _Run:
             ttl_seconds=self.bus.settings.inbox_ttl,
             effects=effects,
         )
+
+    def refuse_arguments(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        """Dead-letter a delivery called with anything but one envelope, and raise."""
+        error = InvalidEnvelope(
+            f"Delivery {self.task_id} was called with {len(args)} positional and"
+            f" {len(kwargs)} keyword argument(s) ({', '.join(map(str, kwargs)) or 'none named'});"
+            " a delivery takes exactly one envelope."
+        )
+        self._dead(
+            Reason.INVALID_ENVELOPE,
+            error,
+            {"invalid": repr((args, kwargs))[:1000]},
+            attempts=1,
+            event_id="-",
+            trace=None,
+        )
+        raise error
 
     def _call(self, event: Event) -> None:
         call_handler(self.bus, self.handler, event)
