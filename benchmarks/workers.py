@@ -117,13 +117,15 @@ def _bookkeeping(bus: EventBus, count: int, repeats: int) -> list[float]:
     from celery_events._messages import new_ids
 
     inbox = bus.inbox
+    process = inbox.process_token()
     results = []
     for _ in range(repeats):
         ids = new_ids(count)
         started = time.perf_counter()
         for task_id in ids:
             inbox.claim(
-                "bench.drain", task_id, task_id, lease=lease_value(task_id), lease_seconds=300,
+                "bench.drain", task_id, task_id, lease=lease_value(task_id, process),
+                lease_seconds=300,
                 use_inbox=True,
             )
             inbox.succeed("bench.drain", task_id, task_id, use_inbox=True, ttl_seconds=60)

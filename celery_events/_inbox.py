@@ -4,7 +4,10 @@ Keys under ``{key_prefix}``:
 
 - ``inbox:{handler}:{event id}``: ``done`` once the handler succeeded (kept ``inbox_ttl``), or
   the lease of the copy running it now (expires after the handler time limit), so a second copy
-  of one delivery never runs beside the first and a finished one is not run again;
+  of one delivery never runs beside the first and a finished one is not run again. The lease
+  names the process running it; a copy that finds it held takes it over as soon as that
+  process's alive key (``_liveness.py``) is gone, so a killed worker's delivery runs again
+  within seconds, and a running one (even an orphaned prefork child) keeps it;
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
 - ``ledger:{service}`` and ``ledger:{service}:due``: every delivery from publish until it is
@@ -19,15 +22,17 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from ._liveness import alive_prefix, keep_alive
 from ._redis import run_script
 
 CLAIM_LUA = """
--- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, steal_from
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix
 local current = redis.call('GET', KEYS[1])
 if ARGV[4] == '1' and current then
   if current == 'done' then
@@ -35,8 +40,19 @@ if ARGV[4] == '1' and current then
     redis.call('ZREM', KEYS[4], ARGV[1])
     return {'done', '', 0, 0, 0, ''}
   end
-  if current ~= ARGV[6] then
-    return {'busy', current, redis.call('PTTL', KEYS[1]), 0, 0, ''}
+  -- Another copy holds the lease. It is busy while its process's alive key lives; once that
+  -- is gone (the process died, whatever host it was on), this copy takes the lease over.
+  local lease_ttl = redis.call('PTTL', KEYS[1])
+  local ok, holder = pcall(cjson.decode, current)
+  if ok and type(holder) == 'table' and type(holder['process']) == 'string' then
+    local alive_ttl = redis.call('PTTL', ARGV[6] .. holder['process'])
+    if alive_ttl ~= -2 then
+      if alive_ttl >= 0 and alive_ttl < lease_ttl then lease_ttl = alive_ttl end
+      return {'busy', current, lease_ttl, 0, 0, ''}
+    end
+  else
+    -- A lease that names no process (written by an older version): wait for it to expire.
+    return {'busy', current, lease_ttl, 0, 0, ''}
   end
 end
 local starts = redis.call('HINCRBY', KEYS[2], 'starts', 1)
@@ -143,6 +159,7 @@ class Claim:
     #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
     status: str
     holder: str = ""
+    #: When ``busy``: milliseconds until the lease expires or its holder counts as dead.
     holder_ttl_ms: int = 0
     #: Runs begun and not finished, this one included: above 1, earlier runs died.
     starts: int = 0
@@ -150,22 +167,21 @@ class Claim:
     first_failed_at: float | None = None
 
 
-def lease_value(task_id: str) -> str:
-    return json.dumps({"task": task_id, "host": socket.gethostname(), "pid": os.getpid()})
+def lease_value(task_id: str, process: str) -> str:
+    """The inbox lease of one run of ``task_id`` in the process with token ``process``.
 
-
-def holder_is_dead(holder: str) -> bool:
-    """Tell whether the lease holder was a process on this host that no longer exists."""
-    try:
-        info = json.loads(holder)
-        if info.get("host") != socket.gethostname():
-            return False
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, KeyError, TypeError, PermissionError, OSError):
-        return False
-    return False
+    Each run's lease is its own (``run``), so two copies in one process (a threads pool) never
+    take each other's lease for their own; host and pid are for people reading it.
+    """
+    return json.dumps(
+        {
+            "task": task_id,
+            "process": process,
+            "run": uuid.uuid4().hex[:12],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+    )
 
 
 class Inbox:
@@ -189,6 +205,10 @@ class Inbox:
             self.due_key,
         ]
 
+    def process_token(self) -> str:
+        """This process's token, its alive key kept (``_liveness.py``); leases name it."""
+        return keep_alive(self.client, self.prefix)
+
     def is_done(self, handler: str, event_id: str) -> bool:
         return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
 
@@ -201,8 +221,9 @@ class Inbox:
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
-        steal_from: str = "",
     ) -> Claim:
+        """Take the delivery's lease (``lease``, from :func:`lease_value` with
+        :meth:`process_token`), unless it is done or a live copy holds it."""
         now = time.time()
         status, holder, ttl, starts, failures, first = run_script(
             self.client,
@@ -214,7 +235,7 @@ class Inbox:
                 int(lease_seconds * 1000),
                 "1" if use_inbox else "0",
                 now + lease_seconds,
-                steal_from or "\x00",
+                alive_prefix(self.prefix),
             ],
         )
         return Claim(

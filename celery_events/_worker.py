@@ -5,7 +5,8 @@ broker's visibility timeout longer than any retry wait plus handler time limit (
 user's setting that is shorter), prefetch one message per process unless the user chose
 otherwise, and name handler retries' task-sent events like their deliveries. After it is built, before it consumes (``celeryd_after_setup``): add the service's
 event queues and record its subscriptions. Once it runs (``worker_ready``): look for lost
-deliveries every ``sweep_interval`` seconds.
+deliveries every ``sweep_interval`` seconds, and put back on their queues the unacked messages
+of worker processes that died (``_liveness.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 
 from . import _redis
+from ._liveness import Reaper
 from .deadletters import Reason, new_letter
 from .errors import ConfigurationError
 
@@ -150,6 +152,13 @@ class Sweeper:
         prefix = options.get("global_keyprefix", "")
         self.unacked_key = prefix + options.get("unacked_key", "unacked")
         self.lock_key = f"{bus.settings.key_prefix}sweeper:{bus.service}"
+        self.reaper = Reaper(
+            bus.inbox.client,
+            bus.settings.key_prefix,
+            prefix,
+            options.get("unacked_key", "unacked"),
+            options.get("unacked_index_key", "unacked_index"),
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -167,6 +176,7 @@ class Sweeper:
 
     def sweep_once(self) -> int:
         """One round; returns how many lost deliveries were sent again."""
+        self.reap_dead_workers()
         client = self.bus.inbox.client
         settings = self.bus.settings
         # One sweeper per service at a time; the lock outlives a dead worker by one interval.
@@ -204,6 +214,24 @@ class Sweeper:
                 )
             )
         return resent
+
+
+    def reap_dead_workers(self) -> int:
+        """Put the unacked messages of dead worker processes back on their queues.
+
+        Every worker's sweeper does this, whatever its service, outside the service's lock:
+        the script is atomic, so each message is restored once, and a dead worker's messages
+        need not wait for its service's lock to expire. It runs before the lost-delivery sweep,
+        which then finds them in their queues rather than held by the dead worker.
+        """
+        restored = self.reaper.reap()
+        if restored:
+            log.warning(
+                "celery-events: put %d message(s) held by dead worker process(es) back on"
+                " their queues",
+                restored,
+            )
+        return restored
 
 
 def _envelope_of(payload: object) -> dict[str, Any] | None:
