@@ -17,8 +17,10 @@ too: its deliveries may then run a second time, which at-least-once delivery all
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import threading
 import uuid
 
@@ -78,9 +80,10 @@ class _Liveness:
         return self.token
 
     def _renew_one(self, client: redis.Redis, key_prefix: str) -> None:
+        # The value is for people looking; only the key's existence counts.
         client.set(
             f"{alive_prefix(key_prefix)}{self.token}",
-            f"{os.getpid()}",
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
             px=int(ALIVE_TTL * 1000),
         )
 
@@ -192,6 +195,4 @@ def held_names(key_prefix: str, global_keyprefix: str = "") -> HeldNames:
 
 def restore_record(queue_keys: list[str], payload: str) -> str:
     """The ``held`` record of one message: the Redis lists to push ``payload`` onto."""
-    import json
-
     return json.dumps({"q": queue_keys, "m": payload})
