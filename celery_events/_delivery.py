@@ -260,14 +260,23 @@ class _Run:
             raise
         current_effects.reset(effects_token)
         current_event.reset(event_token)
-        inbox.succeed(
+        if not inbox.succeed(
             handler.task_name,
             event.id,
             self.task_id,
+            lease=lease,
             use_inbox=handler.inbox,
             ttl_seconds=self.bus.settings.inbox_ttl,
             effects=effects,
-        )
+        ):
+            log.warning(
+                "celery-events: another copy of delivery %s of event %s took its lease over"
+                " while %s ran (this process's alive key had expired); that copy's outcome"
+                " counts, and this run's Redis effects were dropped",
+                self.task_id,
+                event.id,
+                handler.task_name,
+            )
 
     def _call(self, event: Event) -> None:
         call_handler(self.bus, self.handler, event)

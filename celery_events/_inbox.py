@@ -69,9 +69,15 @@ return {'run', '', 0, starts, failures, first}
 """
 
 # Records a success when the handler queued no Redis effects (else a MULTI carries them too).
+# A run whose lease another copy took over (this process was presumed dead: its alive key
+# expired) leaves the record to that copy, which is running.
 SUCCEED_LUA = """
--- KEYS: inbox, state, ledger, due   ARGV: task_id, use_inbox, inbox_ttl_ms
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, use_inbox, inbox_ttl_ms, lease
 if ARGV[2] == '1' then
+  local current = redis.call('GET', KEYS[1])
+  if current and current ~= ARGV[4] and current ~= 'done' then
+    return 0
+  end
   redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
 end
 redis.call('DEL', KEYS[2])
@@ -253,29 +259,53 @@ class Inbox:
         event_id: str,
         task_id: str,
         *,
+        lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: redis.client.Pipeline | None = None,
-    ) -> None:
-        """Record success, in one transaction with the Redis ``effects`` the handler queued."""
+    ) -> bool:
+        """Record success, in one transaction with the Redis ``effects`` the handler queued.
+
+        Returns False, committing nothing, when ``lease`` is no longer the delivery's: another
+        copy took it over (this process was presumed dead) or already succeeded, and its
+        record and effects count, so these are dropped rather than applied twice.
+        """
         keys = self._keys(handler, event_id, task_id)
         if effects is None or not effects.command_stack:
             # One script call: about half the cost of a MULTI pipeline on this hot path.
-            run_script(
-                self.client,
-                self._succeed,
-                keys,
-                [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000)],
+            return bool(
+                run_script(
+                    self.client,
+                    self._succeed,
+                    keys,
+                    [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000), lease],
+                )
             )
-            return
-        pipe = effects
         inbox, state, ledger, due = keys
-        if use_inbox:
-            pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
-        pipe.delete(state)
-        pipe.hdel(ledger, task_id)
-        pipe.zrem(due, task_id)
-        pipe.execute()
+        commands = list(effects.command_stack)
+        effects.reset()
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if use_inbox:
+                        # Fenced by the lease: WATCH makes the check and the commit one step.
+                        pipe.watch(inbox)  # type: ignore[no-untyped-call]
+                        current = pipe.get(inbox)
+                        if current is not None and current != lease.encode():
+                            pipe.reset()
+                            return False
+                        pipe.multi()
+                    for args, options in commands:
+                        pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]
+                    if use_inbox:
+                        pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
+                    pipe.delete(state)
+                    pipe.hdel(ledger, task_id)
+                    pipe.zrem(due, task_id)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # the lease changed meanwhile: look again
 
     def forget(self, task_id: str) -> None:
         """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""

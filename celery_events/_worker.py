@@ -215,7 +215,6 @@ class Sweeper:
             )
         return resent
 
-
     def reap_dead_workers(self) -> int:
         """Put the unacked messages of dead worker processes back on their queues.
 
