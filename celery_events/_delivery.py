@@ -23,7 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._inbox import Claim, holder_is_dead, lease_value
+from ._inbox import lease_value
 from .deadletters import Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
@@ -229,23 +229,17 @@ class _Run:
             self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
             raise
 
-        lease = lease_value(self.task_id)
-
-        def claim_lease(steal_from: str = "") -> Claim:
-            return inbox.claim(
-                handler.task_name,
-                event.id,
-                self.task_id,
-                lease=lease,
-                lease_seconds=handler.lease_seconds,
-                use_inbox=handler.inbox,
-                steal_from=steal_from,
-            )
-
-        claim = claim_lease()
-        if claim.status == "busy" and holder_is_dead(claim.holder):
-            # The copy holding the lease died with its worker process: take over.
-            claim = claim_lease(steal_from=claim.holder)
+        # The lease names this process, whose alive key it renews: a copy of this delivery
+        # elsewhere waits while this process lives, and takes over once it died.
+        lease = lease_value(self.task_id, inbox.process_token())
+        claim = inbox.claim(
+            handler.task_name,
+            event.id,
+            self.task_id,
+            lease=lease,
+            lease_seconds=handler.lease_seconds,
+            use_inbox=handler.inbox,
+        )
         if claim.status == "done":
             log.info(
                 "celery-events: %s already handled event %s; delivery %s skipped",
@@ -255,10 +249,11 @@ class _Run:
             )
             return
         if claim.status == "busy":
-            wait = max(1.0, min(claim.holder_ttl_ms / 1000.0, 30.0))
+            # Come back just after the holder's alive key would expire if it died meanwhile.
+            wait = max(1.0, min(claim.holder_ttl_ms / 1000.0 + 0.5, 30.0))
             log.info(
                 "celery-events: another copy of delivery %s of event %s is running; checking"
-                " again in %.0f s",
+                " again in %.1f s",
                 self.task_id,
                 event.id,
                 wait,
@@ -294,14 +289,23 @@ class _Run:
             raise
         current_effects.reset(effects_token)
         current_event.reset(event_token)
-        inbox.succeed(
+        if not inbox.succeed(
             handler.task_name,
             event.id,
             self.task_id,
+            lease=lease,
             use_inbox=handler.inbox,
             ttl_seconds=self.bus.settings.inbox_ttl,
             effects=effects,
-        )
+        ):
+            log.warning(
+                "celery-events: another copy of delivery %s of event %s took its lease over"
+                " while %s ran (this process's alive key had expired); that copy's outcome"
+                " counts, and this run's Redis effects were dropped",
+                self.task_id,
+                event.id,
+                handler.task_name,
+            )
 
     def refuse_arguments(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         """Dead-letter a delivery called with anything but one envelope, and raise."""

@@ -16,20 +16,27 @@ it pops before kombu sees it:
 
 Messages on the user's other queues that pass the first check go to Celery unchanged. The bus
 installs this transport on workers of Redis-brokered apps (``broker_transport``).
+
+Its :class:`QoS` also records, with each unacked message, which worker process holds it and
+where it goes back, so that the messages of a worker killed outright are put back on their
+queues as soon as its alive key expires (``_liveness.py``), not after kombu's visibility timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 
 from . import _plainjson, _screening
 from ._screening import Unreadable
+from ._liveness import ALIVE_TTL, HeldNames, held_names, keep_alive, restore_record
 from .deadletters import Reason, new_letter
 
 log = logging.getLogger(__name__)
@@ -131,12 +138,97 @@ class Message(virtual.Message):
             self.content_type = None
             self.content_encoding = None
             self._decoded_cache = arguments
+class QoS(kombu_redis.QoS):
+    """kombu's Redis ack emulation, recording who holds each unacked message.
+
+    With each message kombu puts in its ``unacked`` hash, in the same transaction, this writes
+    the holding process's token (``holders``: tag -> token) and the message as it is to be
+    restored (``held:{token}``: tag -> queues and payload, marked redelivered); acking,
+    rejecting or restoring it removes both. A sweeper restores the messages of tokens whose
+    alive key expired (``_liveness.REAP_LUA``); the visibility timeout stays the last resort.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Where messages of an exchange and routing key go back (bindings change rarely).
+        self._routes: dict[tuple[str, str], list[str]] = {}
+
+    def _holder(self) -> tuple[str, HeldNames] | None:
+        from .bus import any_bus
+
+        bus = any_bus()
+        if bus is None:
+            return None
+        token = keep_alive(bus.inbox.client, bus.settings.key_prefix)
+        # kombu's client adds the global key prefix to the keys it writes.
+        return token, held_names(bus.settings.key_prefix)
+
+    def _queues_for(self, exchange: str, routing_key: str) -> list[str]:
+        route = (exchange, routing_key)
+        queues = self._routes.get(route)
+        if queues is None:
+            queues = self.channel._lookup(exchange, routing_key) if exchange else [routing_key]
+            self._routes[route] = queues
+        return queues
+
+    # Same as kombu 5.7's, plus the holder records, in the same transaction.
+    def append(self, message: Any, delivery_tag: str) -> None:
+        holder = self._holder()
+        if holder is None:
+            super().append(message, delivery_tag)
+            return
+        token, names = holder
+        channel = self.channel
+        delivery = message.delivery_info
+        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        raw = message._raw
+        priority = channel._get_message_priority(raw, reverse=False)
+        record = restore_record(
+            [
+                channel.global_keyprefix + channel._q_for_pri(queue, priority)
+                for queue in self._queues_for(exchange, routing_key)
+            ],
+            dumps(_redelivered(raw)),
+        )
+        held = names.held_prefix + token
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([raw, exchange, routing_key]))
+            pipe.hset(names.holders, delivery_tag, token)
+            pipe.hset(held, delivery_tag, record)
+            # A record left behind (kombu restored the message from another worker) goes too.
+            pipe.pexpire(held, int(max(self.visibility_timeout, ALIVE_TTL) * 2000))
+            pipe.execute()
+            virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        holder = self._holder()
+        if holder is not None:
+            token, names = holder
+            pipe.hdel(names.holders, delivery_tag).hdel(names.held_prefix + token, delivery_tag)
+        return pipe
+
+
+def _redelivered(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a kombu message marked redelivered, as kombu's restore marks it."""
+    message = dict(raw)
+    if isinstance(raw.get("headers"), dict):
+        message["headers"] = {**raw["headers"], "redelivered": True}
+    properties = raw.get("properties")
+    if isinstance(properties, dict) and isinstance(properties.get("delivery_info"), dict):
+        message["properties"] = {
+            **properties,
+            "delivery_info": {**properties["delivery_info"], "redelivered": True},
+        }
+    return message
 
 
 class Channel(kombu_redis.Channel):
     """A Redis channel that never hands kombu an item it cannot read."""
 
     Message = Message
+    QoS = QoS
 
     def _receive_item(self, queue: str, item: bytes) -> dict[str, Any] | None:
         try:

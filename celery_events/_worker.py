@@ -10,7 +10,8 @@ short, atomic handlers without a transaction runner, a registry it cannot reach)
 the service's subscriptions; if any of that fails, the worker logs one error saying what to fix
 and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's exception, so
 a check in a signal receiver cannot stop a worker; a bootstep's ``SystemExit`` does.) Once it
-runs (``worker_ready``): look for lost deliveries every ``sweep_interval`` seconds.
+runs (``worker_ready``): look for lost deliveries every ``sweep_interval`` seconds, and put back
+on their queues the unacked messages of worker processes that died (``_liveness.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps, signals
 
 from . import _plainjson, _redis
+from ._liveness import Reaper
 from .deadletters import DeadLetter, Reason, new_letter
 from .errors import CeleryEventsError, ConfigurationError
 
@@ -211,6 +213,13 @@ class Sweeper:
         prefix = options.get("global_keyprefix", "")
         self.unacked_key = prefix + options.get("unacked_key", "unacked")
         self.lock_key = f"{bus.settings.key_prefix}sweeper:{bus.service}"
+        self.reaper = Reaper(
+            bus.inbox.client,
+            bus.settings.key_prefix,
+            prefix,
+            options.get("unacked_key", "unacked"),
+            options.get("unacked_index_key", "unacked_index"),
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -228,6 +237,7 @@ class Sweeper:
 
     def sweep_once(self) -> int:
         """One round; returns how many lost deliveries were sent again."""
+        self.reap_dead_workers()
         client = self.bus.inbox.client
         settings = self.bus.settings
         # One sweeper per service at a time; the lock outlives a dead worker by one interval.
@@ -268,6 +278,23 @@ class Sweeper:
         for task_id, raw in swept.unreadable:
             self.bus.dead_letters.add(_unreadable_entry_letter(self.bus.service, task_id, raw))
         return resent
+
+    def reap_dead_workers(self) -> int:
+        """Put the unacked messages of dead worker processes back on their queues.
+
+        Every worker's sweeper does this, whatever its service, outside the service's lock:
+        the script is atomic, so each message is restored once, and a dead worker's messages
+        need not wait for its service's lock to expire. It runs before the lost-delivery sweep,
+        which then finds them in their queues rather than held by the dead worker.
+        """
+        restored = self.reaper.reap()
+        if restored:
+            log.warning(
+                "celery-events: put %d message(s) held by dead worker process(es) back on"
+                " their queues",
+                restored,
+            )
+        return restored
 
 
 def _unreadable_entry_letter(service: str, task_id: str, raw: bytes) -> DeadLetter:
