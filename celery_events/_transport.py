@@ -35,8 +35,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
 from . import _plainjson, _screening
-from ._screening import Unreadable
 from ._liveness import ALIVE_TTL, HeldNames, held_names, keep_alive, restore_record
+from ._screening import Unreadable
 from .deadletters import Reason, new_letter
 
 log = logging.getLogger(__name__)

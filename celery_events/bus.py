@@ -286,8 +286,11 @@ class EventBus:
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker does not take the event
-        within ``publish_timeout``. In all these cases nothing was sent.
+        string, and :class:`PublishError` when the broker refuses the event or does not take
+        it within ``publish_timeout``. In all these cases nothing was sent, except for a
+        :class:`PublishError` whose message says that Redis was reached but its reply lost:
+        the deliveries may then have been queued, and publishing the same event again
+        (:meth:`publish_event`) is the safe retry.
 
         >>> result = bus.publish("user.registered", {"user_id": 7})   # doctest: +SKIP
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
