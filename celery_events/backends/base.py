@@ -23,21 +23,21 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConfigurationError
+from .capabilities import Capabilities, check_required
 
 if TYPE_CHECKING:
     from .._messages import TaskMessage
-    from ..deadletters import DeadLetterStore
     from ..settings import Settings
 
 __all__ = [
     "Backend",
     "Capabilities",
     "Claim",
+    "DeadLetterSink",
     "DeadLetterRecords",
     "Inbox",
     "QueueReader",
@@ -48,73 +48,9 @@ __all__ = [
     "StoreError",
     "SweepResult",
     "Transport",
+    "check_required",
     "lease_value",
 ]
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend guarantees, one flag per guarantee (see the README's Guarantees).
-
-    >>> Capabilities(atomic_fanout=True).missing(["atomic_fanout", "queue_screening"])
-    ['queue_screening']
-    """
-
-    #: A publish puts every delivery of the event on the broker, or none (a publisher that
-    #: dies mid-call, a refused write leave nothing behind).
-    atomic_fanout: bool = False
-    #: Every delivery is recorded from publish until handled; one that vanished between queue
-    #: and worker is found and sent again by the sweeper.
-    lost_delivery_ledger: bool = False
-    #: Workers screen every item they pop: unreadable or foreign items on event queues become
-    #: dead letters instead of stopping the worker.
-    queue_screening: bool = False
-    #: Messages held by a worker process that died (``kill -9``, host lost) go back on their
-    #: queue within seconds, not after a visibility timeout.
-    dead_worker_recovery: bool = False
-    #: The broker itself caps how often one message is delivered (RabbitMQ quorum queues'
-    #: delivery limit); without it the inbox's start counter does (``max_deliveries``).
-    native_delivery_limit: bool = False
-    #: ``celery eventbus status`` can read each queue's waiting and in-flight deliveries.
-    queue_status: bool = False
-    #: ``bus.redis_effects()``: a handler's Redis writes commit in one transaction with its
-    #: inbox record (exactly-once effects).
-    transactional_effects: bool = False
-    #: Inbox, dead letters and registry outlive the process (memory ones do not).
-    durable_state: bool = False
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """Every capability name, in declaration order."""
-        return tuple(f.name for f in fields(cls))
-
-    def missing(self, required: Iterable[str]) -> list[str]:
-        """The names in ``required`` this backend does not provide (in the order given)."""
-        return [name for name in required if not getattr(self, name)]
-
-    def to_json(self) -> dict[str, bool]:
-        return {name: bool(getattr(self, name)) for name in self.names()}
-
-
-def check_required(backend: str, capabilities: Capabilities, required: Iterable[str]) -> None:
-    """Raise :class:`ConfigurationError` naming what ``required`` asks and ``backend`` lacks."""
-    required = list(required)
-    known = Capabilities.names()
-    unknown = [name for name in required if name not in known]
-    if unknown:
-        raise ConfigurationError(
-            f"The setting require names {', '.join(map(repr, unknown))}, which"
-            f" {'is not a capability' if len(unknown) == 1 else 'are not capabilities'}; the"
-            f" capabilities are {', '.join(known)}."
-        )
-    missing = capabilities.missing(required)
-    if missing:
-        raise ConfigurationError(
-            f"The service requires {', '.join(missing)}, which the {backend} backend does not"
-            " provide (`celery eventbus status` lists what it does). Use a broker that provides"
-            f" {'it' if len(missing) == 1 else 'them'} (redis:// provides every capability but"
-            " native_delivery_limit), or drop it from the bus's require setting."
-        )
 
 
 class StoreError(Exception):
@@ -158,7 +94,15 @@ class ServiceBus(Protocol):
     def inbox(self) -> Inbox: ...
 
     @property
-    def dead_letters(self) -> DeadLetterStore: ...
+    def dead_letters(self) -> DeadLetterSink: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where the worker side keeps what it gives up on (``bus.dead_letters``)."""
+
+    def add(self, letter: Any) -> Any:
+        """Store ``letter`` (a :class:`~celery_events.DeadLetter`) durably."""
+        ...
 
 
 # -- transport -----------------------------------------------------------------------------

@@ -308,8 +308,8 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
     """The memory backend of ``broker_url``'s space (``memory://`` or ``memory://name``)."""
     if settings.registry_url is not None:
         raise ConfigurationError(
-            f"The broker is memory://, whose queues live in this process, but registry_url is"
-            f" set; a registry elsewhere would send other processes deliveries they can never"
+            "The broker is memory://, whose queues live in this process, but registry_url is"
+            " set; a registry elsewhere would send other processes deliveries they can never"
             " receive. Drop registry_url, or use a redis:// broker."
         )
     space = _space(broker_url)
