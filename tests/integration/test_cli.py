@@ -176,7 +176,7 @@ def test_status_shows_waiting_and_in_flight_deliveries_and_their_age(
     def status() -> dict[str, dict[str, Any]]:
         done = eventbus("status", "--json")
         assert done.returncode == 0, done.stderr
-        return {s["service"]: s for s in json.loads(done.stdout)}
+        return {s["service"]: s for s in json.loads(done.stdout)["services"]}
 
     busy = wait_until(lambda: (s := status()) and s["billing"]["in_flight"] == 1 and s,
                       what="billing's delivery in flight")
@@ -213,7 +213,7 @@ def test_a_status_that_survives_an_item_it_cannot_read(
     # Then it is counted as waiting, and the age comes from the readable ones
     done = eventbus("status", "--json")
     assert done.returncode == 0, done.stderr
-    (orders,) = json.loads(done.stdout)
+    (orders,) = json.loads(done.stdout)["services"]
     assert orders["waiting"] == 3
     assert orders["oldest_waiting_seconds"] is not None
 

@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from celery_events import EventBus
+from celery_events.backends.redis.stores import RedisRegistry
 from celery_events.registry import Registry, Subscription
 
 from ..harness import wait_until
@@ -50,7 +51,7 @@ BAD_RECORDS = {
 
 
 def register(client: redis.Redis, service: str, pattern: str = "user.*") -> None:
-    Registry(client).register(
+    Registry(RedisRegistry(client)).register(
         service, [Subscription(pattern, service, f"{service}.welcome", f"events.{service}")]
     )
 

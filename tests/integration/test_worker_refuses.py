@@ -60,7 +60,7 @@ def test_a_worker_whose_registry_is_unreachable_exits(
 def test_a_worker_on_another_broker_without_a_registry_exits(
     start_worker: Callable[..., Worker],
 ) -> None:
-    worker = start_worker(SERVICE, env={"CHECKED_BROKER": "memory://"}, ready=False)
+    worker = start_worker(SERVICE, env={"CHECKED_BROKER": "amqp://guest@127.0.0.1:1//"}, ready=False)
     assert "registry_url=" in refused(worker)
 
 
