@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from .harness import BackendHarness, RedisHarness
+from celery_events.backends.base import Capabilities
+
+from .harness import BackendHarness, MemoryHarness, RedisHarness
 
 #: Every backend the suite runs on; a new one is one more entry.
 HARNESSES = {
+    "memory": pytest.param("memory"),
     "redis": pytest.param("redis", marks=pytest.mark.integration),
 }
 
@@ -26,7 +29,9 @@ def backend(
 ) -> Iterator[BackendHarness]:
     """A harness running the contract services on one backend, for the whole module."""
     harness: BackendHarness
-    if request.param == "redis":
+    if request.param == "memory":
+        harness = MemoryHarness()
+    elif request.param == "redis":
         server = request.getfixturevalue("redis_server")
         if server.process is None or server.process.poll() is not None:
             server.start()
@@ -39,6 +44,7 @@ def backend(
 
 def requires(backend: BackendHarness, capability: str) -> None:
     """Skip the calling test, naming ``capability``, if ``backend`` does not declare it."""
+    assert capability in Capabilities.names(), f"{capability!r} is not a capability"
     if not getattr(backend.capabilities, capability):
         pytest.skip(f"the {backend.name} backend does not declare {capability}")
 

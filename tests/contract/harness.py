@@ -27,10 +27,12 @@ from typing import Any, ClassVar, TypeVar
 from celery import Celery
 
 from celery_events import EventBus
+from celery_events.backends.base import Capabilities
+from celery_events.testing import HandlerRunner
 
 from ..harness import RedisServer, Worker
 from ..harness import wait_until as poll_until
-from .services import SETTINGS, SUBSCRIPTIONS, Board, RedisBoard, build_service
+from .services import SETTINGS, SUBSCRIPTIONS, Board, MemoryBoard, RedisBoard, build_service
 
 T = TypeVar("T")
 
@@ -68,9 +70,9 @@ class BackendHarness(ABC):
         """Where the contract handlers record what they did."""
 
     @property
-    @abstractmethod
-    def capabilities(self) -> Any:
-        """What the backend declares it guarantees (``celery_events.backends.base``)."""
+    def capabilities(self) -> Capabilities:
+        """What the backend declares it guarantees."""
+        return self.publisher.backend.capabilities
 
     @abstractmethod
     def make_bus(self, service: str) -> EventBus:
@@ -157,6 +159,89 @@ class BackendHarness(ABC):
         return counts
 
 
+class MemoryHarness(BackendHarness):
+    """The memory backend: every service's bus in the test process on ``memory://``, its
+    deliveries run by the testing kit's :class:`~celery_events.testing.HandlerRunner`, through
+    the real delivery task, when the test waits for something.
+
+    A started service's deliveries run; a registered one's wait on its queue. Retries run at
+    once (their waits are skipped), so nothing is left to happen once the queues are empty.
+    """
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = f"memory://contract-{self.token}"
+        # kombu's in-memory queues are one table per process: the names keep harnesses apart.
+        self.queue_template = f"contract-{self.token}.{{service}}"
+        self._board = MemoryBoard()
+        self.services: dict[str, EventBus] = {}
+        self.started: list[str] = []
+        self.runner = HandlerRunner()
+
+    @property
+    def board(self) -> Board:
+        return self._board
+
+    def _service(self, service: str) -> EventBus:
+        if service not in self.services:
+            app = Celery(f"{service}-{self.token}", broker=self.url)
+            self.services[service] = build_service(
+                app, service, self.board, queue_template=self.queue_template
+            )
+        return self.services[service]
+
+    def make_bus(self, service: str) -> EventBus:
+        if service in SUBSCRIPTIONS:
+            return self._service(service)
+        return EventBus(Celery(f"{service}-{self.token}", broker=self.url), service=service)
+
+    def _register(self, service: str) -> None:
+        self._service(service).register()
+
+    def _start(self, service: str) -> None:
+        # As a worker does when it starts: record the subscriptions, then consume.
+        self._service(service).register()
+        if service not in self.started:
+            self.started.append(service)
+
+    def _waiting(self, service: str) -> int:
+        bus = self.services.get(service)
+        if bus is None:
+            return 0
+        with bus.app.connection_for_read() as connection:
+            channel = connection.default_channel
+            return sum(channel.queue_declare(q, passive=True)[1] for q in bus.queues)
+
+    def settled(self, services: Iterable[str]) -> bool:
+        self._work()
+        return all(self._waiting(s) == 0 for s in services)
+
+    def _work(self) -> int:
+        return len(self.runner.work(*(self.services[s] for s in self.started)))
+
+    def wait_until(self, condition: Callable[[], T], timeout: float = 30.0, what: str = "") -> T:
+        # Deliveries run only here, in this thread: once none is left to run, nothing else
+        # can happen, so a condition still false then fails at once instead of timing out.
+        while True:
+            ran = self._work()
+            value = condition()
+            if value:
+                return value
+            if not ran:
+                raise AssertionError(
+                    f"no delivery is left to run and still not: {what or condition}"
+                )
+
+    def close(self) -> None:
+        super().close()
+        held = list(self._buses.values())
+        for bus in self.services.values():
+            if bus not in held:
+                bus.close()
+
+
 class RedisHarness(BackendHarness):
     """A real ``redis-server`` and one real ``celery worker`` per contract service.
 
@@ -180,10 +265,6 @@ class RedisHarness(BackendHarness):
     @property
     def board(self) -> Board:
         return self._board
-
-    @property
-    def capabilities(self) -> Any:
-        return backend_capabilities(self.publisher)
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -236,10 +317,3 @@ class RedisHarness(BackendHarness):
             f"----- log of the {service} worker -----\n{worker.log()[-20000:]}"
             for service, worker in self.workers.items()
         )
-
-
-def backend_capabilities(bus: EventBus) -> Any:
-    """The capabilities the bus's backend declares."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(worker_processes=True)  # until the backends declare them

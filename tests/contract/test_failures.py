@@ -135,7 +135,7 @@ def test_the_inbox_skips_a_second_delivery_of_a_handled_event(backend: BackendHa
 def test_a_delivery_whose_worker_dies_in_it_too_often_is_a_poison_dead_letter(
     backend: BackendHarness,
 ) -> None:
-    requires(backend, "worker_processes")
+    requires(backend, "dead_worker_recovery")
     # Given a handler that kills the process running it, every time
     result = publish(backend, {"crash": True})
 
