@@ -31,8 +31,9 @@ class HandlerRun:
 
     #: The handler's Celery task name, ``{service}.{name}``.
     handler: str
-    #: ``succeeded``; ``skipped`` (the inbox says it was handled); ``dead_lettered``; or
-    #: ``retrying`` (a retry is due and the runner was told not to run retries).
+    #: ``succeeded``; ``skipped`` (the inbox says it was handled); ``dead_lettered``;
+    #: ``retrying`` (a retry is due and the runner was told not to run retries); or
+    #: ``failed`` (the task failed and the bus kept no dead letter: a bug to report).
     status: str
     #: How many times the handler function ran.
     attempts: int
@@ -72,16 +73,17 @@ class _Delivery:
 class HandlerRunner:
     """Runs deliveries of events to a bus's handlers in this process, as its worker would.
 
-    The bus's app must use the memory backend (``Celery(broker="memory://")``). Each delivery
-    is a real task message on the bus's in-process queue, run through Celery's task tracer
-    and the bus's delivery task: the envelope is read from JSON, the inbox skips a delivery
-    whose event the handler already handled (``inbox=False`` handlers run again), an
-    ``atomic=True`` handler goes through the bus's transaction runner (the Django database
-    inbox), a failure is retried or dead-lettered by the handler's own policy, and a dead
-    letter lands in ``bus.dead_letters``. Retries are the messages Celery's retry publishes;
-    the runner runs them at once and records the wait the worker would have made
-    (``run.retry_delays``). ``run_retries=False`` leaves every retry on its queue and
-    reports the delivery as ``retrying``.
+    Meant for the memory backend (``Celery(broker="memory://")``), where the queues are in this
+    process; on another broker it takes the deliveries off that broker's queues. Each delivery
+    is a real task message, run through Celery's task tracer and the bus's delivery task: the
+    envelope is read from JSON, the inbox skips a delivery whose event the handler already
+    handled (``inbox=False`` handlers run again), an ``atomic=True`` handler goes through the
+    Django database inbox, a failure is retried or dead-lettered by the handler's own policy,
+    and a dead letter lands in ``bus.dead_letters`` (named after the delivery's ``task_id``).
+    Retries are the messages Celery's retry publishes; the runner runs them at once and
+    records the wait the worker would have made (``run.retry_delays``).
+    ``run_retries=False`` leaves every retry on its queue and reports the delivery as
+    ``retrying``; a later :meth:`work` runs it.
 
     >>> runner = HandlerRunner()
     >>> [run] = runner.run(bus, Event.create("order.placed", {"id": 1}, source="shop"))  # doctest: +SKIP

@@ -72,7 +72,8 @@ class _SkipListener(logging.Handler):
 
 @contextmanager
 def _listening(skips: _Skips) -> Iterator[None]:
-    logger = logging.getLogger("celery_events")
+    # The logger of the delivery task's module, which writes those records.
+    logger = logging.getLogger("celery_events._delivery")
     listener = _SkipListener(skips)
     level = logger.level
     logger.addHandler(listener)

@@ -8,36 +8,24 @@ backend does not promise.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from celery_events.backends.base import Capabilities
 
-from .harness import BackendHarness, MemoryHarness, RedisHarness
-
-#: Every backend the suite runs on; a new one is one more entry.
-HARNESSES = {
-    "memory": pytest.param("memory"),
-    "redis": pytest.param("redis", marks=pytest.mark.integration),
-}
+from .harness import HARNESSES, BackendHarness
 
 
-@pytest.fixture(scope="module", params=list(HARNESSES.values()))
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BackendHarness]:
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(h, id=h.name, marks=[pytest.mark.integration] if h.integration else [])
+        for h in HARNESSES
+    ],
+)
+def backend(request: pytest.FixtureRequest) -> Iterator[BackendHarness]:
     """A harness running the contract services on one backend, for the whole module."""
-    harness: BackendHarness
-    if request.param == "memory":
-        harness = MemoryHarness()
-    elif request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        if server.process is None or server.process.poll() is not None:
-            server.start()
-        harness = RedisHarness(server, Path(tmp_path_factory.mktemp("contract-logs")))
-    else:  # pragma: no cover - a name in HARNESSES without a harness
-        raise AssertionError(f"no harness for backend {request.param!r}")
+    harness = request.param.open(request)
     yield harness
     harness.close()
 

@@ -3,7 +3,7 @@
 The suite is written once against :class:`BackendHarness`; each backend is one subclass that
 knows how to run the contract services (``services.py``) on it: real ``celery worker``
 processes against a real server, or deliveries run in the test process. A new backend
-(RabbitMQ, Sentinel) joins by adding one class here and its name to ``HARNESSES``, as kombu's
+(RabbitMQ, Sentinel) joins by adding one class here to ``HARNESSES``, as kombu's
 integration suite adds one module of mixin subclasses per transport and dramatiq parametrizes
 its ``broker`` fixture.
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import pytest
 from celery import Celery
 
 from celery_events import EventBus
@@ -57,6 +58,13 @@ class BackendHarness(ABC):
 
     #: The backend's name, as tests and reports show it.
     name: ClassVar[str]
+    #: Whether it needs servers or worker processes (its tests are marked ``integration``).
+    integration: ClassVar[bool] = True
+
+    @classmethod
+    @abstractmethod
+    def open(cls, request: pytest.FixtureRequest) -> BackendHarness:
+        """The harness for one test module, made from the session's fixtures."""
 
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex[:8]
@@ -76,8 +84,9 @@ class BackendHarness(ABC):
 
     @abstractmethod
     def make_bus(self, service: str) -> EventBus:
-        """A bus for ``service`` in the test process, without handlers of its own (as a web
-        process or an operator's shell holds it): to publish and to read dead letters."""
+        """A bus for ``service`` in the test process, to publish and to read its dead letters
+        (where workers are other processes, one without handlers, as a web process or an
+        operator's shell holds it)."""
 
     @abstractmethod
     def _register(self, service: str) -> None:
@@ -169,6 +178,11 @@ class MemoryHarness(BackendHarness):
     """
 
     name = "memory"
+    integration = False
+
+    @classmethod
+    def open(cls, request: pytest.FixtureRequest) -> MemoryHarness:
+        return cls()
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,6 +265,14 @@ class RedisHarness(BackendHarness):
 
     name = "redis"
 
+    @classmethod
+    def open(cls, request: pytest.FixtureRequest) -> RedisHarness:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if server.process is None or server.process.poll() is not None:
+            server.start()  # a test before this one stopped it
+        logs = request.getfixturevalue("tmp_path_factory").mktemp("contract-logs")
+        return cls(server, Path(logs))
+
     def __init__(self, server: RedisServer, log_dir: Path) -> None:
         super().__init__()
         self.server = server
@@ -317,3 +339,7 @@ class RedisHarness(BackendHarness):
             f"----- log of the {service} worker -----\n{worker.log()[-20000:]}"
             for service, worker in self.workers.items()
         )
+
+
+#: Every backend the suite runs on, in this order; a new backend is one more class here.
+HARNESSES: tuple[type[BackendHarness], ...] = (MemoryHarness, RedisHarness)
