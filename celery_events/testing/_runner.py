@@ -127,27 +127,27 @@ class HandlerRunner:
         name = envelope.get("type") if isinstance(envelope, dict) else None
         wanted = None if handlers is None else set(handlers)
         chosen = [
-            h for h in bus.handlers
+            s for s in bus.subscriptions()
             if isinstance(name, str)
-            and _matches(h.pattern, name)
-            and (wanted is None or h.task_name in wanted)
+            and _matches(s.pattern, name)
+            and (wanted is None or s.handler in wanted)
         ]
-        for handler in chosen:
-            if handler.atomic and bus.transaction_runner is None:
-                raise ConfigurationError(
-                    f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
-                    " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
-                )
+        # A worker refuses to start with atomic handlers and no transaction runner; the
+        # runner refuses to run them.
+        atomic = {h.task_name for h in bus.handlers if h.atomic} & {s.handler for s in chosen}
+        if atomic and bus.transaction_runner is None:
+            raise ConfigurationError(
+                f"Handlers {', '.join(sorted(atomic))} are atomic=True but the bus has no"
+                " transaction runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+            )
         valid = True
         try:
             Event.from_envelope(envelope)
         except Exception:
             valid = False
-        task_ids = [
-            _send(bus, envelope, handler.task_name, handler.queue, valid) for handler in chosen
-        ]
-        for task_id, handler in zip(task_ids, chosen, strict=True):
-            self._state[task_id] = _Delivery(handler.task_name, str(envelope.get("id", "")))
+        task_ids = [_send(bus, envelope, s.handler, s.queue, valid) for s in chosen]
+        for task_id, subscription in zip(task_ids, chosen, strict=True):
+            self._state[task_id] = _Delivery(subscription.handler, str(envelope.get("id", "")))
         mine = set(task_ids)
         self._work(bus, lambda task_id: task_id in mine)
         return [self._state[task_id].result(task_id) for task_id in task_ids]
