@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..envelope import Event, encode_data
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidEnvelope
 from ..names import pattern_matches
 from ._worker import Execution, InProcessWorker
 
@@ -143,7 +143,7 @@ class HandlerRunner:
         valid = True
         try:
             Event.from_envelope(envelope)
-        except Exception:
+        except InvalidEnvelope:
             valid = False
         task_ids = [_send(bus, envelope, s.handler, s.queue, valid) for s in chosen]
         for task_id, subscription in zip(task_ids, chosen, strict=True):
@@ -158,22 +158,26 @@ class HandlerRunner:
 
         Returns one :class:`HandlerRun` per delivery that ran, in the order they first ran.
         """
-        ran: list[str] = []
+        ran: dict[str, None] = {}
         for bus in buses:
-            before = set(self._state)
-            self._work(bus, lambda task_id: True)
-            ran.extend(t for t in self._state if t not in before)
+            ran.update(dict.fromkeys(self._work(bus, lambda task_id: True)))
         return [self._state[task_id].result(task_id) for task_id in ran]
 
-    def _work(self, bus: EventBus, chosen: Any) -> None:
-        def wanted(task_id: str, is_retry: bool) -> bool:
-            if not chosen(task_id):
-                return False
-            return self.run_retries or not is_retry
+    def _work(self, bus: EventBus, chosen: Callable[[str], bool]) -> list[str]:
+        """Run the chosen deliveries on ``bus``'s queues; the task ids that ran, in order."""
+        ran: dict[str, None] = {}
 
-        InProcessWorker(bus).work(wanted=wanted, on_execution=lambda e: self._record(bus, e))
-        for task_id, state in self._state.items():
-            self.deliveries[task_id] = state.result(task_id)
+        def wanted(task_id: str, is_retry: bool) -> bool:
+            return chosen(task_id) and (self.run_retries or not is_retry)
+
+        def record(execution: Execution) -> None:
+            ran[execution.task_id] = None
+            self._record(bus, execution)
+
+        InProcessWorker(bus).work(wanted=wanted, on_execution=record)
+        for task_id in ran:
+            self.deliveries[task_id] = self._state[task_id].result(task_id)
+        return list(ran)
 
     def _record(self, bus: EventBus, execution: Execution) -> None:
         state = self._state.get(execution.task_id)

@@ -205,11 +205,14 @@ def test_a_retry_left_by_a_runner_that_runs_none_is_on_the_queue(bus: EventBus) 
         if len(calls) == 1:
             raise Retry(delay=30)
 
-    [waiting] = HandlerRunner(run_retries=False).run(bus, placed())
+    runner = HandlerRunner(run_retries=False)
+    [waiting] = runner.run(bus, placed())
     assert (waiting.status, waiting.attempts, waiting.retry_delays) == ("retrying", 1, (30.0,))
+    assert runner.work(bus) == []  # the retry is left where it is
     # The retry is a real message on the service's queue: a worker (here, a runner) runs it
-    [retried] = HandlerRunner().work(bus)
-    assert (retried.task_id, retried.status, retried.attempts) == (
-        waiting.task_id, "succeeded", 1,
+    runner.run_retries = True
+    [retried] = runner.work(bus)
+    assert (retried.task_id, retried.status, retried.attempts, retried.retry_delays) == (
+        waiting.task_id, "succeeded", 2, (30.0,),
     )
     assert calls == [waiting.event_id] * 2
