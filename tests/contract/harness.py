@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -330,8 +332,18 @@ class RedisHarness(BackendHarness):
 
     def close(self) -> None:
         super().close()
+        # Warm shutdown of every worker at once, as Ctrl-C does; a worker still running after
+        # 20 s is killed.
+        running = [w for w in self.workers.values() if w.process.poll() is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         for worker in self.workers.values():
-            worker.stop()
+            worker.stop()  # closes its log
         self.client.close()
 
     def logs(self) -> str:
