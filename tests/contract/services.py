@@ -36,7 +36,7 @@ SUBSCRIPTIONS: dict[str, list[tuple[str, str]]] = {
     # A service whose worker is not running when the event is published.
     "gamma": [("reserve", "stock.reserved")],
     # Handlers that fail as the event's data says (see flaky_work).
-    "flaky": [("work", "work.#"), ("witness", "work.#")],
+    "flaky": [("work", "work.#"), ("witness", "work.#"), ("tally", "tally.#")],
 }
 
 #: Settings of every contract service: quick retries, so a backend is judged on what it does
@@ -68,6 +68,10 @@ class Board(Protocol):
 
     def items(self, key: str) -> list[str]: ...
 
+    def key(self, key: str) -> str:
+        """The name ``key`` has in the store itself (for writes a handler queues there)."""
+        ...
+
 
 class MemoryBoard:
     """A :class:`Board` in this process's memory, for backends that run handlers here."""
@@ -95,6 +99,9 @@ class MemoryBoard:
 
     def items(self, key: str) -> list[str]:
         return list(self._lists[key])
+
+    def key(self, key: str) -> str:
+        return key
 
 
 class RedisBoard:
@@ -125,6 +132,9 @@ class RedisBoard:
     def items(self, key: str) -> list[str]:
         return [bytes(raw).decode() for raw in self.client.lrange(self.prefix + key, 0, -1)]
 
+    def key(self, key: str) -> str:
+        return self.prefix + key
+
 
 def build_service(app: Celery, service: str, board: Board, **settings: Any) -> EventBus:
     """The bus of contract service ``service`` on ``app``, its handlers subscribed."""
@@ -132,12 +142,29 @@ def build_service(app: Celery, service: str, board: Board, **settings: Any) -> E
     for name, pattern in SUBSCRIPTIONS[service]:
         if service == "flaky" and name == "work":
             bus.subscribe(pattern, name=name, dont_retry_for=(KeyError,))(flaky_work(board))
+        elif service == "flaky" and name == "tally":
+            bus.subscribe(pattern, name=name)(tally(bus, board))
         elif service == "flaky" and name == "witness":
             # Runs for every delivery, without an inbox: it shows a second delivery arrived.
             bus.subscribe(pattern, name=name, inbox=False)(recorder(board, "flaky.witness"))
         else:
             bus.subscribe(pattern, name=name)(recorder(board, f"{service}.{name}"))
     return bus
+
+
+def tally(bus: EventBus, board: Board) -> Any:
+    """A handler whose effect is a write it queues on ``bus.redis_effects()``, committed with
+    its inbox record; it fails after queueing it for the first ``fail_times`` runs."""
+
+    def handle(event: Event) -> None:
+        run = board.incr(f"runs:flaky.tally:{event.id}")
+        effect = {"handler": "flaky.tally", "event_id": event.id, "name": event.name,
+                  "data": event.data, "run": run}
+        bus.redis_effects().rpush(board.key("effects"), json.dumps(effect))
+        if run <= int(event.data.get("fail_times", 0)):
+            raise ConnectionError(f"the tally failed after queueing its effect (run {run})")
+
+    return handle
 
 
 def recorder(board: Board, handler: str) -> Any:

@@ -1,8 +1,9 @@
 """Contract: what happens when a handler fails. Retries (backoff, ``Retry(delay)``) until
 success; exhausted retries, ``Reject`` and errors not retried become dead letters with their
 reason; a replay delivers again and removes the letter; purge deletes; the inbox skips a second
-delivery of a handled (event id, handler); a delivery whose worker dies in it ``max_deliveries``
-times is a poison dead letter."""
+delivery of a handled (event id, handler); a handler's Redis effects commit with its inbox
+record, or not at all; a delivery whose worker dies in it ``max_deliveries`` times is a poison
+dead letter."""
 
 from __future__ import annotations
 
@@ -130,6 +131,25 @@ def test_the_inbox_skips_a_second_delivery_of_a_handled_event(backend: BackendHa
     backend.settle("flaky")
     assert backend.handled(result.event.id) == {"flaky.work": 1, "flaky.witness": 2}
     assert letters(backend, result) == []
+
+
+def test_effects_queued_by_a_failed_run_are_dropped_and_a_successful_runs_kept(
+    backend: BackendHarness,
+) -> None:
+    requires(backend, "transactional_effects")
+    # Given a handler that queues its effect on bus.redis_effects(), then fails once
+    result = backend.publisher.publish("tally.count", {"fail_times": 1})
+
+    # Then only the effect of the run that succeeded is there, committed with its inbox record
+    backend.wait_until(lambda: backend.handled(result.event.id))
+    backend.settle("flaky")
+    assert [(e.handler, e.run) for e in backend.effects(result.event.id)] == [("flaky.tally", 2)]
+
+    # And a second delivery of the event, skipped by the inbox, adds none
+    backend.publisher.publish_event(result.event)
+    backend.settle("flaky")
+    assert [(e.handler, e.run) for e in backend.effects(result.event.id)] == [("flaky.tally", 2)]
+    assert backend.board.count(f"runs:flaky.tally:{result.event.id}") == 2
 
 
 def test_a_delivery_whose_worker_dies_in_it_too_often_is_a_poison_dead_letter(
