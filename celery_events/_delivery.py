@@ -155,6 +155,10 @@ def register_task(app: Celery, bus: _Bus, handler: Handler) -> Task:
         "reject_on_worker_lost": True,
         "acks_on_failure_or_timeout": True,
         "ignore_result": True,
+        # The bus's retry policy counts failures itself (busy-lease waits are retries too);
+        # Celery's own limit (3 by default) would make a later retry raise the handler's
+        # exception instead, and the delivery would be acked without a dead letter.
+        "max_retries": None,
         "typing": False,
         "time_limit": handler.time_limit,
         # A shared task would be added to every Celery app in the process, including other

@@ -110,7 +110,7 @@ class EventBus:
         #: Set by the Django integration: runs ``atomic=True`` handlers in a database
         #: transaction that records the delivery in its inbox table.
         self.transaction_runner: TransactionRunner | None = None
-        if app.configured:
+        if self.settings.require and app.configured:
             # The broker URL is final: a required capability the backend lacks fails now. (An
             # app configured later is checked when the backend is made, at the latest when
             # its worker starts.)

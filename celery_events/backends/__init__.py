@@ -1,18 +1,17 @@
 """Backends: what a broker URL provides, chosen by its scheme from one table.
 
-=============================  ==========  ==================================================
-broker URL scheme              backend     transport / state and registry
-=============================  ==========  ==================================================
-``redis``, ``rediss``,         ``redis``   atomic Lua fan-out, screening transport / the
-``unix``, ``redis+socket``                 broker's Redis (or ``registry_url`` for the registry)
-``amqp``, ``pyamqp``,          ``amqp``    Celery's producer (kombu) / the ``registry_url`` Redis
-``amqps``
-``sentinel``                   ``sentinel`` Celery's producer (kombu) / the ``registry_url`` Redis
-``memory``                     ``memory``  kombu's in-process queues / dicts in this process
-=============================  ==========  ==================================================
+- ``redis://``, ``rediss://``, ``unix://``, ``redis+socket://``: the ``redis`` backend, atomic
+  Lua fan-out and the screening transport; state on the broker's Redis, the registry there or
+  on ``registry_url`` (``backends/redis/``);
+- ``amqp://``, ``amqps://``, ``pyamqp://``: the ``amqp`` backend, Celery's producer; state and
+  registry on the ``registry_url`` Redis (``backends/kombu.py``);
+- ``sentinel://``: the ``sentinel`` backend, the same as ``amqp`` over kombu's Sentinel
+  transport;
+- ``memory://``: the ``memory`` backend, kombu's in-process queues and dicts
+  (``backends/memory.py``).
 
 Each backend module provides ``CAPABILITIES`` (:class:`~.base.Capabilities`) and
-``open_backend(app, settings, broker_url)`` returning a :class:`~.base.Backend`. A backend's
+``open_backend(app, settings, broker_url, name)`` returning a :class:`~.base.Backend`. A backend's
 module is imported when it is first used, so an app on ``memory://`` never imports redis-py.
 """
 

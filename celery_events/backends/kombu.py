@@ -13,6 +13,7 @@ from typing import Any
 
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
+from . import without_password
 from .base import Backend, Capabilities, QueueReader, ServiceBus
 
 __all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
@@ -108,5 +109,5 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
         state=state,
         registry=registry,
         recovery=None,
-        description=f"{name} broker; registry and state on {where}",
+        description=f"{without_password(broker_url)}; registry and state on {where}",
     )

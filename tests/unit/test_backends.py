@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from celery import Celery
 
@@ -104,3 +108,41 @@ def test_a_memory_broker_refuses_a_registry_elsewhere() -> None:
     bus = EventBus(Celery("shop", broker="memory://"), service="shop", registry_url=NO_REDIS)
     with pytest.raises(ConfigurationError, match="registry_url is set"):
         _ = bus.registry
+
+
+def test_an_app_on_memory_never_imports_a_redis_driver() -> None:
+    # Given a fresh interpreter that publishes through a memory:// bus
+    script = (
+        "import sys\n"
+        "from celery import Celery\n"
+        "from celery_events import EventBus\n"
+        "bus = EventBus(Celery('x', broker='memory://'), service='x')\n"
+        "bus.subscribe('a.b', name='h')(lambda event: None)\n"
+        "bus.register()\n"
+        "assert len(bus.publish('a.b', {}).deliveries) == 1\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    # Then neither redis-py nor the Redis backend was imported
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_architecture_check_passes_on_the_package_and_names_offenders(tmp_path: Path) -> None:
+    check = Path(__file__).parents[2] / "scripts" / "check-architecture"
+    package = Path(__file__).parents[2] / "celery_events"
+    ok = subprocess.run([sys.executable, str(check), str(package)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+    # Given a package with a driver import outside its backends and a cycle
+    bad = tmp_path / "celery_events"
+    (bad / "backends").mkdir(parents=True)
+    (bad / "__init__.py").write_text("")
+    (bad / "backends" / "__init__.py").write_text("import redis\n")
+    (bad / "a.py").write_text("def f():\n    from kombu.transport import redis\n    from . import b\n")
+    (bad / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
+    done = subprocess.run([sys.executable, str(check), str(bad)], capture_output=True, text=True)
+    # Then it fails, naming the driver import (not the backend's) and the cycle
+    assert done.returncode == 1
+    assert "celery_events/a.py:2: celery_events.a imports the broker driver kombu.transport" in done.stderr
+    assert "backends" not in done.stderr.replace("outside celery_events.backends", "")
+    assert "import cycle: celery_events.a -> celery_events.b -> celery_events.a" in done.stderr
