@@ -1,8 +1,9 @@
 """The ``backend`` fixture: every contract test runs once per backend harness.
 
-A backend that lacks a guarantee says so in its declared capabilities, and the test that needs
-it is skipped with the capability's name (``requires``), so ``pytest -ra`` lists what each
-backend does not promise.
+A test that needs a guarantee not every backend gives says so with
+``@pytest.mark.requires("<capability>")``; on a backend whose declared capabilities
+(``celery_events.backends.capabilities_of``) lack it, the test is skipped with the
+capability's name, so ``pytest -ra tests/contract`` lists what each backend does not promise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from celery_events.backends import capabilities_of
 from celery_events.backends.base import Capabilities
 
 from .harness import HARNESSES, BackendHarness
@@ -30,11 +32,29 @@ def backend(request: pytest.FixtureRequest) -> Iterator[BackendHarness]:
     harness.close()
 
 
-def requires(backend: BackendHarness, capability: str) -> None:
-    """Skip the calling test, naming ``capability``, if ``backend`` does not declare it."""
-    assert capability in Capabilities.names(), f"{capability!r} is not a capability"
-    if not getattr(backend.capabilities, capability):
-        pytest.skip(f"the {backend.name} backend does not declare {capability}")
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires(capability, ...): skip on backends that do not declare them"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("requires")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None or "backend" not in callspec.params:
+            continue
+        unknown = [name for name in marker.args if name not in Capabilities.names()]
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid}: {unknown} are not capabilities")
+        harness: type[BackendHarness] = callspec.params["backend"]
+        lacking = capabilities_of(harness.name).missing(marker.args)
+        if lacking:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"the {harness.name} backend does not declare {', '.join(lacking)}"
+                )
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import pytest
 
 from celery_events import DeadLetter, DeadLetterNotFound, PublishResult
 
-from .conftest import requires
 from .harness import BackendHarness
 
 
@@ -133,10 +132,10 @@ def test_the_inbox_skips_a_second_delivery_of_a_handled_event(backend: BackendHa
     assert letters(backend, result) == []
 
 
+@pytest.mark.requires("transactional_effects")
 def test_effects_queued_by_a_failed_run_are_dropped_and_a_successful_runs_kept(
     backend: BackendHarness,
 ) -> None:
-    requires(backend, "transactional_effects")
     # Given a handler that queues its effect on bus.redis_effects(), then fails once
     result = backend.publisher.publish("tally.count", {"fail_times": 1})
 
@@ -152,10 +151,10 @@ def test_effects_queued_by_a_failed_run_are_dropped_and_a_successful_runs_kept(
     assert backend.board.count(f"runs:flaky.tally:{result.event.id}") == 2
 
 
+@pytest.mark.requires("dead_worker_recovery")
 def test_a_delivery_whose_worker_dies_in_it_too_often_is_a_poison_dead_letter(
     backend: BackendHarness,
 ) -> None:
-    requires(backend, "dead_worker_recovery")
     # Given a handler that kills the process running it, every time
     result = publish(backend, {"crash": True})
 
