@@ -112,9 +112,9 @@ def throughput(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
 
 
 def _bookkeeping(bus: EventBus, count: int, repeats: int) -> list[float]:
-    """Time the two Redis calls every delivery makes around its handler (see _inbox.py)."""
-    from celery_events._inbox import lease_value
+    """Time the two Redis calls every delivery makes around its handler (see backends/redis/inbox.py)."""
     from celery_events._messages import new_ids
+    from celery_events.backends.base import lease_value
 
     inbox = bus.inbox
     process = inbox.process_token()

@@ -8,6 +8,8 @@ or pattern gets its own delivery, an ordinary Celery task on its own queue.
 >>> bus = EventBus(Celery("orders", broker="redis://127.0.0.1:6379/0"), service="orders")
 """
 
+from ._delivery import Handler, RetryPolicy
+from .backends.base import Backend, Capabilities
 from .bus import Delivery, EventBus, PublishResult, bus_for
 from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
 from .envelope import Event
@@ -39,6 +41,11 @@ __all__ = [
     "Subscription",
     "Registry",
     "Settings",
+    "Handler",
+    "RetryPolicy",
+    # backends
+    "Backend",
+    "Capabilities",
     # steering a delivery from a handler
     "Retry",
     "Reject",

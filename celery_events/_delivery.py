@@ -16,21 +16,38 @@ import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._inbox import lease_value
-from .deadletters import Reason, new_letter
+from .backends.base import Inbox, lease_value
+from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
 from .outcomes import Reject, Retry
+from .settings import Settings
 
-if TYPE_CHECKING:
-    from .bus import EventBus
+
+class _Bus(Protocol):
+    """What a delivery reads from its bus (``EventBus`` is one; no import of it here, so
+    that the bus may import this module)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    @property
+    def transaction_runner(self) -> TransactionRunner | None: ...
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +55,9 @@ log = logging.getLogger(__name__)
 #: a handler carry its correlation id and name it as their cause.
 current_event: ContextVar[Event | None] = ContextVar("celery_events_current_event", default=None)
 
-#: Redis commands a running handler queued to commit together with its inbox record.
-current_effects: ContextVar[redis.client.Pipeline | None] = ContextVar(
+#: Effects a running handler queued to commit together with its inbox record (on Redis, a
+#: transaction pipeline: ``bus.redis_effects()``); None where the state store keeps none.
+current_effects: ContextVar[Any | None] = ContextVar(
     "celery_events_current_effects", default=None
 )
 
@@ -55,7 +73,7 @@ LEASE_MARGIN = 30.0
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When a failing handler is retried, and how long it waits."""
+    """When a failing handler is retried, and how long it waits (``Handler.retry``)."""
 
     max_retries: int
     backoff: float
@@ -91,7 +109,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Handler:
-    """A subscribed function and how its deliveries are run."""
+    """A subscribed function and how its deliveries are run, as ``@bus.subscribe`` made it.
+
+    ``bus.handlers`` lists them (read-only):
+
+    >>> [(h.task_name, h.pattern, h.queue) for h in bus.handlers]   # doctest: +SKIP
+    [('orders.welcome_order', 'user.registered', 'events.orders')]
+    """
 
     pattern: str
     func: HandlerFunc
@@ -111,7 +135,7 @@ class Handler:
         return self.time_limit + LEASE_MARGIN
 
 
-def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
+def register_task(app: Celery, bus: _Bus, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
 
     def deliver(self: Task, *args: object, **kwargs: object) -> None:
@@ -171,7 +195,7 @@ def drop_steering(request: Any, task_name: str) -> None:
         )
 
 
-def call_handler(bus: EventBus, handler: Handler, event: Event) -> bool:
+def call_handler(bus: _Bus, handler: Handler, event: Event) -> bool:
     """Run ``handler`` on ``event`` as a worker does: an ``atomic=True`` handler through the
     bus's transaction runner. Returns False when the database inbox skipped it."""
     if not handler.atomic:
@@ -214,7 +238,7 @@ def failure_outcome(
 class _Run:
     """One run of one delivery."""
 
-    def __init__(self, bus: EventBus, handler: Handler, task: Task) -> None:
+    def __init__(self, bus: _Bus, handler: Handler, task: Task) -> None:
         self.bus = bus
         self.handler = handler
         self.task = task
@@ -280,7 +304,7 @@ class _Run:
             )
             raise error
 
-        effects = inbox.client.pipeline(transaction=True)
+        effects = inbox.new_effects()
         event_token = current_event.set(event)
         effects_token = current_effects.set(effects)
         try:
@@ -288,7 +312,8 @@ class _Run:
         except Exception as exc:
             current_effects.reset(effects_token)
             current_event.reset(event_token)
-            effects.reset()
+            if effects is not None:
+                effects.reset()
             self._failed(exc, event, envelope, lease, claim.failures + 1, claim.first_failed_at)
             raise
         current_effects.reset(effects_token)

@@ -11,14 +11,13 @@ import logging
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from celery import Celery
 
-from . import _redis
+from . import _buses, _worker
 from ._delivery import (
     Handler,
     HandlerFunc,
@@ -28,10 +27,10 @@ from ._delivery import (
     current_event,
     register_task,
 )
-from ._fanout import Fanout, KombuFanout, RedisFanout
-from ._inbox import Inbox
 from ._messages import TaskMessage, build_messages, encode_body
 from ._task_events import enable_task_events
+from .backends import backend_name, broker_url_of, capabilities_of, open_backend
+from .backends.base import Backend, Inbox, Transport, check_required
 from .deadletters import DeadLetterStore, ReplayError
 from .envelope import Event, check_ids, encode_data
 from .errors import (
@@ -54,9 +53,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=HandlerFunc)
 
 _HANDLER_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-_BUSES: weakref.WeakKeyDictionary[Celery, EventBus] = weakref.WeakKeyDictionary()
-_BUSES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -105,27 +101,32 @@ class EventBus:
         self.settings = Settings.from_options(settings)
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
+        self._backend: Backend | None = None
+        self._transport: Transport | None = None
         self._registry: Registry | None = None
-        self._fanout: Fanout | None = None
         self._published_names: set[str] = set()
         self._inbox: Inbox | None = None
         self._dead_letters: DeadLetterStore | None = None
         #: Set by the Django integration: runs ``atomic=True`` handlers in a database
         #: transaction that records the delivery in its inbox table.
         self.transaction_runner: TransactionRunner | None = None
-        with _BUSES_LOCK:
-            existing = _BUSES.get(app)
-            if existing is not None:
-                raise ConfigurationError(
-                    f"The Celery app {app.main!r} already has an event bus for service"
-                    f" {existing.service!r}; a second EventBus(app, service={service!r}) would"
-                    " split its handlers. Create one bus per app and import it where needed"
-                    " (celery_events.bus_for(app) returns it)."
-                )
-            _BUSES[app] = self
+        if self.settings.require and app.configured:
+            # The broker URL is final: a required capability the backend lacks fails now. (An
+            # app configured later is checked when the backend is made, at the latest when
+            # its worker starts.)
+            self._check_required(backend_name(broker_url_of(app)))
+        existing = _buses.add(app, self)
+        if existing is not None:
+            raise ConfigurationError(
+                f"The Celery app {app.main!r} already has an event bus for service"
+                f" {existing.service!r}; a second EventBus(app, service={service!r}) would"
+                " split its handlers. Create one bus per app and import it where needed"
+                " (celery_events.bus_for(app) returns it)."
+            )
         if self.settings.task_events:
             enable_task_events(app)
-        from . import _worker  # noqa: F401  (connects the worker start-up hook)
+        # The worker start-up hooks find this bus through _buses.
+        _worker.connect()
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -235,7 +236,8 @@ class EventBus:
 
     @property
     def handlers(self) -> list[Handler]:
-        """This service's handlers, in the order they were subscribed."""
+        """This service's handlers (:class:`~celery_events.Handler`), in the order they were
+        subscribed."""
         return list(self._handlers.values())
 
     @property
@@ -247,6 +249,14 @@ class EventBus:
     def queues(self) -> list[str]:
         """Every queue this service's worker consumes for its handlers."""
         return sorted({h.queue for h in self._handlers.values()})
+
+    @property
+    def longest_delivery_wait(self) -> float:
+        """The longest, in seconds, a delivery of this service may wait for a retry and then
+        run: its handlers' largest ``retry_backoff_max`` plus time limit (0 without one)."""
+        return max(
+            (h.retry.backoff_max + h.time_limit for h in self._handlers.values()), default=0.0
+        )
 
     def subscriptions(self) -> list[Subscription]:
         """This service's subscriptions, as :meth:`register` records them."""
@@ -402,7 +412,7 @@ class EventBus:
             parent_id=parent_id,
             root_id=root_id,
         )
-        self.fanout.send(messages, self._catalog_entry(name))
+        self.transport.send(messages, self._catalog_entry(name))
         self._published_names.add(name)
         return PublishResult(
             event,
@@ -412,114 +422,92 @@ class EventBus:
             ),
         )
 
-    def _catalog_entry(self, name: str) -> tuple[str, str, str] | None:
+    def _catalog_entry(self, name: str) -> tuple[str, str] | None:
         # The catalog learns who publishes what from the first publish of each name in each
-        # process, written in the same round trip as the deliveries.
-        if name in self._published_names or not self._fanout_shares_registry():
+        # process, written in the same round trip as the deliveries where the transport can.
+        if name in self._published_names or not self.transport.records_catalog:
             return None
-        return (self.registry.published_key, f"{self.service} {name}", str(time.time()))
+        return (f"{self.service} {name}", str(time.time()))
 
     def _record_published_alone(self, name: str) -> None:
         if name in self._published_names:
             return
         try:
-            self.registry.client.hset(
-                self.registry.published_key, f"{self.service} {name}", str(time.time())
-            )
+            self.registry.record_published(self.service, name)
         except Exception as exc:  # the catalog is a convenience; never fail a publish for it
             log.debug("celery-events: could not record %r in the catalog: %s", name, exc)
         else:
             self._published_names.add(name)
 
-    def _fanout_shares_registry(self) -> bool:
-        return isinstance(self.fanout, RedisFanout) and self.fanout.client is self.registry.client
+    # -- the backend ------------------------------------------------------------------------
 
-    # -- connections ------------------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The backend chosen by the app's broker URL (made on first use): its ``name``,
+        ``capabilities`` and roles (``transport``, ``recovery``, ``state``, ``registry``).
+
+        Raises :class:`ConfigurationError` for a broker URL no backend serves, a backend that
+        needs ``registry_url``, or one lacking a capability of the ``require`` setting.
+
+        >>> bus.backend.name, bus.backend.capabilities.atomic_fanout   # doctest: +SKIP
+        ('redis', True)
+        """
+        backend = self._backend
+        if backend is None:
+            with self._lock:
+                backend = self._backend
+                if backend is None:
+                    self._check_required(backend_name(broker_url_of(self.app)))
+                    backend = self._backend = open_backend(self.app, self.settings)
+        return backend
+
+    def _check_required(self, name: str) -> None:
+        if self.settings.require:
+            check_required(name, capabilities_of(name), self.settings.require)
+
+    @property
+    def transport(self) -> Transport:
+        """The backend's transport: how deliveries reach the broker."""
+        transport = self._transport
+        if transport is None:
+            transport = self._transport = self.backend.transport
+        return transport
 
     @property
     def registry(self) -> Registry:
-        """The shared subscription registry (created on first use)."""
+        """The shared subscription registry, on the backend's registry store."""
         if self._registry is None:
+            store = self.backend.registry
             with self._lock:
                 if self._registry is None:
                     self._registry = Registry(
-                        self._registry_client(),
-                        key_prefix=self.settings.key_prefix,
+                        store,
                         refresh_interval=self.settings.registry_refresh_interval,
                         max_staleness=self.settings.registry_max_staleness,
                     )
         return self._registry
 
     @property
-    def fanout(self) -> Fanout:
-        """How deliveries reach the broker (created on first use)."""
-        if self._fanout is None:
-            with self._lock:
-                if self._fanout is None:
-                    self._fanout = self._make_fanout()
-        return self._fanout
-
-    def _broker_url(self) -> str:
-        return _redis.first_broker_url(self.app.conf.broker_url)
-
-    def _registry_client(self) -> Any:
-        url = self.settings.registry_url
-        if url is None:
-            broker = self._broker_url()
-            if not _redis.is_redis_url(broker):
-                raise ConfigurationError(
-                    f"The broker {broker.split('://')[0]!r} is not Redis, so the registry needs"
-                    " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
-                )
-            if self._registry_is_broker_fanout():
-                return self.fanout.client  # type: ignore[attr-defined]
-            return self._broker_client(broker)
-        # A registry of its own takes its TLS options from its own URL only.
-        return _redis.connect(url, self.settings.publish_timeout)
-
-    def _broker_client(self, broker: str) -> Any:
-        # The broker's Redis, with the TLS options the app's kombu connection uses.
-        return _redis.connect(
-            broker, self.settings.publish_timeout, use_ssl=self.app.conf.broker_use_ssl
-        )
-
-    def _registry_is_broker_fanout(self) -> bool:
-        return isinstance(self.fanout, RedisFanout)
-
-    def _make_fanout(self) -> Fanout:
-        broker = self._broker_url()
-        if _redis.is_redis_url(broker):
-            options = self.app.conf.broker_transport_options or {}
-            return RedisFanout(
-                self._broker_client(broker),
-                self.settings.publish_timeout,
-                key_prefix=options.get("global_keyprefix", ""),
-                ledger_prefix=self.settings.key_prefix,
-                app=self.app,
-            )
-        return KombuFanout(self.app, self.settings.publish_timeout)
-
-    @property
     def inbox(self) -> Inbox:
-        """This service's inbox and delivery bookkeeping (in the broker's Redis if it is one)."""
+        """This service's inbox and delivery bookkeeping, in the backend's state store (see
+        :class:`~celery_events.backends.base.Inbox`)."""
         if self._inbox is None:
+            state = self.backend.state
             with self._lock:
                 if self._inbox is None:
-                    self._inbox = Inbox(
-                        self._state_client(), self.service, self.settings.key_prefix
-                    )
+                    self._inbox = state.inbox(self.service)
         return self._inbox
 
     @property
     def dead_letters(self) -> DeadLetterStore:
         """This service's dead letters: ``list``, ``get``, ``replay``, ``purge``, ``count``."""
         if self._dead_letters is None:
+            state = self.backend.state
             with self._lock:
                 if self._dead_letters is None:
                     self._dead_letters = DeadLetterStore(
-                        self._state_client(),
+                        state.dead_letters(self.service),
                         self.service,
-                        key_prefix=self.settings.key_prefix,
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
                         route=self._replay_queue,
@@ -530,22 +518,27 @@ class EventBus:
         """A Redis pipeline whose commands run only if the current handler succeeds, in one
         transaction with its inbox record: exactly-once effects for Redis writes.
 
+        Raises :class:`ConfigurationError` when the backend's state store is not Redis (the
+        ``transactional_effects`` capability), and :class:`CeleryEventsError` outside a
+        running handler.
+
         >>> @bus.subscribe("order.created")                          # doctest: +SKIP
         ... def count(event: Event) -> None:
         ...     bus.redis_effects().incr("orders:created")
         """
+        backend = self.backend
+        if not backend.capabilities.transactional_effects:
+            raise ConfigurationError(
+                f"bus.redis_effects() needs a Redis state store, and the {backend.name} backend"
+                " has none (its capabilities lack transactional_effects). Use a redis:// broker"
+                " (or registry_url with RabbitMQ), or write the effects in the handler itself."
+            )
         effects = current_effects.get()
         if effects is None:
             raise CeleryEventsError(
                 "bus.redis_effects() is only available inside a running handler."
             )
         return effects
-
-    def _state_client(self) -> Any:
-        fanout = self.fanout
-        if isinstance(fanout, RedisFanout):
-            return fanout.client
-        return self.registry.client
 
     def _replay_queue(self, handler: str) -> str:
         """The queue a replay to ``handler`` goes to: that handler's own, if this service
@@ -597,7 +590,7 @@ class EventBus:
             parent_id=None,
             root_id=None,
         )
-        self.fanout.send([message], None)
+        self.transport.send([message], None)
         return message.task_id
 
     def _messages(
@@ -623,11 +616,11 @@ class EventBus:
         )
 
     def close(self) -> None:
-        """Stop the registry's background check and close connections."""
+        """Stop the registry's background check and close the backend's connections."""
         if self._registry is not None:
             self._registry.close()
-        if isinstance(self._fanout, RedisFanout):
-            self._fanout.client.close()
+        if self._backend is not None:
+            self._backend.close()
 
 
 def _exception_types(option: str, value: object) -> tuple[type[BaseException], ...]:
@@ -656,25 +649,10 @@ def _check_policy(pattern: str, policy: RetryPolicy) -> None:
             )
 
 
-def bus_for_queue(queue: str) -> EventBus | None:
-    """The bus in this process whose handlers consume ``queue``, if any."""
-    for bus in list(_BUSES.values()):
-        if any(h.queue == queue for h in bus._handlers.values()):
-            return bus
-    return None
-
-
-def any_bus() -> EventBus | None:
-    """Some bus of this process (a worker process normally has exactly one)."""
-    for bus in list(_BUSES.values()):
-        return bus
-    return None
-
-
 def bus_for(app: Celery) -> EventBus:
     """Return the event bus created for ``app``, or raise :class:`ConfigurationError`."""
-    bus = _BUSES.get(app)
-    if bus is None:
+    bus = _buses.for_app(app)
+    if not isinstance(bus, EventBus):
         raise ConfigurationError(
             f"The Celery app {app.main!r} has no event bus; create one with"
             " EventBus(app, service='...')."

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from celery import Celery
 from flask import Flask, current_app, has_app_context
 
-from ..bus import _BUSES, EventBus, PublishResult
+from ..bus import EventBus, PublishResult, bus_for
 from ..envelope import Event
 from ..errors import ConfigurationError
 
@@ -115,8 +115,9 @@ class CeleryEvents:
         app.extensions[EXTENSION] = _State(self, bus, celery_app)
 
     def _bus_of(self, celery_app: Celery, service: str, settings: dict[str, Any]) -> EventBus:
-        existing = _BUSES.get(celery_app)
-        if existing is None:
+        try:
+            existing = bus_for(celery_app)
+        except ConfigurationError:  # the app has no bus yet
             return EventBus(celery_app, service, **settings)
         if existing not in self._flask_apps or existing.service != service:
             raise ConfigurationError(

@@ -6,7 +6,7 @@ Keys under ``{key_prefix}``:
   the lease of the copy running it now (expires after the handler time limit), so a second copy
   of one delivery never runs beside the first and a finished one is not run again. The lease
   names the process running it; a copy that finds it held takes it over as soon as that
-  process's alive key (``_liveness.py``) is gone, so a killed worker's delivery runs again
+  process's alive key (``liveness.py``) is gone, so a killed worker's delivery runs again
   within seconds, and a running one (even an orphaned prefork child) keeps it;
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
@@ -19,18 +19,17 @@ Keys under ``{key_prefix}``:
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from . import _plainjson
-from ._liveness import alive_prefix, keep_alive
-from ._redis import run_script
+from ... import _plainjson
+from ..base import Claim, SweepResult, lease_value
+from .client import run_script
+from .liveness import alive_prefix, keep_alive
+
+__all__ = ["Inbox", "Claim", "SweepResult", "lease_value", "ledger_entry"]
 
 CLAIM_LUA = """
 -- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix
@@ -170,38 +169,6 @@ return given_up
 """
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What the inbox said when a delivery asked to run."""
-
-    #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
-    status: str
-    holder: str = ""
-    #: When ``busy``: milliseconds until the lease expires or its holder counts as dead.
-    holder_ttl_ms: int = 0
-    #: Runs begun and not finished, this one included: above 1, earlier runs died.
-    starts: int = 0
-    failures: int = 0
-    first_failed_at: float | None = None
-
-
-def lease_value(task_id: str, process: str) -> str:
-    """The inbox lease of one run of ``task_id`` in the process with token ``process``.
-
-    Each run's lease is its own (``run``), so two copies in one process (a threads pool) never
-    take each other's lease for their own; host and pid are for people reading it.
-    """
-    return json.dumps(
-        {
-            "task": task_id,
-            "process": process,
-            "run": uuid.uuid4().hex[:12],
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-    )
-
-
 class Inbox:
     """Bookkeeping of one service's deliveries (see the module docstring)."""
 
@@ -224,8 +191,12 @@ class Inbox:
         ]
 
     def process_token(self) -> str:
-        """This process's token, its alive key kept (``_liveness.py``); leases name it."""
+        """This process's token, its alive key kept (``liveness.py``); leases name it."""
         return keep_alive(self.client, self.prefix)
+
+    def new_effects(self) -> redis.client.Pipeline:
+        """A transaction for the Redis effects a handler queues (``bus.redis_effects()``)."""
+        return self.client.pipeline(transaction=True)
 
     def is_done(self, handler: str, event_id: str) -> bool:
         return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
@@ -397,18 +368,6 @@ class Inbox:
                 else:
                     found.unreadable.append(("", bytes(result)))
         return found
-
-
-@dataclass
-class SweepResult:
-    """What one sweep of the ledger did."""
-
-    #: Lost deliveries sent again.
-    resent: int = 0
-    #: Ledger entries of deliveries lost ``max_deliveries`` times: given up.
-    given_up: list[dict[str, Any]] = field(default_factory=list)
-    #: ``(task id, raw entry)`` of ledger entries that are not what the fan-out writes.
-    unreadable: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:
