@@ -26,6 +26,7 @@ from .errors import (
     RegistryError,
 )
 from .outcomes import Reject, Retry
+from .middleware import HandlerCall, Middleware, PublishCall
 from .registry import Registry, Subscription
 from .settings import Settings
 
@@ -39,6 +40,10 @@ __all__ = [
     "Subscription",
     "Registry",
     "Settings",
+    # middleware
+    "Middleware",
+    "PublishCall",
+    "HandlerCall",
     # steering a delivery from a handler
     "Retry",
     "Reject",

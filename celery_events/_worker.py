@@ -105,7 +105,7 @@ def check_worker(bus: EventBus) -> None:
     """
     check_visibility_timeout(bus)
     atomic = [h.task_name for h in bus.handlers if h.atomic]
-    if atomic and bus.transaction_runner is None:
+    if atomic and not bus.middleware.transactional:
         raise ConfigurationError(
             f"Handlers {', '.join(atomic)} are atomic=True, but the bus of service"
             f" {bus.service!r} has no transaction runner. Add 'celery_events.contrib.django' to"
@@ -345,7 +345,10 @@ _sweepers: dict[int, Sweeper] = {}
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     app = getattr(sender, "app", None)
     bus = _bus(app) if app is not None else None
-    if bus is None or bus.fanout.__class__.__name__ != "RedisFanout":
+    if bus is None:
+        return
+    bus.middleware.worker_started(bus)
+    if bus.fanout.__class__.__name__ != "RedisFanout":
         return
     sweeper = Sweeper(bus)
     _sweepers[id(bus)] = sweeper
@@ -353,6 +356,10 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    bus = _bus(app) if app is not None else None
+    if bus is not None:
+        bus.middleware.worker_stopping(bus)
     for sweeper in _sweepers.values():
         sweeper.stop()
     _sweepers.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from ..bus import EventBus
 from ..deadletters import Reason
 from ..envelope import Event, encode_data
 from ..errors import ConfigurationError, InvalidEnvelope
+from ..middleware import HandlerCall
 from ..names import pattern_matches
 
 __all__ = ["HandlerRun", "HandlerRunner"]
@@ -50,8 +52,9 @@ class HandlerRunner:
 
     The runner keeps its own inbox (like the service's inbox in Redis): a delivery that
     succeeded is skipped when the same event comes again, unless its handler has
-    ``inbox=False``. ``atomic=True`` handlers go through the bus's transaction runner, so with
-    Django they use the real database inbox. ``run_retries=False`` stops at the first failure
+    ``inbox=False``. Each handler call goes through the bus's handle scopes (its middleware),
+    so with Django ``atomic=True`` handlers use the real database inbox and with Flask they run
+    in the app context. ``run_retries=False`` stops at the first failure
     that the worker would retry and reports it as ``retrying``.
 
     ``effects_client``, a ``redis.Redis``, lets handlers use ``bus.redis_effects()``: their
@@ -115,11 +118,13 @@ class HandlerRunner:
         key = (handler.task_name, event.id)
         if handler.inbox and key in self.handled:
             return HandlerRun(handler.task_name, SKIPPED, 0)
-        if handler.atomic and bus.transaction_runner is None:
+        chain = bus.middleware
+        if handler.atomic and not chain.transactional:
             raise ConfigurationError(
                 f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
                 " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
             )
+        task_id = str(uuid.uuid4())
         attempts = 0
         delays: list[float] = []
         while True:
@@ -128,7 +133,16 @@ class HandlerRunner:
             event_token = current_event.set(event)
             effects_token = current_effects.set(effects)
             try:
-                ran = call_handler(bus, handler, event)
+                call = HandlerCall(
+                    event,
+                    handler.task_name,
+                    handler.queue,
+                    task_id,
+                    attempts,
+                    bus.service,
+                    handler.atomic,
+                )
+                ran = call_handler(chain, handler, call)
             except Exception as exc:
                 reason, countdown = failure_outcome(handler.retry, exc, attempts)
                 if reason is not None:
