@@ -57,6 +57,15 @@ def capture_published(bus: EventBus) -> Iterator[Captured]:
     (['order.placed'], {'order_id': 7})
     """
     captured = Captured()
+    # One capturing middleware per bus; a capture inside another takes the events until it ends.
+    active = next((m for m in bus.middleware if isinstance(m, _Capture)), None)
+    if active is not None:
+        active.stack.append(captured)
+        try:
+            yield captured
+        finally:
+            active.stack.remove(captured)
+        return
     with bus.middleware.added(_Capture(captured)):
         yield captured
 
@@ -69,8 +78,10 @@ class _Capture(Middleware):
     """
 
     def __init__(self, captured: Captured) -> None:
-        self.captured = captured
+        self.stack = [captured]
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
-        self.captured.events.append(call.event)
+        if not self.stack:  # deferred inside the block, sent after it (an on-commit)
+            return call_next(call)
+        self.stack[-1].events.append(call.event)
         return PublishResult(call.event)
