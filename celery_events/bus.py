@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from ._inbox import Inbox
 from ._messages import TaskMessage, build_messages, encode_body
 from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore, ReplayError
-from .envelope import Event, check_ids, encode_data
+from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
@@ -274,19 +274,28 @@ class EventBus:
         require_subscribers: bool | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> PublishResult:
         """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
 
         All deliveries go to the broker in one round trip; on Redis every subscriber gets the
         event or none does. Inside a handler, the new event inherits the handled event's
-        correlation id and names it as its cause. With no subscriber, no delivery is sent and
-        that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
+        correlation id and names it as its cause (not its extensions). With no subscriber, no
+        delivery is sent and that is logged; ``require_subscribers=True`` raises
+        :class:`NoSubscribersError` instead.
+
+        ``extensions`` are CloudEvents extension attributes (``{"traceparent": "00-..."}``:
+        lowercase alphanumeric names, string, integer or boolean values) and ``subject`` and
+        ``dataschema`` the optional CloudEvents attributes; every handler sees them as
+        ``event.extensions``, ``event.subject`` and ``event.dataschema``.
 
         Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker refuses the event or does not take
+        string or extensions, a subject or a dataschema that break the CloudEvents rules, and :class:`PublishError` when the broker refuses the event or does not take
         it within ``publish_timeout``. In all these cases nothing was sent, except for a
         :class:`PublishError` whose message says that Redis was reached but its reply lost:
         the deliveries may then have been queued, and publishing the same event again
@@ -296,7 +305,9 @@ class EventBus:
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
         ['orders.welcome_order', 'notifications.greet']
         """
-        event, data_json = self._make_event(name, data, correlation_id, causation_id)
+        event, data_json = self._make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )
         return self._send(event, data_json, require_subscribers)
 
     def new_event(
@@ -306,6 +317,9 @@ class EventBus:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> Event:
         """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
 
@@ -315,7 +329,9 @@ class EventBus:
         >>> event = bus.new_event("order.created", {"order_id": 1})   # doctest: +SKIP
         >>> bus.publish_event(event)                                  # doctest: +SKIP
         """
-        return self._make_event(name, data, correlation_id, causation_id)[0]
+        return self._make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )[0]
 
     def _make_event(
         self,
@@ -323,6 +339,9 @@ class EventBus:
         data: dict[str, Any] | None,
         correlation_id: str | None,
         causation_id: str | None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> tuple[Event, str]:
         validate_name(name)
         # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
@@ -342,6 +361,11 @@ class EventBus:
             source=self.service,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            # Not inherited from a handled event: a trace context, a signature or a schema
+            # belongs to one event, and middleware makes the new event's own.
+            extensions=extensions,
+            subject=subject,
+            dataschema=dataschema,
         )
         return event, data_json
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.db import transaction
 from django.utils.module_loading import import_string
 
 from ...bus import EventBus, PublishResult
-from ...envelope import Event, encode_data
+from ...envelope import Event, ExtensionValue, encode_data
 from ...errors import ConfigurationError, NoSubscribersError, PublishError, RegistryError, describe
 from .conf import read_config
 
@@ -50,6 +51,9 @@ class DjangoEventBus(EventBus):
         require_subscribers: bool | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> PublishResult:
         """Publish ``name`` with ``data``, after the current transaction commits.
 
@@ -66,7 +70,13 @@ class DjangoEventBus(EventBus):
         """
         config = read_config()
         event = self.new_event(
-            name, data, correlation_id=correlation_id, causation_id=causation_id
+            name,
+            data,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            extensions=extensions,
+            subject=subject,
+            dataschema=dataschema,
         )
         must_have_subscribers = (
             self.settings.require_subscribers
