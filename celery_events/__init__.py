@@ -25,8 +25,8 @@ from .errors import (
     PublishError,
     RegistryError,
 )
-from .outcomes import Reject, Retry
 from .middleware import HandlerCall, Middleware, PublishCall
+from .outcomes import Reject, Retry
 from .registry import Registry, Subscription
 from .settings import Settings
 

@@ -23,7 +23,7 @@ from celery import Celery
 
 from ._delivery import current_event
 from ._messages import TaskMessage, build_messages, encode_body
-from .envelope import Event, check_ids, encode_data
+from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
     InvalidEnvelope,
     NoSubscribersError,
@@ -109,6 +109,9 @@ class Publisher:
         data: Mapping[str, Any] | None,
         correlation_id: str | None,
         causation_id: str | None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> tuple[Event, str]:
         """A new event from this service, validated, and its data's JSON."""
         validate_name(name)
@@ -128,6 +131,11 @@ class Publisher:
             source=self.host.service,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            # Not inherited from a handled event: a trace context, a signature or a schema
+            # belongs to one event, and middleware makes the new event's own.
+            extensions=extensions,
+            subject=subject,
+            dataschema=dataschema,
         )
         return event, data_json
 

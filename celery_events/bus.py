@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -31,7 +31,7 @@ from ._messages import TaskMessage
 from ._publish import Delivery, Publisher, PublishResult
 from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore, ReplayError
-from .envelope import Event
+from .envelope import Event, ExtensionValue
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
@@ -250,19 +250,28 @@ class EventBus:
         require_subscribers: bool | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> PublishResult:
         """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
 
         All deliveries go to the broker in one round trip; on Redis every subscriber gets the
         event or none does. Inside a handler, the new event inherits the handled event's
-        correlation id and names it as its cause. With no subscriber, no delivery is sent and
-        that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
+        correlation id and names it as its cause (not its extensions). With no subscriber, no
+        delivery is sent and that is logged; ``require_subscribers=True`` raises
+        :class:`NoSubscribersError` instead.
+
+        ``extensions`` are CloudEvents extension attributes (``{"traceparent": "00-..."}``:
+        lowercase alphanumeric names, string, integer or boolean values) and ``subject`` and
+        ``dataschema`` the optional CloudEvents attributes; every handler sees them as
+        ``event.extensions``, ``event.subject`` and ``event.dataschema``.
 
         Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker refuses the event or does not take
+        string or extensions, a subject or a dataschema that break the CloudEvents rules, and :class:`PublishError` when the broker refuses the event or does not take
         it within ``publish_timeout``. In all these cases nothing was sent, except for a
         :class:`PublishError` whose message says that Redis was reached but its reply lost:
         the deliveries may then have been queued, and publishing the same event again
@@ -273,7 +282,9 @@ class EventBus:
         ['orders.welcome_order', 'notifications.greet']
         """
         publisher = self._publisher
-        event, data_json = publisher.make_event(name, data, correlation_id, causation_id)
+        event, data_json = publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )
         return publisher.publish(event, data_json, require_subscribers)
 
     def new_event(
@@ -283,6 +294,9 @@ class EventBus:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> Event:
         """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
 
@@ -292,7 +306,9 @@ class EventBus:
         >>> event = bus.new_event("order.created", {"order_id": 1})   # doctest: +SKIP
         >>> bus.publish_event(event)                                  # doctest: +SKIP
         """
-        return self._publisher.make_event(name, data, correlation_id, causation_id)[0]
+        return self._publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )[0]
 
     def publish_event(
         self, event: Event, *, require_subscribers: bool | None = None

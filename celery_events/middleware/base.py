@@ -89,10 +89,16 @@ class PublishCall:
     def with_event(self, event: Event) -> PublishCall:
         """This call with ``event`` instead, such as one with more extension attributes.
 
-        Changed data is validated again, as ``publish`` validates it.
+        The new event is validated as ``publish_event`` validates one (its data again only if
+        it changed): a middleware cannot make the bus send what a subscriber would refuse.
 
-        >>> call = call.with_event(dataclasses.replace(call.event, extensions={...}))  # doctest: +SKIP
+        >>> call.with_event(call.event.with_extensions(tenant="acme"))  # doctest: +SKIP
         """
+        if event is self.event:
+            return self
+        if not isinstance(event, Event):
+            raise TypeError(f"PublishCall.with_event takes an Event, not {type(event).__name__}.")
+        event.validate()
         data_json = self.data_json
         if event.data is not self.event.data and self._encode is not None:
             data_json = self._encode(event)
@@ -139,9 +145,7 @@ class Middleware:
 
     >>> class Stamp(Middleware):
     ...     def publish(self, call, call_next):
-    ...         event = call.event
-    ...         stamped = dataclasses.replace(event, extensions={**event.extensions, "tenant": "acme"})
-    ...         return call_next(call.with_event(stamped))
+    ...         return call_next(call.with_event(call.event.with_extensions(tenant="acme")))
     ...     def handle(self, call, call_next):
     ...         log.info("handling %s (attempt %d)", call.event.id, call.attempt)
     ...         return call_next(call)

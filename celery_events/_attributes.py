@@ -1,0 +1,233 @@
+"""The CloudEvents 1.0 rules for context attributes, and the immutable mapping of extensions.
+
+An extension attribute's name is lowercase ASCII letters and digits (the spec recommends at
+most 20 characters; longer names are valid and accepted). In the JSON format its value is a
+JSON string, an integer or a boolean: the spec's String, URI, URI-reference, Timestamp and
+Binary (base64) types all travel as strings, Integer is a whole number from -2**31 to
+2**31 - 1, and there is no float, object, array or null (a JSON ``null`` means "not set").
+A string may not hold control characters (U+0000-U+001F, U+007F-U+009F), unpaired surrogates
+or Unicode noncharacters.
+
+The same rules hold for what is published and for what is received, so that every envelope a
+subscriber accepts can be sent again (a dead-letter replay, a relay) unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeAlias
+
+from .errors import InvalidEnvelope
+
+__all__ = [
+    "ExtensionValue",
+    "Extensions",
+    "NO_EXTENSIONS",
+    "RESERVED",
+    "MAX_EXTENSIONS_SIZE",
+    "MAX_ATTRIBUTE_LENGTH",
+    "check_extensions",
+    "check_text_attribute",
+]
+
+#: What an extension attribute may hold: a string, an integer or a boolean.
+ExtensionValue: TypeAlias = str | int | bool
+
+#: The CloudEvents 1.0 core attributes (and members of the JSON format) and this project's
+#: own attributes: none of them is an extension.
+RESERVED = frozenset(
+    {
+        "specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject",
+        "time", "data", "data_base64", "correlationid", "causationid",
+    }
+)
+
+#: The most the extensions of one event may take as JSON. Subscribers refuse a delivery whose
+#: body is larger than its data by more than 16 KiB (``_screening.ENVELOPE_ALLOWANCE``); this
+#: keeps the extensions well inside that room, next to the ids, ``subject`` and ``dataschema``.
+MAX_EXTENSIONS_SIZE = 8 * 1024
+#: The longest ``subject`` or ``dataschema``, in characters.
+MAX_ATTRIBUTE_LENGTH = 2048
+
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_NAME_RE = re.compile(r"[a-z0-9]+\Z")
+_SUGGEST_RE = re.compile(r"[^a-z0-9]")
+# Control characters, surrogates (json.loads makes lone ones from "\ud800") and the 66
+# noncharacters: U+FDD0..U+FDEF and the last two code points of every plane.
+_BAD_CHAR_RE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17))
+    + "]"
+)
+
+
+class Extensions(Mapping[str, ExtensionValue]):
+    """The extension attributes of an event: an immutable mapping of name to value.
+
+    It compares equal to a dict with the same items. Made by :class:`~celery_events.Event`
+    from whatever mapping it is given; the rules are checked by ``Event.validate`` (at publish)
+    and ``Event.from_envelope`` (on receipt), not here.
+
+    >>> ext = Extensions({"traceparent": "00-4bf9...-01", "priority": 2})
+    >>> ext["priority"], ext == {"priority": 2, "traceparent": "00-4bf9...-01"}
+    (2, True)
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, ExtensionValue] | None = None) -> None:
+        if items is None:
+            items = {}
+        elif not isinstance(items, Mapping):
+            raise InvalidEnvelope(
+                f"An event's extensions must be a mapping of attribute name to value, not"
+                f" {type(items).__name__} {_shown(items)}; pass a dict such as"
+                " {'traceparent': '00-...'}."
+            )
+        self._items: dict[str, ExtensionValue] = dict(items)
+
+    def __getitem__(self, name: str) -> ExtensionValue:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __reduce__(self) -> tuple[type[Extensions], tuple[dict[str, ExtensionValue]]]:
+        return (Extensions, (self._items,))
+
+    def as_dict(self) -> dict[str, ExtensionValue]:
+        """A new plain dict of the extensions (for JSON, or to change and pass on)."""
+        return dict(self._items)
+
+
+#: The extensions of an event that has none; shared, so an event without costs no copy.
+NO_EXTENSIONS = Extensions()
+
+
+def check_extensions(extensions: Mapping[Any, object], *, received: bool = False) -> None:
+    """Raise :class:`InvalidEnvelope` naming the first attribute that breaks a rule.
+
+    ``received`` words the message for an envelope read from the wire rather than an event
+    being published.
+    """
+    for name, value in extensions.items():
+        check_extension(name, value, received=received)
+    if extensions:
+        size = len(json.dumps(dict(extensions)))
+        if size > MAX_EXTENSIONS_SIZE:
+            whose = "The envelope's" if received else "The event's"
+            raise InvalidEnvelope(
+                f"{whose} extension attributes take {size} bytes of JSON, over the"
+                f" {MAX_EXTENSIONS_SIZE} bytes an event may carry beside its data. Send large"
+                " values (a certificate chain, a document) as data or by reference."
+            )
+
+
+def check_extension(name: object, value: object, *, received: bool = False) -> None:
+    """Raise :class:`InvalidEnvelope` unless ``name`` and ``value`` make a valid extension."""
+    whose = "The envelope's" if received else "The event's"
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        suggestion = _SUGGEST_RE.sub("", name.lower()) if isinstance(name, str) else ""
+        hint = f" such as {suggestion!r}" if suggestion and suggestion not in RESERVED else ""
+        raise InvalidEnvelope(
+            f"{whose} extension attribute name {_shown(name)} is not valid: CloudEvents"
+            f" attribute names are lowercase ASCII letters and digits only{hint}."
+        )
+    if name in RESERVED:
+        fix = {
+            "correlationid": " Pass correlation_id=... instead.",
+            "causationid": " Pass causation_id=... instead.",
+            "subject": " Pass subject=... instead.",
+            "dataschema": " Pass dataschema=... instead.",
+        }.get(name, "")
+        raise InvalidEnvelope(
+            f"{whose} extensions name {name!r}, which is a CloudEvents core attribute or one"
+            f" of this bus's own, not an extension.{fix}"
+        )
+    if value is None:
+        raise InvalidEnvelope(
+            f"{whose} extension attribute {name!r} is None; an extension that is not set is"
+            " left out."
+        )
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidEnvelope(
+                f"{whose} extension attribute {name!r} is {value}, outside the CloudEvents"
+                f" Integer range ({_INT_MIN} to {_INT_MAX}). Send it as a string."
+            )
+        return
+    if isinstance(value, str):
+        bad = _BAD_CHAR_RE.search(value)
+        if bad is not None:
+            raise InvalidEnvelope(
+                f"{whose} extension attribute {name!r} holds the character"
+                f" U+{ord(bad.group()):04X} at position {bad.start()}; CloudEvents strings may"
+                " not hold control characters, unpaired surrogates or noncharacters."
+                " Encode the value (base64, percent-encoding) first."
+            )
+        return
+    kind = "a float" if isinstance(value, float) else type(value).__name__
+    raise InvalidEnvelope(
+        f"{whose} extension attribute {name!r} is {kind} ({_shown(value)}); CloudEvents"
+        " extension values are strings, integers or booleans. Convert it to a string"
+        " (a timestamp with .isoformat(), bytes with base64)."
+    )
+
+
+def check_text_attribute(attribute: str, value: object, *, received: bool = False) -> None:
+    """Raise :class:`InvalidEnvelope` unless ``value`` fits ``subject`` or ``dataschema``.
+
+    Both are optional (None); when set, a non-empty string of allowed characters at most
+    :data:`MAX_ATTRIBUTE_LENGTH` long; ``dataschema`` is an absolute URI (it has a scheme).
+    """
+    if value is None:
+        return
+    whose = "The envelope's" if received else "The event's"
+    if not isinstance(value, str) or not value:
+        raise InvalidEnvelope(
+            f"{whose} {attribute} must be a non-empty string or None, not {_shown(value)}"
+            f" ({type(value).__name__})."
+        )
+    if len(value) > MAX_ATTRIBUTE_LENGTH:
+        raise InvalidEnvelope(
+            f"{whose} {attribute} is {len(value)} characters, over the"
+            f" {MAX_ATTRIBUTE_LENGTH} an event may carry."
+        )
+    bad = _BAD_CHAR_RE.search(value)
+    if bad is not None:
+        raise InvalidEnvelope(
+            f"{whose} {attribute} holds the character U+{ord(bad.group()):04X} at position"
+            f" {bad.start()}; CloudEvents strings may not hold control characters, unpaired"
+            " surrogates or noncharacters."
+        )
+    if attribute == "dataschema" and (
+        not _URI_RE.match(value) or any(c.isspace() for c in value)
+    ):
+        raise InvalidEnvelope(
+            f"{whose} dataschema {_shown(value)} is not an absolute URI; CloudEvents wants one"
+            " with a scheme, such as 'https://example.com/schemas/order-placed/1.json'."
+        )
+
+
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:.")
+
+
+def _shown(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
