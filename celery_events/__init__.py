@@ -23,6 +23,7 @@ from .errors import (
     NoSubscribersError,
     PoisonMessageError,
     PublishError,
+    PublishRefused,
     RegistryError,
 )
 from .middleware import HandlerCall, Middleware, PublishCall
@@ -60,6 +61,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PublishRefused",
     "RegistryError",
     "BrokerError",
     "PoisonMessageError",

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PublishRefused",
     "RegistryError",
     "BrokerError",
 ]
@@ -72,6 +73,11 @@ class PublishError(CeleryEventsError):
     No delivery was sent, unless the message says otherwise: when Redis was reached but its
     reply was lost, the deliveries may have been queued, and the message says so.
     """
+
+
+class PublishRefused(CeleryEventsError):
+    """A middleware refused to publish the event (a permission, a schema, a signing key);
+    nothing was sent. Middleware raise it, or a subclass, with a message saying why."""
 
 
 class PoisonMessageError(CeleryEventsError):
