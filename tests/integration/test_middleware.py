@@ -17,7 +17,6 @@ from celery_events.middleware import PublishNext
 
 from ..harness import Worker, wait_until
 
-
 WATCHED = "tests.services.watched"
 WATCH_KEY = "test:watch"  # where the service writes its records
 
