@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from celery import Celery
@@ -34,36 +33,12 @@ from .middleware.base import PUBLISH, REPLAY, Middleware, PublishCall
 from .middleware.chain import MiddlewareChain
 from .names import validate_name
 from .registry import Subscription
+from .results import Delivery, PublishResult
 from .settings import Settings
 
-__all__ = ["Delivery", "PublishResult", "Publisher"]
+__all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One event sent to one handler: one Celery task."""
-
-    service: str
-    #: The handler's Celery task name.
-    handler: str
-    queue: str
-    task_id: str
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What a publish sent: the event and one delivery per matching subscription.
-
-    ``deferred`` is true when the event was not sent yet but will be: the Django integration
-    sends it after the current database transaction commits, or writes it to the outbox. The
-    event (and its id) is final then, and ``deliveries`` is empty.
-    """
-
-    event: Event
-    deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
-    deferred: bool = False
 
 
 class _Registry(Protocol):

@@ -28,7 +28,7 @@ from ._delivery import (
 from ._fanout import Fanout, KombuFanout, RedisFanout
 from ._inbox import Inbox
 from ._messages import TaskMessage
-from ._publish import Delivery, Publisher, PublishResult
+from ._publish import Publisher
 from ._task_events import enable_task_events
 from .deadletters import DeadLetterStore, ReplayError
 from .envelope import Event, ExtensionValue
@@ -41,6 +41,7 @@ from .errors import (
 from .middleware import Middleware, MiddlewareChain
 from .names import validate_pattern
 from .registry import Registry, Subscription
+from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]

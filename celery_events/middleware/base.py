@@ -30,10 +30,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..envelope import Event
+from ..results import PublishResult
 
 if TYPE_CHECKING:
-    from .._publish import PublishResult
-    from ..bus import EventBus
     from ..deadletters import DeadLetter
     from ..registry import Subscription
 
@@ -136,7 +135,7 @@ class HandlerCall:
     atomic: bool = False
 
 
-PublishNext = Callable[[PublishCall], "PublishResult"]
+PublishNext = Callable[[PublishCall], PublishResult]
 HandleNext = Callable[[HandlerCall], Any]
 
 
@@ -180,8 +179,10 @@ class Middleware:
         """The delivery runs again after an earlier run died without finishing (a worker
         crash, a lost message sent again)."""
 
-    def on_worker_start(self, bus: EventBus) -> None:
-        """The worker of ``bus`` passed its start-up checks and is about to consume."""
+    # ``bus`` is the EventBus; typed Any so that this module does not import the bus, which
+    # imports it.
+    def on_worker_start(self, bus: Any) -> None:
+        """The worker of the EventBus ``bus`` is ready and consumes (its main process)."""
 
-    def on_worker_stop(self, bus: EventBus) -> None:
-        """The worker of ``bus`` is shutting down."""
+    def on_worker_stop(self, bus: Any) -> None:
+        """The worker of the EventBus ``bus`` is shutting down (its main process)."""

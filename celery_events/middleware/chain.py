@@ -14,11 +14,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..results import PublishResult
 from .base import HandleNext, HandlerCall, Middleware, PublishCall, PublishNext
 
 if TYPE_CHECKING:
-    from .._publish import PublishResult
-    from ..bus import EventBus
     from ..deadletters import DeadLetter
 
 __all__ = ["MiddlewareChain"]
@@ -130,10 +129,10 @@ class MiddlewareChain:
                     "celery-events: middleware notification %r raised", listener
                 )
 
-    def worker_started(self, bus: EventBus) -> None:
+    def worker_started(self, bus: Any) -> None:
         self.notify(self.on_worker_start, bus)
 
-    def worker_stopping(self, bus: EventBus) -> None:
+    def worker_stopping(self, bus: Any) -> None:
         self.notify(self.on_worker_stop, bus)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
