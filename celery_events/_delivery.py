@@ -180,8 +180,11 @@ def drop_steering(request: Any, task_name: str) -> None:
         )
 
 
-def call_handler(chain: MiddlewareChain, handler: Handler, call: HandlerCall) -> bool:
-    """Run ``handler`` on ``call.event`` inside the chain's handle scopes, as a worker does.
+def call_handler(
+    chain: MiddlewareChain, handler: Handler, event: Event, call: HandlerCall | None
+) -> bool:
+    """Run ``handler`` on ``event`` inside the chain's handle scopes, as a worker does
+    (``call`` describes the delivery; None when the chain has no scope that would see it).
 
     Returns False when a scope skipped the call as already handled (Django's database inbox
     for an ``atomic=True`` handler). An ``atomic=True`` handler needs a transactional
@@ -194,8 +197,8 @@ def call_handler(chain: MiddlewareChain, handler: Handler, call: HandlerCall) ->
             " runner (a transactional middleware); add 'celery_events.contrib.django' to"
             " INSTALLED_APPS."
         )
-    if chain.handle_scope is None:
-        handler.func(call.event)
+    if call is None or chain.handle_scope is None:
+        handler.func(event)
         return True
     func = handler.func
     outcome = chain.run_handle(call, lambda c: func(c.event))
@@ -299,24 +302,28 @@ class _Run:
             )
             raise error
 
-        attempt = claim.failures + max(claim.starts, 1)
-        call = self._handler_call(event, attempt)
-        if claim.starts > 1 and chain.on_redelivered:
-            chain.notify(chain.on_redelivered, call)
+        # Described only for a chain that looks at deliveries: none costs nothing here.
+        call = None
+        if chain.sees_deliveries:
+            call = self._handler_call(event, claim.failures + max(claim.starts, 1))
+            if claim.starts > 1 and chain.on_redelivered:
+                chain.notify(chain.on_redelivered, call)
         effects = inbox.client.pipeline(transaction=True)
         event_token = current_event.set(event)
         effects_token = current_effects.set(effects)
         try:
-            ran = call_handler(chain, handler, call)
+            ran = call_handler(chain, handler, event, call)
         except Exception as exc:
             current_effects.reset(effects_token)
             current_event.reset(event_token)
             effects.reset()
-            self._failed(exc, call, envelope, lease, claim.failures + 1, claim.first_failed_at)
+            self._failed(
+                exc, event, call, envelope, lease, claim.failures + 1, claim.first_failed_at
+            )
             raise
         current_effects.reset(effects_token)
         current_event.reset(event_token)
-        if not ran and chain.on_duplicate_skipped:
+        if not ran and call is not None and chain.on_duplicate_skipped:
             chain.notify(chain.on_duplicate_skipped, call)
         if not inbox.succeed(
             handler.task_name,
@@ -368,18 +375,18 @@ class _Run:
     def _failed(
         self,
         exc: Exception,
-        call: HandlerCall,
+        event: Event,
+        call: HandlerCall | None,
         envelope: object,
         lease: str,
         failures: int,
         first_failed_at: float | None,
     ) -> None:
         handler = self.handler
-        event = call.event
         reason, countdown = failure_outcome(handler.retry, exc, failures)
         if reason is None:
             chain = self.bus.middleware
-            if chain.on_retry:
+            if call is not None and chain.on_retry:
                 chain.notify(chain.on_retry, call, exc, countdown)
             self.bus.inbox.release(
                 handler.task_name,

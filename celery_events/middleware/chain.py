@@ -80,6 +80,14 @@ class MiddlewareChain:
         self.on_redelivered = tuple(
             m.on_redelivered for m in items if _overrides(m, "on_redelivered")
         )
+        #: Whether anything wraps or hears of single deliveries (else the worker does not
+        #: even describe them).
+        self.sees_deliveries = bool(
+            handlers
+            or self.on_retry
+            or self.on_duplicate_skipped
+            or self.on_redelivered
+        )
         self.on_worker_start = tuple(
             m.on_worker_start for m in items if _overrides(m, "on_worker_start")
         )

@@ -142,7 +142,7 @@ class HandlerRunner:
                     bus.service,
                     handler.atomic,
                 )
-                ran = call_handler(chain, handler, call)
+                ran = call_handler(chain, handler, event, call)
             except Exception as exc:
                 reason, countdown = failure_outcome(handler.retry, exc, attempts)
                 if reason is not None:
