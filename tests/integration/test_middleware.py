@@ -110,8 +110,8 @@ def test_a_retry_is_notified_and_the_next_attempt_is_wrapped_again(
     assert len({r["task_id"] for r in records if "task_id" in r}) == 1
 
 
-def test_a_dead_letter_is_notified(
-    worker: Worker, stamping: EventBus, redis_client: redis.Redis
+def test_a_dead_letter_is_notified_and_its_replay_goes_through_the_publish_scope(
+    worker: Worker, stamping: EventBus, redis_client: redis.Redis, redis_url: str
 ) -> None:
     result = stamping.publish("watch.unwanted", {"reject": True})
     [delivery] = result.deliveries
@@ -122,6 +122,28 @@ def test_a_dead_letter_is_notified(
     [letter] = wait_until(dead)
     assert letter["reason"] == "rejected"
     assert (letter["task_id"], letter["handler"]) == (delivery.task_id, "watched.look")
+
+    class Origins(Middleware):
+        def __init__(self) -> None:
+            self.calls: list[PublishCall] = []
+
+        def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+            self.calls.append(call)
+            return call_next(call)
+
+    origins = Origins()
+    ops = EventBus(Celery("watched-ops", broker=redis_url), service="watched", middleware=[origins])
+    try:
+        [replayed] = ops.dead_letters.replay(delivery.task_id)
+    finally:
+        ops.close()
+    [call] = origins.calls
+    assert (call.origin, call.event.id) == ("replay", result.event.id)
+    assert call.event.extensions == {"tenant": "acme"}  # kept in the dead letter
+    assert [(t.handler, t.queue) for t in call.targets or ()] == [("watched.look", delivery.queue)]
+    # The replay is a fresh delivery: rejected again, it is a second dead letter.
+    first, second = wait_until(lambda: len(dead()) == 2 and dead())
+    assert second["task_id"] != first["task_id"] == delivery.task_id
 
 
 def test_a_duplicate_delivery_is_notified_as_skipped(

@@ -9,6 +9,7 @@ from django.utils.module_loading import import_string
 
 from ...bus import EventBus
 from ...errors import ConfigurationError, describe
+from .checks import load_middleware
 from .conf import read_config
 from .middleware import DjangoTransactions
 
@@ -21,7 +22,8 @@ _lock = threading.Lock()
 def get_bus() -> EventBus:
     """Return the project's bus, making it on first call from ``settings.CELERY_EVENTS``.
 
-    Its chain ends with :class:`~celery_events.contrib.django.middleware.DjangoTransactions`:
+    ``CELERY_EVENTS["middleware"]`` lists the user's middleware by import path. The chain
+    ends with :class:`~celery_events.contrib.django.middleware.DjangoTransactions`:
     ``publish()`` inside ``transaction.atomic()`` sends after the commit (or writes the
     outbox), and ``atomic=True`` handlers run in a transaction with the database inbox.
 
@@ -49,10 +51,17 @@ def get_bus() -> EventBus:
                     f"CELERY_EVENTS['app'] is {config.app!r}, which is a"
                     f" {type(app).__name__}, not a Celery app."
                 )
+            middleware = []
+            for path in config.middleware:
+                try:
+                    middleware.append(load_middleware(path))
+                except ValueError as exc:
+                    raise ConfigurationError(str(exc)) from exc
             _bus = EventBus(
                 app,
                 config.service,
-                middleware=[DjangoTransactions()],
+                # The user's first: they see an event before it is deferred or stored.
+                middleware=[*middleware, DjangoTransactions()],
                 **dict(config.bus_settings),
             )
             from . import outbox
