@@ -45,7 +45,6 @@ current_effects: ContextVar[redis.client.Pipeline | None] = ContextVar(
 
 HandlerFunc = Callable[[Event], Any]
 
-
 # How much longer than the handler's time limit a lease lives, and a retry may take to show up.
 LEASE_MARGIN = 30.0
 

@@ -14,7 +14,9 @@ what was overridden.
 - :meth:`Middleware.handle` wraps one delivery's handler call in the worker (after the inbox
   let it run, before its outcome is recorded): an app context, a database transaction, a
   signature check, a span. It returns what ``call_next`` returns, or :data:`SKIPPED` when the
-  handler must not run because the delivery was already handled.
+  handler must not run because the delivery was already handled. A scope that raises fails
+  the delivery as its handler would: :class:`~celery_events.Reject` dead-letters it at once,
+  other exceptions are retried by the handler's policy.
 - ``on_*`` methods are notifications: the worker tells them what happened and goes on.
 
 The first middleware of the list is the outermost: its ``publish`` runs first and calls the
