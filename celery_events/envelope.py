@@ -125,17 +125,22 @@ class Event:
         check_ids(id=id, correlation_id=correlation_id, causation_id=causation_id)
         event_id = id or str(uuid.uuid4())
         event = cls(
-            id=event_id,
-            name=name,
-            data=data,
-            source=source,
-            time=datetime.now(timezone.utc) if time is None else time,
-            correlation_id=correlation_id or event_id,
-            causation_id=causation_id or None,
-            extensions=NO_EXTENSIONS if extensions is None else Extensions(extensions),
-            subject=subject,
-            dataschema=dataschema,
+            event_id,
+            name,
+            data,
+            source,
+            datetime.now(timezone.utc) if time is None else time,
+            correlation_id or event_id,
+            causation_id or None,
         )
+        if extensions is not None or subject is not None or dataschema is not None:
+            # Most events have none of these: they keep the defaults, with no copy.
+            event = replace(
+                event,
+                extensions=NO_EXTENSIONS if extensions is None else Extensions(extensions),
+                subject=subject,
+                dataschema=dataschema,
+            )
         event.validate()
         return event
 
@@ -207,7 +212,7 @@ class Event:
         if self.subject is not None or self.dataschema is not None:
             check_text_attribute("subject", self.subject)
             check_text_attribute("dataschema", self.dataschema)
-        if self.extensions:
+        if self.extensions is not NO_EXTENSIONS:
             check_extensions(self.extensions)
 
     def to_envelope(self) -> dict[str, Any]:
@@ -230,7 +235,7 @@ class Event:
             envelope["subject"] = self.subject
         if self.dataschema is not None:
             envelope["dataschema"] = self.dataschema
-        if self.extensions:
+        if self.extensions is not NO_EXTENSIONS:
             envelope.update(self.extensions)
         envelope["data"] = self.data
         return envelope
@@ -284,34 +289,37 @@ class Event:
             causation_id is None or isinstance(causation_id, str)
         ):
             raise InvalidEnvelope("The envelope's correlationid and causationid must be strings.")
-        subject = dataschema = None
-        extensions: Mapping[str, ExtensionValue] = NO_EXTENSIONS
         # What this bus writes for most events is the six required members and these three,
         # nothing else: no extension to look for, nothing to copy.
-        if not (
+        if (
             len(envelope) == 9
             and envelope.get("datacontenttype") == DATACONTENTTYPE
             and "correlationid" in envelope
             and "causationid" in envelope
         ):
-            subject = envelope.get("subject")
-            dataschema = envelope.get("dataschema")
-            check_text_attribute("subject", subject, received=True)
-            check_text_attribute("dataschema", dataschema, received=True)
-            _check_content_type(envelope.get("datacontenttype"))
-            if "data_base64" in envelope:
-                raise InvalidEnvelope(
-                    "The envelope has both data and data_base64; an event's data is a JSON"
-                    " object in data alone."
-                )
-            found = {
-                key: value
-                for key, value in envelope.items()
-                if key not in _NOT_EXTENSIONS and value is not None
-            }
-            if found:
-                check_extensions(found, received=True)
-                extensions = Extensions(found)
+            return cls(
+                envelope["id"], name, envelope["data"], envelope["source"], time,
+                correlation_id, causation_id,
+            )
+        extensions: Mapping[str, ExtensionValue] = NO_EXTENSIONS
+        subject = envelope.get("subject")
+        dataschema = envelope.get("dataschema")
+        check_text_attribute("subject", subject, received=True)
+        check_text_attribute("dataschema", dataschema, received=True)
+        _check_content_type(envelope.get("datacontenttype"))
+        if "data_base64" in envelope:
+            raise InvalidEnvelope(
+                "The envelope has both data and data_base64; an event's data is a JSON"
+                " object in data alone."
+            )
+        found = {
+            key: value
+            for key, value in envelope.items()
+            if key not in _NOT_EXTENSIONS and value is not None
+        }
+        if found:
+            check_extensions(found, received=True)
+            extensions = Extensions(found)
         return cls(
             id=envelope["id"],
             name=name,
