@@ -349,12 +349,12 @@ def _parse_rfc3339(text: str) -> datetime:
     if match is None:
         raise InvalidEnvelope(f"The envelope's time {text!r} is not an RFC 3339 timestamp.")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    if zulu:
-        zone = timezone.utc
-    else:
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        zone = timezone(-offset if sign == "-" else offset)
     try:
+        if zulu:
+            zone = timezone.utc
+        else:
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            zone = timezone(-offset if sign == "-" else offset)  # raises past 24 hours
         return datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int((fraction or "0")[:6].ljust(6, "0")), tzinfo=zone,
