@@ -26,9 +26,9 @@ __all__ = [
     "Extensions",
     "NO_EXTENSIONS",
     "RESERVED",
-    "MAX_EXTENSIONS_SIZE",
-    "MAX_ATTRIBUTE_LENGTH",
-    "check_extensions",
+    "MAX_ATTRIBUTES_SIZE",
+    "check_attributes",
+    "check_extension",
     "check_text_attribute",
 ]
 
@@ -44,12 +44,11 @@ RESERVED = frozenset(
     }
 )
 
-#: The most the extensions of one event may take as JSON. Subscribers refuse a delivery whose
-#: body is larger than its data by more than 16 KiB (``_screening.ENVELOPE_ALLOWANCE``); this
-#: keeps the extensions well inside that room, next to the ids, ``subject`` and ``dataschema``.
-MAX_EXTENSIONS_SIZE = 8 * 1024
-#: The longest ``subject`` or ``dataschema``, in characters.
-MAX_ATTRIBUTE_LENGTH = 2048
+#: The most the extensions, ``subject`` and ``dataschema`` of one event may take together, as
+#: the JSON on the wire (where a non-ASCII character takes 6 or 12 bytes). Subscribers refuse
+#: a delivery whose body is larger than its data by more than 16 KiB
+#: (``_screening.ENVELOPE_ALLOWANCE``); this keeps them well inside that room, next to the ids.
+MAX_ATTRIBUTES_SIZE = 8 * 1024
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _NAME_RE = re.compile(r"[a-z0-9]+\Z")
@@ -118,22 +117,37 @@ class Extensions(Mapping[str, ExtensionValue]):
 NO_EXTENSIONS = Extensions()
 
 
-def check_extensions(extensions: Mapping[Any, object], *, received: bool = False) -> None:
-    """Raise :class:`InvalidEnvelope` naming the first attribute that breaks a rule.
+def check_attributes(
+    extensions: Mapping[Any, object],
+    subject: object = None,
+    dataschema: object = None,
+    *,
+    received: bool = False,
+) -> None:
+    """Raise :class:`InvalidEnvelope` naming the first of an event's optional attributes that
+    breaks a rule: ``subject``, ``dataschema``, each extension, then their size together.
 
     ``received`` words the message for an envelope read from the wire rather than an event
     being published.
     """
+    check_text_attribute("subject", subject, received=received)
+    check_text_attribute("dataschema", dataschema, received=received)
     for name, value in extensions.items():
         check_extension(name, value, received=received)
-    if extensions:
-        size = len(json.dumps(dict(extensions)))
-        if size > MAX_EXTENSIONS_SIZE:
+    optional = dict(extensions)
+    if subject is not None:
+        optional["subject"] = subject
+    if dataschema is not None:
+        optional["dataschema"] = dataschema
+    if optional:
+        size = len(json.dumps(optional))
+        if size > MAX_ATTRIBUTES_SIZE:
             whose = "The envelope's" if received else "The event's"
             raise InvalidEnvelope(
-                f"{whose} extension attributes take {size} bytes of JSON, over the"
-                f" {MAX_EXTENSIONS_SIZE} bytes an event may carry beside its data. Send large"
-                " values (a certificate chain, a document) as data or by reference."
+                f"{whose} extension attributes, subject and dataschema take {size} bytes of"
+                f" JSON, over the {MAX_ATTRIBUTES_SIZE} bytes an event may carry beside its"
+                " data. Send large values (a certificate chain, a document) as data or by"
+                " reference."
             )
 
 
@@ -193,8 +207,8 @@ def check_extension(name: object, value: object, *, received: bool = False) -> N
 def check_text_attribute(attribute: str, value: object, *, received: bool = False) -> None:
     """Raise :class:`InvalidEnvelope` unless ``value`` fits ``subject`` or ``dataschema``.
 
-    Both are optional (None); when set, a non-empty string of allowed characters at most
-    :data:`MAX_ATTRIBUTE_LENGTH` long; ``dataschema`` is an absolute URI (it has a scheme).
+    Both are optional (None); when set, a non-empty string of allowed characters;
+    ``dataschema`` is an absolute URI (it has a scheme).
     """
     if value is None:
         return
@@ -203,11 +217,6 @@ def check_text_attribute(attribute: str, value: object, *, received: bool = Fals
         raise InvalidEnvelope(
             f"{whose} {attribute} must be a non-empty string or None, not {_shown(value)}"
             f" ({type(value).__name__})."
-        )
-    if len(value) > MAX_ATTRIBUTE_LENGTH:
-        raise InvalidEnvelope(
-            f"{whose} {attribute} is {len(value)} characters, over the"
-            f" {MAX_ATTRIBUTE_LENGTH} an event may carry."
         )
     bad = _BAD_CHAR_RE.search(value)
     if bad is not None:

@@ -30,8 +30,7 @@ from ._attributes import (
     NO_EXTENSIONS,
     Extensions,
     ExtensionValue,
-    check_extensions,
-    check_text_attribute,
+    check_attributes,
 )
 from ._plainjson import DEFAULT_MAX_DEPTH, Problem, find_problem
 from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName, describe
@@ -167,7 +166,7 @@ class Event:
                     merged.pop(name, None)
                 else:
                     merged[name] = value
-        check_extensions(merged)
+        check_attributes(merged, self.subject, self.dataschema)
         return replace(self, extensions=Extensions(merged) if merged else NO_EXTENSIONS)
 
     def validate(self) -> None:
@@ -178,7 +177,7 @@ class Event:
         timezone-aware datetime, ``specversion`` ``"1.0"``, ``subject`` a non-empty string or
         None, ``dataschema`` an absolute URI or None, and every extension attribute a
         lowercase alphanumeric name that is not a core attribute, with a string, an integer
-        (32 bits) or a boolean value, all of them within 8 KiB of JSON (else
+        (32 bits) or a boolean value, all of these within 8 KiB of JSON (else
         :class:`InvalidEnvelope`, naming the attribute and the rule). The data is checked when
         the event is published (:func:`encode_data`).
 
@@ -209,11 +208,12 @@ class Event:
                 f"The event's specversion is {self.specversion!r}; subscribers read only"
                 f" {SPECVERSION!r}. Leave it out."
             )
-        if self.subject is not None or self.dataschema is not None:
-            check_text_attribute("subject", self.subject)
-            check_text_attribute("dataschema", self.dataschema)
-        if self.extensions is not NO_EXTENSIONS:
-            check_extensions(self.extensions)
+        if (
+            self.extensions is not NO_EXTENSIONS
+            or self.subject is not None
+            or self.dataschema is not None
+        ):
+            check_attributes(self.extensions, self.subject, self.dataschema)
 
     def to_envelope(self) -> dict[str, Any]:
         """Return the CloudEvents 1.0 envelope of this event as a JSON-ready dict.
@@ -301,25 +301,21 @@ class Event:
                 envelope["id"], name, envelope["data"], envelope["source"], time,
                 correlation_id, causation_id,
             )
-        extensions: Mapping[str, ExtensionValue] = NO_EXTENSIONS
-        subject = envelope.get("subject")
-        dataschema = envelope.get("dataschema")
-        check_text_attribute("subject", subject, received=True)
-        check_text_attribute("dataschema", dataschema, received=True)
         _check_content_type(envelope.get("datacontenttype"))
         if "data_base64" in envelope:
             raise InvalidEnvelope(
                 "The envelope has both data and data_base64; an event's data is a JSON"
                 " object in data alone."
             )
+        subject = envelope.get("subject")
+        dataschema = envelope.get("dataschema")
         found = {
             key: value
             for key, value in envelope.items()
             if key not in _NOT_EXTENSIONS and value is not None
         }
-        if found:
-            check_extensions(found, received=True)
-            extensions = Extensions(found)
+        check_attributes(found, subject, dataschema, received=True)
+        extensions: Mapping[str, ExtensionValue] = Extensions(found) if found else NO_EXTENSIONS
         return cls(
             id=envelope["id"],
             name=name,
