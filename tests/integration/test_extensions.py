@@ -220,3 +220,22 @@ def test_a_delivery_with_extensions_is_byte_for_byte_what_send_task_sends(
     ours = redis_client.lpop(QUEUE)
     send_task_like(publisher.app, ours, result.event.to_envelope())
     assert_same_message(ours, redis_client.lpop(QUEUE))
+
+
+def test_the_largest_event_publish_allows_passes_the_subscribers_screen(
+    start_worker, publisher: EventBus, redis_client: redis.Redis
+) -> None:
+    # Given data of max_event_size and extensions, subject and schema filling their budget,
+    # in characters that take 6 bytes each on the wire
+    from celery_events._attributes import MAX_ATTRIBUTES_SIZE
+
+    start_worker(EXTENDED)
+    limit = publisher.settings.max_event_size
+    data = {"blob": "x" * (limit - len('{"blob": ""}'))}
+    extensions = {f"sig{i}": "é" * 100 for i in range(12)}
+    subject = "☃" * ((MAX_ATTRIBUTES_SIZE - len(json.dumps(extensions)) - 20) // 6 - 60)
+    result = publisher.publish("ext.placed", data, extensions=extensions, subject=subject)
+    # Then the handler gets it
+    effect = handled_once(redis_client, result)
+    assert effect["extensions"] == extensions and effect["subject"] == subject
+    assert len(effect["data"]["blob"]) == len(data["blob"])
