@@ -123,22 +123,19 @@ class Event:
         validate_name(name)
         check_ids(id=id, correlation_id=correlation_id, causation_id=causation_id)
         event_id = id or str(uuid.uuid4())
-        event = cls(
-            event_id,
-            name,
-            data,
-            source,
-            datetime.now(timezone.utc) if time is None else time,
-            correlation_id or event_id,
-            causation_id or None,
-        )
-        if extensions is not None or subject is not None or dataschema is not None:
-            # Most events have none of these: they keep the defaults, with no copy.
-            event = replace(
-                event,
-                extensions=NO_EXTENSIONS if extensions is None else Extensions(extensions),
-                subject=subject,
-                dataschema=dataschema,
+        when = datetime.now(timezone.utc) if time is None else time
+        if extensions is None and subject is None and dataschema is None:
+            # Most events: the defaults, shared, with no copy.
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None,
+            )
+        else:
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None, SPECVERSION,
+                NO_EXTENSIONS if extensions is None else Extensions(extensions),
+                subject, dataschema,
             )
         event.validate()
         return event
@@ -317,21 +314,15 @@ class Event:
         check_attributes(found, subject, dataschema, received=True)
         extensions: Mapping[str, ExtensionValue] = Extensions(found) if found else NO_EXTENSIONS
         return cls(
-            id=envelope["id"],
-            name=name,
-            data=envelope["data"],
-            source=envelope["source"],
-            time=time,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            extensions=extensions,
-            subject=subject,
-            dataschema=dataschema,
+            envelope["id"], name, envelope["data"], envelope["source"], time, correlation_id,
+            causation_id, SPECVERSION, extensions, subject, dataschema,
         )
 
 
 def _check_content_type(value: object) -> None:
-    if value is not None and not (isinstance(value, str) and _JSON_MEDIA_TYPE_RE.match(value)):
+    if value is None or value == DATACONTENTTYPE:
+        return
+    if not (isinstance(value, str) and _JSON_MEDIA_TYPE_RE.match(value)):
         raise InvalidEnvelope(
             f"The envelope's datacontenttype is {value!r}; an event's data is a JSON object,"
             " so it must be a JSON media type (application/json) or absent."

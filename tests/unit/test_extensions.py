@@ -160,6 +160,10 @@ def test_every_reserved_name_is_refused_as_an_extension() -> None:
         ("\x7f", "U\\+007F"),
         ("\ud800", "U\\+D800.*surrogates"),
         ("\ufffe", "U\\+FFFE.*noncharacters"),
+        ("ok é \U0001fffe", "U\\+1FFFE at position 5"),
+        ("😀\U0010ffff", "U\\+10FFFF at position 1"),
+        ("é\x85", "U\\+0085 at position 1"),
+        ("tab\there", "U\\+0009"),
     ],
 )
 def test_an_invalid_extension_value_is_refused_at_publish_naming_it_and_the_rule(
