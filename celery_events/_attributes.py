@@ -26,9 +26,9 @@ __all__ = [
     "Extensions",
     "NO_EXTENSIONS",
     "RESERVED",
-    "MAX_EXTENSIONS_SIZE",
-    "MAX_ATTRIBUTE_LENGTH",
-    "check_extensions",
+    "MAX_ATTRIBUTES_SIZE",
+    "check_attributes",
+    "check_extension",
     "check_text_attribute",
 ]
 
@@ -44,23 +44,19 @@ RESERVED = frozenset(
     }
 )
 
-#: The most the extensions of one event may take as JSON. Subscribers refuse a delivery whose
-#: body is larger than its data by more than 16 KiB (``_screening.ENVELOPE_ALLOWANCE``); this
-#: keeps the extensions well inside that room, next to the ids, ``subject`` and ``dataschema``.
-MAX_EXTENSIONS_SIZE = 8 * 1024
-#: The longest ``subject`` or ``dataschema``, in characters.
-MAX_ATTRIBUTE_LENGTH = 2048
+#: The most the extensions, ``subject`` and ``dataschema`` of one event may take together, as
+#: the JSON on the wire (where a non-ASCII character takes 6 or 12 bytes). Subscribers refuse
+#: a delivery whose body is larger than its data by more than 16 KiB
+#: (``_screening.ENVELOPE_ALLOWANCE``); this keeps them well inside that room, next to the ids.
+MAX_ATTRIBUTES_SIZE = 8 * 1024
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _NAME_RE = re.compile(r"[a-z0-9]+\Z")
 _SUGGEST_RE = re.compile(r"[^a-z0-9]")
-# Control characters, surrogates (json.loads makes lone ones from "\ud800") and the 66
-# noncharacters: U+FDD0..U+FDEF and the last two code points of every plane.
-_BAD_CHAR_RE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
-    + "".join(f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17))
-    + "]"
-)
+# Control characters, surrogates (json.loads makes lone ones from "\ud800") and the
+# noncharacters of the first plane; those of the other planes (U+1FFFE, U+1FFFF, ...) are
+# looked for apart, as a character class holding them makes every search ten times slower.
+_BAD_BMP_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
 
 
 class Extensions(Mapping[str, ExtensionValue]):
@@ -80,7 +76,7 @@ class Extensions(Mapping[str, ExtensionValue]):
     def __init__(self, items: Mapping[str, ExtensionValue] | None = None) -> None:
         if items is None:
             items = {}
-        elif not isinstance(items, Mapping):
+        elif type(items) is not dict and not isinstance(items, Mapping):
             raise InvalidEnvelope(
                 f"An event's extensions must be a mapping of attribute name to value, not"
                 f" {type(items).__name__} {_shown(items)}; pass a dict such as"
@@ -118,22 +114,42 @@ class Extensions(Mapping[str, ExtensionValue]):
 NO_EXTENSIONS = Extensions()
 
 
-def check_extensions(extensions: Mapping[Any, object], *, received: bool = False) -> None:
-    """Raise :class:`InvalidEnvelope` naming the first attribute that breaks a rule.
+def check_attributes(
+    extensions: Mapping[Any, object],
+    subject: object = None,
+    dataschema: object = None,
+    *,
+    received: bool = False,
+) -> None:
+    """Raise :class:`InvalidEnvelope` naming the first of an event's optional attributes that
+    breaks a rule: ``subject``, ``dataschema``, each extension, then their size together.
 
     ``received`` words the message for an envelope read from the wire rather than an event
     being published.
     """
+    check_text_attribute("subject", subject, received=received)
+    check_text_attribute("dataschema", dataschema, received=received)
     for name, value in extensions.items():
         check_extension(name, value, received=received)
-    if extensions:
-        size = len(json.dumps(dict(extensions)))
-        if size > MAX_EXTENSIONS_SIZE:
+    optional = dict(extensions)
+    if subject is not None:
+        optional["subject"] = subject
+    if dataschema is not None:
+        optional["dataschema"] = dataschema
+    # Encoded only when it might not fit: no character takes more than 12 bytes of JSON
+    # (an escaped surrogate pair), no integer more than 11.
+    if optional and sum(
+        len(name) + 8 + (12 * len(value) if isinstance(value, str) else 11)
+        for name, value in optional.items()
+    ) > MAX_ATTRIBUTES_SIZE:
+        size = len(json.dumps(optional))
+        if size > MAX_ATTRIBUTES_SIZE:
             whose = "The envelope's" if received else "The event's"
             raise InvalidEnvelope(
-                f"{whose} extension attributes take {size} bytes of JSON, over the"
-                f" {MAX_EXTENSIONS_SIZE} bytes an event may carry beside its data. Send large"
-                " values (a certificate chain, a document) as data or by reference."
+                f"{whose} extension attributes, subject and dataschema take {size} bytes of"
+                f" JSON, over the {MAX_ATTRIBUTES_SIZE} bytes an event may carry beside its"
+                " data. Send large values (a certificate chain, a document) as data or by"
+                " reference."
             )
 
 
@@ -173,11 +189,11 @@ def check_extension(name: object, value: object, *, received: bool = False) -> N
             )
         return
     if isinstance(value, str):
-        bad = _BAD_CHAR_RE.search(value)
+        bad = _bad_char(value)
         if bad is not None:
             raise InvalidEnvelope(
                 f"{whose} extension attribute {name!r} holds the character"
-                f" U+{ord(bad.group()):04X} at position {bad.start()}; CloudEvents strings may"
+                f" U+{ord(value[bad]):04X} at position {bad}; CloudEvents strings may"
                 " not hold control characters, unpaired surrogates or noncharacters."
                 " Encode the value (base64, percent-encoding) first."
             )
@@ -193,8 +209,8 @@ def check_extension(name: object, value: object, *, received: bool = False) -> N
 def check_text_attribute(attribute: str, value: object, *, received: bool = False) -> None:
     """Raise :class:`InvalidEnvelope` unless ``value`` fits ``subject`` or ``dataschema``.
 
-    Both are optional (None); when set, a non-empty string of allowed characters at most
-    :data:`MAX_ATTRIBUTE_LENGTH` long; ``dataschema`` is an absolute URI (it has a scheme).
+    Both are optional (None); when set, a non-empty string of allowed characters;
+    ``dataschema`` is an absolute URI (it has a scheme).
     """
     if value is None:
         return
@@ -204,16 +220,11 @@ def check_text_attribute(attribute: str, value: object, *, received: bool = Fals
             f"{whose} {attribute} must be a non-empty string or None, not {_shown(value)}"
             f" ({type(value).__name__})."
         )
-    if len(value) > MAX_ATTRIBUTE_LENGTH:
-        raise InvalidEnvelope(
-            f"{whose} {attribute} is {len(value)} characters, over the"
-            f" {MAX_ATTRIBUTE_LENGTH} an event may carry."
-        )
-    bad = _BAD_CHAR_RE.search(value)
+    bad = _bad_char(value)
     if bad is not None:
         raise InvalidEnvelope(
-            f"{whose} {attribute} holds the character U+{ord(bad.group()):04X} at position"
-            f" {bad.start()}; CloudEvents strings may not hold control characters, unpaired"
+            f"{whose} {attribute} holds the character U+{ord(value[bad]):04X} at position"
+            f" {bad}; CloudEvents strings may not hold control characters, unpaired"
             " surrogates or noncharacters."
         )
     if attribute == "dataschema" and (
@@ -226,6 +237,20 @@ def check_text_attribute(attribute: str, value: object, *, received: bool = Fals
 
 
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:.")
+
+
+def _bad_char(text: str) -> int | None:
+    """The position of the first character a CloudEvents string may not hold, or None."""
+    if text.isascii() and text.isprintable():
+        return None  # most values (ids, trace contexts, base64): one C call each
+    found = _BAD_BMP_RE.search(text)
+    if found is not None:
+        return found.start()
+    if text and max(text) > "\uffff":
+        for position, char in enumerate(text):
+            if ord(char) > 0xFFFF and ord(char) & 0xFFFE == 0xFFFE:
+                return position
+    return None
 
 
 def _shown(value: object, width: int = 60) -> str:

@@ -30,8 +30,7 @@ from ._attributes import (
     NO_EXTENSIONS,
     Extensions,
     ExtensionValue,
-    check_extensions,
-    check_text_attribute,
+    check_attributes,
 )
 from ._plainjson import DEFAULT_MAX_DEPTH, Problem, find_problem
 from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName, describe
@@ -124,18 +123,20 @@ class Event:
         validate_name(name)
         check_ids(id=id, correlation_id=correlation_id, causation_id=causation_id)
         event_id = id or str(uuid.uuid4())
-        event = cls(
-            id=event_id,
-            name=name,
-            data=data,
-            source=source,
-            time=datetime.now(timezone.utc) if time is None else time,
-            correlation_id=correlation_id or event_id,
-            causation_id=causation_id or None,
-            extensions=NO_EXTENSIONS if extensions is None else Extensions(extensions),
-            subject=subject,
-            dataschema=dataschema,
-        )
+        when = datetime.now(timezone.utc) if time is None else time
+        if extensions is None and subject is None and dataschema is None:
+            # Most events: the defaults, shared, with no copy.
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None,
+            )
+        else:
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None, SPECVERSION,
+                NO_EXTENSIONS if extensions is None else Extensions(extensions),
+                subject, dataschema,
+            )
         event.validate()
         return event
 
@@ -162,7 +163,7 @@ class Event:
                     merged.pop(name, None)
                 else:
                     merged[name] = value
-        check_extensions(merged)
+        check_attributes(merged, self.subject, self.dataschema)
         return replace(self, extensions=Extensions(merged) if merged else NO_EXTENSIONS)
 
     def validate(self) -> None:
@@ -173,7 +174,7 @@ class Event:
         timezone-aware datetime, ``specversion`` ``"1.0"``, ``subject`` a non-empty string or
         None, ``dataschema`` an absolute URI or None, and every extension attribute a
         lowercase alphanumeric name that is not a core attribute, with a string, an integer
-        (32 bits) or a boolean value, all of them within 8 KiB of JSON (else
+        (32 bits) or a boolean value, all of these within 8 KiB of JSON (else
         :class:`InvalidEnvelope`, naming the attribute and the rule). The data is checked when
         the event is published (:func:`encode_data`).
 
@@ -204,11 +205,12 @@ class Event:
                 f"The event's specversion is {self.specversion!r}; subscribers read only"
                 f" {SPECVERSION!r}. Leave it out."
             )
-        if self.subject is not None or self.dataschema is not None:
-            check_text_attribute("subject", self.subject)
-            check_text_attribute("dataschema", self.dataschema)
-        if self.extensions:
-            check_extensions(self.extensions)
+        if (
+            self.extensions is not NO_EXTENSIONS
+            or self.subject is not None
+            or self.dataschema is not None
+        ):
+            check_attributes(self.extensions, self.subject, self.dataschema)
 
     def to_envelope(self) -> dict[str, Any]:
         """Return the CloudEvents 1.0 envelope of this event as a JSON-ready dict.
@@ -230,7 +232,7 @@ class Event:
             envelope["subject"] = self.subject
         if self.dataschema is not None:
             envelope["dataschema"] = self.dataschema
-        if self.extensions:
+        if self.extensions is not NO_EXTENSIONS:
             envelope.update(self.extensions)
         envelope["data"] = self.data
         return envelope
@@ -268,81 +270,63 @@ class Event:
             raise InvalidEnvelope(f"The envelope's type is invalid: {exc}") from exc
         if not isinstance(envelope["data"], dict):
             raise InvalidEnvelope("The envelope's data must be a JSON object.")
-        time = _read_time(envelope["time"])
+        try:
+            # What this bus and the CloudEvents SDKs write: ISO 8601 with 'Z' or an offset.
+            time = datetime.fromisoformat(envelope["time"].replace("Z", "+00:00"))
+        except ValueError:
+            time = _parse_rfc3339(envelope["time"])
+        if time.utcoffset() is None:
+            raise InvalidEnvelope(
+                f"The envelope's time {envelope['time']!r} has no UTC offset; an RFC 3339"
+                " timestamp ends in 'Z' or '+hh:mm'."
+            )
         correlation_id = envelope.get("correlationid") or envelope["id"]
         causation_id = envelope.get("causationid")
         if not isinstance(correlation_id, str) or not (
             causation_id is None or isinstance(causation_id, str)
         ):
             raise InvalidEnvelope("The envelope's correlationid and causationid must be strings.")
-        subject = dataschema = None
-        extensions: Mapping[str, ExtensionValue] = NO_EXTENSIONS
-        # What this bus writes has none of the optional members: one subset test, no copy.
-        if not envelope.keys() <= _OWN_MEMBERS:
-            subject = envelope.get("subject")
-            dataschema = envelope.get("dataschema")
-            check_text_attribute("subject", subject, received=True)
-            check_text_attribute("dataschema", dataschema, received=True)
-            _check_content_type(envelope.get("datacontenttype"))
-            if "data_base64" in envelope:
-                raise InvalidEnvelope(
-                    "The envelope has both data and data_base64; an event's data is a JSON"
-                    " object in data alone."
-                )
-            found = {
-                key: value
-                for key, value in envelope.items()
-                if key not in _NOT_EXTENSIONS and value is not None
-            }
-            if found:
-                check_extensions(found, received=True)
-                extensions = Extensions(found)
-        elif envelope.get("datacontenttype") not in (DATACONTENTTYPE, None):
-            _check_content_type(envelope["datacontenttype"])
+        # What this bus writes for most events is the six required members and these three,
+        # nothing else: no extension to look for, nothing to copy.
+        if (
+            len(envelope) == 9
+            and envelope.get("datacontenttype") == DATACONTENTTYPE
+            and "correlationid" in envelope
+            and "causationid" in envelope
+        ):
+            return cls(
+                envelope["id"], name, envelope["data"], envelope["source"], time,
+                correlation_id, causation_id,
+            )
+        _check_content_type(envelope.get("datacontenttype"))
+        if "data_base64" in envelope:
+            raise InvalidEnvelope(
+                "The envelope has both data and data_base64; an event's data is a JSON"
+                " object in data alone."
+            )
+        subject = envelope.get("subject")
+        dataschema = envelope.get("dataschema")
+        found = {
+            key: value
+            for key, value in envelope.items()
+            if key not in _NOT_EXTENSIONS and value is not None
+        }
+        check_attributes(found, subject, dataschema, received=True)
+        extensions: Mapping[str, ExtensionValue] = Extensions(found) if found else NO_EXTENSIONS
         return cls(
-            id=envelope["id"],
-            name=name,
-            data=envelope["data"],
-            source=envelope["source"],
-            time=time,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            extensions=extensions,
-            subject=subject,
-            dataschema=dataschema,
+            envelope["id"], name, envelope["data"], envelope["source"], time, correlation_id,
+            causation_id, SPECVERSION, extensions, subject, dataschema,
         )
 
 
-#: The members of what this bus writes for an event without subject, schema or extensions.
-_OWN_MEMBERS = frozenset(
-    {
-        "specversion", "id", "type", "source", "time", "datacontenttype", "correlationid",
-        "causationid", "data",
-    }
-)
-
-
 def _check_content_type(value: object) -> None:
-    if value is not None and not (isinstance(value, str) and _JSON_MEDIA_TYPE_RE.match(value)):
+    if value is None or value == DATACONTENTTYPE:
+        return
+    if not (isinstance(value, str) and _JSON_MEDIA_TYPE_RE.match(value)):
         raise InvalidEnvelope(
             f"The envelope's datacontenttype is {value!r}; an event's data is a JSON object,"
             " so it must be a JSON media type (application/json) or absent."
         )
-
-
-def _read_time(text: str) -> datetime:
-    """An RFC 3339 timestamp as a timezone-aware datetime, or :class:`InvalidEnvelope`."""
-    try:
-        # What this bus and the CloudEvents SDK write: ISO 8601 with 'Z' or an offset.
-        time = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        time = _parse_rfc3339(text)
-    if time.utcoffset() is None:
-        raise InvalidEnvelope(
-            f"The envelope's time {text!r} has no UTC offset; an RFC 3339 timestamp ends in"
-            " 'Z' or '+hh:mm'."
-        )
-    return time
 
 
 def _parse_rfc3339(text: str) -> datetime:
@@ -352,12 +336,12 @@ def _parse_rfc3339(text: str) -> datetime:
     if match is None:
         raise InvalidEnvelope(f"The envelope's time {text!r} is not an RFC 3339 timestamp.")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    if zulu:
-        zone = timezone.utc
-    else:
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        zone = timezone(-offset if sign == "-" else offset)
     try:
+        if zulu:
+            zone = timezone.utc
+        else:
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            zone = timezone(-offset if sign == "-" else offset)  # raises past 24 hours
         return datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int((fraction or "0")[:6].ljust(6, "0")), tzinfo=zone,

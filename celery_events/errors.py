@@ -59,7 +59,9 @@ class InvalidEnvelope(CeleryEventsError, ValueError):
     Raised for an envelope received from the wire (its delivery is dead-lettered), and in the
     publisher for an event that could not be sent as it is: an ``id``, ``source`` or
     ``correlation_id`` that is not a non-empty string, a ``causation_id`` that is neither that
-    nor None, or a ``time`` that is not a timezone-aware datetime.
+    nor None, a ``time`` that is not a timezone-aware datetime, or extension attributes, a
+    ``subject`` or a ``dataschema`` that break the CloudEvents rules (the message names the
+    attribute and the rule).
     """
 
 

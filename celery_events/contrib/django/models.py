@@ -31,9 +31,10 @@ class OutboxEvent(models.Model):
     causation_id = models.CharField(max_length=255, null=True, blank=True)
     #: The event's data as the exact JSON text that was validated at publish time.
     data = models.TextField()
-    #: The event's CloudEvents extension attributes (name to string, integer or boolean);
-    #: rows written before this column existed read as none.
-    extensions = models.JSONField(default=dict, blank=True)
+    #: The event's CloudEvents extension attributes (name to string, integer or boolean).
+    #: Rows from before the column read as none, and so does NULL: a process still running the
+    #: previous version during a deploy inserts rows without the column.
+    extensions = models.JSONField(default=dict, blank=True, null=True)
     #: The optional CloudEvents attributes ``subject`` and ``dataschema``.
     subject = models.TextField(null=True, blank=True)
     dataschema = models.TextField(null=True, blank=True)

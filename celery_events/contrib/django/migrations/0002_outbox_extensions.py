@@ -1,5 +1,7 @@
 # The outbox keeps an event's CloudEvents extensions, subject and dataschema. Rows written
-# before read as an event with none of them: the JSON column's default fills them in.
+# before read as an event with none of them (the default fills existing rows in), and every
+# new column is nullable, so a process of the previous version still inserting rows without
+# them during a deploy is not refused.
 
 from django.db import migrations, models
 
@@ -14,7 +16,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='outboxevent',
             name='extensions',
-            field=models.JSONField(blank=True, default=dict),
+            field=models.JSONField(blank=True, default=dict, null=True),
         ),
         migrations.AddField(
             model_name='outboxevent',
