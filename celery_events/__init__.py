@@ -25,8 +25,10 @@ from .errors import (
     NoSubscribersError,
     PoisonMessageError,
     PublishError,
+    PublishRefused,
     RegistryError,
 )
+from .middleware import HandlerCall, Middleware, PublishCall
 from .outcomes import Reject, Retry
 from .registry import Registry, Subscription
 from .settings import Settings
@@ -46,6 +48,10 @@ __all__ = [
     # backends
     "Backend",
     "Capabilities",
+    # middleware
+    "Middleware",
+    "PublishCall",
+    "HandlerCall",
     # steering a delivery from a handler
     "Retry",
     "Reject",
@@ -62,6 +68,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PublishRefused",
     "RegistryError",
     "BrokerError",
     "PoisonMessageError",

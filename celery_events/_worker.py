@@ -44,8 +44,17 @@ class _RegistryView(Protocol):
     def refresh(self) -> object: ...
 
 
+class _ChainView(Protocol):
+    @property
+    def transactional(self) -> bool: ...
+
+    def worker_started(self, bus: Any) -> None: ...
+
+    def worker_stopping(self, bus: Any) -> None: ...
+
+
 class WorkerBus(ServiceBus, Protocol):
-    """What the worker side reads from the bus (``WorkerBus`` is one)."""
+    """What the worker side reads from the bus (``EventBus`` is one)."""
 
     @property
     def backend(self) -> Backend: ...
@@ -57,7 +66,7 @@ class WorkerBus(ServiceBus, Protocol):
     def registry(self) -> _RegistryView: ...
 
     @property
-    def transaction_runner(self) -> object: ...
+    def middleware(self) -> _ChainView: ...
 
     def register(self) -> Sequence[object]: ...
 
@@ -78,7 +87,7 @@ def check_worker(bus: WorkerBus) -> None:
     check_required(backend.name, backend.capabilities, bus.settings.require)
     backend.transport.check_worker(bus)
     atomic = [h.task_name for h in bus.handlers if h.atomic]
-    if atomic and bus.transaction_runner is None:
+    if atomic and not bus.middleware.transactional:
         raise ConfigurationError(
             f"Handlers {', '.join(atomic)} are atomic=True, but the bus of service"
             f" {bus.service!r} has no transaction runner. Add 'celery_events.contrib.django' to"
@@ -181,6 +190,7 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     bus = _bus(app) if app is not None else None
     if bus is None:
         return
+    bus.middleware.worker_started(bus)
     recovery = bus.backend.recovery
     if recovery is None:
         return
@@ -189,6 +199,10 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    bus = _bus(app) if app is not None else None
+    if bus is not None:
+        bus.middleware.worker_stopping(bus)
     for recovery in _running:
         recovery.stop()
     _running.clear()

@@ -11,8 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -22,28 +21,26 @@ from ._delivery import (
     Handler,
     HandlerFunc,
     RetryPolicy,
-    TransactionRunner,
     current_effects,
-    current_event,
     register_task,
 )
-from ._messages import TaskMessage, build_messages, encode_body
+from ._messages import TaskMessage
+from ._publish import Publisher
 from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
 from .backends.base import Backend, Inbox, Transport, check_required
 from .deadletters import DeadLetterStore, ReplayError
-from .envelope import Event, check_ids, encode_data
+from .envelope import Event, ExtensionValue
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
     InvalidEnvelope,
     InvalidEventData,
-    NoSubscribersError,
-    PublishError,
-    RegistryError,
 )
-from .names import validate_name, validate_pattern
+from .middleware import Middleware, MiddlewareChain
+from .names import validate_pattern
 from .registry import Registry, Subscription
+from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
@@ -53,31 +50,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=HandlerFunc)
 
 _HANDLER_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One event sent to one handler: one Celery task."""
-
-    service: str
-    #: The handler's Celery task name.
-    handler: str
-    queue: str
-    task_id: str
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What a publish sent: the event and one delivery per matching subscription.
-
-    ``deferred`` is true when the event was not sent yet but will be: the Django integration
-    sends it after the current database transaction commits, or writes it to the outbox. The
-    event (and its id) is final then, and ``deliveries`` is empty.
-    """
-
-    event: Event
-    deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
-    deferred: bool = False
 
 
 class EventBus:
@@ -95,10 +67,18 @@ class EventBus:
     :class:`~celery_events.settings.Settings` and the README.
     """
 
-    def __init__(self, app: Celery, service: str, **settings: Any) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        service: str,
+        *,
+        middleware: Iterable[Middleware] = (),
+        **settings: Any,
+    ) -> None:
         self.app = app
         self.service = validate_service_name(service)
         self.settings = Settings.from_options(settings)
+        self._publisher = Publisher(self, middleware)
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
         self._backend: Backend | None = None
@@ -107,9 +87,6 @@ class EventBus:
         self._published_names: set[str] = set()
         self._inbox: Inbox | None = None
         self._dead_letters: DeadLetterStore | None = None
-        #: Set by the Django integration: runs ``atomic=True`` handlers in a database
-        #: transaction that records the delivery in its inbox table.
-        self.transaction_runner: TransactionRunner | None = None
         if self.settings.require and app.configured:
             # The broker URL is final: a required capability the backend lacks fails now. (An
             # app configured later is checked when the backend is made, at the latest when
@@ -284,19 +261,28 @@ class EventBus:
         require_subscribers: bool | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> PublishResult:
         """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
 
         All deliveries go to the broker in one round trip; on Redis every subscriber gets the
         event or none does. Inside a handler, the new event inherits the handled event's
-        correlation id and names it as its cause. With no subscriber, no delivery is sent and
-        that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
+        correlation id and names it as its cause (not its extensions). With no subscriber, no
+        delivery is sent and that is logged; ``require_subscribers=True`` raises
+        :class:`NoSubscribersError` instead.
+
+        ``extensions`` are CloudEvents extension attributes (``{"traceparent": "00-..."}``:
+        lowercase alphanumeric names, string, integer or boolean values) and ``subject`` and
+        ``dataschema`` the optional CloudEvents attributes; every handler sees them as
+        ``event.extensions``, ``event.subject`` and ``event.dataschema``.
 
         Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker refuses the event or does not take
+        string or extensions, a subject or a dataschema that break the CloudEvents rules, and :class:`PublishError` when the broker refuses the event or does not take
         it within ``publish_timeout``. In all these cases nothing was sent, except for a
         :class:`PublishError` whose message says that Redis was reached but its reply lost:
         the deliveries may then have been queued, and publishing the same event again
@@ -306,8 +292,11 @@ class EventBus:
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
         ['orders.welcome_order', 'notifications.greet']
         """
-        event, data_json = self._make_event(name, data, correlation_id, causation_id)
-        return self._send(event, data_json, require_subscribers)
+        publisher = self._publisher
+        event, data_json = publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )
+        return publisher.publish(event, data_json, require_subscribers)
 
     def new_event(
         self,
@@ -316,6 +305,9 @@ class EventBus:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> Event:
         """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
 
@@ -325,35 +317,9 @@ class EventBus:
         >>> event = bus.new_event("order.created", {"order_id": 1})   # doctest: +SKIP
         >>> bus.publish_event(event)                                  # doctest: +SKIP
         """
-        return self._make_event(name, data, correlation_id, causation_id)[0]
-
-    def _make_event(
-        self,
-        name: str,
-        data: dict[str, Any] | None,
-        correlation_id: str | None,
-        causation_id: str | None,
-    ) -> tuple[Event, str]:
-        validate_name(name)
-        # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
-        # replaced, and a non-string id would make every subscriber dead-letter the event.
-        check_ids(correlation_id=correlation_id, causation_id=causation_id)
-        data = {} if data is None else data
-        data_json = encode_data(
-            name, data, self.settings.max_event_size, self.settings.max_event_depth
-        )
-        cause = current_event.get()
-        if cause is not None:
-            correlation_id = correlation_id or cause.correlation_id
-            causation_id = causation_id or cause.id
-        event = Event.create(
-            name,
-            data,
-            source=self.service,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
-        return event, data_json
+        return self._publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )[0]
 
     def publish_event(
         self, event: Event, *, require_subscribers: bool | None = None
@@ -365,62 +331,22 @@ class EventBus:
         :class:`InvalidEnvelope` when the event's attributes could not be sent (see
         :meth:`Event.validate`).
         """
-        if not isinstance(event, Event):
-            raise InvalidEnvelope(
-                f"publish_event takes an Event (from bus.new_event or Event.create), not"
-                f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
-            )
-        event.validate()
-        data_json = encode_data(
-            event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
-        )
-        return self._send(event, data_json, require_subscribers)
+        publisher = self._publisher
+        event, data_json = publisher.checked(event)
+        return publisher.publish(event, data_json, require_subscribers)
 
-    def _send(
-        self, event: Event, data_json: str, require_subscribers: bool | None
-    ) -> PublishResult:
-        name = event.name
-        try:
-            subscriptions = self.registry.match(name)
-        except RegistryError as exc:
-            raise PublishError(f"Could not publish {name!r}: {exc}") from exc
-        if not subscriptions:
-            must_raise = (
-                self.settings.require_subscribers
-                if require_subscribers is None
-                else require_subscribers
-            )
-            if must_raise:
-                raise NoSubscribersError(
-                    f"No service subscribes to {name!r}, so the event was not sent. Start a"
-                    " subscriber (or run its register command) first, or publish without"
-                    " require_subscribers."
-                )
-            log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
-            self._record_published_alone(name)
-            return PublishResult(event)
+    @property
+    def middleware(self) -> MiddlewareChain:
+        """This bus's middleware chain, in order (the first is the outermost)."""
+        return self._publisher.chain
 
-        parent = self.app.current_worker_task
-        parent_id = root_id = None
-        if parent is not None:
-            parent_id = parent.request.id
-            root_id = parent.request.root_id or parent.request.id
-        messages = self._messages(
-            event.to_envelope(),
-            data_json,
-            [(s.handler, s.queue, s.service) for s in subscriptions],
-            parent_id=parent_id,
-            root_id=root_id,
-        )
+    def _send_messages(self, messages: list[TaskMessage], name: str | None) -> None:
+        # The publish path's transport step: every delivery of one event in one round trip.
+        if name is None:
+            self.transport.send(messages, None)
+            return
         self.transport.send(messages, self._catalog_entry(name))
         self._published_names.add(name)
-        return PublishResult(
-            event,
-            tuple(
-                Delivery(s.service, s.handler, s.queue, m.task_id)
-                for s, m in zip(subscriptions, messages, strict=True)
-            ),
-        )
 
     def _catalog_entry(self, name: str) -> tuple[str, str] | None:
         # The catalog learns who publishes what from the first publish of each name in each
@@ -429,7 +355,7 @@ class EventBus:
             return None
         return (f"{self.service} {name}", str(time.time()))
 
-    def _record_published_alone(self, name: str) -> None:
+    def _published_alone(self, name: str) -> None:
         if name in self._published_names:
             return
         try:
@@ -577,43 +503,15 @@ class EventBus:
         if service is None or service == self.service:
             queue = self._replay_queue(handler)
         try:
-            event = Event.from_envelope(envelope)
-            data_json = encode_data(
-                event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
-            )
+            result = self._publisher.replay(envelope, handler, queue, service or self.service)
         except (InvalidEnvelope, InvalidEventData) as exc:
             raise ReplayError(f"The envelope cannot be replayed: {exc}") from exc
-        [message] = self._messages(
-            envelope,
-            data_json,
-            [(handler, queue, service or self.service)],
-            parent_id=None,
-            root_id=None,
-        )
-        self.transport.send([message], None)
-        return message.task_id
-
-    def _messages(
-        self,
-        envelope: dict[str, Any],
-        data_json: str,
-        targets: list[tuple[str, str, str]],
-        *,
-        parent_id: str | None,
-        root_id: str | None,
-    ) -> list[TaskMessage]:
-        """One task message per ``(handler, queue, service)``, each shown in worker logs and
-        Flower as ``event.name → handler``."""
-        name = envelope["type"]
-        head = {k: v for k, v in envelope.items() if k != "data"}
-        return build_messages(
-            self.app,
-            envelope,
-            encode_body(head, data_json),
-            [(handler, queue, f"{name} → {handler}", service) for handler, queue, service in targets],
-            parent_id=parent_id,
-            root_id=root_id,
-        )
+        if not result.deliveries:
+            raise ReplayError(
+                f"A middleware deferred the replay of event {result.event.id} to {handler!r};"
+                " a replay is sent at once or refused, so the dead letter is kept."
+            )
+        return result.deliveries[0].task_id
 
     def close(self) -> None:
         """Stop the registry's background check and close the backend's connections."""

@@ -135,7 +135,7 @@ class HandlerRunner:
         # A worker refuses to start with atomic handlers and no transaction runner; the
         # runner refuses to run them.
         atomic = {h.task_name for h in bus.handlers if h.atomic} & {s.handler for s in chosen}
-        if atomic and bus.transaction_runner is None:
+        if atomic and not bus.middleware.transactional:
             raise ConfigurationError(
                 f"Handlers {', '.join(sorted(atomic))} are atomic=True but the bus has no"
                 " transaction runner; add 'celery_events.contrib.django' to INSTALLED_APPS."

@@ -4,6 +4,8 @@
 - ``celery_events.E002``: a key of ``CELERY_EVENTS`` is unknown or has a bad value.
 - ``celery_events.E003``: ``CELERY_EVENTS["app"]`` does not import a Celery app.
 - ``celery_events.E004``: ``CELERY_EVENTS["database"]`` is not in ``DATABASES``.
+- ``celery_events.E005``: an entry of ``CELERY_EVENTS["middleware"]`` does not import a
+  :class:`~celery_events.Middleware`.
 - ``celery_events.W001``: the outbox's database cannot lock rows (``SKIP LOCKED``), so
   only one relay may run.
 """
@@ -17,6 +19,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
 from ...errors import describe
+from ...middleware import Middleware
 from .conf import SETTING, _raw, config_problems
 
 __all__ = ["check_settings"]
@@ -36,6 +39,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if problem is not None:
         message, hint = problem
         messages.append(Error(message, hint=hint, obj=SETTING, id="celery_events.E003"))
+    for path in raw.get("middleware", []):
+        try:
+            load_middleware(path)
+        except ValueError as exc:
+            messages.append(
+                Error(
+                    str(exc),
+                    hint="Name a subclass of celery_events.Middleware, such as 'proj.events.Stamp'.",
+                    obj=SETTING,
+                    id="celery_events.E005",
+                )
+            )
     from django.db import connections
 
     database = raw.get("database", "default")
@@ -76,6 +91,33 @@ def app_problem(path: str) -> tuple[str, str] | None:
             "Point it at the Celery() instance of your project.",
         )
     return None
+
+
+def load_middleware(path: str) -> Middleware:
+    """The middleware ``path`` names: an instance, or a class made without arguments.
+
+    Raises :class:`ValueError` saying what is wrong with it.
+    """
+    try:
+        found = import_string(path.replace(":", "."))
+    except ImportError as exc:
+        raise ValueError(
+            f"CELERY_EVENTS['middleware'] names {path!r}, which cannot be imported: {describe(exc)}."
+        ) from exc
+    if isinstance(found, type) and issubclass(found, Middleware):
+        try:
+            return found()
+        except TypeError as exc:
+            raise ValueError(
+                f"CELERY_EVENTS['middleware'] names the class {path!r}, which cannot be made"
+                f" without arguments: {describe(exc)}. Name an instance of it instead."
+            ) from exc
+    if isinstance(found, Middleware):
+        return found
+    raise ValueError(
+        f"CELERY_EVENTS['middleware'] names {path!r}, which is a {type(found).__name__}, not a"
+        " celery_events.Middleware (a subclass or an instance of one)."
+    )
 
 
 def configuration_errors() -> list[str]:

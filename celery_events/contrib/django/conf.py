@@ -12,6 +12,7 @@ One dict holds everything::
         "relay_batch_size": 100,          # rows one relay transaction sends at most
         "outbox_retention": 604800.0,     # seconds a sent outbox row is kept
         "inbox_retention": 604800.0,      # seconds an inbox row is kept
+        "middleware": [],                 # import paths of celery_events.Middleware, outermost first
         "publish_timeout": 5.0,           # ...and any EventBus setting (see the README)
     }
 
@@ -47,6 +48,9 @@ class Config:
     relay_batch_size: int = 100
     outbox_retention: float = 7 * 24 * 3600.0
     inbox_retention: float = 7 * 24 * 3600.0
+    #: Import paths of the bus's middleware (classes, made without arguments, or instances),
+    #: outermost first; Django's own comes after them.
+    middleware: tuple[str, ...] = ()
     #: Every other key: an EventBus setting, validated by ``Settings.from_options``.
     bus_settings: tuple[tuple[str, Any], ...] = ()
 
@@ -119,6 +123,18 @@ def config_problems(raw: object) -> list[tuple[str, str]]:
                 f"CELERY_EVENTS['relay_batch_size'] must be a positive whole number, not {size!r}.",
             )
         )
+    middleware = raw.get("middleware", [])
+    if not isinstance(middleware, (list, tuple)) or not all(
+        isinstance(path, str) and "." in path for path in middleware
+    ):
+        problems.append(
+            (
+                "middleware",
+                "CELERY_EVENTS['middleware'] must be a list of import paths of"
+                f" celery_events.Middleware classes, such as ['proj.events.Stamp'], not"
+                f" {middleware!r}.",
+            )
+        )
     bus_keys = {f.name for f in fields(Settings)}
     known = sorted(_OWN_KEYS | bus_keys)
     for key in raw:
@@ -149,5 +165,7 @@ def read_config() -> Config:
         raise ConfigurationError(problems[0][1])
     assert isinstance(raw, dict)
     own = {k: v for k, v in raw.items() if k in _OWN_KEYS}
+    if "middleware" in own:
+        own["middleware"] = tuple(own["middleware"])
     bus_settings = tuple((k, v) for k, v in raw.items() if k not in _OWN_KEYS)
     return Config(**own, bus_settings=bus_settings)

@@ -1,7 +1,8 @@
 """The outbox and inbox tables.
 
 ``OutboxEvent``: one row per event published through the outbox, written in the publisher's
-transaction and marked sent by a relay. ``InboxEntry``: one row per (event id, handler) that a
+transaction and marked sent by a relay; it keeps the whole event (extensions, subject and
+dataschema included), so the relay sends what ``publish`` returned. ``InboxEntry``: one row per (event id, handler) that a
 ``@bus.subscribe(..., atomic=True)`` handler committed, written in the handler's transaction.
 """
 
@@ -30,6 +31,13 @@ class OutboxEvent(models.Model):
     causation_id = models.CharField(max_length=255, null=True, blank=True)
     #: The event's data as the exact JSON text that was validated at publish time.
     data = models.TextField()
+    #: The event's CloudEvents extension attributes (name to string, integer or boolean).
+    #: Rows from before the column read as none, and so does NULL: a process still running the
+    #: previous version during a deploy inserts rows without the column.
+    extensions = models.JSONField(default=dict, blank=True, null=True)
+    #: The optional CloudEvents attributes ``subject`` and ``dataschema``.
+    subject = models.TextField(null=True, blank=True)
+    dataschema = models.TextField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
     #: Set when the row can never be sent (its data breaks a setting changed since it was
@@ -64,10 +72,18 @@ class OutboxEvent(models.Model):
             correlation_id=event.correlation_id,
             causation_id=event.causation_id,
             data=data_json,
+            extensions=dict(event.extensions),
+            subject=event.subject,
+            dataschema=event.dataschema,
         )
 
     def to_event(self) -> Event:
-        """The stored event, with the id, time, correlation and cause it was published with."""
+        """The stored event, with the id, time, correlation, cause, extensions, subject and
+        dataschema it was published with.
+
+        Raises :class:`~celery_events.InvalidEnvelope` for stored extensions that are not a
+        JSON object (``publish_event`` checks the rest), so the relay marks the row failed.
+        """
         return Event(
             id=self.event_id,
             name=self.name,
@@ -76,6 +92,10 @@ class OutboxEvent(models.Model):
             time=datetime.fromisoformat(self.time.replace("Z", "+00:00")),
             correlation_id=self.correlation_id,
             causation_id=self.causation_id,
+            # A NULL written by hand reads as none, like the rows from before the column.
+            extensions=self.extensions or {},
+            subject=self.subject,
+            dataschema=self.dataschema,
         )
 
 
