@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from ..bus import EventBus, PublishResult
 from ..envelope import Event
-from ..middleware import Middleware, PublishCall, PublishNext
+from ..middleware import REPLAY, Middleware, PublishCall, PublishNext
 
 __all__ = ["Captured", "capture_published"]
 
@@ -49,7 +49,9 @@ def capture_published(bus: EventBus) -> Iterator[Captured]:
     :class:`~celery_events.PublishResult` without deliveries. No broker or registry is touched,
     so ``require_subscribers`` is not checked. With the Django integration an event is sent,
     and so captured, when its transaction commits (in pytest-django, use
-    ``django_capture_on_commit_callbacks(execute=True)`` or a transactional test).
+    ``django_capture_on_commit_callbacks(execute=True)`` or a transactional test). Replays of
+    dead letters (and the deliveries of a :class:`~celery_events.testing.HandlerRunner`) are
+    not publishes: they are sent, not captured.
 
     >>> with capture_published(bus) as published:                      # doctest: +SKIP
     ...     bus.publish("order.placed", {"order_id": 7})
@@ -82,6 +84,11 @@ class _Capture(Middleware):
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         if not self.stack:  # deferred inside the block, sent after it (an on-commit)
+            return call_next(call)
+        if call.origin == REPLAY:
+            # A replay is one delivery sent again, not an event the code under test published;
+            # the HandlerRunner sends its deliveries this way, so a runner inside a capture
+            # block still runs handlers.
             return call_next(call)
         self.stack[-1].events.append(call.event)
         return PublishResult(call.event)
