@@ -150,17 +150,26 @@ class Publisher:
         )
 
     def replay(
-        self, envelope: dict[str, Any], handler: str, queue: str, service: str
+        self,
+        envelope: dict[str, Any],
+        handler: str,
+        queue: str,
+        service: str,
+        *,
+        publish_scope: bool = True,
     ) -> PublishResult:
         """Send ``envelope`` again as one fresh delivery to ``handler`` on ``queue``.
 
+        ``publish_scope=False`` sends it past the chain's publish scopes: the testing kit's
+        deliveries stand for events another service published, which this service's publish
+        middleware (stamping, permissions, publish-on-commit) never sees on a real worker.
         Raises :class:`InvalidEnvelope` or :class:`InvalidEventData` for an envelope that is
         not a valid event (the caller turns them into a ``ReplayError``).
         """
         event = Event.from_envelope(envelope)
         data_json = self.encode(event)
         targets = (Subscription("", service, handler, queue),)
-        if self.chain.publish_scope is None:
+        if not publish_scope or self.chain.publish_scope is None:
             return self._send(event, data_json, False, targets)
         return self.chain.run_publish(
             PublishCall(

@@ -491,19 +491,29 @@ class EventBus:
         return queue
 
     def _resend(
-        self, envelope: dict[str, Any], handler: str, queue: str, service: str | None = None
+        self,
+        envelope: dict[str, Any],
+        handler: str,
+        queue: str,
+        service: str | None = None,
+        *,
+        publish_scope: bool = True,
     ) -> str:
         """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
         this service; the operator CLI replays other services' dead letters).
 
         For this service the handler must be one of its own and its own queue is used, whatever
         ``queue`` says; for another, ``queue`` must come from that service's subscriptions.
-        Raises :class:`ReplayError` for an envelope that is not a valid event.
+        ``publish_scope=False`` (the testing kit's deliveries, events as they arrive) skips
+        the chain's publish scopes. Raises :class:`ReplayError` for an envelope that is not a
+        valid event.
         """
         if service is None or service == self.service:
             queue = self._replay_queue(handler)
         try:
-            result = self._publisher.replay(envelope, handler, queue, service or self.service)
+            result = self._publisher.replay(
+                envelope, handler, queue, service or self.service, publish_scope=publish_scope
+            )
         except (InvalidEnvelope, InvalidEventData) as exc:
             raise ReplayError(f"The envelope cannot be replayed: {exc}") from exc
         if not result.deliveries:

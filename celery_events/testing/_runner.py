@@ -211,8 +211,10 @@ class HandlerRunner:
 def _send(bus: EventBus, envelope: dict[str, Any], handler: str, queue: str, valid: bool) -> str:
     if valid:
         # The bus's own send path (the one a dead letter's replay takes): one delivery of the
-        # envelope to one of its handlers.
-        return bus._resend(envelope, handler, queue)
+        # envelope to one of its handlers. Past the publish scopes: the delivery is an event
+        # as it arrives, published by whoever, and a subscriber's publish middleware (stamping,
+        # permissions, publish-on-commit) never sees those on a worker.
+        return bus._resend(envelope, handler, queue, publish_scope=False)
     # What publish would refuse, sent as any other producer could: the worker must cope.
     result = bus.app.send_task(handler, args=[envelope], queue=queue)
     return str(result.id)
