@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import FrozenInstanceError
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from celery_events import Event, EventBus, InvalidEnvelope
 from celery_events._attributes import MAX_ATTRIBUTES_SIZE, NO_EXTENSIONS, RESERVED, Extensions
+from celery_events.backends import memory
 from celery_events.testing import HandlerRunner, capture_published
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
@@ -30,9 +32,13 @@ def envelope(**members: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def bus() -> EventBus:
-    # No broker is reached: new_event and capture_published only validate.
-    return EventBus(Celery("extshop", broker="redis://127.0.0.1:1/0"), service="extshop")
+def bus() -> Iterator[EventBus]:
+    # The memory backend: new_event and capture_published only validate, and the
+    # HandlerRunner runs deliveries through the real delivery task in this process.
+    bus = EventBus(Celery("extshop", broker="memory://"), service="extshop")
+    yield bus
+    bus.close()
+    memory.reset()
 
 
 # -- publishing ----------------------------------------------------------------------------
@@ -407,7 +413,7 @@ def queue_item(app: Celery, wire: dict[str, Any]) -> str:
 def test_the_screen_lets_extension_attributes_through_and_refuses_invalid_ones(
     screened_bus: EventBus,
 ) -> None:
-    from celery_events._transport import Unreadable, screen
+    from celery_events.backends.redis.transport import Unreadable, screen
 
     wire = envelope(traceparent=TRACEPARENT, n=1, subject="order/7")
     screened = screen(SCREEN_QUEUE, queue_item(screened_bus.app, wire))

@@ -1,6 +1,7 @@
 """The middleware chain: order, the publish scope (add, refuse, defer), the handle scope, and
-what an empty chain skips. No broker: the bus points at a port nothing listens on, so anything
-that reached the registry or the broker would fail."""
+what an empty chain skips. Publish scopes run with no broker: the bus points at a port nothing
+listens on, so anything that reached the registry or the broker would fail. Handle scopes run on
+the memory backend, through the real delivery task (the HandlerRunner)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from celery_events import (
     PublishResult,
     Retry,
 )
+from celery_events.backends import memory
 from celery_events.middleware import SKIPPED, HandleNext, PublishNext
 from celery_events.testing import HandlerRunner, capture_published
 
 NO_BROKER = "redis://127.0.0.1:1/0"
+MEMORY = "memory://"
 
 
 class Recorder(Middleware):
@@ -87,6 +90,12 @@ def offline_bus(name: str, middleware: list[Middleware]) -> EventBus:
     )
 
 
+def memory_bus(name: str, middleware: list[Middleware]) -> EventBus:
+    """A bus on the memory backend: the HandlerRunner runs its deliveries in this process,
+    through the real delivery task and its handle scopes."""
+    return EventBus(Celery(name, broker=MEMORY), service=name, middleware=middleware)
+
+
 @pytest.fixture
 def log() -> list[str]:
     return []
@@ -98,6 +107,7 @@ def buses() -> Iterator[list[EventBus]]:
     yield made
     for bus in made:
         bus.close()
+    memory.reset()
 
 
 def test_publish_scopes_run_in_list_order_and_their_attributes_reach_the_send(
@@ -195,7 +205,7 @@ def test_handle_scopes_wrap_the_handler_in_list_order_with_the_delivery_details(
             seen.append(call)
             return call_next(call)
 
-    bus = offline_bus("mailer", [Recorder("a", log), Recorder("b", log), Details()])
+    bus = memory_bus("mailer", [Recorder("a", log), Recorder("b", log), Details()])
     buses.append(bus)
 
     @bus.subscribe("order.placed", queue="mail", retry_backoff=0.01, retry_jitter=False)
@@ -226,7 +236,7 @@ def test_a_handle_scope_that_skips_the_delivery_keeps_the_handler_from_running(
         def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
             return SKIPPED
 
-    bus = offline_bus("mailer", [AlreadyDone()])
+    bus = memory_bus("mailer", [AlreadyDone()])
     buses.append(bus)
     ran: list[str] = []
 
@@ -236,6 +246,23 @@ def test_a_handle_scope_that_skips_the_delivery_keeps_the_handler_from_running(
 
     [run] = HandlerRunner().run(bus, Event.create("order.placed", {}, source="shop"))
     assert (run.status, run.attempts, ran) == ("skipped", 0, [])
+
+
+def test_the_handler_runner_delivers_past_the_subscribers_publish_scopes(
+    buses: list[EventBus],
+) -> None:
+    # Given a service whose publish scope refuses every event it would send
+    bus = memory_bus("mailer", [Refuse()])
+    buses.append(bus)
+    seen: list[Event] = []
+    bus.subscribe("order.placed")(seen.append)
+    event = Event.create("order.placed", {"order_id": 3}, source="shop")
+    with pytest.raises(PublishRefused):
+        bus.publish("order.placed", {})
+    # When the runner delivers an event another service published, Then the handler gets it
+    # unchanged: a delivery arrives, it is not published by the subscriber
+    [run] = HandlerRunner().run(bus, event)
+    assert run.status == "succeeded" and seen == [event]
 
 
 def test_an_empty_chain_and_a_listening_only_chain_add_no_scope(buses: list[EventBus]) -> None:
@@ -278,8 +305,8 @@ def test_an_atomic_handler_without_a_transactional_middleware_is_refused(
     class Transactions(Middleware):
         transactional = True
 
-    plain = offline_bus("plain", [])
-    with_transactions = offline_bus("tx", [Transactions()])
+    plain = memory_bus("plain", [])
+    with_transactions = memory_bus("tx", [Transactions()])
     buses.extend([plain, with_transactions])
     for bus in (plain, with_transactions):
 
