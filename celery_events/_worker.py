@@ -52,6 +52,8 @@ class _ChainView(Protocol):
 
     def worker_stopping(self, bus: Any) -> None: ...
 
+    def dead_lettered(self, letter: Any) -> None: ...
+
 
 class WorkerBus(ServiceBus, Protocol):
     """What the worker side reads from the bus (``EventBus`` is one)."""

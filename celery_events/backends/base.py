@@ -37,6 +37,7 @@ __all__ = [
     "Backend",
     "Capabilities",
     "Claim",
+    "DeadLetterListener",
     "DeadLetterSink",
     "DeadLetterRecords",
     "Inbox",
@@ -96,12 +97,23 @@ class ServiceBus(Protocol):
     @property
     def dead_letters(self) -> DeadLetterSink: ...
 
+    @property
+    def middleware(self) -> DeadLetterListener: ...
+
 
 class DeadLetterSink(Protocol):
     """Where the worker side keeps what it gives up on (``bus.dead_letters``)."""
 
     def add(self, letter: Any) -> Any:
         """Store ``letter`` (a :class:`~celery_events.DeadLetter`) durably."""
+        ...
+
+
+class DeadLetterListener(Protocol):
+    """Who hears of a dead letter the worker side kept (``bus.middleware``, the chain)."""
+
+    def dead_lettered(self, letter: Any) -> None:
+        """Tell the chain's ``on_dead_letter`` listeners of ``letter``, once it is stored."""
         ...
 
 

@@ -146,6 +146,26 @@ def test_a_dead_letter_is_notified_and_its_replay_goes_through_the_publish_scope
     assert second["task_id"] != first["task_id"] == delivery.task_id
 
 
+def test_the_dead_letters_of_the_sweep_and_the_screen_are_notified(
+    worker: Worker, redis_client: redis.Redis
+) -> None:
+    # Given a delivery of the watched service lost max_deliveries times (its ledger entry,
+    # overdue), and an item on its queue that is not a message at all
+    entry = {"q": "events.watched", "m": "{}", "e": "e-lost", "h": "watched.look", "r": 5}
+    redis_client.hset("celery_events:ledger:watched", "t-lost", json.dumps(entry))
+    redis_client.zadd("celery_events:ledger:watched:due", {"t-lost": 0})
+    redis_client.lpush("events.watched", b"\xff not a message")
+
+    def dead() -> dict[str, dict[str, Any]]:
+        return {r["reason"]: r for r in watched(redis_client) if r["what"] == "dead_letter"}
+
+    # When the worker's sweeper gives the delivery up and its screen refuses the item
+    # Then the middleware hears of both dead letters
+    letters = wait_until(lambda: len(dead()) == 2 and dead(), timeout=30)
+    assert set(letters) == {"lost_too_often", "unreadable_message"}
+    assert letters["lost_too_often"]["handler"] == "watched.look"
+
+
 def test_a_duplicate_delivery_is_notified_as_skipped(
     worker: Worker, stamping: EventBus, redis_client: redis.Redis
 ) -> None:

@@ -77,6 +77,8 @@ bus = EventBus(
     retry_backoff=0.05,
     retry_backoff_max=0.2,
     handler_time_limit=30,
+    # The lost-delivery sweep's dead letters are notified too; sweep often enough to see one.
+    sweep_interval=0.5,
 )
 
 

@@ -95,19 +95,19 @@ def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
         task_id = message["headers"]["id"]
     except Exception:  # the raw bytes are kept; nothing more can be read
         message = None
-    bus.dead_letters.add(
-        new_letter(
-            service=bus.service,
-            reason=why.reason,
-            error_type=why.error_type,
-            error_message=f"An item on queue {queue!r} could not be delivered: {_sentence(why)}",
-            handler=why.handler,
-            envelope=envelope,
-            queue=queue,
-            task_id=task_id if isinstance(task_id, str) else None,
-            raw=data,
-        )
+    letter = new_letter(
+        service=bus.service,
+        reason=why.reason,
+        error_type=why.error_type,
+        error_message=f"An item on queue {queue!r} could not be delivered: {_sentence(why)}",
+        handler=why.handler,
+        envelope=envelope,
+        queue=queue,
+        task_id=task_id if isinstance(task_id, str) else None,
+        raw=data,
     )
+    bus.dead_letters.add(letter)
+    bus.middleware.dead_lettered(letter)
     if isinstance(task_id, str) and message is not None:
         bus.inbox.forget(task_id)
 

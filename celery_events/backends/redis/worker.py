@@ -163,7 +163,7 @@ class Sweeper:
                 self.bus.service,
             )
         for entry in swept.given_up:
-            self.bus.dead_letters.add(
+            self._dead(
                 new_letter(
                     service=self.bus.service,
                     reason=Reason.LOST_TOO_OFTEN,
@@ -179,8 +179,14 @@ class Sweeper:
                 )
             )
         for task_id, raw in swept.unreadable:
-            self.bus.dead_letters.add(_unreadable_entry_letter(self.bus.service, task_id, raw))
+            self._dead(_unreadable_entry_letter(self.bus.service, task_id, raw))
         return resent
+
+    def _dead(self, letter: DeadLetter) -> None:
+        # Stored first: a listener hears of a letter that is kept, and one that raises is
+        # logged by the chain, never stops the sweep.
+        self.bus.dead_letters.add(letter)
+        self.bus.middleware.dead_lettered(letter)
 
     def reap_dead_workers(self) -> int:
         """Put the unacked messages of dead worker processes back on their queues.
