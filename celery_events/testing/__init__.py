@@ -10,8 +10,10 @@ process.
   worker's decisions are made as on a worker: the envelope's JSON, the inbox (a handled
   delivery is skipped when it comes again), ``atomic=True`` handlers through the Django
   database inbox, retries (Celery's own retry messages, run at once, the waits recorded) and
-  dead letters in ``bus.dead_letters``. ``run(bus, event)`` delivers one event to the bus's
-  matching handlers; ``work(bus)`` runs whatever was published to it.
+  dead letters in ``bus.dead_letters``; the bus's handle scopes wrap each call (a Flask app
+  context, a Django transaction), while its publish scopes do not see the deliveries (they
+  arrive, the subscriber does not publish them). ``run(bus, event)`` delivers one event to
+  the bus's matching handlers; ``work(bus)`` runs whatever was published to it.
 - ``pytest_plugins = ["celery_events.testing.pytest_plugin"]`` gives the fixtures
   ``capture_events`` and ``handler_runner`` (the plugin is never loaded on its own).
 

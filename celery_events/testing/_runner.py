@@ -138,7 +138,8 @@ class HandlerRunner:
         if atomic and not bus.middleware.transactional:
             raise ConfigurationError(
                 f"Handlers {', '.join(sorted(atomic))} are atomic=True but the bus has no"
-                " transaction runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+                " transaction runner (a transactional middleware); add"
+                " 'celery_events.contrib.django' to INSTALLED_APPS."
             )
         valid = True
         try:
