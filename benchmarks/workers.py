@@ -117,16 +117,19 @@ def _bookkeeping(bus: EventBus, count: int, repeats: int) -> list[float]:
     from celery_events._messages import new_ids
 
     inbox = bus.inbox
+    process = inbox.process_token()
     results = []
     for _ in range(repeats):
         ids = new_ids(count)
         started = time.perf_counter()
         for task_id in ids:
+            lease = lease_value(task_id, process)
             inbox.claim(
-                "bench.drain", task_id, task_id, lease=lease_value(task_id), lease_seconds=300,
-                use_inbox=True,
+                "bench.drain", task_id, task_id, lease=lease, lease_seconds=300, use_inbox=True
             )
-            inbox.succeed("bench.drain", task_id, task_id, use_inbox=True, ttl_seconds=60)
+            inbox.succeed(
+                "bench.drain", task_id, task_id, lease=lease, use_inbox=True, ttl_seconds=60
+            )
         results.append((time.perf_counter() - started) / count * 1e3)
     return results
 

@@ -2,7 +2,9 @@
 
 Each service keeps its own store (:class:`~celery_events.DeadLetterStore`); the operator CLI
 runs with one service's app but looks at all of them: every service in the registry, and any
-service whose store still holds letters after it left the registry.
+service whose store still holds letters after it left the registry. Another service's dead
+letter is replayed only to a handler that service subscribes in the registry, on the queue of
+that subscription.
 """
 
 from __future__ import annotations
@@ -46,10 +48,24 @@ class AllDeadLetters:
             service,
             key_prefix=self.key_prefix,
             resend=partial(self._resend, service=service),
+            route=partial(self._route, service=service),
         )
 
     def _resend(self, envelope: dict[str, object], handler: str, queue: str, *, service: str) -> str:
         return self.bus._resend(envelope, handler, queue, service)
+
+    def _route(self, handler: str, *, service: str) -> str:
+        """The queue of ``service``'s subscription for ``handler``, from the registry."""
+        subscriptions = [s for s in self.bus.registry.subscriptions() if s.service == service]
+        for subscription in subscriptions:
+            if subscription.handler == handler:
+                return subscription.queue
+        known = ", ".join(sorted({s.handler for s in subscriptions})) or "none"
+        raise ReplayError(
+            f"Service {service!r} does not subscribe a handler {handler!r} in the registry (its"
+            f" handlers there are {known}), so its dead letter is not replayed to it; start a"
+            " worker of that service so that it registers, or purge the dead letter."
+        )
 
     def stores(self, service: str | None = None) -> Stores:
         names = self.services() if service is None else [service]
@@ -107,12 +123,7 @@ class AllDeadLetters:
         """Replay ``letters``, each as a fresh delivery; none is replayed if one cannot be."""
         letters = list(letters)
         for letter in letters:
-            if letter.handler is None or letter.envelope is None or letter.queue is None:
-                raise ReplayError(
-                    f"Dead letter {letter.id} ({letter.reason}) has no handler or no readable"
-                    " envelope, so it cannot be replayed; inspect it with `dead-letters show`"
-                    " and remove it with `dead-letters purge`."
-                )
+            self.store(letter.service).replay_target(letter)
         for letter in letters:
             self.store(letter.service).replay(letter.id)
         return letters

@@ -23,7 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._inbox import Claim, holder_is_dead, lease_value
+from ._inbox import lease_value
 from .deadletters import Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
@@ -114,8 +114,12 @@ class Handler:
 def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
 
-    def deliver(self: Task, envelope: object) -> None:
-        _Run(bus, handler, self).run(envelope)
+    def deliver(self: Task, *args: object, **kwargs: object) -> None:
+        drop_steering(self.request, handler.task_name)
+        run = _Run(bus, handler, self)
+        if kwargs or len(args) != 1:
+            run.refuse_arguments(args, kwargs)
+        run.run(args[0])
 
     deliver.__doc__ = handler.func.__doc__
     options: dict[str, Any] = {
@@ -127,6 +131,10 @@ def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
         "reject_on_worker_lost": True,
         "acks_on_failure_or_timeout": True,
         "ignore_result": True,
+        # The bus's retry policy counts failures itself (busy-lease waits are retries too);
+        # Celery's own limit (3 by default) would make a later retry raise the handler's
+        # exception instead, and the delivery would be acked without a dead letter.
+        "max_retries": None,
         "typing": False,
         "time_limit": handler.time_limit,
         # A shared task would be added to every Celery app in the process, including other
@@ -136,6 +144,31 @@ def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
     options.update(handler.task_options)
     task: Task = app.task(**options)(deliver)
     return task
+
+
+#: What makes a Celery worker run other tasks after (or instead of) this one.
+STEERING = ("callbacks", "errbacks", "chain", "chord")
+
+
+def drop_steering(request: Any, task_name: str) -> None:
+    """Make sure nothing but the handler runs from a delivery.
+
+    The screening transport refuses deliveries that carry callbacks, errbacks, a chain or a
+    chord; on brokers without it they would reach Celery's tracer, which runs them after the
+    handler. They are cleared on the running request before the tracer reads them, which also
+    keeps them out of a retry's message.
+    """
+    found = [name for name in STEERING if getattr(request, name, None)]
+    for name in STEERING:
+        setattr(request, name, None)
+    if found:
+        log.warning(
+            "celery-events: delivery %s of %s carried %s; nothing but the handler runs from an"
+            " event queue, so they were dropped",
+            getattr(request, "id", None),
+            task_name,
+            ", ".join(found),
+        )
 
 
 def call_handler(bus: EventBus, handler: Handler, event: Event) -> bool:
@@ -200,23 +233,17 @@ class _Run:
             self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
             raise
 
-        lease = lease_value(self.task_id)
-
-        def claim_lease(steal_from: str = "") -> Claim:
-            return inbox.claim(
-                handler.task_name,
-                event.id,
-                self.task_id,
-                lease=lease,
-                lease_seconds=handler.lease_seconds,
-                use_inbox=handler.inbox,
-                steal_from=steal_from,
-            )
-
-        claim = claim_lease()
-        if claim.status == "busy" and holder_is_dead(claim.holder):
-            # The copy holding the lease died with its worker process: take over.
-            claim = claim_lease(steal_from=claim.holder)
+        # The lease names this process, whose alive key it renews: a copy of this delivery
+        # elsewhere waits while this process lives, and takes over once it died.
+        lease = lease_value(self.task_id, inbox.process_token())
+        claim = inbox.claim(
+            handler.task_name,
+            event.id,
+            self.task_id,
+            lease=lease,
+            lease_seconds=handler.lease_seconds,
+            use_inbox=handler.inbox,
+        )
         if claim.status == "done":
             log.info(
                 "celery-events: %s already handled event %s; delivery %s skipped",
@@ -226,10 +253,11 @@ class _Run:
             )
             return
         if claim.status == "busy":
-            wait = max(1.0, min(claim.holder_ttl_ms / 1000.0, 30.0))
+            # Come back just after the holder's alive key would expire if it died meanwhile.
+            wait = max(1.0, min(claim.holder_ttl_ms / 1000.0 + 0.5, 30.0))
             log.info(
                 "celery-events: another copy of delivery %s of event %s is running; checking"
-                " again in %.0f s",
+                " again in %.1f s",
                 self.task_id,
                 event.id,
                 wait,
@@ -265,14 +293,40 @@ class _Run:
             raise
         current_effects.reset(effects_token)
         current_event.reset(event_token)
-        inbox.succeed(
+        if not inbox.succeed(
             handler.task_name,
             event.id,
             self.task_id,
+            lease=lease,
             use_inbox=handler.inbox,
             ttl_seconds=self.bus.settings.inbox_ttl,
             effects=effects,
+        ):
+            log.warning(
+                "celery-events: another copy of delivery %s of event %s took its lease over"
+                " while %s ran (this process's alive key had expired); that copy's outcome"
+                " counts, and this run's Redis effects were dropped",
+                self.task_id,
+                event.id,
+                handler.task_name,
+            )
+
+    def refuse_arguments(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        """Dead-letter a delivery called with anything but one envelope, and raise."""
+        error = InvalidEnvelope(
+            f"Delivery {self.task_id} was called with {len(args)} positional and"
+            f" {len(kwargs)} keyword argument(s) ({', '.join(map(str, kwargs)) or 'none named'});"
+            " a delivery takes exactly one envelope."
         )
+        self._dead(
+            Reason.INVALID_ENVELOPE,
+            error,
+            {"invalid": repr((args, kwargs))[:1000]},
+            attempts=1,
+            event_id="-",
+            trace=None,
+        )
+        raise error
 
     def _call(self, event: Event) -> None:
         call_handler(self.bus, self.handler, event)

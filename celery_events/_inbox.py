@@ -4,7 +4,10 @@ Keys under ``{key_prefix}``:
 
 - ``inbox:{handler}:{event id}``: ``done`` once the handler succeeded (kept ``inbox_ttl``), or
   the lease of the copy running it now (expires after the handler time limit), so a second copy
-  of one delivery never runs beside the first and a finished one is not run again;
+  of one delivery never runs beside the first and a finished one is not run again. The lease
+  names the process running it; a copy that finds it held takes it over as soon as that
+  process's alive key (``_liveness.py``) is gone, so a killed worker's delivery runs again
+  within seconds, and a running one (even an orphaned prefork child) keeps it;
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
 - ``ledger:{service}`` and ``ledger:{service}:due``: every delivery from publish until it is
@@ -19,15 +22,18 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from . import _plainjson
+from ._liveness import alive_prefix, keep_alive
 from ._redis import run_script
 
 CLAIM_LUA = """
--- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, steal_from
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix
 local current = redis.call('GET', KEYS[1])
 if ARGV[4] == '1' and current then
   if current == 'done' then
@@ -35,8 +41,19 @@ if ARGV[4] == '1' and current then
     redis.call('ZREM', KEYS[4], ARGV[1])
     return {'done', '', 0, 0, 0, ''}
   end
-  if current ~= ARGV[6] then
-    return {'busy', current, redis.call('PTTL', KEYS[1]), 0, 0, ''}
+  -- Another copy holds the lease. It is busy while its process's alive key lives; once that
+  -- is gone (the process died, whatever host it was on), this copy takes the lease over.
+  local lease_ttl = redis.call('PTTL', KEYS[1])
+  local ok, holder = pcall(cjson.decode, current)
+  if ok and type(holder) == 'table' and type(holder['process']) == 'string' then
+    local alive_ttl = redis.call('PTTL', ARGV[6] .. holder['process'])
+    if alive_ttl ~= -2 then
+      if alive_ttl >= 0 and alive_ttl < lease_ttl then lease_ttl = alive_ttl end
+      return {'busy', current, lease_ttl, 0, 0, ''}
+    end
+  else
+    -- A lease that names no process (written by an older version): wait for it to expire.
+    return {'busy', current, lease_ttl, 0, 0, ''}
   end
 end
 local starts = redis.call('HINCRBY', KEYS[2], 'starts', 1)
@@ -53,9 +70,15 @@ return {'run', '', 0, starts, failures, first}
 """
 
 # Records a success when the handler queued no Redis effects (else a MULTI carries them too).
+# A run whose lease another copy took over (this process was presumed dead: its alive key
+# expired) leaves the record to that copy, which is running.
 SUCCEED_LUA = """
--- KEYS: inbox, state, ledger, due   ARGV: task_id, use_inbox, inbox_ttl_ms
+-- KEYS: inbox, state, ledger, due   ARGV: task_id, use_inbox, inbox_ttl_ms, lease
 if ARGV[2] == '1' then
+  local current = redis.call('GET', KEYS[1])
+  if current and current ~= ARGV[4] and current ~= 'done' then
+    return 0
+  end
   redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
 end
 redis.call('DEL', KEYS[2])
@@ -111,9 +134,20 @@ for _, task_id in ipairs(due) do
   if not raw then
     redis.call('ZREM', KEYS[2], task_id)
   else
-    local entry = cjson.decode(raw)
-    local inbox = redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
-    if inbox == 'done' then
+    local ok, entry = pcall(cjson.decode, raw)
+    if not (ok and type(entry) == 'table' and type(entry['q']) == 'string'
+        and type(entry['m']) == 'string' and type(entry['e']) == 'string'
+        and type(entry['h']) == 'string' and type(entry['r']) == 'number') then
+      entry = nil
+    end
+    local inbox = entry and redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
+    if not entry then
+      -- Not what the fan-out writes: handed back to be kept as a dead letter, so that one bad
+      -- entry neither stops every sweep nor vanishes.
+      redis.call('HDEL', KEYS[1], task_id)
+      redis.call('ZREM', KEYS[2], task_id)
+      table.insert(given_up, {task_id, raw})
+    elseif inbox == 'done' then
       redis.call('HDEL', KEYS[1], task_id)
       redis.call('ZREM', KEYS[2], task_id)
     elseif held[task_id] or inbox or redis.call('LLEN', entry['q']) > 0 then
@@ -143,6 +177,7 @@ class Claim:
     #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
     status: str
     holder: str = ""
+    #: When ``busy``: milliseconds until the lease expires or its holder counts as dead.
     holder_ttl_ms: int = 0
     #: Runs begun and not finished, this one included: above 1, earlier runs died.
     starts: int = 0
@@ -150,22 +185,21 @@ class Claim:
     first_failed_at: float | None = None
 
 
-def lease_value(task_id: str) -> str:
-    return json.dumps({"task": task_id, "host": socket.gethostname(), "pid": os.getpid()})
+def lease_value(task_id: str, process: str) -> str:
+    """The inbox lease of one run of ``task_id`` in the process with token ``process``.
 
-
-def holder_is_dead(holder: str) -> bool:
-    """Tell whether the lease holder was a process on this host that no longer exists."""
-    try:
-        info = json.loads(holder)
-        if info.get("host") != socket.gethostname():
-            return False
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, KeyError, TypeError, PermissionError, OSError):
-        return False
-    return False
+    Each run's lease is its own (``run``), so two copies in one process (a threads pool) never
+    take each other's lease for their own; host and pid are for people reading it.
+    """
+    return json.dumps(
+        {
+            "task": task_id,
+            "process": process,
+            "run": uuid.uuid4().hex[:12],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+    )
 
 
 class Inbox:
@@ -189,6 +223,10 @@ class Inbox:
             self.due_key,
         ]
 
+    def process_token(self) -> str:
+        """This process's token, its alive key kept (``_liveness.py``); leases name it."""
+        return keep_alive(self.client, self.prefix)
+
     def is_done(self, handler: str, event_id: str) -> bool:
         return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
 
@@ -201,8 +239,9 @@ class Inbox:
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
-        steal_from: str = "",
     ) -> Claim:
+        """Take the delivery's lease (``lease``, from :func:`lease_value` with
+        :meth:`process_token`), unless it is done or a live copy holds it."""
         now = time.time()
         status, holder, ttl, starts, failures, first = run_script(
             self.client,
@@ -214,7 +253,7 @@ class Inbox:
                 int(lease_seconds * 1000),
                 "1" if use_inbox else "0",
                 now + lease_seconds,
-                steal_from or "\x00",
+                alive_prefix(self.prefix),
             ],
         )
         return Claim(
@@ -232,29 +271,53 @@ class Inbox:
         event_id: str,
         task_id: str,
         *,
+        lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: redis.client.Pipeline | None = None,
-    ) -> None:
-        """Record success, in one transaction with the Redis ``effects`` the handler queued."""
+    ) -> bool:
+        """Record success, in one transaction with the Redis ``effects`` the handler queued.
+
+        Returns False, committing nothing, when ``lease`` is no longer the delivery's: another
+        copy took it over (this process was presumed dead) or already succeeded, and its
+        record and effects count, so these are dropped rather than applied twice.
+        """
         keys = self._keys(handler, event_id, task_id)
         if effects is None or not effects.command_stack:
             # One script call: about half the cost of a MULTI pipeline on this hot path.
-            run_script(
-                self.client,
-                self._succeed,
-                keys,
-                [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000)],
+            return bool(
+                run_script(
+                    self.client,
+                    self._succeed,
+                    keys,
+                    [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000), lease],
+                )
             )
-            return
-        pipe = effects
         inbox, state, ledger, due = keys
-        if use_inbox:
-            pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
-        pipe.delete(state)
-        pipe.hdel(ledger, task_id)
-        pipe.zrem(due, task_id)
-        pipe.execute()
+        commands = list(effects.command_stack)
+        effects.reset()
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if use_inbox:
+                        # Fenced by the lease: WATCH makes the check and the commit one step.
+                        pipe.watch(inbox)  # type: ignore[no-untyped-call]
+                        current = pipe.get(inbox)
+                        if current is not None and current != lease.encode():
+                            pipe.reset()
+                            return False
+                        pipe.multi()
+                    for args, options in commands:
+                        pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]
+                    if use_inbox:
+                        pipe.set(inbox, "done", px=int(ttl_seconds * 1000))
+                    pipe.delete(state)
+                    pipe.hdel(ledger, task_id)
+                    pipe.zrem(due, task_id)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # the lease changed meanwhile: look again
 
     def forget(self, task_id: str) -> None:
         """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""
@@ -301,8 +364,9 @@ class Inbox:
         max_redeliveries: int,
         postpone: float,
         batch: int = 200,
-    ) -> tuple[int, list[dict[str, Any]]]:
-        """Send lost deliveries again; return how many, and those sent too often already."""
+    ) -> SweepResult:
+        """Send lost deliveries again; report them, those sent too often already, and the
+        ledger entries that could not be read (all three are out of the ledger now)."""
         results = run_script(
             self.client,
             self._sweep,
@@ -316,9 +380,35 @@ class Inbox:
                 max_redeliveries,
             ],
         )
-        resent = sum(1 for r in results if not r)
-        given_up = [json.loads(r) for r in results if r]
-        return resent, given_up
+        found = SweepResult()
+        for result in results:
+            if isinstance(result, list):
+                task_id, raw = result
+                found.unreadable.append((_text(task_id), bytes(raw)))
+            elif not result:
+                found.resent += 1
+            else:
+                try:
+                    entry = _plainjson.loads(result)
+                except ValueError:  # read by Lua's decoder, which is laxer than ours
+                    entry = None
+                if isinstance(entry, dict):
+                    found.given_up.append(entry)
+                else:
+                    found.unreadable.append(("", bytes(result)))
+        return found
+
+
+@dataclass
+class SweepResult:
+    """What one sweep of the ledger did."""
+
+    #: Lost deliveries sent again.
+    resent: int = 0
+    #: Ledger entries of deliveries lost ``max_deliveries`` times: given up.
+    given_up: list[dict[str, Any]] = field(default_factory=list)
+    #: ``(task id, raw entry)`` of ledger entries that are not what the fan-out writes.
+    unreadable: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:

@@ -10,7 +10,8 @@ short, atomic handlers without a transaction runner, a registry it cannot reach)
 the service's subscriptions; if any of that fails, the worker logs one error saying what to fix
 and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's exception, so
 a check in a signal receiver cannot stop a worker; a bootstep's ``SystemExit`` does.) Once it
-runs (``worker_ready``): look for lost deliveries every ``sweep_interval`` seconds.
+runs (``worker_ready``): look for lost deliveries every ``sweep_interval`` seconds, and put back
+on their queues the unacked messages of worker processes that died (``_liveness.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 
-from . import _redis
-from .deadletters import Reason, new_letter
+from . import _plainjson, _redis
+from ._liveness import Reaper
+from .deadletters import DeadLetter, Reason, new_letter
 from .errors import CeleryEventsError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -211,6 +213,13 @@ class Sweeper:
         prefix = options.get("global_keyprefix", "")
         self.unacked_key = prefix + options.get("unacked_key", "unacked")
         self.lock_key = f"{bus.settings.key_prefix}sweeper:{bus.service}"
+        self.reaper = Reaper(
+            bus.inbox.client,
+            bus.settings.key_prefix,
+            prefix,
+            options.get("unacked_key", "unacked"),
+            options.get("unacked_index_key", "unacked_index"),
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -228,6 +237,7 @@ class Sweeper:
 
     def sweep_once(self) -> int:
         """One round; returns how many lost deliveries were sent again."""
+        self.reap_dead_workers()
         client = self.bus.inbox.client
         settings = self.bus.settings
         # One sweeper per service at a time; the lock outlives a dead worker by one interval.
@@ -236,19 +246,20 @@ class Sweeper:
             if client.get(self.lock_key) != self._token.encode():
                 return 0
             client.pexpire(self.lock_key, lock_ms)
-        resent, given_up = self.bus.inbox.sweep(
+        swept = self.bus.inbox.sweep(
             unacked_key=self.unacked_key,
             redelivery_timeout=settings.redelivery_timeout,
             max_redeliveries=settings.max_deliveries,
             postpone=settings.sweep_interval,
         )
+        resent = swept.resent
         if resent:
             log.warning(
                 "celery-events: sent %d lost delivery(ies) of service %r again",
                 resent,
                 self.bus.service,
             )
-        for entry in given_up:
+        for entry in swept.given_up:
             self.bus.dead_letters.add(
                 new_letter(
                     service=self.bus.service,
@@ -258,13 +269,61 @@ class Sweeper:
                         f"The delivery was lost {entry.get('r')} times (its message vanished"
                         " before a worker finished it) and was given up."
                     ),
-                    handler=entry.get("h"),
+                    handler=_text_or_none(entry.get("h")),
                     envelope=_envelope_of(entry.get("m")),
-                    queue=entry.get("q"),
+                    queue=_text_or_none(entry.get("q")),
                     raw=str(entry.get("m", "")).encode(),
                 )
             )
+        for task_id, raw in swept.unreadable:
+            self.bus.dead_letters.add(_unreadable_entry_letter(self.bus.service, task_id, raw))
         return resent
+
+    def reap_dead_workers(self) -> int:
+        """Put the unacked messages of dead worker processes back on their queues.
+
+        Every worker's sweeper does this, whatever its service, outside the service's lock:
+        the script is atomic, so each message is restored once, and a dead worker's messages
+        need not wait for its service's lock to expire. It runs before the lost-delivery sweep,
+        which then finds them in their queues rather than held by the dead worker.
+        """
+        restored = self.reaper.reap()
+        if restored:
+            log.warning(
+                "celery-events: put %d message(s) held by dead worker process(es) back on"
+                " their queues",
+                restored,
+            )
+        return restored
+
+
+def _unreadable_entry_letter(service: str, task_id: str, raw: bytes) -> DeadLetter:
+    """The dead letter keeping a ledger entry the sweep could not read, with whatever of the
+    delivery can still be read from it (it may be replayed if its envelope and handler can)."""
+    try:
+        entry = _plainjson.loads(raw)
+    except ValueError:
+        entry = None
+    fields = entry if isinstance(entry, dict) else {}
+    return new_letter(
+        service=service,
+        reason=Reason.UNREADABLE_LEDGER_ENTRY,
+        error_type="UnreadableLedgerEntry",
+        error_message=(
+            f"The lost-delivery ledger entry of task {task_id or '(unknown)'} is not what the"
+            " fan-out writes (JSON with string q, m, e, h and a number r), so it could not be"
+            " checked or sent again; it was taken out of the ledger and kept here, raw."
+        ),
+        handler=_text_or_none(fields.get("h")),
+        envelope=_envelope_of(fields.get("m")),
+        queue=_text_or_none(fields.get("q")),
+        task_id=task_id or None,
+        raw=raw,
+    )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _envelope_of(payload: object) -> dict[str, Any] | None:

@@ -32,12 +32,13 @@ from ._fanout import Fanout, KombuFanout, RedisFanout
 from ._inbox import Inbox
 from ._messages import TaskMessage, build_messages, encode_body
 from ._task_events import enable_task_events
-from .deadletters import DeadLetterStore
+from .deadletters import DeadLetterStore, ReplayError
 from .envelope import Event, check_ids, encode_data
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
     InvalidEnvelope,
+    InvalidEventData,
     NoSubscribersError,
     PublishError,
     RegistryError,
@@ -285,8 +286,11 @@ class EventBus:
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker does not take the event
-        within ``publish_timeout``. In all these cases nothing was sent.
+        string, and :class:`PublishError` when the broker refuses the event or does not take
+        it within ``publish_timeout``. In all these cases nothing was sent, except for a
+        :class:`PublishError` whose message says that Redis was reached but its reply lost:
+        the deliveries may then have been queued, and publishing the same event again
+        (:meth:`publish_event`) is the safe retry.
 
         >>> result = bus.publish("user.registered", {"user_id": 7})   # doctest: +SKIP
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
@@ -518,6 +522,7 @@ class EventBus:
                         key_prefix=self.settings.key_prefix,
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
+                        route=self._replay_queue,
                     )
         return self._dead_letters
 
@@ -542,13 +547,49 @@ class EventBus:
             return fanout.client
         return self.registry.client
 
+    def _replay_queue(self, handler: str) -> str:
+        """The queue a replay to ``handler`` goes to: that handler's own, if this service
+        subscribes it.
+
+        What the service subscribes is this bus's handlers, or, for a bus that declares none
+        (an operator's shell), the service's subscriptions in the registry.
+        """
+        if self._handlers:
+            subscribed = {name: h.queue for name, h in self._handlers.items()}
+            where = ""
+        else:
+            subscribed = {
+                s.handler: s.queue for s in self.registry.subscriptions() if s.service == self.service
+            }
+            where = " in the registry"
+        queue = subscribed.get(handler)
+        if queue is None:
+            raise ReplayError(
+                f"{handler!r} is not a handler that service {self.service!r} subscribes{where}"
+                f" (its handlers are {', '.join(sorted(subscribed)) or 'none'}), so a dead"
+                " letter is not replayed to it; purge the dead letter instead."
+            )
+        return queue
+
     def _resend(
         self, envelope: dict[str, Any], handler: str, queue: str, service: str | None = None
     ) -> str:
         """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
-        this service; the operator CLI replays other services' dead letters)."""
-        name = str(envelope.get("type"))
-        data_json = encode_data(name, envelope.get("data"), self.settings.max_event_size)
+        this service; the operator CLI replays other services' dead letters).
+
+        For this service the handler must be one of its own and its own queue is used, whatever
+        ``queue`` says; for another, ``queue`` must come from that service's subscriptions.
+        Raises :class:`ReplayError` for an envelope that is not a valid event.
+        """
+        if service is None or service == self.service:
+            queue = self._replay_queue(handler)
+        try:
+            event = Event.from_envelope(envelope)
+            data_json = encode_data(
+                event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
+            )
+        except (InvalidEnvelope, InvalidEventData) as exc:
+            raise ReplayError(f"The envelope cannot be replayed: {exc}") from exc
         [message] = self._messages(
             envelope,
             data_json,

@@ -38,7 +38,7 @@ from ._all_dead_letters import AllDeadLetters
 from ._table import render_table
 from .bus import EventBus, bus_for
 from .catalog import Catalog
-from .deadletters import DeadLetter, DeadLetterNotFound
+from .deadletters import DeadLetter, DeadLetterNotFound, Reason
 from .errors import (
     BrokerError,
     CeleryEventsError,
@@ -460,7 +460,11 @@ def show_dead_letter(ctx: click.Context, id: str, as_json: bool) -> None:
     if letter.envelope is not None:
         click.echo("\nenvelope:")
         click.echo(json.dumps(letter.envelope, indent=2, ensure_ascii=False))
-    if letter.raw_base64 is not None:
+    if letter.reason == Reason.UNREADABLE_RECORD and letter.raw is not None:
+        # The record itself is what could not be read: show its text as stored.
+        click.echo("\nstored record:")
+        click.echo(letter.raw.decode("utf-8", "backslashreplace"))
+    elif letter.raw_base64 is not None:
         click.echo(f"\nraw message (base64): {letter.raw_base64}")
     if letter.traceback:
         click.echo("\n" + letter.traceback.rstrip())

@@ -8,13 +8,22 @@ JSON that is not a Celery message, pickle, an unknown handler): then the raw pay
 
 They are stored in Redis per service, in a hash of records and an index sorted by time, and
 nothing is dropped unless the ``dead_letter_limit`` setting asks for it (which is logged).
+Each record carries its format number (``format``). A stored record that cannot be read (not
+JSON, fields missing or of the wrong type, a newer format) is listed, shown, counted and purged
+like any other, as a letter of reason ``unreadable_record`` holding the stored text; it is never
+replayed.
+
+A replay goes only to a handler its service subscribes, on that handler's own queue (never the
+queue or handler of an edited record alone), with an envelope that is a valid event.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,7 +32,9 @@ from typing import Any
 
 import redis
 
-from .errors import CeleryEventsError, RegistryError, describe
+from . import _plainjson
+from .envelope import Event
+from .errors import CeleryEventsError, InvalidEnvelope, RegistryError, describe
 
 __all__ = ["DeadLetter", "DeadLetterStore", "DeadLetterNotFound", "ReplayError", "Reason"]
 
@@ -40,7 +51,16 @@ class Reason:
     TOO_MANY_DELIVERIES = "too_many_deliveries"
     LOST_TOO_OFTEN = "lost_too_often"
     UNREADABLE = "unreadable_message"
+    #: The lost-delivery ledger held an entry the sweeper could not read; its raw text is kept.
+    UNREADABLE_LEDGER_ENTRY = "unreadable_ledger_entry"
     UNKNOWN_HANDLER = "unknown_handler"
+    #: The stored record itself could not be read; its text is kept in ``raw``.
+    UNREADABLE_RECORD = "unreadable_record"
+
+
+#: The format of the dead-letter records this version writes (the ``format`` field). Records
+#: without one were written before it existed, in format 1.
+FORMAT = 1
 
 
 class DeadLetterNotFound(CeleryEventsError, KeyError):
@@ -51,7 +71,8 @@ class DeadLetterNotFound(CeleryEventsError, KeyError):
 
 
 class ReplayError(CeleryEventsError):
-    """A dead letter cannot be replayed (it has no handler or no readable envelope)."""
+    """A dead letter cannot be replayed: it has no handler or no valid envelope, or its handler
+    is not one its service subscribes."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +108,130 @@ class DeadLetter:
         return None if self.raw_base64 is None else base64.b64decode(self.raw_base64)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"format": FORMAT, **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DeadLetter:
-        return cls(**data)
+    def from_json(cls, data: object) -> DeadLetter:
+        """Read a stored record; raise ``ValueError`` saying what is wrong with it.
+
+        Fields this version does not know (written by a newer one of the same format) are kept
+        in ``extra``; a record of a newer format is refused.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
+        fields = dict(data)
+        version = fields.pop("format", 1)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"its format is {version!r}, not a whole number")
+        if version > FORMAT:
+            raise ValueError(
+                f"it is in format {version}, written by a newer celery-events (this one reads"
+                f" up to format {FORMAT}); upgrade to read it"
+            )
+        known = {name: fields.pop(name) for name in _FIELD_TYPES if name in fields}
+        missing = [name for name in _REQUIRED_FIELDS if name not in known]
+        if missing:
+            raise ValueError(f"it lacks the field(s) {', '.join(missing)}")
+        for name, value in known.items():
+            expected = _FIELD_TYPES[name]
+            if not _is(value, expected):
+                raise ValueError(f"its {name} is {_shown(value)}, not {expected}")
+        raw = known.get("raw_base64")
+        if raw is not None:
+            try:
+                base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("its raw_base64 is not base64") from None
+        if fields:  # unknown fields of the same format: kept, not lost
+            known["extra"] = {**known.get("extra", {}), **fields}
+        return cls(**known)
+
+
+_TEXT, _OPTIONAL_TEXT, _NUMBER = "a string", "a string or null", "a number"
+_FIELD_TYPES = {
+    "id": _TEXT,
+    "service": _TEXT,
+    "reason": _TEXT,
+    "handler": _OPTIONAL_TEXT,
+    "event_name": _OPTIONAL_TEXT,
+    "event_id": _OPTIONAL_TEXT,
+    "envelope": "an object or null",
+    "error_type": _TEXT,
+    "error_message": _TEXT,
+    "traceback": _OPTIONAL_TEXT,
+    "attempts": "a whole number",
+    "first_failed_at": _NUMBER,
+    "last_failed_at": _NUMBER,
+    "hostname": _OPTIONAL_TEXT,
+    "task_id": _OPTIONAL_TEXT,
+    "queue": _OPTIONAL_TEXT,
+    "raw_base64": _OPTIONAL_TEXT,
+    "extra": "an object",
+}
+_REQUIRED_FIELDS = ("id", "service", "reason", "error_type", "error_message", "last_failed_at")
+
+
+def _is(value: object, expected: str) -> bool:
+    if expected.endswith(" or null") and value is None:
+        return True
+    if expected in (_TEXT, _OPTIONAL_TEXT):
+        return isinstance(value, str)
+    if expected in ("an object", "an object or null"):
+        return isinstance(value, dict)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if expected == "a whole number" else math.isfinite(value)
+
+
+def _shown(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def read_record(id: str, service: str, raw: bytes, stored_at: float) -> DeadLetter:
+    """The dead letter stored as ``raw`` under ``id`` in ``service``'s store, indexed at
+    ``stored_at``; an unreadable record becomes a letter of reason ``unreadable_record``."""
+    try:
+        letter = DeadLetter.from_json(_plainjson.loads(raw))
+        if letter.id != id or letter.service != service:
+            raise ValueError(
+                f"it names dead letter {letter.id!r} of service {letter.service!r}, but is"
+                f" stored as {id!r} of {service!r}"
+            )
+        return letter
+    except (ValueError, TypeError) as exc:
+        problem = str(exc) or type(exc).__name__
+    return DeadLetter(
+        id=id,
+        service=service,
+        reason=Reason.UNREADABLE_RECORD,
+        handler=None,
+        event_name=None,
+        event_id=None,
+        envelope=None,
+        error_type="UnreadableRecord",
+        error_message=(
+            f"The stored dead-letter record cannot be read: {problem}. Its text is kept as raw;"
+            " it cannot be replayed, but it can be purged."
+        ),
+        traceback=None,
+        attempts=0,
+        first_failed_at=stored_at,
+        last_failed_at=stored_at,
+        hostname=None,
+        raw_base64=base64.b64encode(raw).decode(),
+    )
 
 
 Letters = list[DeadLetter]
 Ids = list[str]
+#: ``(id, time indexed)`` pairs of the index.
+Indexed = list[tuple[str, float]]
 
 #: Sends a fresh delivery of an envelope to a handler on a queue; returns the new task id.
 Resender = Callable[[dict[str, Any], str, str], str]
+#: The queue of a handler the service subscribes; raises :class:`ReplayError` for any other.
+Router = Callable[[str], str]
 
 
 class DeadLetterStore:
@@ -117,6 +250,7 @@ class DeadLetterStore:
         key_prefix: str = "celery_events:",
         limit: int | None = None,
         resend: Resender | None = None,
+        route: Router | None = None,
     ) -> None:
         self.client = client
         self.service = service
@@ -124,6 +258,7 @@ class DeadLetterStore:
         self.index_key = f"{key_prefix}dead:{service}:index"
         self.limit = limit
         self._resend = resend
+        self._route = route
 
     def add(self, letter: DeadLetter) -> DeadLetter:
         """Store ``letter`` durably (both keys in one transaction)."""
@@ -175,9 +310,9 @@ class DeadLetterStore:
         limit: int | None = 100,
     ) -> Letters:
         """Dead letters, newest first, filtered by handler, event name and reason."""
-        ids = [_text(i) for i in self.client.zrevrange(self.index_key, 0, -1)]
+        indexed: Any = self.client.zrevrange(self.index_key, 0, -1, withscores=True)
         found: Letters = []
-        for letter in self._load(ids):
+        for letter in self._load([(_text(i), float(score)) for i, score in indexed]):
             if handler is not None and letter.handler != handler:
                 continue
             if event_name is not None and letter.event_name != event_name:
@@ -197,13 +332,16 @@ class DeadLetterStore:
 
     def get(self, id: str) -> DeadLetter:
         """One dead letter, or :class:`DeadLetterNotFound`."""
-        raw = self.client.hget(self.records_key, id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(self.records_key, id)
+            pipe.zscore(self.index_key, id)
+            raw, score = pipe.execute()
         if raw is None:
             raise DeadLetterNotFound(
                 f"Service {self.service!r} has no dead letter {id!r}; list them with"
                 " bus.dead_letters.list() or `celery -A app eventbus dead-letters list`."
             )
-        return DeadLetter.from_json(json.loads(raw))
+        return read_record(id, self.service, _bytes(raw), float(score or 0.0))
 
     def replay(
         self,
@@ -221,17 +359,45 @@ class DeadLetterStore:
         if self._resend is None:
             raise ReplayError("This dead-letter store was made without a way to resend.")
         letters = self._select(id, handler, event_name, reason)
-        for letter in letters:
-            if letter.handler is None or letter.envelope is None or letter.queue is None:
-                raise ReplayError(
-                    f"Dead letter {letter.id} ({letter.reason}) has no handler or no readable"
-                    " envelope, so it cannot be replayed; inspect it with get() and purge it."
-                )
-        for letter in letters:
-            self._resend(letter.envelope, letter.handler, letter.queue)  # type: ignore[arg-type]
+        # Every letter is checked before any is sent: none is replayed if one cannot be.
+        plans = [self.replay_target(letter) for letter in letters]
+        for letter, (envelope, to_handler, queue) in zip(letters, plans, strict=True):
+            self._resend(envelope, to_handler, queue)
             self._remove([letter.id])
-            log.info("celery-events: replayed dead letter %s to %s", letter.id, letter.handler)
+            log.info(
+                "celery-events: replayed dead letter %s to %s on %s", letter.id, to_handler, queue
+            )
         return letters
+
+    def replay_target(self, letter: DeadLetter) -> tuple[dict[str, Any], str, str]:
+        """The ``(envelope, handler, queue)`` a replay of ``letter`` sends, or
+        :class:`ReplayError` saying why it cannot be replayed.
+
+        The handler must be one the service subscribes and the queue is that subscription's,
+        whatever the stored record says: an edited record cannot run another task or reach
+        another queue.
+        """
+        how = "inspect it with get() or `eventbus dead-letters show`, and purge it"
+        if letter.reason == Reason.UNREADABLE_RECORD:
+            raise ReplayError(f"Dead letter {letter.id} cannot be replayed: {letter.error_message}")
+        if letter.handler is None or letter.envelope is None:
+            raise ReplayError(
+                f"Dead letter {letter.id} ({letter.reason}) has no handler or no readable"
+                f" envelope, so it cannot be replayed; {how}."
+            )
+        try:
+            Event.from_envelope(letter.envelope)
+        except InvalidEnvelope as exc:
+            raise ReplayError(
+                f"Dead letter {letter.id} cannot be replayed: its envelope is not a valid event"
+                f" ({exc}); {how}."
+            ) from exc
+        if self._route is None:
+            raise ReplayError(
+                "This dead-letter store was made without the subscriptions of its service, so it"
+                " cannot check where a replay may go."
+            )
+        return letter.envelope, letter.handler, self._route(letter.handler)
 
     def purge(
         self,
@@ -262,13 +428,14 @@ class DeadLetterStore:
             pipe.zrem(self.index_key, *ids)
             pipe.execute()
 
-    def _load(self, ids: Ids) -> Letters:
-        if not ids:
+    def _load(self, indexed: Indexed) -> Letters:
+        if not indexed:
             return []
         letters = []
-        for raw in self.client.hmget(self.records_key, ids):
+        records = self.client.hmget(self.records_key, [id for id, _ in indexed])
+        for (id, stored_at), raw in zip(indexed, records, strict=True):
             if raw is not None:
-                letters.append(DeadLetter.from_json(json.loads(raw)))
+                letters.append(read_record(id, self.service, _bytes(raw), stored_at))
         return letters
 
 
@@ -313,6 +480,10 @@ def new_letter(
         queue=queue,
         raw_base64=None if raw is None else base64.b64encode(raw).decode(),
     )
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _text(value: object) -> str:

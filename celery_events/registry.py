@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from .errors import RegistryError, describe
-from .names import Matcher
+from . import _plainjson
+from .errors import InvalidPattern, RegistryError, describe
+from .names import Matcher, validate_pattern
 
 __all__ = ["Subscription", "Registry"]
 
@@ -93,6 +95,9 @@ class Registry:
         self._watcher: threading.Thread | None = None
         self._watcher_pid = 0
         self._closed = threading.Event()
+        # The bad record last reported per service, so that one is logged once, not on every
+        # reload of the view.
+        self._reported: dict[str, bytes] = {}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -176,7 +181,29 @@ class Registry:
                 version, records = pipe.execute()
         except redis.RedisError as exc:
             raise RegistryError(f"Could not read the subscription registry: {describe(exc)}.") from exc
-        return version, tuple(_decode(records))
+        return version, tuple(self._decode(records))
+
+    def _decode(self, records: dict[bytes, bytes]) -> Iterable[Subscription]:
+        """Every subscription of every readable record; a bad record skips its service only."""
+        bad: dict[str, bytes] = {}
+        for service_raw, raw in sorted(records.items()):
+            service = service_raw.decode("utf-8", "backslashreplace")
+            try:
+                found = _decode_record(service, raw)
+            except _BadRecord as exc:
+                # One service's corrupt record must not stop every publisher.
+                bad[service] = raw
+                if self._reported.get(service) != raw:
+                    log.error(
+                        "celery-events: skipping the registry record of service %r: %s Its"
+                        " subscriptions are ignored until it registers again (restart its"
+                        " worker, or call bus.register()).",
+                        service,
+                        exc,
+                    )
+                continue
+            yield from found
+        self._reported = bad
 
     # -- the watcher -----------------------------------------------------------------------
 
@@ -199,9 +226,15 @@ class Registry:
         while not self._closed.wait(self._refresh_interval):
             try:
                 self.refresh()
-            except RegistryError as exc:
+            except Exception as exc:
+                # Whatever goes wrong, the watcher keeps watching: if it stopped, every view
+                # would go stale and each publish would pay for the reload itself.
                 if not failing:
-                    log.warning("celery-events: registry check failed, will retry: %s", exc)
+                    log.warning(
+                        "celery-events: registry check failed, will retry: %s",
+                        exc,
+                        exc_info=not isinstance(exc, RegistryError),
+                    )
                 failing = True
             else:
                 if failing:
@@ -213,21 +246,56 @@ class Registry:
         self._closed.set()
 
 
-def _decode(records: dict[bytes, bytes]) -> Iterable[Subscription]:
-    for service_raw, raw in sorted(records.items()):
-        service = service_raw.decode()
+class _BadRecord(ValueError):
+    """A registry record that is not what :meth:`Registry.register` writes."""
+
+
+def _decode_record(service: str, raw: bytes) -> list[Subscription]:
+    """The subscriptions of one service's record; raise :class:`_BadRecord` naming the problem."""
+    try:
+        record = _plainjson.loads(raw)
+    except ValueError as exc:  # also bytes that are not UTF-8
+        raise _BadRecord(f"it is not JSON ({describe(exc)}).") from None
+    if not isinstance(record, dict):
+        raise _BadRecord(f"it is a JSON {type(record).__name__}, not an object.")
+    registered_at = record.get("registered_at")
+    if (
+        isinstance(registered_at, bool)
+        or not isinstance(registered_at, (int, float))
+        or not math.isfinite(registered_at)
+    ):
+        raise _BadRecord(f"its registered_at is {registered_at!r}, not a Unix time.")
+    entries = record.get("subscriptions")
+    if not isinstance(entries, list):
+        raise _BadRecord(f"its subscriptions are {_shown(entries)}, not a list.")
+    found = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _BadRecord(f"subscription {number} is {_shown(entry)}, not an object.")
         try:
-            record = json.loads(raw)
-            registered_at = float(record["registered_at"])
-            entries: Sequence[dict[str, str]] = record["subscriptions"]
-            for entry in entries:
-                yield Subscription(
-                    pattern=entry["pattern"],
-                    service=service,
-                    handler=entry["handler"],
-                    queue=entry["queue"],
-                    registered_at=registered_at,
+            pattern = validate_pattern(entry.get("pattern"))
+        except InvalidPattern as exc:
+            raise _BadRecord(f"subscription {number}: {exc}") from None
+        fields = {}
+        for name in ("handler", "queue"):
+            value = entry.get(name)
+            if not isinstance(value, str) or not value:
+                raise _BadRecord(
+                    f"subscription {number} has {name} {_shown(value)}, not a non-empty string."
                 )
-        except (ValueError, KeyError, TypeError) as exc:
-            # One service's corrupt record must not stop every publisher.
-            log.error("celery-events: skipping unreadable registry record of %r: %s", service, exc)
+            fields[name] = value
+        found.append(
+            Subscription(
+                pattern=pattern,
+                service=service,
+                handler=fields["handler"],
+                queue=fields["queue"],
+                registered_at=float(registered_at),
+            )
+        )
+    return found
+
+
+def _shown(value: object, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from .harness import RedisServer, Worker, redis_server_binary
+from .harness import (
+    RabbitMQServer,
+    RedisServer,
+    Worker,
+    rabbitmq_server_binary,
+    redis_server_binary,
+)
 
 # Fast-starting workers: mingle and gossip only slow start-up, they change nothing we test.
 WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
@@ -25,6 +31,22 @@ def redis_server() -> Iterator[RedisServer]:
             pytest.fail(message)
         pytest.skip(message)
     server = RedisServer(binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitMQServer]:
+    """A private RabbitMQ node, started (a few seconds) only for the tests that ask for it.
+    Missing RabbitMQ fails in CI, skips locally."""
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RabbitMQServer(binary)
     server.start()
     yield server
     server.stop()
@@ -63,7 +85,7 @@ def start_worker(
         module: str, *, env: dict[str, str] | None = None, args: list[str] | None = None,
         ready: bool = True,
     ) -> Worker:
-        full_env = dict(os.environ, CELERY_EVENTS_TEST_BROKER=redis_url, **(env or {}))
+        full_env = {**os.environ, "CELERY_EVENTS_TEST_BROKER": redis_url, **(env or {})}
         worker = Worker(module, full_env, [*WORKER_ARGS, *(args or [])], tmp_path)
         started.append(worker)
         return worker.wait_ready() if ready else worker

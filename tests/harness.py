@@ -109,6 +109,89 @@ class RedisServer:
         self.start()
 
 
+def rabbitmq_server_binary() -> str | None:
+    """Debian's server script itself: /usr/sbin/rabbitmq-server would switch to the
+    ``rabbitmq`` user and the system node's directories."""
+    debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if debian.exists():
+        return str(debian)
+    return shutil.which("rabbitmq-server")
+
+
+class RabbitMQServer:
+    """A private RabbitMQ node on 127.0.0.1: its own node name, ports (AMQP, distribution,
+    epmd), data and log directories and Erlang cookie, so it never meets a system node."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="celery-events-rabbitmq-"))
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.process: subprocess.Popen[bytes] | None = None
+        home = self.dir / "home"
+        home.mkdir()
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+        )
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        self.env = dict(
+            os.environ,
+            HOME=str(home),
+            RABBITMQ_NODENAME=f"celery-events-{self.port}@localhost",
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            ERL_EPMD_PORT=str(free_port()),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._log = open(self.dir / "server.log", "wb")
+        self.process = subprocess.Popen(
+            [self.binary], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._ready, timeout=timeout, interval=0.2,
+                   what=f"rabbitmq-server on port {self.port}")
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"rabbitmq-server exited:\n{(self.dir / 'server.log').read_text(errors='replace')}"
+            )
+        from kombu import Connection
+
+        try:
+            with Connection(self.url, connect_timeout=1) as connection:
+                connection.connect()
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+            self.process = None
+            self._log.close()
+        # The node started its own epmd daemon on the private port; it outlives the node.
+        epmd = shutil.which("epmd")
+        if epmd:
+            subprocess.run([epmd, "-kill"], env=self.env, capture_output=True, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Worker:
     """One `celery -A <module> worker` subprocess; its output goes to a log file."""
 

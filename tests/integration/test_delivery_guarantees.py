@@ -45,6 +45,21 @@ def test_a_failing_handler_is_retried_with_celery_retry_then_succeeds(
     assert "work.pay → flaky.work" in log
 
 
+def test_a_handler_gets_every_retry_it_asked_for_beyond_celerys_default_limit(
+    start_worker, publisher: EventBus, redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Celery's tasks allow 3 retries unless told otherwise; a 4th raised the handler's error
+    # and the delivery was acked with no dead letter.
+    start_worker(FLAKY)
+    result = publisher.publish("persist.order", {"order_id": 9})
+    ops = dead_bus(redis_url)
+    wait_until(lambda: ops.dead_letters.count() == 1, timeout=30)
+    [letter] = ops.dead_letters.list(handler="flaky.persist")
+    assert (letter.reason, letter.attempts) == ("retries_exhausted", 6)
+    assert letter.event_id == result.event.id
+    assert redis_client.llen(f"test:started:{result.event.id}") == 6
+
+
 def test_retries_exhausted_become_a_dead_letter_that_can_be_replayed(
     start_worker, publisher: EventBus, redis_client: redis.Redis, redis_url: str
 ) -> None:

@@ -80,3 +80,10 @@ def work_without_inbox(event: Event) -> None:
         raise KeyError("missing")
     if event.data.get("also_no_inbox"):
         client.rpush(EFFECTS_KEY, json.dumps({"handler": "flaky.work_no_inbox", "event_id": event.id}))
+
+
+# More retries than Celery's own default limit of 3, which must not cut them short.
+@bus.subscribe("persist.#", max_retries=5)
+def persist(event: Event) -> None:
+    client.rpush(f"test:started:{event.id}", os.getpid())
+    raise ConnectionError("the archive is down")
