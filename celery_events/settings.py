@@ -117,8 +117,11 @@ class Settings:
     max_deliveries: int = 5
     #: Seconds after its last sign of life (publish, start of a run, an expected retry) before
     #: a delivery that is in no queue, held by no worker and not handled is presumed lost and
-    #: sent again. The subscribing service's setting counts.
-    redelivery_timeout: float = 60.0
+    #: sent again. The subscribing service's setting counts. Short, since nothing that waits
+    #: in a queue, sits in a worker's prefetch or runs is resent: the case is a message a
+    #: worker took from Redis and died before recording (kombu pops, then records), which
+    #: should run again within the recovery time the README promises.
+    redelivery_timeout: float = 15.0
     #: How often a worker looks for lost deliveries of its service, in seconds.
     sweep_interval: float = 5.0
     #: Most dead letters kept per service; ``None`` keeps all. Dropping is logged.
