@@ -4,7 +4,7 @@
     python -m benchmarks --smoke            # a few seconds each: checks that they run
     python -m benchmarks --only publish     # some of: publish, matching, memory, throughput, latency
     python -m benchmarks --markdown FILE    # also write the figures as Markdown
-    python -m benchmarks --baseline REV     # also: publish and throughput against REV, same run
+    python -m benchmarks --baseline REV     # also: publish and throughput against REV (+5 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n" + section.markdown(), flush=True)
             print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
 
-    missed = [t.name for s in sections for t in s.targets if not t.met]
+    missed = [f"{t.name} ({s.title})" for s in sections for t in s.targets if not t.met]
     summary = "All targets met." if not missed else "Targets missed: " + "; ".join(missed) + "."
     print("\n" + summary)
     if args.markdown:
