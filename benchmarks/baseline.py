@@ -103,7 +103,10 @@ def baseline(rev: str) -> Iterator[Checkout]:
     path = Path(rev)
     if path.is_dir():
         if not (path / "celery_events" / "__init__.py").is_file():
-            raise BaselineError(f"{rev} is a directory without celery_events/__init__.py.")
+            raise BaselineError(
+                f"--baseline {rev!r} is a directory without celery_events/__init__.py; pass the"
+                " root of a celery-events checkout, or a git revision."
+            )
         yield Checkout("baseline", path.resolve(), f"the checkout in {path.resolve()}")
         return
     try:

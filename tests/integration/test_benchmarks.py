@@ -7,6 +7,7 @@ Redis and real workers and reports its figures and targets.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -43,8 +44,9 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
 
 def test_the_comparison_with_a_baseline_runs_in_smoke_mode() -> None:
     """``--baseline HEAD``: this revision, copied apart, against the working tree, same run."""
-    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
-        pytest.skip("--baseline takes a git revision: this is not a git checkout")
+    git = shutil.which("git")
+    if git is None or subprocess.run([git, "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("--baseline takes a git revision: git or a git checkout is missing")
     result = subprocess.run(
         [
             sys.executable, "-m", "benchmarks", "--smoke", "--baseline", "HEAD",
