@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import CeleryEventsError
 from .capabilities import Capabilities, check_required
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(CeleryEventsError):
     """A store could not be read or written; ``str()`` is the driver's reason.
 
     ``fix`` is the backend's advice (which rights a user needs, say), or ``None``.
