@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .capabilities import Capabilities, check_required
@@ -51,6 +51,7 @@ __all__ = [
     "Transport",
     "check_required",
     "lease_value",
+    "with_state",
 ]
 
 
@@ -93,6 +94,9 @@ class ServiceBus(Protocol):
 
     @property
     def inbox(self) -> Inbox: ...
+
+    @property
+    def backend(self) -> Backend: ...
 
     @property
     def dead_letters(self) -> DeadLetterSink: ...
@@ -172,6 +176,11 @@ class Transport(Protocol):
 
 class Recovery(Protocol):
     """Background work every worker of a service runs while it consumes."""
+
+    def process_token(self, key_prefix: str) -> str:
+        """This process's token, kept alive where recovery looks for dead holders of broker
+        messages (the screening transport records held messages under it)."""
+        ...
 
     def start(self, bus: ServiceBus) -> None:
         """Start looking for lost deliveries and dead workers' messages (``worker_ready``)."""
@@ -323,6 +332,15 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def with_state(capabilities: Capabilities) -> Capabilities:
+    """What a backend guarantees beside a state store the bus brings (the Django database's).
+
+    The lost-delivery ledger and ``bus.redis_effects()`` commit with the inbox in the broker's
+    Redis, so neither survives the inbox moving elsewhere; the rest is the broker's.
+    """
+    return replace(capabilities, lost_delivery_ledger=False, transactional_effects=False)
 
 
 # -- registry ------------------------------------------------------------------------------

@@ -91,8 +91,11 @@ class KombuTransport:
         """The producer pool is the app's, closed with it."""
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """A kombu-transport backend; state and registry in the Redis of ``registry_url``."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, own_state: bool = True
+) -> Backend:
+    """A kombu-transport backend; state and registry in the Redis of ``registry_url``
+    (``own_state=False``: the bus brings its state store, and the Redis one goes unused)."""
     from .redis import stores_on
 
     if settings.registry_url is None:

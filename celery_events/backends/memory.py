@@ -304,8 +304,11 @@ class MemoryRegistry:
         """The space outlives a bus: other buses of the process share it."""
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """The memory backend of ``broker_url``'s space (``memory://`` or ``memory://name``)."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, own_state: bool = True
+) -> Backend:
+    """The memory backend of ``broker_url``'s space (``memory://`` or ``memory://name``);
+    ``own_state`` changes nothing here (the space's dicts cost nothing unused)."""
     if settings.registry_url is not None:
         raise ConfigurationError(
             "The broker is memory://, whose queues live in this process, but registry_url is"

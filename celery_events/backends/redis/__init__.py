@@ -35,8 +35,14 @@ CAPABILITIES = Capabilities(
 )
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """The Redis backend of ``broker_url``, with the TLS options the app's kombu uses."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, own_state: bool = True
+) -> Backend:
+    """The Redis backend of ``broker_url``, with the TLS options the app's kombu uses.
+
+    ``own_state=False``: the bus brings its state store, so the fan-out keeps no ledger (the
+    inbox that would clear it is elsewhere); the reaper still restores dead workers' messages.
+    """
     timeout = settings.publish_timeout
     broker = connect(broker_url, timeout, use_ssl=app.conf.broker_use_ssl)
     if settings.registry_url is None:
@@ -52,7 +58,7 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
         broker,
         timeout,
         key_prefix=options.get("global_keyprefix", ""),
-        ledger_prefix=settings.key_prefix,
+        ledger_prefix=settings.key_prefix if own_state else None,
         app=app,
         # The catalog entry rides in the fan-out's script only where the registry lives.
         catalog_key=registry.published_key if registry_client is broker else None,
