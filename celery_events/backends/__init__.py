@@ -11,10 +11,11 @@
   (``backends/memory.py``).
 
 Each backend module provides ``CAPABILITIES`` (:class:`~.base.Capabilities`) and
-``open_backend(app, settings, broker_url, name, own_state=True)`` returning a
+``open_backend(app, settings, broker_url, name, state=None)`` returning a
 :class:`~.base.Backend`. A bus may bring a state store of its own (``EventBus(state=...)``, the
-Django database's): the backend then keeps no state beside it (``own_state=False``: no
-lost-delivery ledger on Redis), and its capabilities say so (:func:`~.base.with_state`). A backend's
+Django database's) for inboxes and dead letters: the backend wires it in (Redis keeps its
+lost-delivery ledger beside it), and its capabilities say what is lost
+(:func:`~.base.with_state`). A backend's
 module is imported when it is first used, so an app on ``memory://`` never imports redis-py.
 """
 
@@ -112,14 +113,12 @@ def capabilities_of(name: str, *, own_state: bool = True) -> Capabilities:
 
 def open_backend(app: Any, settings: Any, state: StateStore | None = None) -> Backend:
     """Make the backend for ``app``'s broker URL, its roles configured by ``settings``; with
-    ``state``, that is its state store (and the backend keeps none of its own)."""
+    ``state``, that is where its inboxes and dead letters live."""
     url = broker_url_of(app)
     name = backend_name(url)
     module = _module(name)
     if state is None:
         backend: Backend = module.open_backend(app, settings, url, name)
         return backend
-    backend = module.open_backend(app, settings, url, name, own_state=False)
-    return dataclasses.replace(
-        backend, state=state, capabilities=with_state(backend.capabilities)
-    )
+    backend = module.open_backend(app, settings, url, name, state=state)
+    return dataclasses.replace(backend, capabilities=with_state(backend.capabilities))

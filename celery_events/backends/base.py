@@ -337,10 +337,11 @@ class StateStore(Protocol):
 def with_state(capabilities: Capabilities) -> Capabilities:
     """What a backend guarantees beside a state store the bus brings (the Django database's).
 
-    The lost-delivery ledger and ``bus.redis_effects()`` commit with the inbox in the broker's
-    Redis, so neither survives the inbox moving elsewhere; the rest is the broker's.
+    ``bus.redis_effects()`` commits a handler's Redis writes in one transaction with its inbox
+    record, which is then elsewhere; the rest is the broker's (the Redis backend keeps its
+    lost-delivery ledger beside the other store's inbox).
     """
-    return replace(capabilities, lost_delivery_ledger=False, transactional_effects=False)
+    return replace(capabilities, transactional_effects=False)
 
 
 # -- registry ------------------------------------------------------------------------------

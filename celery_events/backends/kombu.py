@@ -14,7 +14,7 @@ from typing import Any
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
 from . import without_password
-from .base import Backend, Capabilities, QueueReader, ServiceBus
+from .base import Backend, Capabilities, QueueReader, ServiceBus, StateStore
 
 __all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
 
@@ -92,10 +92,10 @@ class KombuTransport:
 
 
 def open_backend(
-    app: Any, settings: Any, broker_url: str, name: str, own_state: bool = True
+    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
 ) -> Backend:
-    """A kombu-transport backend; state and registry in the Redis of ``registry_url``
-    (``own_state=False``: the bus brings its state store, and the Redis one goes unused)."""
+    """A kombu-transport backend; registry, and state unless the bus brings its own
+    (``state``), in the Redis of ``registry_url``."""
     from .redis import stores_on
 
     if settings.registry_url is None:
@@ -104,12 +104,12 @@ def open_backend(
             " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
         )
     capabilities = SENTINEL_CAPABILITIES if name == "sentinel" else CAPABILITIES
-    state, registry, where = stores_on(settings)
+    own, registry, where = stores_on(settings)
     return Backend(
         name=name,
         capabilities=capabilities,
         transport=KombuTransport(app, settings.publish_timeout, name),
-        state=state,
+        state=own if state is None else state,
         registry=registry,
         recovery=None,
         description=f"{without_password(broker_url)}; registry and state on {where}",

@@ -17,10 +17,10 @@ The inbox, the leases, the delivery records and the dead letters live in four ta
   detection) and failures, as the Redis store keeps them;
 - ``celery_events_dead_letter``: each service's dead letters, as JSON text.
 
-Every time is the database's clock (``Now()``), so hosts need not agree on the time. The
-lost-delivery ledger is Redis's own (written atomically with the fan-out), so with this store
-a Redis broker does not keep one (``lost_delivery_ledger`` is off), and ``bus.redis_effects()``
-is not available (``transactional_effects`` is off). The database must lock rows
+Every time is the database's clock (``Now()``), so hosts need not agree on the time. On a
+Redis broker the lost-delivery ledger stays in Redis (publishers write it with the fan-out),
+kept beside this inbox by the backend; ``bus.redis_effects()`` is not available
+(``transactional_effects`` is off: the inbox record is not in Redis). The database must lock rows
 (``select_for_update``): PostgreSQL (the reference), MySQL, MariaDB or Oracle; SQLite is refused
 (system check ``celery_events.E006``).
 """
