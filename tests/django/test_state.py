@@ -3,11 +3,13 @@ the inbox's claims, leases, take-overs and counts, dead letters, settings and wi
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import redis
 from celery import Celery
 from django.core.checks import run_checks
 from django.test import override_settings
@@ -207,3 +209,46 @@ def test_the_state_setting_is_checked() -> None:
         check_database("default")
     with override_settings(CELERY_EVENTS={**CELERY_EVENTS, "state": "database", "database": "pg"}):
         assert not [m for m in run_checks() if m.id.startswith("celery_events.E")]
+
+
+def test_the_redis_ledger_is_kept_beside_the_database_inbox(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given a Redis-brokered bus whose inbox is in the database, and a publisher on Redis
+    app = Celery("djstate-ledger", broker=redis_url)
+    bus = EventBus(app, service="ledgered", state=DatabaseState("pg"))
+    bus.subscribe("crate.#", name="pack")(lambda event: None)
+    bus.register()
+    shop = EventBus(Celery("djstate-shop", broker=redis_url), service="shop")
+    shop.registry.refresh()
+    [delivery] = shop.publish("crate.packed", {"crate": 1}).deliveries
+    ledger, due = "celery_events:ledger:ledgered", "celery_events:ledger:ledgered:due"
+    # The publisher's fan-out recorded the delivery in the subscriber's ledger
+    assert redis_client.hexists(ledger, delivery.task_id)
+    inbox, event = bus.inbox, shop.new_event("crate.packed", {})
+    lease = lease_value(delivery.task_id, inbox.process_token())
+    wait_until(lambda: alive(inbox.process_token()), timeout=10)
+    # A run moves its due time past its lease, a retry past its wait
+    before = time.time()
+    inbox.claim("ledgered.pack", event.id, delivery.task_id, lease=lease, lease_seconds=60,
+                use_inbox=True)
+    assert redis_client.zscore(due, delivery.task_id) >= before + 60
+    inbox.release("ledgered.pack", event.id, delivery.task_id, lease=lease, failed=True,
+                  next_due_in=500)
+    assert redis_client.zscore(due, delivery.task_id) >= before + 500
+    # Handled: its entry goes, with the inbox record in the database
+    inbox.claim("ledgered.pack", event.id, delivery.task_id, lease=lease, lease_seconds=60,
+                use_inbox=True)
+    assert inbox.succeed("ledgered.pack", event.id, delivery.task_id, lease=lease,
+                         use_inbox=True, ttl_seconds=60)
+    assert not redis_client.hexists(ledger, delivery.task_id)
+    assert redis_client.zscore(due, delivery.task_id) is None
+    assert DeliveryLease.objects.using("pg").get(event_id=event.id).state == "done"
+    # A copy found already handled clears its own entry too
+    [copy] = shop.publish_event(event).deliveries
+    lease = lease_value(copy.task_id, inbox.process_token())
+    found = inbox.claim("ledgered.pack", event.id, copy.task_id, lease=lease, lease_seconds=60,
+                        use_inbox=True)
+    assert found.status == "done" and not redis_client.hexists(ledger, copy.task_id)
+    shop.close()
+    bus.close()
