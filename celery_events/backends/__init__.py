@@ -121,4 +121,10 @@ def open_backend(app: Any, settings: Any, state: StateStore | None = None) -> Ba
         backend: Backend = module.open_backend(app, settings, url, name)
         return backend
     backend = module.open_backend(app, settings, url, name, state=state)
-    return dataclasses.replace(backend, capabilities=with_state(backend.capabilities))
+    # A store may say where it is (``description``), for `celery eventbus status`.
+    where = getattr(state, "description", None) or type(state).__name__
+    return dataclasses.replace(
+        backend,
+        capabilities=with_state(backend.capabilities),
+        description=f"{backend.description}; inboxes and dead letters in {where}",
+    )

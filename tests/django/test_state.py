@@ -185,6 +185,7 @@ def test_a_bus_with_the_database_store_says_what_it_lacks(redis_url: str) -> Non
     assert not capabilities.transactional_effects
     assert capabilities.atomic_fanout and capabilities.dead_worker_recovery
     assert capabilities.lost_delivery_ledger  # kept in Redis beside the database inbox
+    assert bus.backend.description.endswith("inboxes and dead letters in the Django database 'pg'")
     assert bus.backend.state.inbox("caps").new_effects() is None
     bus.close()
     strict = EventBus(

@@ -490,6 +490,12 @@ class DatabaseState:
     def __init__(self, using: Alias = "default") -> None:
         self._using = using
 
+    @property
+    def description(self) -> str:
+        """Where it is, for people (``celery eventbus status``)."""
+        using = self._using if isinstance(self._using, str) else self._using()
+        return f"the Django database {using!r}"
+
     def inbox(self, service: str) -> DatabaseInbox:
         check_database(self._using if isinstance(self._using, str) else self._using())
         return DatabaseInbox(self._using)
