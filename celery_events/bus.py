@@ -28,7 +28,7 @@ from ._messages import TaskMessage
 from ._publish import Publisher
 from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
-from .backends.base import Backend, Inbox, Transport, check_required
+from .backends.base import Backend, Inbox, StateStore, Transport, check_required
 from .deadletters import DeadLetterStore, ReplayError
 from .envelope import Event, ExtensionValue
 from .errors import (
@@ -73,9 +73,12 @@ class EventBus:
         service: str,
         *,
         middleware: Iterable[Middleware] = (),
+        state: StateStore | None = None,
         **settings: Any,
     ) -> None:
         self.app = app
+        # A state store of the bus's own (the Django database's) instead of the backend's.
+        self._state = state
         self.service = validate_service_name(service)
         self.settings = Settings.from_options(settings)
         self._publisher = Publisher(self, middleware)
@@ -384,12 +387,15 @@ class EventBus:
                 backend = self._backend
                 if backend is None:
                     self._check_required(backend_name(broker_url_of(self.app)))
-                    backend = self._backend = open_backend(self.app, self.settings)
+                    backend = self._backend = open_backend(
+                        self.app, self.settings, state=self._state
+                    )
         return backend
 
     def _check_required(self, name: str) -> None:
         if self.settings.require:
-            check_required(name, capabilities_of(name), self.settings.require)
+            capabilities = capabilities_of(name, own_state=self._state is None)
+            check_required(name, capabilities, self.settings.require)
 
     @property
     def transport(self) -> Transport:
@@ -454,10 +460,16 @@ class EventBus:
         """
         backend = self.backend
         if not backend.capabilities.transactional_effects:
+            where = (
+                f"the {backend.name} backend"
+                if self._state is None
+                else "the state store given as EventBus(state=...)"
+            )
             raise ConfigurationError(
-                f"bus.redis_effects() needs a Redis state store, and the {backend.name} backend"
-                " has none (its capabilities lack transactional_effects). Use a redis:// broker"
-                " (or registry_url with RabbitMQ), or write the effects in the handler itself."
+                f"bus.redis_effects() needs a Redis state store, and {where} has none (its"
+                " capabilities lack transactional_effects). Use a redis:// broker (or"
+                " registry_url with RabbitMQ) and its own state store, or write the effects in"
+                " the handler itself."
             )
         effects = current_effects.get()
         if effects is None:

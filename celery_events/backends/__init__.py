@@ -11,19 +11,24 @@
   (``backends/memory.py``).
 
 Each backend module provides ``CAPABILITIES`` (:class:`~.base.Capabilities`) and
-``open_backend(app, settings, broker_url, name)`` returning a :class:`~.base.Backend`. A backend's
+``open_backend(app, settings, broker_url, name, state=None)`` returning a
+:class:`~.base.Backend`. A bus may bring a state store of its own (``EventBus(state=...)``, the
+Django database's) for inboxes and dead letters: the backend wires it in (Redis keeps its
+lost-delivery ledger beside it), and its capabilities say what is lost
+(:func:`~.base.with_state`). A backend's
 module is imported when it is first used, so an app on ``memory://`` never imports redis-py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
-from .base import Backend, Capabilities
+from .base import Backend, Capabilities, StateStore, with_state
 
 __all__ = [
     "backend_name",
@@ -99,15 +104,27 @@ def _module(name: str) -> Any:
     return importlib.import_module(MODULES[name])
 
 
-def capabilities_of(name: str) -> Capabilities:
-    """What backend ``name`` guarantees (see :class:`~.base.Capabilities`)."""
+def capabilities_of(name: str, *, own_state: bool = True) -> Capabilities:
+    """What backend ``name`` guarantees (see :class:`~.base.Capabilities`); with
+    ``own_state=False``, beside a state store the bus brings."""
     capabilities: Capabilities = _module(name).CAPABILITIES
-    return capabilities
+    return capabilities if own_state else with_state(capabilities)
 
 
-def open_backend(app: Any, settings: Any) -> Backend:
-    """Make the backend for ``app``'s broker URL, its roles configured by ``settings``."""
+def open_backend(app: Any, settings: Any, state: StateStore | None = None) -> Backend:
+    """Make the backend for ``app``'s broker URL, its roles configured by ``settings``; with
+    ``state``, that is where its inboxes and dead letters live."""
     url = broker_url_of(app)
     name = backend_name(url)
-    backend: Backend = _module(name).open_backend(app, settings, url, name)
-    return backend
+    module = _module(name)
+    if state is None:
+        backend: Backend = module.open_backend(app, settings, url, name)
+        return backend
+    backend = module.open_backend(app, settings, url, name, state=state)
+    # A store may say where it is (``description``), for `celery eventbus status`.
+    where = getattr(state, "description", None) or type(state).__name__
+    return dataclasses.replace(
+        backend,
+        capabilities=with_state(backend.capabilities),
+        description=f"{backend.description}; inboxes and dead letters in {where}",
+    )

@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CeleryEventsError
@@ -52,6 +52,7 @@ __all__ = [
     "Transport",
     "check_required",
     "lease_value",
+    "with_state",
 ]
 
 
@@ -94,6 +95,9 @@ class ServiceBus(Protocol):
 
     @property
     def inbox(self) -> Inbox: ...
+
+    @property
+    def backend(self) -> Backend: ...
 
     @property
     def dead_letters(self) -> DeadLetterSink: ...
@@ -173,6 +177,11 @@ class Transport(Protocol):
 
 class Recovery(Protocol):
     """Background work every worker of a service runs while it consumes."""
+
+    def process_token(self, key_prefix: str) -> str:
+        """This process's token, kept alive where recovery looks for dead holders of broker
+        messages (the screening transport records held messages under it)."""
+        ...
 
     def start(self, bus: ServiceBus) -> None:
         """Start looking for lost deliveries and dead workers' messages (``worker_ready``)."""
@@ -324,6 +333,16 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def with_state(capabilities: Capabilities) -> Capabilities:
+    """What a backend guarantees beside a state store the bus brings (the Django database's).
+
+    ``bus.redis_effects()`` commits a handler's Redis writes in one transaction with its inbox
+    record, which is then elsewhere; the rest is the broker's (the Redis backend keeps its
+    lost-delivery ledger beside the other store's inbox).
+    """
+    return replace(capabilities, transactional_effects=False)
 
 
 # -- registry ------------------------------------------------------------------------------

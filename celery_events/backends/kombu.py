@@ -14,7 +14,7 @@ from typing import Any
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
 from . import without_password
-from .base import Backend, Capabilities, QueueReader, ServiceBus
+from .base import Backend, Capabilities, QueueReader, ServiceBus, StateStore
 
 __all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
 
@@ -91,8 +91,11 @@ class KombuTransport:
         """The producer pool is the app's, closed with it."""
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """A kombu-transport backend; state and registry in the Redis of ``registry_url``."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
+) -> Backend:
+    """A kombu-transport backend; registry, and state unless the bus brings its own
+    (``state``), in the Redis of ``registry_url``."""
     from .redis import stores_on
 
     if settings.registry_url is None:
@@ -101,12 +104,12 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
             " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
         )
     capabilities = SENTINEL_CAPABILITIES if name == "sentinel" else CAPABILITIES
-    state, registry, where = stores_on(settings)
+    own, registry, where = stores_on(settings)
     return Backend(
         name=name,
         capabilities=capabilities,
         transport=KombuTransport(app, settings.publish_timeout, name),
-        state=state,
+        state=own if state is None else state,
         registry=registry,
         recovery=None,
         description=f"{without_password(broker_url)}; registry and state on {where}",

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
-from .base import Backend, Capabilities, Claim, QueueReader, ServiceBus
+from .base import Backend, Capabilities, Claim, QueueReader, ServiceBus, StateStore
 from .kombu import KombuTransport
 
 __all__ = ["CAPABILITIES", "MemoryTransport", "MemoryState", "MemoryRegistry", "reset", "open_backend"]
@@ -304,8 +304,11 @@ class MemoryRegistry:
         """The space outlives a bus: other buses of the process share it."""
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """The memory backend of ``broker_url``'s space (``memory://`` or ``memory://name``)."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
+) -> Backend:
+    """The memory backend of ``broker_url``'s space (``memory://`` or ``memory://name``);
+    inboxes and dead letters in ``state`` if the bus brings a store."""
     if settings.registry_url is not None:
         raise ConfigurationError(
             "The broker is memory://, whose queues live in this process, but registry_url is"
@@ -317,7 +320,7 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
         name="memory",
         capabilities=CAPABILITIES,
         transport=MemoryTransport(app, settings.publish_timeout),
-        state=MemoryState(space),
+        state=MemoryState(space) if state is None else state,
         registry=MemoryRegistry(space),
         recovery=None,
         description=f"{broker_url} (this process only)",

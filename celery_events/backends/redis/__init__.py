@@ -6,7 +6,8 @@
   ``screening.py``) and get a long enough visibility timeout (``worker.py``);
 - recovery: the ledger sweeper and the dead-worker reaper (``worker.py``, ``liveness.py``);
 - state: inbox, leases and the ledger (``inbox.py``), dead letters (``stores.py``), on the
-  broker's Redis, where ``bus.redis_effects()`` commits with the inbox record;
+  broker's Redis, where ``bus.redis_effects()`` commits with the inbox record; or a store the
+  bus brings (``EventBus(state=...)``), the ledger kept beside its inbox;
 - registry: ``stores.py``, on the broker's Redis or the ``registry_url`` one.
 """
 
@@ -15,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import without_password
-from ..base import Backend, Capabilities
+from ..base import Backend, Capabilities, StateStore
 from .client import connect
 from .fanout import RedisFanout
-from .stores import RedisRegistry, RedisState
+from .stores import LedgerState, RedisRegistry, RedisState
 from .worker import RedisRecovery
 
 __all__ = ["CAPABILITIES", "open_backend", "stores_on"]
@@ -35,8 +36,14 @@ CAPABILITIES = Capabilities(
 )
 
 
-def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend:
-    """The Redis backend of ``broker_url``, with the TLS options the app's kombu uses."""
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
+) -> Backend:
+    """The Redis backend of ``broker_url``, with the TLS options the app's kombu uses.
+
+    With ``state`` (a store the bus brings), inboxes and dead letters live there and the
+    lost-delivery ledger stays here, kept beside that store's inbox (``LedgerState``).
+    """
     timeout = settings.publish_timeout
     broker = connect(broker_url, timeout, use_ssl=app.conf.broker_use_ssl)
     if settings.registry_url is None:
@@ -61,7 +68,11 @@ def open_backend(app: Any, settings: Any, broker_url: str, name: str) -> Backend
         name=name,
         capabilities=CAPABILITIES,
         transport=transport,
-        state=RedisState(broker, settings.key_prefix),
+        state=(
+            RedisState(broker, settings.key_prefix)
+            if state is None
+            else LedgerState(state, broker, settings.key_prefix)
+        ),
         registry=registry,
         recovery=RedisRecovery(broker),
         description=f"{without_password(broker_url)}; registry on {where}",

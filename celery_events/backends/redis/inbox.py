@@ -26,10 +26,11 @@ import redis
 
 from ... import _plainjson
 from ..base import Claim, SweepResult, lease_value
+from ..base import Inbox as InboxRole
 from .client import run_script
 from .liveness import alive_prefix, keep_alive
 
-__all__ = ["Inbox", "Claim", "SweepResult", "lease_value", "ledger_entry"]
+__all__ = ["Inbox", "LedgerInbox", "Claim", "SweepResult", "lease_value", "ledger_entry"]
 
 CLAIM_LUA = """
 -- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix
@@ -368,6 +369,117 @@ class Inbox:
                 else:
                     found.unreadable.append(("", bytes(result)))
         return found
+
+
+# Moves a delivery's ledger entry's due time (a run began, or a retry is expected), if it has one.
+TOUCH_LUA = """
+-- KEYS: ledger, due   ARGV: task_id, due_at
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return 0
+"""
+
+
+class LedgerInbox:
+    """Another store's inbox (the Django database's), with the service's lost-delivery ledger
+    kept beside it in the broker's Redis, as :class:`Inbox` keeps it with its own records.
+
+    Publishers' fan-outs record every delivery in the subscriber's ledger whatever store the
+    subscriber keeps its inbox in; this clears an entry once its delivery is handled (or
+    found already handled, or given up) and moves its due time when a run begins or a retry
+    is expected, so that the sweeper resends only what was lost. The two stores are not one
+    transaction: a crash between them leaves an entry that the sweeper resends and the inbox
+    then skips as done, clearing it.
+    """
+
+    def __init__(self, inbox: InboxRole, client: redis.Redis, service: str, key_prefix: str) -> None:
+        self.inbox = inbox
+        self.client = client
+        self.ledger_key = f"{key_prefix}ledger:{service}"
+        self.due_key = f"{key_prefix}ledger:{service}:due"
+        self._touch = client.register_script(TOUCH_LUA)
+
+    def _settle(self, task_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.ledger_key, task_id)
+            pipe.zrem(self.due_key, task_id)
+            pipe.execute()
+
+    def _due(self, task_id: str, due_at: float) -> None:
+        run_script(self.client, self._touch, [self.ledger_key, self.due_key], [task_id, due_at])
+
+    def process_token(self) -> str:
+        return self.inbox.process_token()
+
+    def is_done(self, handler: str, event_id: str) -> bool:
+        return self.inbox.is_done(handler, event_id)
+
+    def new_effects(self) -> Any | None:
+        return self.inbox.new_effects()
+
+    def claim(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        lease_seconds: float,
+        use_inbox: bool,
+    ) -> Claim:
+        found = self.inbox.claim(
+            handler, event_id, task_id, lease=lease, lease_seconds=lease_seconds, use_inbox=use_inbox
+        )
+        if found.status == "done":
+            self._settle(task_id)
+        elif found.status == "run":
+            self._due(task_id, time.time() + lease_seconds)
+        return found
+
+    def succeed(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        use_inbox: bool,
+        ttl_seconds: float,
+        effects: Any | None = None,
+    ) -> bool:
+        done = self.inbox.succeed(
+            handler, event_id, task_id, lease=lease, use_inbox=use_inbox,
+            ttl_seconds=ttl_seconds, effects=effects,
+        )
+        if done:  # else the copy that took the lease over settles it
+            self._settle(task_id)
+        return done
+
+    def release(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        failed: bool,
+        next_due_in: float = 0.0,
+        forget: bool = False,
+    ) -> int:
+        failures = self.inbox.release(
+            handler, event_id, task_id, lease=lease, failed=failed, next_due_in=next_due_in,
+            forget=forget,
+        )
+        if forget:
+            self._settle(task_id)
+        else:
+            self._due(task_id, time.time() + next_due_in)
+        return failures
+
+    def forget(self, task_id: str) -> None:
+        self.inbox.forget(task_id)
+        self._settle(task_id)
 
 
 def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:

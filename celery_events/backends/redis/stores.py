@@ -24,10 +24,10 @@ from typing import Any
 import redis
 
 from ...errors import describe
-from ..base import StoreError
-from .inbox import Inbox
+from ..base import DeadLetterRecords, StateStore, StoreError
+from .inbox import Inbox, LedgerInbox
 
-__all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters"]
+__all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "LedgerState"]
 
 
 def _failed(exc: redis.RedisError, fix: str | None = None) -> StoreError:
@@ -198,6 +198,28 @@ class RedisState:
 
     def close(self) -> None:
         self.client.close()
+
+
+class LedgerState:
+    """A state store the bus brings (the Django database's), with each service's lost-delivery
+    ledger kept beside it in the broker's Redis (:class:`~.inbox.LedgerInbox`)."""
+
+    def __init__(self, state: StateStore, client: redis.Redis, key_prefix: str) -> None:
+        self.state = state
+        self.client = client
+        self.key_prefix = key_prefix
+
+    def inbox(self, service: str) -> LedgerInbox:
+        return LedgerInbox(self.state.inbox(service), self.client, service, self.key_prefix)
+
+    def dead_letters(self, service: str) -> DeadLetterRecords:
+        return self.state.dead_letters(service)
+
+    def dead_letter_services(self) -> list[str]:
+        return self.state.dead_letter_services()
+
+    def close(self) -> None:
+        self.state.close()
 
 
 def _bytes(value: object) -> bytes:

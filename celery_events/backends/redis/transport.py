@@ -154,7 +154,13 @@ class QoS(kombu_redis.QoS):
         bus = _buses.any_bus()
         if bus is None:
             return None
-        token = bus.inbox.process_token()
+        # The reaper's alive keys are in the broker's Redis, wherever the inbox is.
+        recovery = bus.backend.recovery
+        token = (
+            recovery.process_token(bus.settings.key_prefix)
+            if recovery is not None
+            else bus.inbox.process_token()
+        )
         # kombu's client adds the global key prefix to the keys it writes.
         return token, held_names(bus.settings.key_prefix)
 

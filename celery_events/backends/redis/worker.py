@@ -25,7 +25,7 @@ from ...deadletters import DeadLetter, Reason, new_letter
 from ...errors import ConfigurationError
 from ..base import ServiceBus
 from .inbox import Inbox
-from .liveness import Reaper
+from .liveness import Reaper, keep_alive
 from .screening import VISIBILITY_MARGIN, needed_visibility_timeout
 
 __all__ = [
@@ -90,6 +90,10 @@ class RedisRecovery:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._sweepers: list[Sweeper] = []
+
+    def process_token(self, key_prefix: str) -> str:
+        """This process's token, its alive key kept in the broker's Redis (``liveness.py``)."""
+        return keep_alive(self.client, key_prefix)
 
     def start(self, bus: ServiceBus) -> None:
         sweeper = Sweeper(bus, self.client)

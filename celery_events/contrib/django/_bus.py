@@ -29,6 +29,8 @@ def get_bus() -> EventBus:
 
     ``CELERY_EVENTS["app"]`` names the Celery app (``"proj.celery.app"``) and
     ``CELERY_EVENTS["service"]`` the service; other bus settings come from the same dict.
+    ``CELERY_EVENTS["state"] = "database"`` keeps inboxes, leases and dead letters in the
+    database (:class:`~celery_events.contrib.django.state.DatabaseState`).
 
     >>> from celery_events.contrib.django import get_bus
     >>> get_bus().publish("order.placed", {"order_id": 7})           # doctest: +SKIP
@@ -57,11 +59,18 @@ def get_bus() -> EventBus:
                     middleware.append(load_middleware(path))
                 except ValueError as exc:
                     raise ConfigurationError(str(exc)) from exc
+            state = None
+            if config.state == "database":
+                from .state import DatabaseState
+
+                # The alias is read per call, as the rest of the integration reads it.
+                state = DatabaseState(lambda: read_config().database)
             _bus = EventBus(
                 app,
                 config.service,
                 # The user's first: they see an event before it is deferred or stored.
                 middleware=[*middleware, DjangoTransactions()],
+                state=state,
                 **dict(config.bus_settings),
             )
             from . import outbox

@@ -6,6 +6,8 @@
 - ``celery_events.E004``: ``CELERY_EVENTS["database"]`` is not in ``DATABASES``.
 - ``celery_events.E005``: an entry of ``CELERY_EVENTS["middleware"]`` does not import a
   :class:`~celery_events.Middleware`.
+- ``celery_events.E006``: ``CELERY_EVENTS["state"]`` is ``"database"`` but that database cannot
+  lock rows (``SELECT ... FOR UPDATE``: SQLite), so the state store would not be safe there.
 - ``celery_events.W001``: the outbox's database cannot lock rows (``SKIP LOCKED``), so
   only one relay may run.
 """
@@ -18,7 +20,7 @@ from celery import Celery
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from ...errors import describe
+from ...errors import ConfigurationError, describe
 from ...middleware import Middleware
 from .conf import SETTING, _raw, config_problems
 
@@ -63,7 +65,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="celery_events.E004",
             )
         )
-    elif raw.get("outbox") and not connections[database].features.has_select_for_update_skip_locked:
+    elif raw.get("state") == "database":
+        from .state import check_database
+
+        try:
+            check_database(database)
+        except ConfigurationError as exc:
+            messages.append(
+                Error(
+                    str(exc),
+                    hint="Point CELERY_EVENTS['database'] at a PostgreSQL database.",
+                    obj=SETTING,
+                    id="celery_events.E006",
+                )
+            )
+    if database in connections.settings and raw.get("outbox") and not connections[database].features.has_select_for_update_skip_locked:
         messages.append(
             Warning(
                 f"The outbox's database {database!r} cannot lock rows with SKIP LOCKED, so two"

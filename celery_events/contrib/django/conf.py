@@ -7,6 +7,7 @@ One dict holds everything::
         "app": "proj.celery.app",         # the Celery app, as an import path (required)
         "outbox": False,                  # write published events to the outbox table
         "database": "default",            # the database alias of the outbox and the inbox
+        "state": "backend",               # "database": inbox, leases, dead letters in it
         "relay_in_worker": False,         # run the outbox relay inside `celery worker`
         "relay_interval": 1.0,            # seconds between two relay polls of an idle outbox
         "relay_batch_size": 100,          # rows one relay transaction sends at most
@@ -18,7 +19,7 @@ One dict holds everything::
 
 The setting is read when it is used, not at import, so ``override_settings`` works for every
 key read per call (``outbox``, ``database``, the relay's and the retention keys). ``service``,
-``app`` and the bus settings are read once, when the bus is made.
+``app``, ``state`` and the bus settings are read once, when the bus is made.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ...settings import Settings, validate_service_name
 __all__ = ["Config", "read_config", "config_problems"]
 
 SETTING = "CELERY_EVENTS"
+#: The values of ``CELERY_EVENTS["state"]``.
+STATES = ("backend", "database")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class Config:
     app: str
     outbox: bool = False
     database: str = "default"
+    #: Where inboxes, leases and dead letters live: ``"backend"`` (the broker's store, Redis)
+    #: or ``"database"`` (the ``database`` alias's tables, ``state.py``).
+    state: str = "backend"
     relay_in_worker: bool = False
     relay_interval: float = 1.0
     relay_batch_size: int = 100
@@ -108,6 +114,15 @@ def config_problems(raw: object) -> list[tuple[str, str]]:
     if "database" in raw and (not isinstance(raw["database"], str) or not raw["database"]):
         problems.append(
             ("database", f"CELERY_EVENTS['database'] must be a database alias, not {raw['database']!r}.")
+        )
+    if "state" in raw and raw["state"] not in STATES:
+        problems.append(
+            (
+                "state",
+                f"CELERY_EVENTS['state'] must be {' or '.join(map(repr, STATES))}, not"
+                f" {raw['state']!r}: 'backend' keeps inboxes, leases and dead letters in the"
+                " broker's store (Redis), 'database' in the tables of CELERY_EVENTS['database'].",
+            )
         )
     for key in ("relay_interval", "outbox_retention", "inbox_retention"):
         value = raw.get(key, 1.0)

@@ -16,7 +16,14 @@ from django.utils import timezone
 
 from ...envelope import Event
 
-__all__ = ["OutboxEvent", "InboxEntry"]
+__all__ = [
+    "OutboxEvent",
+    "InboxEntry",
+    "WorkerProcess",
+    "DeliveryLease",
+    "DeliveryRecord",
+    "DeadLetterRecord",
+]
 
 
 class OutboxEvent(models.Model):
@@ -120,3 +127,98 @@ class InboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} {self.event_id}"
+
+
+# -- the database state store (``state.py``, ``CELERY_EVENTS["state"] = "database"``) -------
+
+
+class WorkerProcess(models.Model):
+    """A process that runs deliveries, alive while ``expires_at`` (the database's clock) is
+    ahead: a daemon thread of the process pushes it forward every few seconds."""
+
+    token = models.CharField(max_length=64, primary_key=True)
+    host = models.CharField(max_length=255, default="")
+    pid = models.IntegerField(default=0)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "celery_events_process"
+        verbose_name = "worker process"
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid} {self.token}"
+
+
+class DeliveryLease(models.Model):
+    """One (handler, event) of the state store's inbox: ``done`` once handled, or the lease
+    of the run holding it; either counts only until ``expires_at``."""
+
+    DONE = "done"
+    LEASE = "lease"
+
+    handler = models.CharField(max_length=255)
+    event_id = models.CharField(max_length=255)
+    #: ``done``, ``lease``, or empty (a row made to be locked, holding nothing).
+    state = models.CharField(max_length=8, default="")
+    #: The lease's JSON text (``backends.base.lease_value``) while ``state`` is ``lease``.
+    lease = models.TextField(default="", blank=True)
+    #: The :class:`WorkerProcess` token the lease names.
+    process = models.CharField(max_length=64, default="", blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "celery_events_lease"
+        verbose_name = "delivery lease"
+        constraints = [
+            models.UniqueConstraint(fields=["handler", "event_id"], name="celery_events_lease_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.event_id} {self.state}"
+
+
+class DeliveryRecord(models.Model):
+    """One delivery's (task id's) runs begun and not finished, and failures so far."""
+
+    task_id = models.CharField(max_length=255, unique=True)
+    starts = models.IntegerField(default=0)
+    failures = models.IntegerField(default=0)
+    #: Seconds since the epoch, as the Redis store keeps it.
+    first_failed_at = models.FloatField(null=True, blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "celery_events_delivery"
+        verbose_name = "delivery record"
+
+    def __str__(self) -> str:
+        return f"{self.task_id} starts={self.starts} failures={self.failures}"
+
+
+class DeadLetterRecord(models.Model):
+    """One dead letter of one service, as the JSON text the dead-letter store writes.
+
+    Text, not a JSON column: a record edited into something unreadable is still kept and
+    listed (as ``unreadable_record``), as the Redis store does.
+    """
+
+    service = models.CharField(max_length=255)
+    letter_id = models.CharField(max_length=255)
+    record = models.TextField()
+    #: When it was stored, seconds since the epoch: the order of listing and trimming.
+    score = models.FloatField()
+
+    class Meta:
+        db_table = "celery_events_dead_letter"
+        verbose_name = "dead letter"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "letter_id"], name="celery_events_dead_letter_once"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["service", "score"], name="celery_events_dead_by_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service} {self.letter_id}"
