@@ -30,9 +30,12 @@ test: $(BIN)/.installed
 test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/unit
 
+## Ruff, mypy, and the package's shape: no broker driver outside celery_events/backends/, no
+## import cycle (scripts/check-architecture).
 lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_events tests example_project benchmarks
+	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture
 	$(BIN)/mypy --strict celery_events
+	$(BIN)/python scripts/check-architecture celery_events
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -4,58 +4,96 @@
     python -m benchmarks --smoke            # a few seconds each: checks that they run
     python -m benchmarks --only publish     # some of: publish, matching, memory, throughput, latency
     python -m benchmarks --markdown FILE    # also write the figures as Markdown
+    python -m benchmarks --baseline REV     # also: publish and throughput against REV (+5 min)
+
+``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
+of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
+``--only`` can pick): the publish cost (to 1 and to 10 subscribers) and the worker throughput of
+the current code and of REV's, in processes of their own, interleaved in the same run against
+the same server, printed with the ratios "current ÷ baseline" per repeat and their targets
+(publish time ≤ 1.05×, throughput ≥ 0.95×). A revision is copied to a temporary directory
+(``git archive``), removed at the end. See benchmarks/baseline.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
 import time
 from collections.abc import Callable
 
 import redis
 
-from . import matching, memory, publish, workers
+from . import baseline, matching, memory, publish, workers
 from ._env import PrivateRedis, machine
 from ._stats import Section
 
-BENCHMARKS: dict[str, Callable[[str, redis.Redis, bool], list[Section]]] = {
+Benchmark = Callable[[str, redis.Redis, bool], list[Section]]
+
+BENCHMARKS: dict[str, Benchmark] = {
     "publish": publish.run,
     "matching": matching.run,
     "memory": memory.run,
     "throughput": workers.throughput,
     "latency": workers.latency,
 }
+#: Run only with ``--baseline``, which they take as their first argument.
+AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool], list[Section]]] = {
+    "baseline-publish": baseline.publish,
+    "baseline-throughput": baseline.throughput,
+}
+#: The order of a full run: each comparison right after the benchmark it repeats.
+ORDER = ["publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput", "latency"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that they run")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
+    parser.add_argument("--only", help="comma-separated names (default: all)")
     parser.add_argument("--markdown", help="write the figures as Markdown to this file")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also compare publish and throughput with this git revision or checkout path",
+    )
     args = parser.parse_args(argv)
-    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in BENCHMARKS]
+    known = [name for name in ORDER if args.baseline or name not in AGAINST_BASELINE]
+    chosen = known if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [name for name in chosen if name not in known]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        hint = " (those need --baseline REV)" if set(unknown) <= set(AGAINST_BASELINE) else ""
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}{hint}; choose from {', '.join(known)}")
 
-    server = PrivateRedis()
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            old = stack.enter_context(baseline.baseline(args.baseline)) if args.baseline else None
+        except baseline.BaselineError as error:
+            parser.error(str(error))
+        server = PrivateRedis()
+        stack.callback(server.stop)
         client = server.client()
         info = machine(client)
+        if old is not None:
+            info["current"] = baseline.current().described
+            info["baseline"] = old.described
         header = ["## Machine", ""] + [f"- {key}: {value}" for key, value in info.items()]
         print("\n".join(header), flush=True)
         sections: list[Section] = []
         for name in chosen:
+            if name in BENCHMARKS:
+                run = BENCHMARKS[name]
+            else:
+                assert old is not None  # the parser let it through only with --baseline
+                run = functools.partial(AGAINST_BASELINE[name], old)
             started = time.monotonic()
-            for section in BENCHMARKS[name](server.url, client, args.smoke):
+            for section in run(server.url, client, args.smoke):
                 sections.append(section)
                 print("\n" + section.markdown(), flush=True)
             print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
-    finally:
-        server.stop()
 
-    missed = [t.name for s in sections for t in s.targets if not t.met]
+    missed = [f"{t.name} ({s.title})" for s in sections for t in s.targets if not t.met]
     summary = "All targets met." if not missed else "Targets missed: " + "; ".join(missed) + "."
     print("\n" + summary)
     if args.markdown:

@@ -41,14 +41,24 @@ class PrivateRedis(RedisServer):
 
 
 class WorkerProcess:
-    """``celery -A benchmarks.service worker`` with the given options, logging to a file."""
+    """``celery -A benchmarks.service worker`` with the given options, logging to a file.
 
-    def __init__(self, broker_url: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    ``cwd`` is where ``benchmarks.service`` is imported from (the repository root by default);
+    ``env`` may set ``PYTHONPATH`` to choose which checkout's ``celery_events`` the worker runs.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.log_path = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "benchmarks.service", "worker", *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=dict(os.environ, BENCH_BROKER=broker_url, **(env or {})),
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -75,6 +75,30 @@ def interleaved(
     return results
 
 
+def chunked(
+    variants: dict[str, tuple[Callable[[int], float], int]], repeats: int, chunks: int
+) -> dict[str, list[float]]:
+    """Time per operation of each variant, in µs, once per repeat, the variants taking turns.
+
+    A variant is ``(run, ops)``: ``run(ops)`` performs ``ops`` operations (about 10 ms of work)
+    and returns the seconds they took. Within each repeat every variant runs ``chunks`` chunks,
+    the variants taking turns chunk by chunk in a rotating order, so that whatever else the
+    machine does in a repeat weighs on all of them alike.
+    """
+    names = list(variants)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for chunk in range(chunks):
+            shift = (repeat * chunks + chunk) % len(names)
+            for name in names[shift:] + names[:shift]:
+                run, ops = variants[name]
+                spent[name] += run(ops)
+        for name in names:
+            results[name].append(spent[name] / (chunks * variants[name][1]) * 1e6)
+    return results
+
+
 def ratios(numerator: list[float], denominator: list[float]) -> list[float]:
     """Per-repeat ratios: each pair was measured in the same round of the same run."""
     return [a / b for a, b in zip(numerator, denominator, strict=True)]

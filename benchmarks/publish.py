@@ -21,7 +21,7 @@ from celery import Celery
 
 from celery_events import Event, EventBus, Subscription
 
-from ._stats import Section, Series, Target, ratios
+from ._stats import Section, Series, Target, chunked, ratios
 
 FANOUT = 10
 
@@ -103,18 +103,15 @@ def run_mode(url: str, client: redis.Redis, *, sent_events: bool, smoke: bool) -
     for op, _, check in plan.values():  # warm-up: connections, scripts, caches
         _chunk(client, 20, op, check)
     repeats, chunks = (2, 2) if smoke else (15, 25)
-    results: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        spent = dict.fromkeys(names, 0.0)
-        for chunk in range(chunks):
-            # The variants take turns in short chunks, in a rotating order, so that whatever
-            # else the machine does in a repeat weighs on all of them alike.
-            shift = (repeat * chunks + chunk) % len(names)
-            for name in names[shift:] + names[:shift]:
-                op, ops, check = plan[name]
-                spent[name] += _chunk(client, ops, op, check)
-        for name in names:
-            results[name].append(spent[name] / (chunks * plan[name][1]) * 1e6)
+
+    def runner(op: Callable[[], Any], check: Callable[[], int]) -> Callable[[int], float]:
+        return lambda ops: _chunk(client, ops, op, check)
+
+    results = chunked(
+        {name: (runner(op, check), ops) for name, (op, ops, check) in plan.items()},
+        repeats,
+        chunks,
+    )
 
     for task in pubsub_tasks:
         celery_pubsub.unsubscribe(topic, task)

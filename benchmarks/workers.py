@@ -15,15 +15,18 @@ events on, the same command for both variants. Handlers run with the inbox on (t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 
 from celery_events import Event, EventBus, Subscription
+from tests.harness import ROOT
 
 from ._env import WorkerProcess
-from ._keys import FIRST_KEY, LAST_KEY, RAW_QUEUE, READY_KEY
+from ._keys import FIRST_KEY, LAST_KEY, RAW_QUEUE, READY_KEY, SOURCE_KEY
 from ._stats import Section, Series, Target, interleaved, ratios
 
 WORKER_ARGS = [
@@ -52,6 +55,34 @@ def _wait(client: redis.Redis, worker: WorkerProcess, condition: Any, timeout: f
         time.sleep(0.05)
 
 
+def drain_queued(
+    url: str,
+    client: redis.Redis,
+    count: int,
+    fill: Callable[[], Any],
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> float:
+    """Queue ``count`` tasks with ``fill``, then start a worker, let it drain them, stop it.
+
+    Returns the tasks per second between the start of the first task and the end of the last,
+    as the tasks record them (``client`` is on the database of ``url``). ``env`` and ``cwd``
+    choose the worker's ``celery_events`` and ``benchmarks.service`` (see ``WorkerProcess``).
+    """
+    client.delete(FIRST_KEY, LAST_KEY, SOURCE_KEY)
+    fill()
+    worker = WorkerProcess(url, WORKER_ARGS, {"BENCH_COUNT": str(count), **(env or {})}, cwd)
+    try:
+        _wait(client, worker, lambda: client.exists(LAST_KEY), timeout=900)
+    finally:
+        worker.stop()
+    first, last = float(client.get(FIRST_KEY)), float(client.get(LAST_KEY))
+    left = client.llen(RAW_QUEUE) + client.llen("events.bench")
+    if left:
+        raise RuntimeError(f"{left} messages left on the queues after the drain")
+    return (count - 1) / (last - first)
+
+
 def throughput(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     count = 200 if smoke else 10_000
     app, bus = _publisher(url, "bench-feeder")
@@ -59,18 +90,7 @@ def throughput(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     envelope = Event.create("bench.drain", data, source="bench-feeder").to_envelope()
 
     def drain(fill: Any) -> float:
-        client.delete(FIRST_KEY, LAST_KEY)
-        fill()
-        worker = WorkerProcess(url, WORKER_ARGS, {"BENCH_COUNT": str(count)})
-        try:
-            _wait(client, worker, lambda: client.exists(LAST_KEY), timeout=900)
-        finally:
-            worker.stop()
-        first, last = float(client.get(FIRST_KEY)), float(client.get(LAST_KEY))
-        left = client.llen(RAW_QUEUE) + client.llen("events.bench")
-        if left:
-            raise RuntimeError(f"{left} messages left on the queues after the drain")
-        return (count - 1) / (last - first)
+        return drain_queued(url, client, count, fill)
 
     def raw() -> float:
         def fill() -> None:
@@ -112,9 +132,9 @@ def throughput(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
 
 
 def _bookkeeping(bus: EventBus, count: int, repeats: int) -> list[float]:
-    """Time the two Redis calls every delivery makes around its handler (see _inbox.py)."""
-    from celery_events._inbox import lease_value
+    """Time the two Redis calls every delivery makes around its handler (see backends/redis/inbox.py)."""
     from celery_events._messages import new_ids
+    from celery_events.backends.base import lease_value
 
     inbox = bus.inbox
     process = inbox.process_token()

@@ -8,6 +8,8 @@ or pattern gets its own delivery, an ordinary Celery task on its own queue.
 >>> bus = EventBus(Celery("orders", broker="redis://127.0.0.1:6379/0"), service="orders")
 """
 
+from ._delivery import Handler, RetryPolicy
+from .backends.base import Backend, Capabilities
 from .bus import Delivery, EventBus, PublishResult, bus_for
 from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
 from .envelope import Event
@@ -23,8 +25,10 @@ from .errors import (
     NoSubscribersError,
     PoisonMessageError,
     PublishError,
+    PublishRefused,
     RegistryError,
 )
+from .middleware import HandlerCall, Middleware, PublishCall
 from .outcomes import Reject, Retry
 from .registry import Registry, Subscription
 from .settings import Settings
@@ -39,6 +43,15 @@ __all__ = [
     "Subscription",
     "Registry",
     "Settings",
+    "Handler",
+    "RetryPolicy",
+    # backends
+    "Backend",
+    "Capabilities",
+    # middleware
+    "Middleware",
+    "PublishCall",
+    "HandlerCall",
     # steering a delivery from a handler
     "Retry",
     "Reject",
@@ -55,6 +68,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PublishRefused",
     "RegistryError",
     "BrokerError",
     "PoisonMessageError",

@@ -1,4 +1,4 @@
-"""The dead letters of every service sharing a Redis, for operators.
+"""The dead letters of every service sharing a state store, for operators.
 
 Each service keeps its own store (:class:`~celery_events.DeadLetterStore`); the operator CLI
 runs with one service's app but looks at all of them: every service in the registry, and any
@@ -26,27 +26,20 @@ class AllDeadLetters:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        self.client = bus._state_client()
-        self.key_prefix = bus.settings.key_prefix
+        self.state = bus.backend.state
 
     def services(self) -> Names:
         """Every service that subscribes or holds dead letters, sorted."""
         found = {s.service for s in self.bus.registry.subscriptions()}
-        head, tail = f"{self.key_prefix}dead:", ":index"
-        for key in self.client.scan_iter(match=f"{head}*{tail}", count=500):
-            text = key.decode() if isinstance(key, bytes) else str(key)
-            service = text[len(head) : -len(tail)]
-            if service and ":" not in service:
-                found.add(service)
+        found.update(self.state.dead_letter_services())
         return sorted(found)
 
     def store(self, service: str) -> DeadLetterStore:
         if service == self.bus.service:
             return self.bus.dead_letters
         return DeadLetterStore(
-            self.client,
+            self.state.dead_letters(service),
             service,
-            key_prefix=self.key_prefix,
             resend=partial(self._resend, service=service),
             route=partial(self._route, service=service),
         )

@@ -16,21 +16,20 @@ import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._inbox import lease_value
-from .deadletters import Reason, new_letter
+from .backends.base import Inbox, lease_value
+from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
+from .middleware.base import SKIPPED, HandlerCall
+from .middleware.chain import MiddlewareChain
 from .outcomes import Reject, Retry
-
-if TYPE_CHECKING:
-    from .bus import EventBus
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +37,13 @@ log = logging.getLogger(__name__)
 #: a handler carry its correlation id and name it as their cause.
 current_event: ContextVar[Event | None] = ContextVar("celery_events_current_event", default=None)
 
-#: Redis commands a running handler queued to commit together with its inbox record.
-current_effects: ContextVar[redis.client.Pipeline | None] = ContextVar(
+#: Effects a running handler queued to commit together with its inbox record (on Redis, a
+#: transaction pipeline: ``bus.redis_effects()``); None where the state store keeps none.
+current_effects: ContextVar[Any | None] = ContextVar(
     "celery_events_current_effects", default=None
 )
 
 HandlerFunc = Callable[[Event], Any]
-
-#: Runs ``call`` inside a database transaction that also records (event id, handler) in an
-#: inbox table; returns False without calling when that pair is already recorded.
-TransactionRunner = Callable[[str, Event, Callable[[], object]], bool]
 
 # How much longer than the handler's time limit a lease lives, and a retry may take to show up.
 LEASE_MARGIN = 30.0
@@ -55,7 +51,7 @@ LEASE_MARGIN = 30.0
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When a failing handler is retried, and how long it waits."""
+    """When a failing handler is retried, and how long it waits (``Handler.retry``)."""
 
     max_retries: int
     backoff: float
@@ -91,7 +87,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Handler:
-    """A subscribed function and how its deliveries are run."""
+    """A subscribed function and how its deliveries are run, as ``@bus.subscribe`` made it.
+
+    ``bus.handlers`` lists them (read-only):
+
+    >>> [(h.task_name, h.pattern, h.queue) for h in bus.handlers]   # doctest: +SKIP
+    [('orders.welcome_order', 'user.registered', 'events.orders')]
+    """
 
     pattern: str
     func: HandlerFunc
@@ -111,7 +113,23 @@ class Handler:
         return self.time_limit + LEASE_MARGIN
 
 
-def register_task(app: Celery, bus: EventBus, handler: Handler) -> Task:
+class DeliveryHost(Protocol):
+    """What a delivery needs from its bus; the bus passes itself (no import of ``bus``)."""
+
+    service: str
+    settings: Settings
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    @property
+    def middleware(self) -> MiddlewareChain: ...
+
+
+def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
 
     def deliver(self: Task, *args: object, **kwargs: object) -> None:
@@ -171,23 +189,33 @@ def drop_steering(request: Any, task_name: str) -> None:
         )
 
 
-def call_handler(bus: EventBus, handler: Handler, event: Event) -> bool:
-    """Run ``handler`` on ``event`` as a worker does: an ``atomic=True`` handler through the
-    bus's transaction runner. Returns False when the database inbox skipped it."""
-    if not handler.atomic:
-        handler.func(event)
-        return True
-    runner = bus.transaction_runner
-    if runner is None:
+def call_handler(
+    chain: MiddlewareChain, handler: Handler, event: Event, call: HandlerCall | None
+) -> bool:
+    """Run ``handler`` on ``event`` inside the chain's handle scopes, as a worker does
+    (``call`` describes the delivery; None when the chain has no scope that would see it).
+
+    Returns False when a scope skipped the call as already handled (Django's database inbox
+    for an ``atomic=True`` handler). An ``atomic=True`` handler needs a transactional
+    middleware; without one this raises :class:`ConfigurationError` (a worker refuses to start
+    before it gets here).
+    """
+    if handler.atomic and not chain.transactional:
         raise ConfigurationError(
             f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
-            " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+            " runner (a transactional middleware); add 'celery_events.contrib.django' to"
+            " INSTALLED_APPS."
         )
-    if not runner(handler.task_name, event, lambda: handler.func(event)):
+    if call is None or chain.handle_scope is None:
+        handler.func(event)
+        return True
+    func = handler.func
+    outcome = chain.run_handle(call, lambda c: func(c.event))
+    if outcome is SKIPPED:
         log.info(
             "celery-events: %s already handled event %s (database inbox); skipped",
             handler.task_name,
-            event.id,
+            call.event.id,
         )
         return False
     return True
@@ -214,7 +242,7 @@ def failure_outcome(
 class _Run:
     """One run of one delivery."""
 
-    def __init__(self, bus: EventBus, handler: Handler, task: Task) -> None:
+    def __init__(self, bus: DeliveryHost, handler: Handler, task: Task) -> None:
         self.bus = bus
         self.handler = handler
         self.task = task
@@ -244,6 +272,7 @@ class _Run:
             lease_seconds=handler.lease_seconds,
             use_inbox=handler.inbox,
         )
+        chain = self.bus.middleware
         if claim.status == "done":
             log.info(
                 "celery-events: %s already handled event %s; delivery %s skipped",
@@ -251,6 +280,8 @@ class _Run:
                 event.id,
                 self.task_id,
             )
+            if chain.on_duplicate_skipped:
+                chain.notify(chain.on_duplicate_skipped, self._handler_call(event, 1))
             return
         if claim.status == "busy":
             # Come back just after the holder's alive key would expire if it died meanwhile.
@@ -280,19 +311,30 @@ class _Run:
             )
             raise error
 
-        effects = inbox.client.pipeline(transaction=True)
+        # Described only for a chain that looks at deliveries: none costs nothing here.
+        call = None
+        if chain.sees_deliveries:
+            call = self._handler_call(event, claim.failures + max(claim.starts, 1))
+            if claim.starts > 1 and chain.on_redelivered:
+                chain.notify(chain.on_redelivered, call)
+        effects = inbox.new_effects()
         event_token = current_event.set(event)
         effects_token = current_effects.set(effects)
         try:
-            self._call(event)
+            ran = call_handler(chain, handler, event, call)
         except Exception as exc:
             current_effects.reset(effects_token)
             current_event.reset(event_token)
-            effects.reset()
-            self._failed(exc, event, envelope, lease, claim.failures + 1, claim.first_failed_at)
+            if effects is not None:
+                effects.reset()
+            self._failed(
+                exc, event, call, envelope, lease, claim.failures + 1, claim.first_failed_at
+            )
             raise
         current_effects.reset(effects_token)
         current_event.reset(event_token)
+        if not ran and call is not None and chain.on_duplicate_skipped:
+            chain.notify(chain.on_duplicate_skipped, call)
         if not inbox.succeed(
             handler.task_name,
             event.id,
@@ -328,13 +370,23 @@ class _Run:
         )
         raise error
 
-    def _call(self, event: Event) -> None:
-        call_handler(self.bus, self.handler, event)
+    def _handler_call(self, event: Event, attempt: int) -> HandlerCall:
+        handler = self.handler
+        return HandlerCall(
+            event,
+            handler.task_name,
+            self.queue,
+            self.task_id,
+            attempt,
+            self.bus.service,
+            handler.atomic,
+        )
 
     def _failed(
         self,
         exc: Exception,
         event: Event,
+        call: HandlerCall | None,
         envelope: object,
         lease: str,
         failures: int,
@@ -343,6 +395,9 @@ class _Run:
         handler = self.handler
         reason, countdown = failure_outcome(handler.retry, exc, failures)
         if reason is None:
+            chain = self.bus.middleware
+            if call is not None and chain.on_retry:
+                chain.notify(chain.on_retry, call, exc, countdown)
             self.bus.inbox.release(
                 handler.task_name,
                 event.id,
@@ -421,3 +476,6 @@ class _Run:
             id=self.task_id,
         )
         self.bus.dead_letters.add(letter)
+        chain = self.bus.middleware
+        if chain.on_dead_letter:
+            chain.notify(chain.on_dead_letter, letter)

@@ -11,40 +11,36 @@ import logging
 import re
 import threading
 import time
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from celery import Celery
 
-from . import _redis
+from . import _buses, _worker
 from ._delivery import (
     Handler,
     HandlerFunc,
     RetryPolicy,
-    TransactionRunner,
     current_effects,
-    current_event,
     register_task,
 )
-from ._fanout import Fanout, KombuFanout, RedisFanout
-from ._inbox import Inbox
-from ._messages import TaskMessage, build_messages, encode_body
+from ._messages import TaskMessage
+from ._publish import Publisher
 from ._task_events import enable_task_events
+from .backends import backend_name, broker_url_of, capabilities_of, open_backend
+from .backends.base import Backend, Inbox, StateStore, Transport, check_required
 from .deadletters import DeadLetterStore, ReplayError
-from .envelope import Event, check_ids, encode_data
+from .envelope import Event, ExtensionValue
 from .errors import (
     CeleryEventsError,
     ConfigurationError,
     InvalidEnvelope,
     InvalidEventData,
-    NoSubscribersError,
-    PublishError,
-    RegistryError,
 )
-from .names import validate_name, validate_pattern
+from .middleware import Middleware, MiddlewareChain
+from .names import validate_pattern
 from .registry import Registry, Subscription
+from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
@@ -54,34 +50,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=HandlerFunc)
 
 _HANDLER_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-_BUSES: weakref.WeakKeyDictionary[Celery, EventBus] = weakref.WeakKeyDictionary()
-_BUSES_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One event sent to one handler: one Celery task."""
-
-    service: str
-    #: The handler's Celery task name.
-    handler: str
-    queue: str
-    task_id: str
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What a publish sent: the event and one delivery per matching subscription.
-
-    ``deferred`` is true when the event was not sent yet but will be: the Django integration
-    sends it after the current database transaction commits, or writes it to the outbox. The
-    event (and its id) is final then, and ``deliveries`` is empty.
-    """
-
-    event: Event
-    deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
-    deferred: bool = False
 
 
 class EventBus:
@@ -99,33 +67,46 @@ class EventBus:
     :class:`~celery_events.settings.Settings` and the README.
     """
 
-    def __init__(self, app: Celery, service: str, **settings: Any) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        service: str,
+        *,
+        middleware: Iterable[Middleware] = (),
+        state: StateStore | None = None,
+        **settings: Any,
+    ) -> None:
         self.app = app
+        # A state store of the bus's own (the Django database's) instead of the backend's.
+        self._state = state
         self.service = validate_service_name(service)
         self.settings = Settings.from_options(settings)
+        self._publisher = Publisher(self, middleware)
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
+        self._backend: Backend | None = None
+        self._transport: Transport | None = None
         self._registry: Registry | None = None
-        self._fanout: Fanout | None = None
         self._published_names: set[str] = set()
         self._inbox: Inbox | None = None
         self._dead_letters: DeadLetterStore | None = None
-        #: Set by the Django integration: runs ``atomic=True`` handlers in a database
-        #: transaction that records the delivery in its inbox table.
-        self.transaction_runner: TransactionRunner | None = None
-        with _BUSES_LOCK:
-            existing = _BUSES.get(app)
-            if existing is not None:
-                raise ConfigurationError(
-                    f"The Celery app {app.main!r} already has an event bus for service"
-                    f" {existing.service!r}; a second EventBus(app, service={service!r}) would"
-                    " split its handlers. Create one bus per app and import it where needed"
-                    " (celery_events.bus_for(app) returns it)."
-                )
-            _BUSES[app] = self
+        if self.settings.require and app.configured:
+            # The broker URL is final: a required capability the backend lacks fails now. (An
+            # app configured later is checked when the backend is made, at the latest when
+            # its worker starts.)
+            self._check_required(backend_name(broker_url_of(app)))
+        existing = _buses.add(app, self)
+        if existing is not None:
+            raise ConfigurationError(
+                f"The Celery app {app.main!r} already has an event bus for service"
+                f" {existing.service!r}; a second EventBus(app, service={service!r}) would"
+                " split its handlers. Create one bus per app and import it where needed"
+                " (celery_events.bus_for(app) returns it)."
+            )
         if self.settings.task_events:
             enable_task_events(app)
-        from . import _worker  # noqa: F401  (connects the worker start-up hook)
+        # The worker start-up hooks find this bus through _buses.
+        _worker.connect()
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -235,7 +216,8 @@ class EventBus:
 
     @property
     def handlers(self) -> list[Handler]:
-        """This service's handlers, in the order they were subscribed."""
+        """This service's handlers (:class:`~celery_events.Handler`), in the order they were
+        subscribed."""
         return list(self._handlers.values())
 
     @property
@@ -247,6 +229,14 @@ class EventBus:
     def queues(self) -> list[str]:
         """Every queue this service's worker consumes for its handlers."""
         return sorted({h.queue for h in self._handlers.values()})
+
+    @property
+    def longest_delivery_wait(self) -> float:
+        """The longest, in seconds, a delivery of this service may wait for a retry and then
+        run: its handlers' largest ``retry_backoff_max`` plus time limit (0 without one)."""
+        return max(
+            (h.retry.backoff_max + h.time_limit for h in self._handlers.values()), default=0.0
+        )
 
     def subscriptions(self) -> list[Subscription]:
         """This service's subscriptions, as :meth:`register` records them."""
@@ -274,19 +264,28 @@ class EventBus:
         require_subscribers: bool | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> PublishResult:
         """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
 
         All deliveries go to the broker in one round trip; on Redis every subscriber gets the
         event or none does. Inside a handler, the new event inherits the handled event's
-        correlation id and names it as its cause. With no subscriber, no delivery is sent and
-        that is logged; ``require_subscribers=True`` raises :class:`NoSubscribersError` instead.
+        correlation id and names it as its cause (not its extensions). With no subscriber, no
+        delivery is sent and that is logged; ``require_subscribers=True`` raises
+        :class:`NoSubscribersError` instead.
+
+        ``extensions`` are CloudEvents extension attributes (``{"traceparent": "00-..."}``:
+        lowercase alphanumeric names, string, integer or boolean values) and ``subject`` and
+        ``dataschema`` the optional CloudEvents attributes; every handler sees them as
+        ``event.extensions``, ``event.subject`` and ``event.dataschema``.
 
         Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
         value JSON cannot hold) or :class:`EventTooLarge` for bad data,
         :class:`InvalidEnvelope` for a ``correlation_id`` or ``causation_id`` that is not a
-        string, and :class:`PublishError` when the broker refuses the event or does not take
+        string or extensions, a subject or a dataschema that break the CloudEvents rules, and :class:`PublishError` when the broker refuses the event or does not take
         it within ``publish_timeout``. In all these cases nothing was sent, except for a
         :class:`PublishError` whose message says that Redis was reached but its reply lost:
         the deliveries may then have been queued, and publishing the same event again
@@ -296,8 +295,11 @@ class EventBus:
         >>> [d.handler for d in result.deliveries]                   # doctest: +SKIP
         ['orders.welcome_order', 'notifications.greet']
         """
-        event, data_json = self._make_event(name, data, correlation_id, causation_id)
-        return self._send(event, data_json, require_subscribers)
+        publisher = self._publisher
+        event, data_json = publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )
+        return publisher.publish(event, data_json, require_subscribers)
 
     def new_event(
         self,
@@ -306,6 +308,9 @@ class EventBus:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> Event:
         """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
 
@@ -315,35 +320,9 @@ class EventBus:
         >>> event = bus.new_event("order.created", {"order_id": 1})   # doctest: +SKIP
         >>> bus.publish_event(event)                                  # doctest: +SKIP
         """
-        return self._make_event(name, data, correlation_id, causation_id)[0]
-
-    def _make_event(
-        self,
-        name: str,
-        data: dict[str, Any] | None,
-        correlation_id: str | None,
-        causation_id: str | None,
-    ) -> tuple[Event, str]:
-        validate_name(name)
-        # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
-        # replaced, and a non-string id would make every subscriber dead-letter the event.
-        check_ids(correlation_id=correlation_id, causation_id=causation_id)
-        data = {} if data is None else data
-        data_json = encode_data(
-            name, data, self.settings.max_event_size, self.settings.max_event_depth
-        )
-        cause = current_event.get()
-        if cause is not None:
-            correlation_id = correlation_id or cause.correlation_id
-            causation_id = causation_id or cause.id
-        event = Event.create(
-            name,
-            data,
-            source=self.service,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
-        return event, data_json
+        return self._publisher.make_event(
+            name, data, correlation_id, causation_id, extensions, subject, dataschema
+        )[0]
 
     def publish_event(
         self, event: Event, *, require_subscribers: bool | None = None
@@ -355,171 +334,112 @@ class EventBus:
         :class:`InvalidEnvelope` when the event's attributes could not be sent (see
         :meth:`Event.validate`).
         """
-        if not isinstance(event, Event):
-            raise InvalidEnvelope(
-                f"publish_event takes an Event (from bus.new_event or Event.create), not"
-                f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
-            )
-        event.validate()
-        data_json = encode_data(
-            event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
-        )
-        return self._send(event, data_json, require_subscribers)
+        publisher = self._publisher
+        event, data_json = publisher.checked(event)
+        return publisher.publish(event, data_json, require_subscribers)
 
-    def _send(
-        self, event: Event, data_json: str, require_subscribers: bool | None
-    ) -> PublishResult:
-        name = event.name
-        try:
-            subscriptions = self.registry.match(name)
-        except RegistryError as exc:
-            raise PublishError(f"Could not publish {name!r}: {exc}") from exc
-        if not subscriptions:
-            must_raise = (
-                self.settings.require_subscribers
-                if require_subscribers is None
-                else require_subscribers
-            )
-            if must_raise:
-                raise NoSubscribersError(
-                    f"No service subscribes to {name!r}, so the event was not sent. Start a"
-                    " subscriber (or run its register command) first, or publish without"
-                    " require_subscribers."
-                )
-            log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
-            self._record_published_alone(name)
-            return PublishResult(event)
+    @property
+    def middleware(self) -> MiddlewareChain:
+        """This bus's middleware chain, in order (the first is the outermost)."""
+        return self._publisher.chain
 
-        parent = self.app.current_worker_task
-        parent_id = root_id = None
-        if parent is not None:
-            parent_id = parent.request.id
-            root_id = parent.request.root_id or parent.request.id
-        messages = self._messages(
-            event.to_envelope(),
-            data_json,
-            [(s.handler, s.queue, s.service) for s in subscriptions],
-            parent_id=parent_id,
-            root_id=root_id,
-        )
-        self.fanout.send(messages, self._catalog_entry(name))
+    def _send_messages(self, messages: list[TaskMessage], name: str | None) -> None:
+        # The publish path's transport step: every delivery of one event in one round trip.
+        if name is None:
+            self.transport.send(messages, None)
+            return
+        self.transport.send(messages, self._catalog_entry(name))
         self._published_names.add(name)
-        return PublishResult(
-            event,
-            tuple(
-                Delivery(s.service, s.handler, s.queue, m.task_id)
-                for s, m in zip(subscriptions, messages, strict=True)
-            ),
-        )
 
-    def _catalog_entry(self, name: str) -> tuple[str, str, str] | None:
+    def _catalog_entry(self, name: str) -> tuple[str, str] | None:
         # The catalog learns who publishes what from the first publish of each name in each
-        # process, written in the same round trip as the deliveries.
-        if name in self._published_names or not self._fanout_shares_registry():
+        # process, written in the same round trip as the deliveries where the transport can.
+        if name in self._published_names or not self.transport.records_catalog:
             return None
-        return (self.registry.published_key, f"{self.service} {name}", str(time.time()))
+        return (f"{self.service} {name}", str(time.time()))
 
-    def _record_published_alone(self, name: str) -> None:
+    def _published_alone(self, name: str) -> None:
         if name in self._published_names:
             return
         try:
-            self.registry.client.hset(
-                self.registry.published_key, f"{self.service} {name}", str(time.time())
-            )
+            self.registry.record_published(self.service, name)
         except Exception as exc:  # the catalog is a convenience; never fail a publish for it
             log.debug("celery-events: could not record %r in the catalog: %s", name, exc)
         else:
             self._published_names.add(name)
 
-    def _fanout_shares_registry(self) -> bool:
-        return isinstance(self.fanout, RedisFanout) and self.fanout.client is self.registry.client
+    # -- the backend ------------------------------------------------------------------------
 
-    # -- connections ------------------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The backend chosen by the app's broker URL (made on first use): its ``name``,
+        ``capabilities`` and roles (``transport``, ``recovery``, ``state``, ``registry``).
+
+        Raises :class:`ConfigurationError` for a broker URL no backend serves, a backend that
+        needs ``registry_url``, or one lacking a capability of the ``require`` setting.
+
+        >>> bus.backend.name, bus.backend.capabilities.atomic_fanout   # doctest: +SKIP
+        ('redis', True)
+        """
+        backend = self._backend
+        if backend is None:
+            with self._lock:
+                backend = self._backend
+                if backend is None:
+                    self._check_required(backend_name(broker_url_of(self.app)))
+                    backend = self._backend = open_backend(
+                        self.app, self.settings, state=self._state
+                    )
+        return backend
+
+    def _check_required(self, name: str) -> None:
+        if self.settings.require:
+            capabilities = capabilities_of(name, own_state=self._state is None)
+            check_required(name, capabilities, self.settings.require)
+
+    @property
+    def transport(self) -> Transport:
+        """The backend's transport: how deliveries reach the broker."""
+        transport = self._transport
+        if transport is None:
+            transport = self._transport = self.backend.transport
+        return transport
 
     @property
     def registry(self) -> Registry:
-        """The shared subscription registry (created on first use)."""
+        """The shared subscription registry, on the backend's registry store."""
         if self._registry is None:
+            store = self.backend.registry
             with self._lock:
                 if self._registry is None:
                     self._registry = Registry(
-                        self._registry_client(),
-                        key_prefix=self.settings.key_prefix,
+                        store,
                         refresh_interval=self.settings.registry_refresh_interval,
                         max_staleness=self.settings.registry_max_staleness,
                     )
         return self._registry
 
     @property
-    def fanout(self) -> Fanout:
-        """How deliveries reach the broker (created on first use)."""
-        if self._fanout is None:
-            with self._lock:
-                if self._fanout is None:
-                    self._fanout = self._make_fanout()
-        return self._fanout
-
-    def _broker_url(self) -> str:
-        return _redis.first_broker_url(self.app.conf.broker_url)
-
-    def _registry_client(self) -> Any:
-        url = self.settings.registry_url
-        if url is None:
-            broker = self._broker_url()
-            if not _redis.is_redis_url(broker):
-                raise ConfigurationError(
-                    f"The broker {broker.split('://')[0]!r} is not Redis, so the registry needs"
-                    " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
-                )
-            if self._registry_is_broker_fanout():
-                return self.fanout.client  # type: ignore[attr-defined]
-            return self._broker_client(broker)
-        # A registry of its own takes its TLS options from its own URL only.
-        return _redis.connect(url, self.settings.publish_timeout)
-
-    def _broker_client(self, broker: str) -> Any:
-        # The broker's Redis, with the TLS options the app's kombu connection uses.
-        return _redis.connect(
-            broker, self.settings.publish_timeout, use_ssl=self.app.conf.broker_use_ssl
-        )
-
-    def _registry_is_broker_fanout(self) -> bool:
-        return isinstance(self.fanout, RedisFanout)
-
-    def _make_fanout(self) -> Fanout:
-        broker = self._broker_url()
-        if _redis.is_redis_url(broker):
-            options = self.app.conf.broker_transport_options or {}
-            return RedisFanout(
-                self._broker_client(broker),
-                self.settings.publish_timeout,
-                key_prefix=options.get("global_keyprefix", ""),
-                ledger_prefix=self.settings.key_prefix,
-                app=self.app,
-            )
-        return KombuFanout(self.app, self.settings.publish_timeout)
-
-    @property
     def inbox(self) -> Inbox:
-        """This service's inbox and delivery bookkeeping (in the broker's Redis if it is one)."""
+        """This service's inbox and delivery bookkeeping, in the backend's state store (see
+        :class:`~celery_events.backends.base.Inbox`)."""
         if self._inbox is None:
+            state = self.backend.state
             with self._lock:
                 if self._inbox is None:
-                    self._inbox = Inbox(
-                        self._state_client(), self.service, self.settings.key_prefix
-                    )
+                    self._inbox = state.inbox(self.service)
         return self._inbox
 
     @property
     def dead_letters(self) -> DeadLetterStore:
         """This service's dead letters: ``list``, ``get``, ``replay``, ``purge``, ``count``."""
         if self._dead_letters is None:
+            state = self.backend.state
             with self._lock:
                 if self._dead_letters is None:
                     self._dead_letters = DeadLetterStore(
-                        self._state_client(),
+                        state.dead_letters(self.service),
                         self.service,
-                        key_prefix=self.settings.key_prefix,
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
                         route=self._replay_queue,
@@ -530,22 +450,33 @@ class EventBus:
         """A Redis pipeline whose commands run only if the current handler succeeds, in one
         transaction with its inbox record: exactly-once effects for Redis writes.
 
+        Raises :class:`ConfigurationError` when the backend's state store is not Redis (the
+        ``transactional_effects`` capability), and :class:`CeleryEventsError` outside a
+        running handler.
+
         >>> @bus.subscribe("order.created")                          # doctest: +SKIP
         ... def count(event: Event) -> None:
         ...     bus.redis_effects().incr("orders:created")
         """
+        backend = self.backend
+        if not backend.capabilities.transactional_effects:
+            where = (
+                f"the {backend.name} backend"
+                if self._state is None
+                else "the state store given as EventBus(state=...)"
+            )
+            raise ConfigurationError(
+                f"bus.redis_effects() needs a Redis state store, and {where} has none (its"
+                " capabilities lack transactional_effects). Use a redis:// broker (or"
+                " registry_url with RabbitMQ) and its own state store, or write the effects in"
+                " the handler itself."
+            )
         effects = current_effects.get()
         if effects is None:
             raise CeleryEventsError(
                 "bus.redis_effects() is only available inside a running handler."
             )
         return effects
-
-    def _state_client(self) -> Any:
-        fanout = self.fanout
-        if isinstance(fanout, RedisFanout):
-            return fanout.client
-        return self.registry.client
 
     def _replay_queue(self, handler: str) -> str:
         """The queue a replay to ``handler`` goes to: that handler's own, if this service
@@ -572,62 +503,44 @@ class EventBus:
         return queue
 
     def _resend(
-        self, envelope: dict[str, Any], handler: str, queue: str, service: str | None = None
+        self,
+        envelope: dict[str, Any],
+        handler: str,
+        queue: str,
+        service: str | None = None,
+        *,
+        publish_scope: bool = True,
     ) -> str:
         """Send ``envelope`` again as a fresh delivery to a handler of ``service`` (default:
         this service; the operator CLI replays other services' dead letters).
 
         For this service the handler must be one of its own and its own queue is used, whatever
         ``queue`` says; for another, ``queue`` must come from that service's subscriptions.
-        Raises :class:`ReplayError` for an envelope that is not a valid event.
+        ``publish_scope=False`` (the testing kit's deliveries, events as they arrive) skips
+        the chain's publish scopes. Raises :class:`ReplayError` for an envelope that is not a
+        valid event.
         """
         if service is None or service == self.service:
             queue = self._replay_queue(handler)
         try:
-            event = Event.from_envelope(envelope)
-            data_json = encode_data(
-                event.name, event.data, self.settings.max_event_size, self.settings.max_event_depth
+            result = self._publisher.replay(
+                envelope, handler, queue, service or self.service, publish_scope=publish_scope
             )
         except (InvalidEnvelope, InvalidEventData) as exc:
             raise ReplayError(f"The envelope cannot be replayed: {exc}") from exc
-        [message] = self._messages(
-            envelope,
-            data_json,
-            [(handler, queue, service or self.service)],
-            parent_id=None,
-            root_id=None,
-        )
-        self.fanout.send([message], None)
-        return message.task_id
-
-    def _messages(
-        self,
-        envelope: dict[str, Any],
-        data_json: str,
-        targets: list[tuple[str, str, str]],
-        *,
-        parent_id: str | None,
-        root_id: str | None,
-    ) -> list[TaskMessage]:
-        """One task message per ``(handler, queue, service)``, each shown in worker logs and
-        Flower as ``event.name → handler``."""
-        name = envelope["type"]
-        head = {k: v for k, v in envelope.items() if k != "data"}
-        return build_messages(
-            self.app,
-            envelope,
-            encode_body(head, data_json),
-            [(handler, queue, f"{name} → {handler}", service) for handler, queue, service in targets],
-            parent_id=parent_id,
-            root_id=root_id,
-        )
+        if not result.deliveries:
+            raise ReplayError(
+                f"A middleware deferred the replay of event {result.event.id} to {handler!r};"
+                " a replay is sent at once or refused, so the dead letter is kept."
+            )
+        return result.deliveries[0].task_id
 
     def close(self) -> None:
-        """Stop the registry's background check and close connections."""
+        """Stop the registry's background check and close the backend's connections."""
         if self._registry is not None:
             self._registry.close()
-        if isinstance(self._fanout, RedisFanout):
-            self._fanout.client.close()
+        if self._backend is not None:
+            self._backend.close()
 
 
 def _exception_types(option: str, value: object) -> tuple[type[BaseException], ...]:
@@ -656,25 +569,10 @@ def _check_policy(pattern: str, policy: RetryPolicy) -> None:
             )
 
 
-def bus_for_queue(queue: str) -> EventBus | None:
-    """The bus in this process whose handlers consume ``queue``, if any."""
-    for bus in list(_BUSES.values()):
-        if any(h.queue == queue for h in bus._handlers.values()):
-            return bus
-    return None
-
-
-def any_bus() -> EventBus | None:
-    """Some bus of this process (a worker process normally has exactly one)."""
-    for bus in list(_BUSES.values()):
-        return bus
-    return None
-
-
 def bus_for(app: Celery) -> EventBus:
     """Return the event bus created for ``app``, or raise :class:`ConfigurationError`."""
-    bus = _BUSES.get(app)
-    if bus is None:
+    bus = _buses.for_app(app)
+    if not isinstance(bus, EventBus):
         raise ConfigurationError(
             f"The Celery app {app.main!r} has no event bus; create one with"
             " EventBus(app, service='...')."

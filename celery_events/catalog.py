@@ -13,13 +13,10 @@ from its publisher to each subscribing service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from .errors import RegistryError, describe
 from .names import pattern_matches
 from .registry import Registry, Subscription
 
@@ -175,20 +172,7 @@ class Catalog:
 
 def read_publishers(registry: Registry) -> list[tuple[str, str]]:
     """Read the ``(service, event name)`` pairs recorded by publishers, sorted."""
-    try:
-        raw: Mapping[bytes | str, Any] = registry.client.hgetall(registry.published_key)
-    except redis.RedisError as exc:
-        raise RegistryError(
-            f"Could not read the event catalog: {describe(exc)}. Check that Redis is reachable at the"
-            " registry URL."
-        ) from exc
-    pairs = []
-    for field in raw:
-        text = field.decode(errors="replace") if isinstance(field, bytes) else field
-        service, _, name = text.partition(" ")
-        if name:
-            pairs.append((service, name))
-    return sorted(pairs)
+    return registry.publishers()
 
 
 def _dot_quote(text: str) -> str:

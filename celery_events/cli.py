@@ -30,12 +30,13 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 import click
-import redis
 from celery.bin.base import CeleryCommand
 
-from . import _plainjson, _redis
+from . import _plainjson
 from ._all_dead_letters import AllDeadLetters
 from ._table import render_table
+from .backends import first_broker_url, without_password
+from .backends.base import StoreError
 from .bus import EventBus, bus_for
 from .catalog import Catalog
 from .deadletters import DeadLetter, DeadLetterNotFound, Reason
@@ -50,7 +51,7 @@ from .errors import (
     RegistryError,
     describe,
 )
-from .status import BrokerQueues, read_status
+from .status import read_status
 
 __all__ = ["eventbus", "ExitCode"]
 
@@ -89,18 +90,18 @@ def _translated_errors(bus: EventBus) -> Iterator[None]:
         raise _Unreachable(f"{exc}\n{_where(bus)}") from exc
     except (ConfigurationError, InvalidEventName, InvalidEventData) as exc:
         raise _Usage(str(exc)) from exc
-    except redis.RedisError as exc:
+    except StoreError as exc:
         raise _Unreachable(f"Could not reach Redis: {describe(exc)}.\n{_where(bus)}") from exc
     except CeleryEventsError as exc:
         raise _Usage(str(exc)) from exc
 
 
 def _where(bus: EventBus) -> str:
-    broker = _redis.first_broker_url(bus.app.conf.broker_url)
+    broker = first_broker_url(bus.app.conf.broker_url)
     registry = bus.settings.registry_url
-    where = f"The app's broker is {_redis.without_password(broker)}"
+    where = f"The app's broker is {without_password(broker)}"
     if registry is not None:
-        where += f" and its registry {_redis.without_password(registry)}"
+        where += f" and its registry {without_password(registry)}"
     return where + "."
 
 
@@ -327,16 +328,26 @@ def publish(ctx: click.Context, name: str, data: str, as_json: bool) -> None:
 @_json_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show each subscribing service's waiting and in-flight deliveries, dead letters, and
-    the age of its oldest waiting delivery."""
+    """Show the backend and what it guarantees, then each subscribing service's waiting and
+    in-flight deliveries, dead letters, and the age of its oldest waiting delivery."""
     bus = _bus(ctx)
     with _translated_errors(bus):
-        queues = BrokerQueues.from_app(bus.app, timeout=bus.settings.publish_timeout)
-        found = read_status(
-            bus.registry.subscriptions(), queues, dead_letters=AllDeadLetters(bus).count
-        )
+        backend = bus.backend
+        found = None
+        if backend.capabilities.queue_status:
+            queues = backend.transport.queue_reader(bus.settings.publish_timeout)
+            found = read_status(
+                bus.registry.subscriptions(), queues, dead_letters=AllDeadLetters(bus).count
+            )
+    described = {
+        "name": backend.name,
+        "description": backend.description,
+        "capabilities": backend.capabilities.to_json(),
+    }
     if as_json:
-        _echo_json([s.to_json() for s in found])
+        _echo_json(
+            {"backend": described, "services": [s.to_json() for s in found or []]}
+        )
     elif found:
         click.echo(
             render_table(
@@ -354,9 +365,26 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ],
             )
         )
-    else:
-        click.echo("No service has subscriptions in the registry.", err=True)
+    if not as_json:
+        if found:
+            click.echo("")
+        click.echo(f"Backend {backend.name}: {backend.description}")
+        click.echo(
+            render_table(
+                ["capability", "provided"],
+                [(name, "yes" if ok else "no") for name, ok in backend.capabilities.to_json().items()],
+            )
+        )
+    if found is None:
+        click.echo(
+            f"The {backend.name} backend cannot read its queues (no queue_status); use the"
+            " broker's own tools, such as rabbitmqctl list_queues.",
+            err=True,
+        )
+        ctx.exit(ExitCode.USAGE)
     if not found:
+        if not as_json:
+            click.echo("No service has subscriptions in the registry.", err=True)
         ctx.exit(ExitCode.NOT_FOUND)
 
 

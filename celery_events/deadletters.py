@@ -6,7 +6,8 @@ A delivery becomes a dead letter when its retries are used up, when its handler 
 what arrived on a service's queue was not a message the service could read (garbage bytes,
 JSON that is not a Celery message, pickle, an unknown handler): then the raw payload is kept.
 
-They are stored in Redis per service, in a hash of records and an index sorted by time, and
+They are stored per service by the backend's state store (on Redis, a hash of records and an
+index sorted by time, ``backends/redis/stores.py``), and
 nothing is dropped unless the ``dead_letter_limit`` setting asks for it (which is logged).
 Each record carries its format number (``format``). A stored record that cannot be read (not
 JSON, fields missing or of the wrong type, a newer format) is listed, shown, counted and purged
@@ -30,9 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
 from . import _plainjson
+from .backends.base import DeadLetterRecords, StoreError
 from .envelope import Event
 from .errors import CeleryEventsError, InvalidEnvelope, RegistryError, describe
 
@@ -235,7 +235,10 @@ Router = Callable[[str], str]
 
 
 class DeadLetterStore:
-    """The dead letters of one service.
+    """The dead letters of one service, kept in a backend's records (``records``).
+
+    The bus makes its own (``bus.dead_letters``); ``records`` is a
+    :class:`~celery_events.backends.base.DeadLetterRecords` from a backend's state store.
 
     >>> bus.dead_letters.list(handler="orders.welcome_order")       # doctest: +SKIP
     [DeadLetter(id='…', reason='retries_exhausted', ...)]
@@ -244,18 +247,15 @@ class DeadLetterStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        records: DeadLetterRecords,
         service: str,
         *,
-        key_prefix: str = "celery_events:",
         limit: int | None = None,
         resend: Resender | None = None,
         route: Router | None = None,
     ) -> None:
-        self.client = client
+        self.records = records
         self.service = service
-        self.records_key = f"{key_prefix}dead:{service}"
-        self.index_key = f"{key_prefix}dead:{service}:index"
         self.limit = limit
         self._resend = resend
         self._route = route
@@ -263,11 +263,8 @@ class DeadLetterStore:
     def add(self, letter: DeadLetter) -> DeadLetter:
         """Store ``letter`` durably (both keys in one transaction)."""
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.records_key, letter.id, json.dumps(letter.to_json()))
-                pipe.zadd(self.index_key, {letter.id: letter.last_failed_at})
-                pipe.execute()
-        except redis.RedisError as exc:
+            self.records.add(letter.id, json.dumps(letter.to_json()), letter.last_failed_at)
+        except StoreError as exc:
             raise RegistryError(f"Could not store dead letter {letter.id}: {describe(exc)}.") from exc
         log.error(
             "celery-events: dead letter %s: %s for %s (event %s %s): %s: %s",
@@ -284,14 +281,9 @@ class DeadLetterStore:
         return letter
 
     def _trim(self, limit: int) -> None:
-        excess = self.client.zcard(self.index_key) - limit
-        if excess <= 0:
+        oldest = self.records.trim(limit)
+        if not oldest:
             return
-        oldest = [_text(i) for i in self.client.zrange(self.index_key, 0, excess - 1)]
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.records_key, *oldest)
-            pipe.zrem(self.index_key, *oldest)
-            pipe.execute()
         log.warning(
             "celery-events: dropped the %d oldest dead letter(s) of service %r to keep the"
             " dead_letter_limit of %d: %s",
@@ -310,9 +302,8 @@ class DeadLetterStore:
         limit: int | None = 100,
     ) -> Letters:
         """Dead letters, newest first, filtered by handler, event name and reason."""
-        indexed: Any = self.client.zrevrange(self.index_key, 0, -1, withscores=True)
         found: Letters = []
-        for letter in self._load([(_text(i), float(score)) for i, score in indexed]):
+        for letter in self._load(self.records.newest_first()):
             if handler is not None and letter.handler != handler:
                 continue
             if event_name is not None and letter.event_name != event_name:
@@ -327,21 +318,19 @@ class DeadLetterStore:
     def count(self, handler: str | None = None) -> int:
         """How many dead letters the service holds (for one handler, if given)."""
         if handler is None:
-            return int(self.client.zcard(self.index_key))
+            return self.records.count()
         return len(self.list(handler=handler, limit=None))
 
     def get(self, id: str) -> DeadLetter:
         """One dead letter, or :class:`DeadLetterNotFound`."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(self.records_key, id)
-            pipe.zscore(self.index_key, id)
-            raw, score = pipe.execute()
-        if raw is None:
+        found = self.records.get(id)
+        if found is None:
             raise DeadLetterNotFound(
                 f"Service {self.service!r} has no dead letter {id!r}; list them with"
                 " bus.dead_letters.list() or `celery -A app eventbus dead-letters list`."
             )
-        return read_record(id, self.service, _bytes(raw), float(score or 0.0))
+        raw, score = found
+        return read_record(id, self.service, raw, score)
 
     def replay(
         self,
@@ -423,19 +412,16 @@ class DeadLetterStore:
         ids = [*ids]
         if not ids:
             return
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.records_key, *ids)
-            pipe.zrem(self.index_key, *ids)
-            pipe.execute()
+        self.records.remove(ids)
 
     def _load(self, indexed: Indexed) -> Letters:
         if not indexed:
             return []
         letters = []
-        records = self.client.hmget(self.records_key, [id for id, _ in indexed])
+        records = self.records.load([id for id, _ in indexed])
         for (id, stored_at), raw in zip(indexed, records, strict=True):
             if raw is not None:
-                letters.append(read_record(id, self.service, _bytes(raw), stored_at))
+                letters.append(read_record(id, self.service, raw, stored_at))
         return letters
 
 
@@ -480,11 +466,3 @@ def new_letter(
         queue=queue,
         raw_base64=None if raw is None else base64.b64encode(raw).decode(),
     )
-
-
-def _bytes(value: object) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

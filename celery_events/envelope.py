@@ -1,38 +1,82 @@
 """The event and its CloudEvents 1.0 envelope, the only thing that travels on the wire.
 
-An envelope is a JSON object with the CloudEvents attributes ``id``, ``type`` (the event name),
-``source`` (the publishing service), ``time``, ``specversion``, ``datacontenttype`` and
-``data``, plus the extensions ``correlationid`` and ``causationid``. Data must be a JSON object;
-nothing but plain JSON types is accepted, so every subscriber, in any language, reads the same
-thing the publisher wrote.
+An envelope is a JSON object (the CloudEvents JSON format) with the attributes ``id``, ``type``
+(the event name), ``source`` (the publishing service), ``time``, ``specversion``,
+``datacontenttype`` and ``data``, this bus's ``correlationid`` and ``causationid``, the optional
+core attributes ``subject`` and ``dataschema`` when they are set, and any extension attributes
+(``traceparent``, a signature, ...), which every part of the bus keeps: the handler sees them,
+and so do retries, the lost-delivery ledger, dead letters and their replay, and the Django
+outbox. Data must be a JSON object; nothing but plain JSON types is accepted, so every
+subscriber, in any language, reads the same thing the publisher wrote.
+
+``subject`` and ``dataschema`` are attributes of :class:`Event` of their own, not extensions:
+the spec defines their meaning and type (a non-empty string; an absolute URI), CloudEvents SDKs
+expose them as such, and a future schema registry sets ``dataschema`` by event type. What the
+envelope does not keep: ``datacontenttype`` (data is always a JSON object, written as
+``application/json``; any JSON media type is accepted on receipt).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ._attributes import (
+    NO_EXTENSIONS,
+    Extensions,
+    ExtensionValue,
+    check_attributes,
+)
 from ._plainjson import DEFAULT_MAX_DEPTH, Problem, find_problem
 from .errors import EventTooLarge, InvalidEnvelope, InvalidEventData, InvalidEventName, describe
 from .names import validate_name
 
-__all__ = ["Event", "SPECVERSION", "DATACONTENTTYPE", "encode_data", "check_ids"]
+__all__ = [
+    "Event",
+    "Extensions",
+    "ExtensionValue",
+    "SPECVERSION",
+    "DATACONTENTTYPE",
+    "encode_data",
+    "check_ids",
+]
 
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
 _REQUIRED = ("id", "type", "source", "time", "specversion", "data")
+#: The members of an envelope that are not extensions; what this bus writes is the first nine.
+_NOT_EXTENSIONS = frozenset(
+    {
+        "specversion", "id", "type", "source", "time", "datacontenttype", "correlationid",
+        "causationid", "data", "subject", "dataschema",
+    }
+)
+# application/json, text/json, application/cloudevents+json, ...; parameters allowed.
+_JSON_MEDIA_TYPE_RE = re.compile(r"(?:application|text)/(?:[A-Za-z0-9.!#$&^_-]+\+)?json\s*(?:;.*)?\Z", re.I | re.S)
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+)
 
 
 @dataclass(frozen=True)
 class Event:
     """One event as a handler sees it.
 
+    ``extensions`` holds the event's CloudEvents extension attributes (``traceparent``, a
+    signature, a tenant), an immutable mapping of lowercase alphanumeric names to strings,
+    integers or booleans; ``subject`` and ``dataschema`` are the optional core attributes of
+    the same names. All three are kept end to end, from the publisher to every handler.
+
     >>> event = Event.create("user.registered", {"user_id": 7}, source="users")
     >>> event.name, event.data["user_id"], event.correlation_id == event.id
     ('user.registered', 7, True)
+    >>> event.with_extensions(tenant="acme").extensions
+    {'tenant': 'acme'}
     """
 
     id: str
@@ -43,6 +87,15 @@ class Event:
     correlation_id: str
     causation_id: str | None = None
     specversion: str = field(default=SPECVERSION)
+    extensions: Mapping[str, ExtensionValue] = field(default=NO_EXTENSIONS)
+    subject: str | None = None
+    dataschema: str | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen from here on: a dict given by the caller is copied, so changing it later
+        # cannot change the event (or an envelope already sent).
+        if type(self.extensions) is not Extensions:
+            object.__setattr__(self, "extensions", Extensions(self.extensions))
 
     @classmethod
     def create(
@@ -55,35 +108,75 @@ class Event:
         causation_id: str | None = None,
         id: str | None = None,
         time: datetime | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
     ) -> Event:
         """Make a new event; a fresh event starts its own correlation chain.
 
         ``id``, ``correlation_id`` and ``causation_id`` must be strings when given (an empty
-        one counts as not given) and ``time`` a timezone-aware datetime; anything else raises
-        :class:`InvalidEnvelope`, as a bad ``name`` raises :class:`InvalidEventName`.
+        one counts as not given) and ``time`` a timezone-aware datetime; ``extensions``,
+        ``subject`` and ``dataschema`` must follow the CloudEvents rules (see
+        :meth:`validate`). Anything else raises :class:`InvalidEnvelope`, as a bad ``name``
+        raises :class:`InvalidEventName`.
         """
         validate_name(name)
         check_ids(id=id, correlation_id=correlation_id, causation_id=causation_id)
         event_id = id or str(uuid.uuid4())
-        event = cls(
-            id=event_id,
-            name=name,
-            data=data,
-            source=source,
-            time=datetime.now(timezone.utc) if time is None else time,
-            correlation_id=correlation_id or event_id,
-            causation_id=causation_id or None,
-        )
+        when = datetime.now(timezone.utc) if time is None else time
+        if extensions is None and subject is None and dataschema is None:
+            # Most events: the defaults, shared, with no copy.
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None,
+            )
+        else:
+            event = cls(
+                event_id, name, data, source, when, correlation_id or event_id,
+                causation_id or None, SPECVERSION,
+                NO_EXTENSIONS if extensions is None else Extensions(extensions),
+                subject, dataschema,
+            )
         event.validate()
         return event
+
+    def with_extensions(
+        self, attributes: Mapping[str, ExtensionValue | None] | None = None, /,
+        **more: ExtensionValue | None,
+    ) -> Event:
+        """Return a copy of this event with these extension attributes added or replaced.
+
+        An attribute given as None is taken out. The new attributes are checked (see
+        :meth:`validate`); this is how middleware adds a ``traceparent`` or a signature to an
+        event before it is sent. Names that are not Python identifiers (``"1x"``) go in the
+        positional mapping.
+
+        >>> event = Event.create("order.placed", {}, source="shop")
+        >>> signed = event.with_extensions({"sig": "c2ln"}, keyid=3)
+        >>> signed.extensions, event.extensions, signed.id == event.id
+        ({'sig': 'c2ln', 'keyid': 3}, {}, True)
+        """
+        merged: dict[str, ExtensionValue] = dict(self.extensions)
+        for changes in (attributes or {}, more):
+            for name, value in changes.items():
+                if value is None:
+                    merged.pop(name, None)
+                else:
+                    merged[name] = value
+        check_attributes(merged, self.subject, self.dataschema)
+        return replace(self, extensions=Extensions(merged) if merged else NO_EXTENSIONS)
 
     def validate(self) -> None:
         """Raise if this event cannot be sent as it is, so that no subscriber dead-letters it.
 
         The name must be valid (else :class:`InvalidEventName`); ``id``, ``source`` and
         ``correlation_id`` non-empty strings, ``causation_id`` one or None, ``time`` a
-        timezone-aware datetime and ``specversion`` ``"1.0"`` (else :class:`InvalidEnvelope`).
-        The data is checked when the event is published (:func:`encode_data`).
+        timezone-aware datetime, ``specversion`` ``"1.0"``, ``subject`` a non-empty string or
+        None, ``dataschema`` an absolute URI or None, and every extension attribute a
+        lowercase alphanumeric name that is not a core attribute, with a string, an integer
+        (32 bits) or a boolean value, all of these within 8 KiB of JSON (else
+        :class:`InvalidEnvelope`, naming the attribute and the rule). The data is checked when
+        the event is published (:func:`encode_data`).
 
         >>> Event.create("user.registered", {}, source="users").validate()
         """
@@ -112,10 +205,20 @@ class Event:
                 f"The event's specversion is {self.specversion!r}; subscribers read only"
                 f" {SPECVERSION!r}. Leave it out."
             )
+        if (
+            self.extensions is not NO_EXTENSIONS
+            or self.subject is not None
+            or self.dataschema is not None
+        ):
+            check_attributes(self.extensions, self.subject, self.dataschema)
 
     def to_envelope(self) -> dict[str, Any]:
-        """Return the CloudEvents 1.0 envelope of this event as a JSON-ready dict."""
-        return {
+        """Return the CloudEvents 1.0 envelope of this event as a JSON-ready dict.
+
+        ``subject`` and ``dataschema`` appear only when set; extensions follow this bus's own
+        attributes, and ``data`` comes last.
+        """
+        envelope: dict[str, Any] = {
             "specversion": self.specversion,
             "id": self.id,
             "type": self.name,
@@ -124,12 +227,26 @@ class Event:
             "datacontenttype": DATACONTENTTYPE,
             "correlationid": self.correlation_id,
             "causationid": self.causation_id,
-            "data": self.data,
         }
+        if self.subject is not None:
+            envelope["subject"] = self.subject
+        if self.dataschema is not None:
+            envelope["dataschema"] = self.dataschema
+        if self.extensions is not NO_EXTENSIONS:
+            envelope.update(self.extensions)
+        envelope["data"] = self.data
+        return envelope
 
     @classmethod
     def from_envelope(cls, envelope: object) -> Event:
-        """Read an envelope received from the wire, or raise :class:`InvalidEnvelope`."""
+        """Read an envelope received from the wire, or raise :class:`InvalidEnvelope`.
+
+        Any CloudEvents 1.0 JSON event whose data is a JSON object and whose ``type`` is an
+        event name is read, whoever wrote it (the CloudEvents SDKs included): ``time`` in any
+        RFC 3339 form, ``datacontenttype`` absent or a JSON media type, and every member that
+        is not a core attribute taken as an extension, held to the rules of :meth:`validate`
+        (one set to ``null`` counts as not set, as the JSON format says).
+        """
         if not isinstance(envelope, dict):
             raise InvalidEnvelope(
                 f"An envelope must be a JSON object, not {type(envelope).__name__}."
@@ -154,26 +271,85 @@ class Event:
         if not isinstance(envelope["data"], dict):
             raise InvalidEnvelope("The envelope's data must be a JSON object.")
         try:
+            # What this bus and the CloudEvents SDKs write: ISO 8601 with 'Z' or an offset.
             time = datetime.fromisoformat(envelope["time"].replace("Z", "+00:00"))
-        except ValueError as exc:
+        except ValueError:
+            time = _parse_rfc3339(envelope["time"])
+        if time.utcoffset() is None:
             raise InvalidEnvelope(
-                f"The envelope's time {envelope['time']!r} is not an RFC 3339 timestamp."
-            ) from exc
+                f"The envelope's time {envelope['time']!r} has no UTC offset; an RFC 3339"
+                " timestamp ends in 'Z' or '+hh:mm'."
+            )
         correlation_id = envelope.get("correlationid") or envelope["id"]
         causation_id = envelope.get("causationid")
         if not isinstance(correlation_id, str) or not (
             causation_id is None or isinstance(causation_id, str)
         ):
             raise InvalidEnvelope("The envelope's correlationid and causationid must be strings.")
+        # What this bus writes for most events is the six required members and these three,
+        # nothing else: no extension to look for, nothing to copy.
+        if (
+            len(envelope) == 9
+            and envelope.get("datacontenttype") == DATACONTENTTYPE
+            and "correlationid" in envelope
+            and "causationid" in envelope
+        ):
+            return cls(
+                envelope["id"], name, envelope["data"], envelope["source"], time,
+                correlation_id, causation_id,
+            )
+        _check_content_type(envelope.get("datacontenttype"))
+        if "data_base64" in envelope:
+            raise InvalidEnvelope(
+                "The envelope has both data and data_base64; an event's data is a JSON"
+                " object in data alone."
+            )
+        subject = envelope.get("subject")
+        dataschema = envelope.get("dataschema")
+        found = {
+            key: value
+            for key, value in envelope.items()
+            if key not in _NOT_EXTENSIONS and value is not None
+        }
+        check_attributes(found, subject, dataschema, received=True)
+        extensions: Mapping[str, ExtensionValue] = Extensions(found) if found else NO_EXTENSIONS
         return cls(
-            id=envelope["id"],
-            name=name,
-            data=envelope["data"],
-            source=envelope["source"],
-            time=time,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
+            envelope["id"], name, envelope["data"], envelope["source"], time, correlation_id,
+            causation_id, SPECVERSION, extensions, subject, dataschema,
         )
+
+
+def _check_content_type(value: object) -> None:
+    if value is None or value == DATACONTENTTYPE:
+        return
+    if not (isinstance(value, str) and _JSON_MEDIA_TYPE_RE.match(value)):
+        raise InvalidEnvelope(
+            f"The envelope's datacontenttype is {value!r}; an event's data is a JSON object,"
+            " so it must be a JSON media type (application/json) or absent."
+        )
+
+
+def _parse_rfc3339(text: str) -> datetime:
+    # Every RFC 3339 form that fromisoformat does not take (Python 3.10 takes fewer): 't' and
+    # 'z' in lowercase, fractions of any length (kept to the microsecond).
+    match = _RFC3339_RE.match(text)
+    if match is None:
+        raise InvalidEnvelope(f"The envelope's time {text!r} is not an RFC 3339 timestamp.")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    try:
+        if zulu:
+            zone = timezone.utc
+        else:
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            zone = timezone(-offset if sign == "-" else offset)  # raises past 24 hours
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            int((fraction or "0")[:6].ljust(6, "0")), tzinfo=zone,
+        )
+    except ValueError as exc:
+        raise InvalidEnvelope(
+            f"The envelope's time {text!r} is not an RFC 3339 timestamp: {exc}."
+        ) from None
 
 
 def check_ids(

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PublishRefused",
     "RegistryError",
     "BrokerError",
 ]
@@ -58,7 +59,9 @@ class InvalidEnvelope(CeleryEventsError, ValueError):
     Raised for an envelope received from the wire (its delivery is dead-lettered), and in the
     publisher for an event that could not be sent as it is: an ``id``, ``source`` or
     ``correlation_id`` that is not a non-empty string, a ``causation_id`` that is neither that
-    nor None, or a ``time`` that is not a timezone-aware datetime.
+    nor None, a ``time`` that is not a timezone-aware datetime, or extension attributes, a
+    ``subject`` or a ``dataschema`` that break the CloudEvents rules (the message names the
+    attribute and the rule).
     """
 
 
@@ -72,6 +75,11 @@ class PublishError(CeleryEventsError):
     No delivery was sent, unless the message says otherwise: when Redis was reached but its
     reply was lost, the deliveries may have been queued, and the message says so.
     """
+
+
+class PublishRefused(CeleryEventsError):
+    """A middleware refused to publish the event (a permission, a schema, a signing key);
+    nothing was sent. Middleware raise it, or a subclass, with a message saying why."""
 
 
 class PoisonMessageError(CeleryEventsError):

@@ -1,14 +1,10 @@
 """The shared subscription registry, written by subscribers and read by publishers.
 
-It lives in Redis (by default the broker's), under ``{key_prefix}``:
-
-- ``subscriptions``: a hash from service name to that service's whole set of subscriptions,
-  so that re-registering a service replaces its set in one atomic write;
-- ``version``: a random token replaced with every write, which publishers poll to notice
-  changes (a token, not a counter, so that a Redis that lost its data and counts again from
-  zero can never look unchanged);
-- ``published``: a hash of ``"service event-name"`` fields, which services published what
-  (the catalog reads it).
+It is kept by the backend's registry store (:class:`~celery_events.backends.base.RegistryStore`;
+on Redis, by default the broker's, see ``backends/redis/stores.py``): one record per service
+holding that service's whole set of subscriptions, so that re-registering a service replaces
+its set in one atomic write, and a version token replaced with every write, which publishers
+poll to notice changes.
 
 Publishers keep a cached, pattern-matched view. A background thread checks ``version`` every
 ``registry_refresh_interval`` seconds, so a publish in the steady state makes no registry round
@@ -24,14 +20,12 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from . import _plainjson
+from .backends.base import RegistryStore, StoreError
 from .errors import InvalidPattern, RegistryError, describe
 from .names import Matcher, validate_pattern
 
@@ -67,9 +61,11 @@ class _View:
 
 
 class Registry:
-    """Read and write the subscriptions of every service sharing one Redis.
+    """Read and write the subscriptions of every service sharing one registry store.
 
-    >>> registry = Registry(client)                                   # doctest: +SKIP
+    The bus makes its own (``bus.registry``) on its backend's store.
+
+    >>> registry = bus.registry                                       # doctest: +SKIP
     >>> registry.register("orders", [Subscription("user.*", "orders", "orders.welcome", "events.orders")])  # doctest: +SKIP
     >>> [s.handler for s in registry.match("user.registered")]        # doctest: +SKIP
     ['orders.welcome']
@@ -77,16 +73,12 @@ class Registry:
 
     def __init__(
         self,
-        client: redis.Redis,
+        store: RegistryStore,
         *,
-        key_prefix: str = "celery_events:",
         refresh_interval: float = 0.25,
         max_staleness: float = 1.0,
     ) -> None:
-        self.client = client
-        self.subscriptions_key = f"{key_prefix}subscriptions"
-        self.version_key = f"{key_prefix}version"
-        self.published_key = f"{key_prefix}published"
+        self.store = store
         self._refresh_interval = refresh_interval
         self._max_staleness = max_staleness
         self._view: _View | None = None
@@ -106,19 +98,9 @@ class Registry:
         entries = [s.to_json() for s in subscriptions]
         record = {"registered_at": time.time(), "subscriptions": entries}
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.subscriptions_key, service, json.dumps(record))
-                pipe.set(self.version_key, uuid.uuid4().hex)
-                pipe.execute()
-        except redis.RedisError as exc:
-            if isinstance(exc, redis.exceptions.NoPermissionError) or "permission" in str(exc):
-                fix = (
-                    "The registry's Redis user may not write it: grant write rights on"
-                    f" {self.subscriptions_key} and {self.version_key} (ACL SETUSER <user>"
-                    " '~*', or the bus's key_prefix), or use a registry_url whose user may."
-                )
-            else:
-                fix = "Check that Redis is reachable at the registry URL."
+            self.store.write(service, json.dumps(record))
+        except StoreError as exc:
+            fix = exc.fix or "Check that Redis is reachable at the registry URL."
             raise RegistryError(
                 f"Could not record the subscriptions of service {service!r} in the registry:"
                 f" {describe(exc)}. Nothing was recorded. {fix}"
@@ -132,17 +114,14 @@ class Registry:
     def unregister(self, service: str) -> None:
         """Remove every subscription of ``service``; its queued deliveries stay queued."""
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(self.subscriptions_key, service)
-                pipe.set(self.version_key, uuid.uuid4().hex)
-                pipe.execute()
-        except redis.RedisError as exc:
+            self.store.remove(service)
+        except StoreError as exc:
             raise RegistryError(f"Could not unregister service {service!r}: {describe(exc)}.") from exc
 
     # -- reading ---------------------------------------------------------------------------
 
     def subscriptions(self) -> list[Subscription]:
-        """Read every subscription of every service straight from Redis (no cache)."""
+        """Read every subscription of every service straight from the store (no cache)."""
         return list(self._load()[1])
 
     def match(self, name: str) -> list[Subscription]:
@@ -159,13 +138,13 @@ class Registry:
         with self._lock:
             checked = time.monotonic()
             try:
-                version = self.client.get(self.version_key)
+                version = self.store.version()
                 view = self._view
                 if view is None or version != view.version:
                     version, subscriptions = self._load()
                     view = _View(version, subscriptions, Matcher((s.pattern, s) for s in subscriptions))
                     self._view = view
-            except redis.RedisError as exc:
+            except StoreError as exc:
                 raise RegistryError(
                     f"Could not read the subscription registry: {describe(exc)}. Check that Redis is"
                     " reachable at the registry URL."
@@ -175,11 +154,8 @@ class Registry:
 
     def _load(self) -> tuple[bytes | None, tuple[Subscription, ...]]:
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(self.version_key)
-                pipe.hgetall(self.subscriptions_key)
-                version, records = pipe.execute()
-        except redis.RedisError as exc:
+            version, records = self.store.load()
+        except StoreError as exc:
             raise RegistryError(f"Could not read the subscription registry: {describe(exc)}.") from exc
         return version, tuple(self._decode(records))
 
@@ -240,6 +216,31 @@ class Registry:
                 if failing:
                     log.info("celery-events: registry reachable again")
                 failing = False
+
+    # -- the catalog -----------------------------------------------------------------------
+
+    def record_published(self, service: str, name: str) -> None:
+        """Note in the catalog that ``service`` published event ``name`` (now)."""
+        try:
+            self.store.record_published(f"{service} {name}", str(time.time()))
+        except StoreError as exc:
+            raise RegistryError(f"Could not record {name!r} in the event catalog: {exc}.") from exc
+
+    def publishers(self) -> list[tuple[str, str]]:
+        """The ``(service, event name)`` pairs publishers recorded, sorted."""
+        try:
+            fields = self.store.published()
+        except StoreError as exc:
+            raise RegistryError(
+                f"Could not read the event catalog: {exc}. Check that Redis is reachable at the"
+                " registry URL."
+            ) from exc
+        pairs = []
+        for text in fields:
+            service, _, name = text.partition(" ")
+            if name:
+                pairs.append((service, name))
+        return sorted(pairs)
 
     def close(self) -> None:
         """Stop the background check; the registry can no longer match."""

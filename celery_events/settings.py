@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
+from .backends.capabilities import Capabilities
 from .errors import ConfigurationError
 
 __all__ = ["Settings", "validate_service_name", "is_seconds"]
@@ -128,6 +129,10 @@ class Settings:
     #: Turn on the task events Flower needs (workers send them, publishers send task-sent),
     #: unless the app's configuration sets them itself.
     task_events: bool = True
+    #: Capabilities the service needs from its backend (names of
+    #: :class:`~celery_events.backends.base.Capabilities` fields, such as ``"atomic_fanout"``);
+    #: a backend lacking one is a ConfigurationError when it is made, never a downgrade.
+    require: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -141,6 +146,11 @@ class Settings:
                     f"{name!r} is not a celery-events setting.{hint} The settings are:"
                     f" {', '.join(sorted(known))}."
                 )
+        require = options.get("require")
+        if isinstance(require, list):
+            options = {**options, "require": tuple(require)}
+        elif isinstance(require, (set, frozenset)):
+            options = {**options, "require": tuple(sorted(require))}
         settings = replace(cls(), **options)
         settings.validate()
         return settings
@@ -219,5 +229,21 @@ class Settings:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
+        if isinstance(self.require, str) or not isinstance(self.require, tuple) or not all(
+            isinstance(name, str) for name in self.require
+        ):
+            raise ConfigurationError(
+                f"The setting require must be a list of capability names such as"
+                f" ['atomic_fanout', 'lost_delivery_ledger'], not {self.require!r}."
+            )
+        known = Capabilities.names()
+        unknown = [name for name in self.require if name not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"The setting require names {unknown[0]!r}, which is not a capability.{hint}"
+                f" The capabilities are {', '.join(known)}."
+            )
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigurationError("The setting key_prefix must be a non-empty string.")

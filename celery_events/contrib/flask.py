@@ -16,12 +16,14 @@
 In a view, ``events.publish("order.placed", {...})`` publishes through the bus of
 ``current_app``. In the worker (``celery -A shop.worker worker``, a module that calls
 ``create_app()`` and exposes its Celery app), every handler runs inside
-``flask_app.app_context()``.
+``flask_app.app_context()``: the bus's innermost middleware enters it around each handler
+call.
 
 Configuration, read by :meth:`CeleryEvents.init_app` from ``app.config``:
 
 ``CELERY_EVENTS`` (required)
-    A dict: ``"service"`` (required), this service's name, and any
+    A dict: ``"service"`` (required), this service's name; ``"middleware"``, a list of
+    :class:`~celery_events.Middleware` for the bus (the app context comes after them); and any
     :class:`~celery_events.EventBus` setting (``publish_timeout``, ``registry_url``, ...),
     checked when ``init_app`` runs.
 
@@ -34,7 +36,6 @@ of the Flask app initialised last.
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -44,11 +45,12 @@ from typing import Any, TypeVar
 from celery import Celery
 from flask import Flask, current_app, has_app_context
 
-from ..bus import _BUSES, EventBus, PublishResult
+from ..bus import EventBus, PublishResult, bus_for
 from ..envelope import Event
 from ..errors import ConfigurationError
+from ..middleware import HandleNext, HandlerCall, Middleware
 
-__all__ = ["CeleryEvents"]
+__all__ = ["CeleryEvents", "AppContext"]
 
 EXTENSION = "celery_events"
 
@@ -64,6 +66,22 @@ class _State:
     celery: Celery
 
 
+class AppContext(Middleware):
+    """Runs each handler call inside ``flask_app.app_context()`` (the Flask app initialised
+    last on the bus); made by :meth:`CeleryEvents.init_app` as the bus's innermost middleware.
+    """
+
+    def __init__(self) -> None:
+        self.flask_app: Flask | None = None
+
+    def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
+        flask_app = self.flask_app
+        if flask_app is None:
+            return call_next(call)
+        with flask_app.app_context():
+            return call_next(call)
+
+
 class CeleryEvents:
     """An event bus for a Flask app; see the module docstring for its configuration keys."""
 
@@ -71,8 +89,9 @@ class CeleryEvents:
         self._celery = celery
         self._lock = threading.Lock()
         self._subscriptions: list[tuple[str, Callable[[Event], Any], dict[str, Any]]] = []
-        #: Per bus: the Flask app whose context its handlers run in, and what is subscribed.
-        self._flask_apps: weakref.WeakKeyDictionary[EventBus, Flask] = (
+        #: Per bus: its app-context middleware (naming the Flask app whose context its
+        #: handlers run in), and what is subscribed.
+        self._contexts: weakref.WeakKeyDictionary[EventBus, AppContext] = (
             weakref.WeakKeyDictionary()
         )
         self._subscribed: weakref.WeakKeyDictionary[EventBus, set[int]] = (
@@ -105,20 +124,31 @@ class CeleryEvents:
                 f"CeleryEvents has no Celery app for the Flask app {app.name!r}: pass"
                 " init_app(app, celery=celery_app), or keep it in app.extensions['celery']."
             )
-        settings = {k: v for k, v in raw.items() if k != "service"}
+        settings = {k: v for k, v in raw.items() if k not in ("service", "middleware")}
+        middleware = list(raw.get("middleware") or ())
         with self._lock:
-            bus = self._bus_of(celery_app, raw["service"], settings)
-            self._flask_apps[bus] = app
+            bus = self._bus_of(celery_app, raw["service"], settings, middleware)
+            self._contexts[bus].flask_app = app
             self._subscribed.setdefault(bus, set())
             for pattern, func, options in self._subscriptions:
                 self._subscribe_on(bus, pattern, func, options)
         app.extensions[EXTENSION] = _State(self, bus, celery_app)
 
-    def _bus_of(self, celery_app: Celery, service: str, settings: dict[str, Any]) -> EventBus:
-        existing = _BUSES.get(celery_app)
-        if existing is None:
-            return EventBus(celery_app, service, **settings)
-        if existing not in self._flask_apps or existing.service != service:
+    def _bus_of(
+        self,
+        celery_app: Celery,
+        service: str,
+        settings: dict[str, Any],
+        middleware: list[Middleware],
+    ) -> EventBus:
+        try:
+            existing = bus_for(celery_app)
+        except ConfigurationError:  # no bus yet: make it, with the app context innermost
+            context = AppContext()
+            bus = EventBus(celery_app, service, middleware=[*middleware, context], **settings)
+            self._contexts[bus] = context
+            return bus
+        if existing not in self._contexts or existing.service != service:
             raise ConfigurationError(
                 f"The Celery app {celery_app.main!r} already has a bus for service"
                 f" {existing.service!r}, not made by this CeleryEvents; give each Flask app"
@@ -136,7 +166,7 @@ class CeleryEvents:
         def decorator(func: F) -> F:
             with self._lock:
                 self._subscriptions.append((pattern, func, options))
-                for bus in list(self._flask_apps):
+                for bus in list(self._contexts):
                     self._subscribe_on(bus, pattern, func, options)
             return func
 
@@ -149,13 +179,7 @@ class CeleryEvents:
         key = id(func)
         if key in done:
             return
-
-        @functools.wraps(func)
-        def in_app_context(event: Event) -> Any:
-            with self._flask_apps[bus].app_context():
-                return func(event)
-
-        bus.subscribe(pattern, **options)(in_app_context)
+        bus.subscribe(pattern, **options)(func)
         done.add(key)
 
     def bus_for(self, app: Flask) -> EventBus:

@@ -1,11 +1,19 @@
-"""Helpers for testing your own services without a broker.
+"""Helpers for testing your own services without a broker server or a worker process.
+
+Services under test use the memory backend, ``Celery(..., broker="memory://")``: publishes go
+to kombu's in-process queues, and the registry, inboxes and dead letters are dicts in this
+process.
 
 - :func:`capture_published` records what a bus would publish, and sends nothing.
-- :class:`HandlerRunner` runs the handlers that match an event in-process, making the worker's
-  decisions: the envelope's JSON round trip, the inbox (a handled delivery is skipped when it
-  comes again), ``atomic=True`` handlers through the bus's transaction runner, and the retry or
-  dead-letter decision after a failure, with the delay the worker would wait. Retries run at
-  once. It is not Celery's eager mode: no task is called and no broker is needed.
+- :class:`HandlerRunner` is the worker, in the test process: it takes deliveries off a bus's
+  queues and runs each through Celery's task tracer and the bus's real delivery task, so the
+  worker's decisions are made as on a worker: the envelope's JSON, the inbox (a handled
+  delivery is skipped when it comes again), ``atomic=True`` handlers through the Django
+  database inbox, retries (Celery's own retry messages, run at once, the waits recorded) and
+  dead letters in ``bus.dead_letters``; the bus's handle scopes wrap each call (a Flask app
+  context, a Django transaction), while its publish scopes do not see the deliveries (they
+  arrive, the subscriber does not publish them). ``run(bus, event)`` delivers one event to
+  the bus's matching handlers; ``work(bus)`` runs whatever was published to it.
 - ``pytest_plugins = ["celery_events.testing.pytest_plugin"]`` gives the fixtures
   ``capture_events`` and ``handler_runner`` (the plugin is never loaded on its own).
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from ..bus import EventBus, PublishResult
 from ..envelope import Event
+from ..middleware import REPLAY, Middleware, PublishCall, PublishNext
 
 __all__ = ["Captured", "capture_published"]
 
@@ -49,7 +49,9 @@ def capture_published(bus: EventBus) -> Iterator[Captured]:
     :class:`~celery_events.PublishResult` without deliveries. No broker or registry is touched,
     so ``require_subscribers`` is not checked. With the Django integration an event is sent,
     and so captured, when its transaction commits (in pytest-django, use
-    ``django_capture_on_commit_callbacks(execute=True)`` or a transactional test).
+    ``django_capture_on_commit_callbacks(execute=True)`` or a transactional test). Replays of
+    dead letters (and the deliveries of a :class:`~celery_events.testing.HandlerRunner`) are
+    not publishes: they are sent, not captured.
 
     >>> with capture_published(bus) as published:                      # doctest: +SKIP
     ...     bus.publish("order.placed", {"order_id": 7})
@@ -57,19 +59,36 @@ def capture_published(bus: EventBus) -> Iterator[Captured]:
     (['order.placed'], {'order_id': 7})
     """
     captured = Captured()
-    # The bus sends every event, published or pre-built, through its _send: shadow it on
-    # this one bus for the block, keeping any capture already active outside it.
-    outer: Any = bus.__dict__.get("_send")
-
-    def record(event: Event, data_json: str, require_subscribers: bool | None) -> PublishResult:
-        captured.events.append(event)
-        return PublishResult(event)
-
-    bus._send = record  # type: ignore[method-assign]
-    try:
+    # One capturing middleware per bus; a capture inside another takes the events until it ends.
+    active = next((m for m in bus.middleware if isinstance(m, _Capture)), None)
+    if active is not None:
+        active.stack.append(captured)
+        try:
+            yield captured
+        finally:
+            active.stack.remove(captured)
+        return
+    with bus.middleware.added(_Capture(captured)):
         yield captured
-    finally:
-        if outer is None:
-            del bus._send
-        else:
-            bus._send = outer  # type: ignore[method-assign]
+
+
+class _Capture(Middleware):
+    """The innermost publish scope while a capture is active: it records, and sends nothing.
+
+    Innermost, so that every other middleware (Django's publish-on-commit included) has run,
+    and before the registry is read, so that no broker or registry is needed.
+    """
+
+    def __init__(self, captured: Captured) -> None:
+        self.stack = [captured]
+
+    def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+        if not self.stack:  # deferred inside the block, sent after it (an on-commit)
+            return call_next(call)
+        if call.origin == REPLAY:
+            # A replay is one delivery sent again, not an event the code under test published;
+            # the HandlerRunner sends its deliveries this way, so a runner inside a capture
+            # block still runs handlers.
+            return call_next(call)
+        self.stack[-1].events.append(call.event)
+        return PublishResult(call.event)

@@ -1,18 +1,19 @@
-"""Running a bus's handlers in-process, with the decisions its worker would make."""
+"""Running a bus's deliveries in the test process, through the real delivery task."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from .._delivery import Handler, call_handler, current_effects, current_event, failure_outcome
-from ..bus import EventBus
-from ..deadletters import Reason
 from ..envelope import Event, encode_data
 from ..errors import ConfigurationError, InvalidEnvelope
 from ..names import pattern_matches
+from ._worker import Execution, InProcessWorker
+
+if TYPE_CHECKING:
+    from ..bus import EventBus
 
 __all__ = ["HandlerRun", "HandlerRunner"]
 
@@ -20,16 +21,19 @@ SUCCEEDED = "succeeded"
 SKIPPED = "skipped"
 RETRYING = "retrying"
 DEAD_LETTERED = "dead_lettered"
+#: The task failed and its bus kept no dead letter for it: a bug the test should see.
+FAILED = "failed"
 
 
 @dataclass(frozen=True)
 class HandlerRun:
-    """What happened to one handler's delivery of the event."""
+    """What happened to one delivery: one handler's copy of one event."""
 
     #: The handler's Celery task name, ``{service}.{name}``.
     handler: str
-    #: ``succeeded``; ``skipped`` (the inbox says it was handled); ``dead_lettered``; or
-    #: ``retrying`` (a retry is due and the runner was told not to run retries).
+    #: ``succeeded``; ``skipped`` (the inbox says it was handled); ``dead_lettered``;
+    #: ``retrying`` (a retry is due and the runner was told not to run retries); or
+    #: ``failed`` (the task failed and the bus kept no dead letter: a bug to report).
     status: str
     #: How many times the handler function ran.
     attempts: int
@@ -39,35 +43,61 @@ class HandlerRun:
     reason: str | None = None
     #: The exception of the last failed run.
     error: BaseException | None = None
+    #: The delivery's Celery task id (kept by its retries); its dead letter has this id.
+    task_id: str = ""
+    #: The id of the delivered event ("" for an envelope without one).
+    event_id: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status in (SUCCEEDED, SKIPPED)
 
 
+@dataclass
+class _Delivery:
+    handler: str
+    event_id: str
+    status: str = ""
+    attempts: int = 0
+    delays: list[float] = field(default_factory=list)
+    reason: str | None = None
+    error: BaseException | None = None
+
+    def result(self, task_id: str) -> HandlerRun:
+        return HandlerRun(
+            self.handler, self.status, self.attempts, tuple(self.delays), self.reason,
+            self.error, task_id, self.event_id,
+        )
+
+
 class HandlerRunner:
-    """Runs the handlers of a bus that match an event, in this process, as a worker would.
+    """Runs deliveries of events to a bus's handlers in this process, as its worker would.
 
-    The runner keeps its own inbox (like the service's inbox in Redis): a delivery that
-    succeeded is skipped when the same event comes again, unless its handler has
-    ``inbox=False``. ``atomic=True`` handlers go through the bus's transaction runner, so with
-    Django they use the real database inbox. ``run_retries=False`` stops at the first failure
-    that the worker would retry and reports it as ``retrying``.
-
-    ``effects_client``, a ``redis.Redis``, lets handlers use ``bus.redis_effects()``: their
-    commands run on it when the handler succeeds, as on a worker.
+    Meant for the memory backend (``Celery(broker="memory://")``), where the queues are in this
+    process; on another broker it takes the deliveries off that broker's queues. Each delivery
+    is a real task message, run through Celery's task tracer and the bus's delivery task: the
+    envelope is read from JSON, the inbox skips a delivery whose event the handler already
+    handled (``inbox=False`` handlers run again), an ``atomic=True`` handler goes through the
+    Django database inbox, a failure is retried or dead-lettered by the handler's own policy,
+    and a dead letter lands in ``bus.dead_letters`` (named after the delivery's ``task_id``).
+    Retries are the messages Celery's retry publishes; the runner runs them at once and
+    records the wait the worker would have made (``run.retry_delays``).
+    ``run_retries=False`` leaves every retry on its queue and reports the delivery as
+    ``retrying``; a later :meth:`work` runs it.
 
     >>> runner = HandlerRunner()
-    >>> runs = runner.run(bus, Event.create("order.placed", {"id": 1}, source="shop"))  # doctest: +SKIP
-    >>> runs[0].status, runs[0].attempts                               # doctest: +SKIP
+    >>> [run] = runner.run(bus, Event.create("order.placed", {"id": 1}, source="shop"))  # doctest: +SKIP
+    >>> run.status, run.attempts                                        # doctest: +SKIP
     ('succeeded', 1)
+    >>> shop_bus.publish("order.placed", {"id": 2})                     # doctest: +SKIP
+    >>> [run] = runner.work(bus)      # what the worker of ``bus`` would do now  # doctest: +SKIP
     """
 
-    def __init__(self, *, run_retries: bool = True, effects_client: Any = None) -> None:
+    def __init__(self, *, run_retries: bool = True) -> None:
         self.run_retries = run_retries
-        self.effects_client = effects_client
-        #: ``(handler task name, event id)`` of every delivery that succeeded.
-        self.handled: set[tuple[str, str]] = set()
+        #: Every delivery this runner ran, by task id, in the order they were first seen.
+        self.deliveries: dict[str, HandlerRun] = {}
+        self._state: dict[str, _Delivery] = {}
 
     def run(
         self,
@@ -76,12 +106,15 @@ class HandlerRunner:
         *,
         handlers: Iterable[str] | None = None,
     ) -> list[HandlerRun]:
-        """Deliver ``event`` (an :class:`Event` or an envelope) to each matching handler.
+        """Deliver ``event`` (an :class:`Event` or an envelope) to each of ``bus``'s handlers
+        whose pattern matches it, and run those deliveries to their end.
 
         ``handlers`` limits the run to those task names. Returns one :class:`HandlerRun` per
-        handler, in subscription order. An envelope that is not valid dead-letters every
-        handler of its type, as on a worker; an :class:`Event` whose data ``publish`` would
-        refuse raises :class:`~celery_events.InvalidEventData`.
+        handler, in subscription order. An envelope that is not a valid event goes to the
+        handlers as another producer would send it, and each dead-letters it, as on a worker;
+        an :class:`Event` whose data ``publish`` would refuse raises
+        :class:`~celery_events.InvalidEventData`. Other deliveries waiting on the bus's queues
+        stay there (:meth:`work` runs them).
         """
         if isinstance(event, Event):
             # The checks publish makes, so that a test cannot deliver what could never be sent.
@@ -90,66 +123,112 @@ class HandlerRunner:
             )
             envelope = event.to_envelope()
         else:
-            envelope = event
-        # What goes over the wire is JSON: the handler sees what a worker would decode.
-        wire = json.loads(json.dumps(envelope))
-        name = wire.get("type") if isinstance(wire, dict) else None
+            envelope = json.loads(json.dumps(event))
+        name = envelope.get("type") if isinstance(envelope, dict) else None
         wanted = None if handlers is None else set(handlers)
         chosen = [
-            h
-            for h in bus.handlers
+            s for s in bus.subscriptions()
             if isinstance(name, str)
-            and _matches(h.pattern, name)
-            and (wanted is None or h.task_name in wanted)
+            and _matches(s.pattern, name)
+            and (wanted is None or s.handler in wanted)
         ]
-        try:
-            received = Event.from_envelope(wire)
-        except InvalidEnvelope as exc:
-            return [
-                HandlerRun(h.task_name, DEAD_LETTERED, 0, reason=Reason.INVALID_ENVELOPE, error=exc)
-                for h in chosen
-            ]
-        return [self._deliver(bus, h, received) for h in chosen]
-
-    def _deliver(self, bus: EventBus, handler: Handler, event: Event) -> HandlerRun:
-        key = (handler.task_name, event.id)
-        if handler.inbox and key in self.handled:
-            return HandlerRun(handler.task_name, SKIPPED, 0)
-        if handler.atomic and bus.transaction_runner is None:
+        # A worker refuses to start with atomic handlers and no transaction runner; the
+        # runner refuses to run them.
+        atomic = {h.task_name for h in bus.handlers if h.atomic} & {s.handler for s in chosen}
+        if atomic and not bus.middleware.transactional:
             raise ConfigurationError(
-                f"Handler {handler.task_name} is atomic=True but the bus has no transaction"
-                " runner; add 'celery_events.contrib.django' to INSTALLED_APPS."
+                f"Handlers {', '.join(sorted(atomic))} are atomic=True but the bus has no"
+                " transaction runner (a transactional middleware); add"
+                " 'celery_events.contrib.django' to INSTALLED_APPS."
             )
-        attempts = 0
-        delays: list[float] = []
-        while True:
-            attempts += 1
-            effects = self.effects_client.pipeline(transaction=True) if self.effects_client else None
-            event_token = current_event.set(event)
-            effects_token = current_effects.set(effects)
-            try:
-                ran = call_handler(bus, handler, event)
-            except Exception as exc:
-                reason, countdown = failure_outcome(handler.retry, exc, attempts)
-                if reason is not None:
-                    return HandlerRun(
-                        handler.task_name, DEAD_LETTERED, attempts, tuple(delays), reason, exc
-                    )
-                delays.append(countdown)
-                if not self.run_retries:
-                    return HandlerRun(
-                        handler.task_name, RETRYING, attempts, tuple(delays), error=exc
-                    )
-                continue
-            finally:
-                current_effects.reset(effects_token)
-                current_event.reset(event_token)
-            if effects is not None:
-                effects.execute()
-            if handler.inbox:
-                self.handled.add(key)
-            status = SUCCEEDED if ran else SKIPPED
-            return HandlerRun(handler.task_name, status, attempts if ran else 0, tuple(delays))
+        valid = True
+        try:
+            Event.from_envelope(envelope)
+        except InvalidEnvelope:
+            valid = False
+        task_ids = [_send(bus, envelope, s.handler, s.queue, valid) for s in chosen]
+        for task_id, subscription in zip(task_ids, chosen, strict=True):
+            self._state[task_id] = _Delivery(subscription.handler, str(envelope.get("id", "")))
+        mine = set(task_ids)
+        self._work(bus, lambda task_id: task_id in mine)
+        return [self._state[task_id].result(task_id) for task_id in task_ids]
+
+    def work(self, *buses: EventBus) -> list[HandlerRun]:
+        """Run every delivery waiting on the queues of ``buses`` (what their workers would
+        do now: deliveries published to them, replays of dead letters), retries included.
+
+        Returns one :class:`HandlerRun` per delivery that ran, in the order they first ran.
+        """
+        ran: dict[str, None] = {}
+        for bus in buses:
+            ran.update(dict.fromkeys(self._work(bus, lambda task_id: True)))
+        return [self._state[task_id].result(task_id) for task_id in ran]
+
+    def _work(self, bus: EventBus, chosen: Callable[[str], bool]) -> list[str]:
+        """Run the chosen deliveries on ``bus``'s queues; the task ids that ran, in order."""
+        ran: dict[str, None] = {}
+
+        def wanted(task_id: str, is_retry: bool) -> bool:
+            return chosen(task_id) and (self.run_retries or not is_retry)
+
+        def record(execution: Execution) -> None:
+            ran[execution.task_id] = None
+            self._record(bus, execution)
+
+        InProcessWorker(bus).work(wanted=wanted, on_execution=record)
+        for task_id in ran:
+            self.deliveries[task_id] = self._state[task_id].result(task_id)
+        return list(ran)
+
+    def _record(self, bus: EventBus, execution: Execution) -> None:
+        state = self._state.get(execution.task_id)
+        if state is None:
+            state = self._state[execution.task_id] = _Delivery(
+                execution.handler, execution.event_id
+            )
+        if execution.outcome == "succeeded":
+            state.status = SKIPPED if execution.skipped else SUCCEEDED
+            state.attempts += 0 if execution.skipped else 1
+            return
+        if execution.outcome == "retry":
+            if execution.error is not None:  # None: another copy held the lease
+                state.attempts += 1
+                state.error = execution.error
+            state.delays.append(execution.countdown or 0.0)
+            state.status = RETRYING
+            return
+        state.error = execution.error
+        letter = _dead_letter(bus, execution.task_id)
+        if letter is None:
+            state.status = FAILED
+            state.attempts += 1
+            return
+        state.status = DEAD_LETTERED
+        state.reason = letter.reason
+        if letter.reason not in ("invalid_envelope", "too_many_deliveries"):
+            state.attempts += 1
+
+
+def _send(bus: EventBus, envelope: dict[str, Any], handler: str, queue: str, valid: bool) -> str:
+    if valid:
+        # The bus's own send path (the one a dead letter's replay takes): one delivery of the
+        # envelope to one of its handlers. Past the publish scopes: the delivery is an event
+        # as it arrives, published by whoever, and a subscriber's publish middleware (stamping,
+        # permissions, publish-on-commit) never sees those on a worker.
+        return bus._resend(envelope, handler, queue, publish_scope=False)
+    # What publish would refuse, sent as any other producer could: the worker must cope.
+    result = bus.app.send_task(handler, args=[envelope], queue=queue)
+    return str(result.id)
+
+
+def _dead_letter(bus: EventBus, task_id: str) -> Any:
+    # A delivery's dead letter is named after its task id.
+    from ..deadletters import DeadLetterNotFound
+
+    try:
+        return bus.dead_letters.get(task_id)
+    except DeadLetterNotFound:
+        return None
 
 
 def _matches(pattern: str, name: str) -> bool:

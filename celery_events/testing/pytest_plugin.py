@@ -3,13 +3,18 @@ to your top-level ``conftest.py``. The plugin is never loaded on its own.
 
 - ``capture_events(bus)``: starts capturing what ``bus`` publishes until the test ends and
   returns the :class:`~celery_events.testing.Captured` list.
-- ``handler_runner``: a fresh :class:`~celery_events.testing.HandlerRunner` (its own inbox).
+- ``handler_runner``: a fresh :class:`~celery_events.testing.HandlerRunner`; after the test
+  the memory backend is emptied (its queues, registry, inboxes and dead letters), so no
+  delivery or record leaks into the next test.
 
->>> def test_placing_an_order_ships_it(capture_events, handler_runner):  # doctest: +SKIP
-...     published = capture_events(shop_bus)
-...     place_order(7)
-...     [run] = handler_runner.run(warehouse_bus, published.named("order.placed")[0])
-...     assert run.status == "succeeded"
+Services under test use the memory backend: ``Celery(..., broker="memory://")`` (with Django,
+``CELERY_BROKER_URL = "memory://"`` in the test settings).
+
+>>> def test_placing_an_order_ships_it(handler_runner):                # doctest: +SKIP
+...     warehouse_bus.register()            # as its worker does when it starts
+...     place_order(7)                      # publishes order.placed on memory://
+...     [run] = handler_runner.work(warehouse_bus)
+...     assert (run.handler, run.status) == ("warehouse.ship", "succeeded")
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from contextlib import ExitStack
 
 import pytest
 
+from ..backends import memory
 from ..bus import EventBus
 from . import Captured, HandlerRunner, capture_published
 
@@ -35,6 +41,7 @@ def capture_events() -> Iterator[Callable[[EventBus], Captured]]:
 
 
 @pytest.fixture
-def handler_runner() -> HandlerRunner:
-    """A :class:`HandlerRunner` with an empty inbox."""
-    return HandlerRunner()
+def handler_runner() -> Iterator[HandlerRunner]:
+    """A :class:`HandlerRunner`; the memory backend is emptied after the test."""
+    yield HandlerRunner()
+    memory.reset()

@@ -61,4 +61,10 @@ CELERY_EVENTS = {
     "relay_in_worker": os.environ.get("CELERY_EVENTS_TEST_RELAY_IN_WORKER") == "1",
     "relay_interval": 0.1,
     "publish_timeout": 1.0,
+    # The state store in the database (test_state_worker.py), with a short poison limit.
+    **(
+        {"state": "database", "max_deliveries": 2}
+        if os.environ.get("CELERY_EVENTS_TEST_STATE") == "database"
+        else {}
+    ),
 }

@@ -110,3 +110,34 @@ def test_handlers_can_still_be_called_directly(make_app: Callable[..., Flask]) -
     assert [h.task_name for h in events.bus_for(make_app()).handlers] == [
         "flaskshop.remember_order"
     ]
+
+
+def test_the_users_middleware_comes_before_the_app_context_and_handlers_see_the_app(
+    make_app: Callable[..., Flask],
+) -> None:
+    from flask import current_app
+
+    from celery_events import Event, HandlerCall, Middleware
+    from celery_events.contrib.flask import AppContext
+    from celery_events.middleware import HandleNext
+    from celery_events.testing import HandlerRunner
+
+    seen: list[str] = []
+
+    class Outer(Middleware):
+        def handle(self, call: HandlerCall, call_next: HandleNext) -> object:
+            seen.append("outer")
+            return call_next(call)
+
+    outer = Outer()
+    app = make_app(CELERY_EVENTS={"service": "flaskshop", "middleware": [outer]})
+    bus = events.bus_for(app)
+    assert [type(m) for m in bus.middleware] == [Outer, AppContext]
+    assert list(bus.middleware)[0] is outer
+
+    @bus.subscribe("shop.checked", name="check_context")
+    def check_context(event: Event) -> None:
+        seen.append(current_app.config["SHOP_NAME"])
+
+    [run] = HandlerRunner().run(bus, Event.create("shop.checked", {}, source="flaskshop"))
+    assert run.status == "succeeded" and seen == ["outer", "main street"]

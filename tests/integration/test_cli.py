@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -176,7 +177,7 @@ def test_status_shows_waiting_and_in_flight_deliveries_and_their_age(
     def status() -> dict[str, dict[str, Any]]:
         done = eventbus("status", "--json")
         assert done.returncode == 0, done.stderr
-        return {s["service"]: s for s in json.loads(done.stdout)}
+        return {s["service"]: s for s in json.loads(done.stdout)["services"]}
 
     busy = wait_until(lambda: (s := status()) and s["billing"]["in_flight"] == 1 and s,
                       what="billing's delivery in flight")
@@ -213,9 +214,25 @@ def test_a_status_that_survives_an_item_it_cannot_read(
     # Then it is counted as waiting, and the age comes from the readable ones
     done = eventbus("status", "--json")
     assert done.returncode == 0, done.stderr
-    (orders,) = json.loads(done.stdout)
+    (orders,) = json.loads(done.stdout)["services"]
     assert orders["waiting"] == 3
     assert orders["oldest_waiting_seconds"] is not None
+
+
+def test_status_names_the_backend_and_what_it_guarantees(redis_url: str) -> None:
+    # Given a service on a Redis broker
+    register(ORDERS)
+
+    # Then status shows the backend and each capability, as a table and as JSON
+    table = eventbus("status").stdout
+    assert "Backend redis: redis://127.0.0.1:" in table
+    assert re.search(r"atomic_fanout +yes", table) and re.search(r"native_delivery_limit +no", table)
+    done = eventbus("status", "--json")
+    assert done.returncode == 0, done.stderr
+    backend = json.loads(done.stdout)["backend"]
+    assert backend["name"] == "redis"
+    assert backend["capabilities"]["lost_delivery_ledger"] is True
+    assert backend["capabilities"]["native_delivery_limit"] is False
 
 
 def test_errors_are_one_clear_line_with_a_documented_exit_code(redis_url: str) -> None:

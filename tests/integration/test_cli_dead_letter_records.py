@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from celery_events import Event
+from celery_events.backends.redis.stores import RedisState
 from celery_events.deadletters import DeadLetterStore, Reason, new_letter
 
 from .test_cli import BILLING, ORDERS, eventbus, register
@@ -28,7 +29,7 @@ def add(client: redis.Redis, service: str, handler: str, queue: str) -> str:
         attempts=1,
         queue=queue,
     )
-    return DeadLetterStore(client, service).add(letter).id
+    return DeadLetterStore(RedisState(client, "celery_events:").dead_letters(service), service).add(letter).id
 
 
 def listed(*args: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from celery_events import DeadLetterNotFound, ReplayError
+from celery_events.backends.redis.stores import RedisState
 from celery_events.deadletters import DeadLetterStore, Reason, new_letter
 
 
@@ -26,7 +27,7 @@ def letter(n: int, handler: str | None = "orders.welcome") -> object:
 def test_a_size_limit_drops_the_oldest_and_says_so(
     redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = DeadLetterStore(redis_client, "orders", limit=2)
+    store = DeadLetterStore(RedisState(redis_client, "celery_events:").dead_letters("orders"), "orders", limit=2)
     letters = []
     for n in range(3):
         letters.append(store.add(letter(n)))  # type: ignore[arg-type]
@@ -37,7 +38,7 @@ def test_a_size_limit_drops_the_oldest_and_says_so(
 
 
 def test_without_a_limit_nothing_is_dropped(redis_client: redis.Redis) -> None:
-    store = DeadLetterStore(redis_client, "orders")
+    store = DeadLetterStore(RedisState(redis_client, "celery_events:").dead_letters("orders"), "orders")
     for n in range(50):
         store.add(letter(n))  # type: ignore[arg-type]
     assert store.count() == 50
@@ -50,7 +51,7 @@ def test_unattributed_letters_cannot_be_replayed_but_can_be_purged(
 ) -> None:
     sent: list[tuple[object, str, str]] = []
     store = DeadLetterStore(
-        redis_client, "orders", resend=lambda e, h, q: sent.append((e, h, q)) or "task"
+        RedisState(redis_client, "celery_events:").dead_letters("orders"), "orders", resend=lambda e, h, q: sent.append((e, h, q)) or "task"
     )
     orphan = store.add(letter(1, handler=None))  # type: ignore[arg-type]
     with pytest.raises(ReplayError, match="cannot be replayed"):

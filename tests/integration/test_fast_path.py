@@ -19,8 +19,8 @@ import redis
 from celery import Celery, signals
 
 from celery_events import EventBus, Subscription
-from celery_events._fanout import KombuFanout
-from celery_events._inbox import ledger_entry
+from celery_events.backends.kombu import KombuTransport
+from celery_events.backends.redis.inbox import ledger_entry
 
 from ..harness import wait_until
 from .conftest import effect_counts
@@ -217,7 +217,7 @@ def test_the_kombu_fallback_sends_the_same_messages(
     # Given a second bus forced onto kombu's producer, as on a broker other than Redis
     app = Celery("shop2", broker=redis_url)
     via_kombu = EventBus(app, service="shop")
-    via_kombu._fanout = KombuFanout(app, timeout=5.0)
+    via_kombu._transport = KombuTransport(app, timeout=5.0)
     publisher.registry.register("orders", [ORDERS_SUBSCRIPTION])
 
     # When each publishes the same kind of event
@@ -254,7 +254,7 @@ def test_workers_run_deliveries_and_a_receiver_hears_every_task_sent_event(
     start_worker(ORDERS)
     start_worker(MAILER)
     if fanout == "kombu":
-        publisher._fanout = KombuFanout(publisher.app, timeout=5.0)
+        publisher._transport = KombuTransport(publisher.app, timeout=5.0)
     receiver = TaskSentReceiver(publisher.app, redis_client)
 
     # When events are published

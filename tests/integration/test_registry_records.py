@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from celery_events import EventBus
+from celery_events.backends.redis.stores import RedisRegistry
 from celery_events.registry import Registry, Subscription
 
 from ..harness import wait_until
@@ -53,7 +54,7 @@ BAD_RECORDS = {
 
 
 def register(client: redis.Redis, service: str, pattern: str = "user.*") -> None:
-    Registry(client, key_prefix=PREFIX).register(
+    Registry(RedisRegistry(client, key_prefix=PREFIX)).register(
         service, [Subscription(pattern, service, f"{service}.welcome", f"events.{service}")]
     )
 

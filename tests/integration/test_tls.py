@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from celery_events import ConfigurationError, EventBus
-from celery_events._redis import connect
+from celery_events.backends.redis.client import connect
 from celery_events.registry import Subscription
 
 from ..harness import Worker, free_port, redis_server_binary, wait_until
@@ -206,7 +206,7 @@ def test_a_worker_and_a_publisher_over_tls_deliver(
 
 
 def test_queue_status_reads_a_tls_broker_configured_by_broker_use_ssl(tls_redis: TlsRedis) -> None:
-    from celery_events.status import BrokerQueues
+    from celery_events.backends.redis.queues import BrokerQueues
 
     app = tls_app(tls_redis.url(), tls_redis.certificates.use_ssl("required"))
     tls_redis.client().lpush("events.orders", "x", "y")

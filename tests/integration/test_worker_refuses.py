@@ -60,8 +60,21 @@ def test_a_worker_whose_registry_is_unreachable_exits(
 def test_a_worker_on_another_broker_without_a_registry_exits(
     start_worker: Callable[..., Worker],
 ) -> None:
-    worker = start_worker(SERVICE, env={"CHECKED_BROKER": "memory://"}, ready=False)
+    worker = start_worker(SERVICE, env={"CHECKED_BROKER": "amqp://guest@127.0.0.1:1//"}, ready=False)
     assert "registry_url=" in refused(worker)
+
+
+def test_a_worker_whose_backend_lacks_a_required_capability_exits(
+    start_worker: Callable[..., Worker], redis_client: redis.Redis
+) -> None:
+    # Given a service that requires a guarantee Redis does not give (a native delivery limit)
+    worker = start_worker(
+        SERVICE, env={"CHECKED_REQUIRE": "atomic_fanout,native_delivery_limit"}, ready=False
+    )
+    # Then its worker refuses to start, naming what is missing, and records nothing
+    log = refused(worker)
+    assert "requires native_delivery_limit, which the redis backend does not provide" in log
+    assert redis_client.hgetall("celery_events:subscriptions") == {}
 
 
 def test_a_worker_whose_visibility_timeout_is_too_short_exits(
@@ -88,5 +101,11 @@ def test_a_correctly_configured_worker_still_starts_and_registers(
 
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CHECKED_BROKER", "CHECKED_REGISTRY_URL", "CHECKED_VISIBILITY_TIMEOUT", "CHECKED_ATOMIC"):
+    for name in (
+        "CHECKED_BROKER",
+        "CHECKED_REGISTRY_URL",
+        "CHECKED_VISIBILITY_TIMEOUT",
+        "CHECKED_ATOMIC",
+        "CHECKED_REQUIRE",
+    ):
         monkeypatch.delenv(name, raising=False)

@@ -4,7 +4,8 @@
 - ``CHECKED_BROKER_USE_SSL``: the app's ``broker_use_ssl``, as JSON;
 - ``CHECKED_REGISTRY_URL``: the bus's ``registry_url``;
 - ``CHECKED_VISIBILITY_TIMEOUT``: the broker's ``visibility_timeout``;
-- ``CHECKED_ATOMIC=1``: the handler is ``atomic=True`` (with no transaction runner).
+- ``CHECKED_ATOMIC=1``: the handler is ``atomic=True`` (with no transaction runner);
+- ``CHECKED_REQUIRE``: the bus's ``require`` setting, comma-separated capability names.
 """
 
 import json
@@ -24,7 +25,10 @@ if os.environ.get("CHECKED_VISIBILITY_TIMEOUT"):
         "visibility_timeout": float(os.environ["CHECKED_VISIBILITY_TIMEOUT"])
     }
 bus = EventBus(
-    app, service="checked", registry_url=os.environ.get("CHECKED_REGISTRY_URL") or None
+    app,
+    service="checked",
+    registry_url=os.environ.get("CHECKED_REGISTRY_URL") or None,
+    require=[name for name in os.environ.get("CHECKED_REQUIRE", "").split(",") if name],
 )
 
 

@@ -28,12 +28,19 @@ WORKER = os.environ.get("RECOVERY_WORKER", "")
 
 app = Celery("recovery", broker=broker_url())
 bus = EventBus(app, service="recovery", registry_url=os.environ.get("CELERY_EVENTS_TEST_STATE"))
+# Where the test reads what started: the bus's state Redis (the broker when it is Redis, else
+# the registry's).
+notes = redis.Redis.from_url(
+    broker_url()
+    if broker_url().startswith(("redis://", "rediss://", "unix://"))
+    else os.environ["CELERY_EVENTS_TEST_STATE"]
+)
 
 
 @bus.subscribe("recovery.#")
 def work(event: Event) -> None:
     note = {"event_id": event.id, "worker": WORKER, "pid": os.getpid()}
-    bus.inbox.client.rpush(STARTED_KEY, json.dumps({**note, "t": time.time()}))
+    notes.rpush(STARTED_KEY, json.dumps({**note, "t": time.time()}))
     time.sleep(float(event.data.get("work", 0)))
     if event.data.get("hold"):
         state = redis.Redis.from_url(os.environ.get("CELERY_EVENTS_TEST_STATE") or broker_url())

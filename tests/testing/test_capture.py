@@ -8,7 +8,8 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_events import Event, EventBus, InvalidEventName
+from celery_events import Event, EventBus, InvalidEventName, Reject
+from celery_events.backends import memory
 from celery_events.testing import HandlerRunner, capture_published
 
 # Nothing listens on port 1: a bus that tried to reach this broker would fail.
@@ -65,16 +66,46 @@ def test_after_the_block_the_bus_sends_again(redis_url: str, redis_client: redis
         subscriber.close()
 
 
-def test_events_published_by_a_handler_name_the_handled_event_as_their_cause(
-    offline_bus: EventBus,
-) -> None:
-    @offline_bus.subscribe("order.placed")
+def test_events_published_by_a_handler_name_the_handled_event_as_their_cause() -> None:
+    # The runner delivers on the memory backend; the capture keeps the handler's publish.
+    bus = EventBus(Celery("shop3", broker="memory://"), service="shop3")
+
+    @bus.subscribe("order.placed")
     def confirm(event: Event) -> None:
-        offline_bus.publish("order.confirmed", {"order_id": event.data["order_id"]})
+        bus.publish("order.confirmed", {"order_id": event.data["order_id"]})
 
     placed = Event.create("order.placed", {"order_id": 4}, source="shop")
-    with capture_published(offline_bus) as published:
-        [run] = HandlerRunner().run(offline_bus, placed)
+    with capture_published(bus) as published:
+        [run] = HandlerRunner().run(bus, placed)
     assert run.status == "succeeded"
     [confirmed] = published
     assert confirmed.causation_id == placed.id and confirmed.correlation_id == placed.correlation_id
+    bus.close()
+
+
+def test_a_dead_letter_replayed_inside_a_capture_is_sent_not_captured() -> None:
+    # Given a dead letter on the memory backend
+    bus = EventBus(Celery("shop4", broker="memory://"), service="shop4")
+    calls: list[int] = []
+
+    @bus.subscribe("order.placed")
+    def bill(event: Event) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise Reject("card declined")
+
+    runner = HandlerRunner()
+    try:
+        [first] = runner.run(bus, Event.create("order.placed", {"order_id": 5}, source="shop"))
+        assert first.status == "dead_lettered"
+        # When it is replayed inside a capture block
+        with capture_published(bus) as published:
+            [letter] = bus.dead_letters.replay(first.task_id)
+        # Then the replay was sent (a replay is not a publish) and the handler runs it
+        assert len(published) == 0 and letter.task_id == first.task_id
+        [again] = runner.work(bus)
+        assert (again.handler, again.status) == ("shop4.bill", "succeeded")
+        assert again.task_id != first.task_id and calls == [0, 1]
+    finally:
+        bus.close()
+        memory.reset()

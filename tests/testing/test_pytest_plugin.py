@@ -15,7 +15,7 @@ from celery_events import Event, EventBus
 
 {plugins}
 
-bus = EventBus(Celery("shop", broker="redis://127.0.0.1:1/0"), service="shop")
+bus = EventBus(Celery("shop", broker="memory://"), service="shop")
 seen = []
 
 @bus.subscribe("order.placed")
@@ -27,6 +27,12 @@ def test_place_and_ship(capture_events, handler_runner):
     bus.publish("order.placed", {{"order_id": 7}})
     [run] = handler_runner.run(bus, published[0])
     assert run.status == "succeeded" and seen == [7]
+
+def test_publish_and_work(handler_runner):
+    bus.register()
+    bus.publish("order.placed", {{"order_id": 8}})
+    [run] = handler_runner.work(bus)
+    assert (run.handler, run.status) == ("shop.ship", "succeeded") and seen[-1] == 8
 '''
 
 
@@ -42,7 +48,7 @@ def run_pytest(tmp_path: Path, plugins: str) -> subprocess.CompletedProcess[str]
 def test_the_fixtures_work_when_the_plugin_is_listed(tmp_path: Path) -> None:
     done = run_pytest(tmp_path, 'pytest_plugins = ["celery_events.testing.pytest_plugin"]')
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout
 
 
 def test_the_plugin_is_not_loaded_unless_listed(tmp_path: Path) -> None:

@@ -9,16 +9,19 @@ import pytest
 from celery import Celery
 
 from celery_events import ConfigurationError, Event, EventBus, InvalidEventData, Reject, Retry
+from celery_events.backends import memory
 from celery_events.testing import HandlerRunner
 
-NO_BROKER = "redis://127.0.0.1:1/0"
+# The memory backend: deliveries run in this process, through the real delivery task.
+MEMORY = "memory://"
 
 
 @pytest.fixture
 def bus() -> Iterator[EventBus]:
-    bus = EventBus(Celery("billing", broker=NO_BROKER), service="billing", retry_jitter=False)
+    bus = EventBus(Celery("billing", broker=MEMORY), service="billing", retry_jitter=False)
     yield bus
     bus.close()
+    memory.reset()
 
 
 def placed(**data: object) -> Event:
@@ -147,3 +150,69 @@ def test_an_event_that_publish_would_refuse_is_refused(bus: EventBus) -> None:
     event = Event.create("order.placed", {"at": datetime.now()}, source="shop")
     with pytest.raises(InvalidEventData, match="cannot be encoded as JSON"):
         HandlerRunner().run(bus, event)
+
+
+def test_a_published_event_is_worked_off_as_its_worker_would(bus: EventBus) -> None:
+    # Given a subscriber whose worker has started (it recorded its subscriptions)
+    shop = EventBus(Celery("shop", broker=MEMORY), service="shop")
+    seen: list[int] = []
+    template = {"missing": True}
+
+    @bus.subscribe("order.placed", max_retries=1, retry_backoff=3)
+    def invoice(event: Event) -> None:
+        seen.append(event.data["order_id"])
+        if event.data.get("broken") and template["missing"]:
+            raise ValueError("no invoice template")
+
+    bus.register()
+    # When the shop publishes through the memory backend
+    good = shop.publish("order.placed", {"order_id": 1})
+    broken = shop.publish("order.placed", {"order_id": 2, "broken": True})
+    [delivery] = good.deliveries
+    assert delivery.handler == "billing.invoice"
+
+    # Then the runner does what the subscriber's worker would: every delivery, its retries
+    runner = HandlerRunner()
+    runs = runner.work(bus)
+    assert [(r.event_id, r.status, r.attempts, r.retry_delays) for r in runs] == [
+        (good.event.id, "succeeded", 1, ()),
+        (broken.event.id, "dead_lettered", 2, (3.0,)),
+    ]
+    assert runs[0].task_id == delivery.task_id
+    assert runner.work(bus) == []  # nothing is left to run
+
+    # And the dead letter is in the bus's store; a replay is one more delivery to work off
+    [letter] = bus.dead_letters.list()
+    assert (letter.id, letter.reason, letter.attempts) == (
+        runs[1].task_id, "retries_exhausted", 2,
+    )
+    template["missing"] = False
+    bus.dead_letters.replay(letter.id)
+    [replayed] = runner.work(bus)
+    assert (replayed.event_id, replayed.status, replayed.attempts) == (
+        broken.event.id, "succeeded", 1,
+    )
+    assert bus.dead_letters.count() == 0 and seen == [1, 2, 2, 2]
+    shop.close()
+
+
+def test_a_retry_left_by_a_runner_that_runs_none_is_on_the_queue(bus: EventBus) -> None:
+    calls: list[str] = []
+
+    @bus.subscribe("order.placed")
+    def later(event: Event) -> None:
+        calls.append(event.id)
+        if len(calls) == 1:
+            raise Retry(delay=30)
+
+    runner = HandlerRunner(run_retries=False)
+    [waiting] = runner.run(bus, placed())
+    assert (waiting.status, waiting.attempts, waiting.retry_delays) == ("retrying", 1, (30.0,))
+    assert runner.work(bus) == []  # the retry is left where it is
+    # The retry is a real message on the service's queue: a worker (here, a runner) runs it
+    runner.run_retries = True
+    [retried] = runner.work(bus)
+    assert (retried.task_id, retried.status, retried.attempts, retried.retry_delays) == (
+        waiting.task_id, "succeeded", 2, (30.0,),
+    )
+    assert calls == [waiting.event_id] * 2

@@ -296,7 +296,7 @@ def test_loads_can_refuse_a_key_given_twice_and_types_deep_nesting() -> None:
 
 def test_a_malformed_redis_url_is_a_configuration_error_without_the_password() -> None:
     from celery_events import ConfigurationError
-    from celery_events._redis import connect
+    from celery_events.backends.redis.client import connect
 
     with pytest.raises(ConfigurationError, match="cannot be used: Port could not be cast") as caught:
         connect("redis://:s3cret@127.0.0.1:notaport/0", 1.0)

@@ -11,7 +11,7 @@ from celery import Celery
 
 from celery_events import Event, EventBus
 from celery_events._messages import _redis_payload_from_dicts, build_messages, encode_body
-from celery_events._transport import ScreenedPayload, Unreadable, screen
+from celery_events.backends.redis.transport import ScreenedPayload, Unreadable, screen
 
 from ..screening_items import BAD_ITEMS, QUEUE, body_of, delivery, with_body, with_header
 

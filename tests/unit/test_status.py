@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 import pytest
 
 from celery_events import Subscription
+from celery_events.backends.redis.queues import _published_at, _unacked_queue
 from celery_events.cli import _age
-from celery_events.status import ServiceStatus, _published_at, _unacked_queue, read_status
+from celery_events.status import ServiceStatus, read_status
 
 
 def queued(envelope_time: str) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 from celery import Celery
 
 from celery_events import ConfigurationError, EventBus
-from celery_events._worker import configure_worker, needed_visibility_timeout
+from celery_events.backends.redis.worker import configure_worker, needed_visibility_timeout
 
 
 def make_bus(**conf: object) -> EventBus:
@@ -19,7 +19,7 @@ def test_the_worker_gets_the_screening_transport_a_long_visibility_and_prefetch_
     bus = make_bus()
     configure_worker(bus)
     conf = bus.app.conf
-    assert conf.broker_transport == "celery_events._transport:Transport"
+    assert conf.broker_transport == "celery_events.backends.redis.transport:Transport"
     assert conf.broker_transport_options["visibility_timeout"] == 3600
     assert conf.worker_prefetch_multiplier == 1
 
@@ -47,5 +47,5 @@ def test_a_visibility_timeout_shorter_than_a_retry_wait_is_refused_with_the_fix(
 def test_other_brokers_are_left_alone() -> None:
     app = Celery("orders", broker="amqp://guest@127.0.0.1//")
     bus = EventBus(app, service="orders", registry_url="redis://127.0.0.1:1/0")
-    configure_worker(bus)
+    bus.transport.prepare_worker(bus)
     assert not app.conf.broker_transport

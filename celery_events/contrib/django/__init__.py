@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._bus import DjangoEventBus
+    from ...bus import EventBus
 
-__all__ = ["bus", "get_bus", "DjangoEventBus"]
+__all__ = ["bus", "get_bus"]
 
 
-def get_bus() -> DjangoEventBus:
+def get_bus() -> EventBus:
     """Return the project's bus (see :func:`celery_events.contrib.django._bus.get_bus`)."""
     from ._bus import get_bus as _get_bus
 
@@ -38,12 +38,8 @@ def get_bus() -> DjangoEventBus:
 
 
 def __getattr__(name: str) -> Any:
-    # `bus` and `DjangoEventBus` are looked up on use, so that importing this package from
-    # settings or an app's __init__ does not need the app registry to be ready.
+    # `bus` is looked up on use, so that importing this package from settings or an app's
+    # __init__ does not need the app registry to be ready.
     if name == "bus":
         return get_bus()
-    if name == "DjangoEventBus":
-        from ._bus import DjangoEventBus
-
-        return DjangoEventBus
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

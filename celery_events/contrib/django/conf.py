@@ -7,17 +7,19 @@ One dict holds everything::
         "app": "proj.celery.app",         # the Celery app, as an import path (required)
         "outbox": False,                  # write published events to the outbox table
         "database": "default",            # the database alias of the outbox and the inbox
+        "state": "backend",               # "database": inbox, leases, dead letters in it
         "relay_in_worker": False,         # run the outbox relay inside `celery worker`
         "relay_interval": 1.0,            # seconds between two relay polls of an idle outbox
         "relay_batch_size": 100,          # rows one relay transaction sends at most
         "outbox_retention": 604800.0,     # seconds a sent outbox row is kept
         "inbox_retention": 604800.0,      # seconds an inbox row is kept
+        "middleware": [],                 # import paths of celery_events.Middleware, outermost first
         "publish_timeout": 5.0,           # ...and any EventBus setting (see the README)
     }
 
 The setting is read when it is used, not at import, so ``override_settings`` works for every
 key read per call (``outbox``, ``database``, the relay's and the retention keys). ``service``,
-``app`` and the bus settings are read once, when the bus is made.
+``app``, ``state`` and the bus settings are read once, when the bus is made.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ...settings import Settings, validate_service_name
 __all__ = ["Config", "read_config", "config_problems"]
 
 SETTING = "CELERY_EVENTS"
+#: The values of ``CELERY_EVENTS["state"]``.
+STATES = ("backend", "database")
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,17 @@ class Config:
     app: str
     outbox: bool = False
     database: str = "default"
+    #: Where inboxes, leases and dead letters live: ``"backend"`` (the broker's store, Redis)
+    #: or ``"database"`` (the ``database`` alias's tables, ``state.py``).
+    state: str = "backend"
     relay_in_worker: bool = False
     relay_interval: float = 1.0
     relay_batch_size: int = 100
     outbox_retention: float = 7 * 24 * 3600.0
     inbox_retention: float = 7 * 24 * 3600.0
+    #: Import paths of the bus's middleware (classes, made without arguments, or instances),
+    #: outermost first; Django's own comes after them.
+    middleware: tuple[str, ...] = ()
     #: Every other key: an EventBus setting, validated by ``Settings.from_options``.
     bus_settings: tuple[tuple[str, Any], ...] = ()
 
@@ -105,6 +115,15 @@ def config_problems(raw: object) -> list[tuple[str, str]]:
         problems.append(
             ("database", f"CELERY_EVENTS['database'] must be a database alias, not {raw['database']!r}.")
         )
+    if "state" in raw and raw["state"] not in STATES:
+        problems.append(
+            (
+                "state",
+                f"CELERY_EVENTS['state'] must be {' or '.join(map(repr, STATES))}, not"
+                f" {raw['state']!r}: 'backend' keeps inboxes, leases and dead letters in the"
+                " broker's store (Redis), 'database' in the tables of CELERY_EVENTS['database'].",
+            )
+        )
     for key in ("relay_interval", "outbox_retention", "inbox_retention"):
         value = raw.get(key, 1.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -117,6 +136,18 @@ def config_problems(raw: object) -> list[tuple[str, str]]:
             (
                 "relay_batch_size",
                 f"CELERY_EVENTS['relay_batch_size'] must be a positive whole number, not {size!r}.",
+            )
+        )
+    middleware = raw.get("middleware", [])
+    if not isinstance(middleware, (list, tuple)) or not all(
+        isinstance(path, str) and "." in path for path in middleware
+    ):
+        problems.append(
+            (
+                "middleware",
+                "CELERY_EVENTS['middleware'] must be a list of import paths of"
+                f" celery_events.Middleware classes, such as ['proj.events.Stamp'], not"
+                f" {middleware!r}.",
             )
         )
     bus_keys = {f.name for f in fields(Settings)}
@@ -149,5 +180,7 @@ def read_config() -> Config:
         raise ConfigurationError(problems[0][1])
     assert isinstance(raw, dict)
     own = {k: v for k, v in raw.items() if k in _OWN_KEYS}
+    if "middleware" in own:
+        own["middleware"] = tuple(own["middleware"])
     bus_settings = tuple((k, v) for k, v in raw.items() if k not in _OWN_KEYS)
     return Config(**own, bus_settings=bus_settings)

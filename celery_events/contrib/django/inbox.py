@@ -1,6 +1,7 @@
 """The database inbox: an atomic handler's effects and its inbox row commit together.
 
-``@bus.subscribe(pattern, atomic=True)`` makes the worker call :func:`run_atomic`, which runs
+``@bus.subscribe(pattern, atomic=True)`` makes the handle scope of Django's middleware
+(``middleware.py``) call :func:`run_atomic`, which runs
 the handler inside ``transaction.atomic()`` and inserts ``(event id, handler)`` into the inbox
 table in that same transaction. A repeated delivery (a redelivery after a crash, a relay that
 resent an event) finds the row and is skipped, so the handler's database effects happen

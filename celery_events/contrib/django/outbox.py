@@ -37,6 +37,7 @@ from django.utils import timezone
 from ...bus import EventBus
 from ...errors import CeleryEventsError, PublishError
 from .conf import read_config
+from .middleware import relaying
 
 __all__ = ["OutboxRelay", "cleanup"]
 
@@ -90,7 +91,8 @@ class OutboxRelay:
             sent_ids = []
             for row in rows:
                 try:
-                    self.bus.publish_event(row.to_event(), require_subscribers=False)
+                    with relaying():
+                        self.bus.publish_event(row.to_event(), require_subscribers=False)
                 except CeleryEventsError as exc:
                     row.attempts += 1
                     row.last_error = str(exc)

@@ -1,5 +1,9 @@
 """The warehouse's handlers, found by the Django app's autodiscovery."""
 
+import os
+import signal
+import time
+
 import redis
 
 from celery_events import Event
@@ -24,3 +28,20 @@ def ship(event: Event) -> None:
 @bus.subscribe("order.#")
 def count_orders(event: Event) -> None:
     record("warehouse.count_orders", event)
+
+
+# Only in workers whose state store is the database (test_state_worker.py), so that the other
+# tests see the two handlers above.
+if os.environ.get("CELERY_EVENTS_TEST_STATE") == "database":
+
+    @bus.subscribe("crate.#", max_retries=2, retry_backoff=0.2, retry_jitter=False)
+    def pack(event: Event) -> None:
+        client = redis.Redis.from_url(broker_url())
+        client.rpush(f"test:started:{event.id}", os.getpid())
+        if event.data.get("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if event.data.get("sleep"):
+            time.sleep(event.data["sleep"])  # a slow handler, to be killed while it runs
+        if client.exists(f"test:fail:{event.id}"):
+            raise RuntimeError(f"crate {event.data.get('crate')} cannot be packed")
+        record("warehouse.pack", event)

@@ -26,7 +26,7 @@ import uuid
 
 import redis
 
-from ._redis import run_script
+from .client import run_script
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,7 @@
 On Redis, one Lua script checks every target queue and pushes every message: Redis runs a
 script atomically, so either every subscriber's queue gets its delivery or none does (a
 publisher that dies mid-call, a wrong-typed key, an ACL refusal or an out-of-memory refusal
-leaves nothing behind). On other brokers, kombu's producer sends the messages over one connection; there
-fan-out is not atomic, and RabbitMQ users should turn on publisher confirms.
+leaves nothing behind). Other brokers send through Celery's producer (``backends/kombu.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from celery import Celery, signals
 
-from ._messages import SentEvents, TaskMessage, redis_payload
-from ._redis import ReplyLost, run_script
-from .errors import PublishError, describe
+from ..._messages import SentEvents, TaskMessage, redis_payload
+from ...errors import PublishError, describe
+from ..base import QueueReader, ServiceBus
+from .client import ReplyLost, run_script
+from .queues import BrokerQueues
+from .worker import check_visibility_timeout, configure_worker
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,6 @@ return n
 """
 
 
-class Fanout(Protocol):
-    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
-        """Send every message, or raise :class:`PublishError` having sent none."""
-
-
 class _Signals:
     """Fires Celery's publish signals with the arguments ``send_task_message`` gives them."""
 
@@ -164,10 +161,13 @@ class _Signals:
 
 
 class RedisFanout:
-    """Sends deliveries straight to kombu's Redis queue lists with one atomic script.
+    """The Redis backend's transport: sends deliveries straight to kombu's Redis queue lists
+    with one atomic script, and prepares workers to consume them (``worker.py``).
 
     ``app``, when given, is the Celery app whose publish signals and ``task-sent`` events
-    (``task_send_sent_event``) this fan-out reproduces.
+    (``task_send_sent_event``) this fan-out reproduces. ``catalog_key``, when given, is the
+    registry's catalog hash on the same Redis: a publish records its catalog entry there in
+    the same script.
     """
 
     def __init__(
@@ -178,8 +178,11 @@ class RedisFanout:
         key_prefix: str = "",
         ledger_prefix: str | None = None,
         app: Celery | None = None,
+        catalog_key: str | None = None,
     ) -> None:
         self.client = client
+        self.catalog_key = catalog_key
+        self.records_catalog = catalog_key is not None
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
@@ -190,7 +193,7 @@ class RedisFanout:
         db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
         self._sent_events = SentEvents(app, db) if app is not None else None
 
-    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
+    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
         if not messages:
             return
         self._signals.before(messages)
@@ -220,11 +223,23 @@ class RedisFanout:
         else:
             args.append("")
             args.append(0)
-        if catalog is not None:
-            keys.append(catalog[0])
-            args.extend(catalog[1:])
+        if catalog is not None and self.catalog_key is not None:
+            keys.append(self.catalog_key)
+            args.extend(catalog)
         self._run(keys, args)
         self._signals.after(messages)
+
+    def prepare_worker(self, bus: ServiceBus) -> None:
+        configure_worker(bus)
+
+    def check_worker(self, bus: ServiceBus) -> None:
+        check_visibility_timeout(bus)
+
+    def queue_reader(self, timeout: float) -> QueueReader:
+        return BrokerQueues.from_app(self._signals.app, timeout)
+
+    def close(self) -> None:
+        self.client.close()
 
     def _run(self, keys: list[str], args: list[str | int | float]) -> None:
         deadline = time.monotonic() + self.timeout
@@ -285,48 +300,3 @@ def _refused(exc: BaseException) -> str:
             " at least +evalsha, +lpush, +hset, +zadd and +publish."
         )
     return text
-
-
-class KombuFanout:
-    """Sends deliveries through Celery's producer, for brokers other than Redis.
-
-    Every message goes through ``app.amqp.send_task_message``, as ``send_task`` sends it, so
-    signals and ``task-sent`` events are Celery's own. All of them go over one producer
-    connection inside a kombu publish batch: transports that can defer publishes send them in
-    one go, the others one by one. On RabbitMQ, publisher confirms are on when the app sets
-    ``broker_transport_options={"confirm_publish": True}``; each publish then waits up to
-    ``publish_timeout`` for the broker's confirm.
-    """
-
-    # How many transport operations a batch buffers before it flushes.
-    BATCH_SIZE = 1000
-
-    def __init__(self, app: Celery, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str, str] | None) -> None:
-        send = self.app.amqp.send_task_message
-        policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
-        sent_events = bool(self.app.conf.task_send_sent_event)
-        try:
-            with self.app.producer_or_acquire() as producer, producer.batch(self.BATCH_SIZE):
-                for message in messages:
-                    sent_event = message.sent_event() if sent_events else None
-                    send(
-                        producer,
-                        message.task_name,
-                        (message.headers, message.properties, message.body, sent_event),
-                        exchange="",
-                        routing_key=message.queue,
-                        queue=message.queue,
-                        retry=True,
-                        retry_policy=policy,
-                        timeout=self.timeout,
-                        confirm_timeout=self.timeout,
-                    )
-        except Exception as exc:  # kombu raises transport-specific errors
-            raise PublishError(
-                f"The broker did not take the event: {describe(exc)}. Some deliveries may have been sent"
-                " (fan-out is atomic on Redis only)."
-            ) from exc

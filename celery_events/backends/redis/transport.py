@@ -5,11 +5,11 @@ JSON stop the worker ("Unrecoverable error: JSONDecodeError"). This transport sc
 it pops before kombu sees it:
 
 - on every queue, an item that is not JSON, not a kombu message, or whose kombu or Celery
-  fields would stop the worker reading it (``_screening.check_message``), is kept as a dead
+  fields would stop the worker reading it (``screening.check_message``), is kept as a dead
   letter with its raw bytes (under the service whose worker popped it) instead of killing the
   worker;
 - on a service's event queues, it also refuses (into dead letters) anything that is not one of
-  the service's deliveries (``_screening.read_delivery``): not JSON content (pickle is never
+  the service's deliveries (``screening.read_delivery``): not JSON content (pickle is never
   deserialized), an unreadable or oversized body, data nested deeper than
   ``max_event_depth``, an unknown handler, or callbacks, errbacks, chains or chords. The body
   of a delivery that passes is decoded once, with plain JSON, and handed to Celery decoded.
@@ -19,7 +19,7 @@ installs this transport on workers of Redis-brokered apps (``broker_transport``)
 
 Its :class:`QoS` also records, with each unacked message, which worker process holds it and
 where it goes back, so that the messages of a worker killed outright are put back on their
-queues as soon as its alive key expires (``_liveness.py``), not after kombu's visibility timeout.
+queues as soon as its alive key expires (``liveness.py``), not after kombu's visibility timeout.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from . import _plainjson, _screening
-from ._liveness import ALIVE_TTL, HeldNames, held_names, keep_alive, restore_record
-from ._screening import Unreadable
-from .deadletters import Reason, new_letter
+from ... import _buses, _plainjson
+from ...deadletters import Reason, new_letter
+from . import screening as _screening
+from .liveness import ALIVE_TTL, HeldNames, held_names, restore_record
+from .screening import Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ def screen(queue: str, raw: bytes | str) -> dict[str, Any]:
     A message on one of a bus's event queues comes back as a :class:`ScreenedPayload`, which
     carries its body already decoded with plain JSON (see :class:`Message`).
     """
-    from .bus import bus_for_queue
-
-    bus = bus_for_queue(queue)
+    bus = _buses.for_queue(queue)
     if bus is not None:
         limit = bus.settings.max_event_size
         # Refused before it is decoded at all: no delivery of max_event_size is this long.
@@ -82,9 +81,7 @@ class ScreenedPayload(dict[str, Any]):
 
 def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
     """Keep an unreadable item as a dead letter of the service consuming ``queue``."""
-    from .bus import any_bus, bus_for_queue
-
-    bus = bus_for_queue(queue) or any_bus()
+    bus = _buses.for_queue(queue) or _buses.any_bus()
     data = raw if isinstance(raw, bytes) else raw.encode()
     if bus is None:
         log.error(
@@ -98,19 +95,19 @@ def quarantine(queue: str, raw: bytes | str, why: Unreadable) -> None:
         task_id = message["headers"]["id"]
     except Exception:  # the raw bytes are kept; nothing more can be read
         message = None
-    bus.dead_letters.add(
-        new_letter(
-            service=bus.service,
-            reason=why.reason,
-            error_type=why.error_type,
-            error_message=f"An item on queue {queue!r} could not be delivered: {_sentence(why)}",
-            handler=why.handler,
-            envelope=envelope,
-            queue=queue,
-            task_id=task_id if isinstance(task_id, str) else None,
-            raw=data,
-        )
+    letter = new_letter(
+        service=bus.service,
+        reason=why.reason,
+        error_type=why.error_type,
+        error_message=f"An item on queue {queue!r} could not be delivered: {_sentence(why)}",
+        handler=why.handler,
+        envelope=envelope,
+        queue=queue,
+        task_id=task_id if isinstance(task_id, str) else None,
+        raw=data,
     )
+    bus.dead_letters.add(letter)
+    bus.middleware.dead_lettered(letter)
     if isinstance(task_id, str) and message is not None:
         bus.inbox.forget(task_id)
 
@@ -145,7 +142,7 @@ class QoS(kombu_redis.QoS):
     the holding process's token (``holders``: tag -> token) and the message as it is to be
     restored (``held:{token}``: tag -> queues and payload, marked redelivered); acking,
     rejecting or restoring it removes both. A sweeper restores the messages of tokens whose
-    alive key expired (``_liveness.REAP_LUA``); the visibility timeout stays the last resort.
+    alive key expired (``liveness.REAP_LUA``); the visibility timeout stays the last resort.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -154,12 +151,16 @@ class QoS(kombu_redis.QoS):
         self._routes: dict[tuple[str, str], list[str]] = {}
 
     def _holder(self) -> tuple[str, HeldNames] | None:
-        from .bus import any_bus
-
-        bus = any_bus()
+        bus = _buses.any_bus()
         if bus is None:
             return None
-        token = keep_alive(bus.inbox.client, bus.settings.key_prefix)
+        # The reaper's alive keys are in the broker's Redis, wherever the inbox is.
+        recovery = bus.backend.recovery
+        token = (
+            recovery.process_token(bus.settings.key_prefix)
+            if recovery is not None
+            else bus.inbox.process_token()
+        )
         # kombu's client adds the global key prefix to the keys it writes.
         return token, held_names(bus.settings.key_prefix)
 

@@ -6,7 +6,7 @@ Keys under ``{key_prefix}``:
   the lease of the copy running it now (expires after the handler time limit), so a second copy
   of one delivery never runs beside the first and a finished one is not run again. The lease
   names the process running it; a copy that finds it held takes it over as soon as that
-  process's alive key (``_liveness.py``) is gone, so a killed worker's delivery runs again
+  process's alive key (``liveness.py``) is gone, so a killed worker's delivery runs again
   within seconds, and a running one (even an orphaned prefork child) keeps it;
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
@@ -19,18 +19,18 @@ Keys under ``{key_prefix}``:
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from . import _plainjson
-from ._liveness import alive_prefix, keep_alive
-from ._redis import run_script
+from ... import _plainjson
+from ..base import Claim, SweepResult, lease_value
+from ..base import Inbox as InboxRole
+from .client import run_script
+from .liveness import alive_prefix, keep_alive
+
+__all__ = ["Inbox", "LedgerInbox", "Claim", "SweepResult", "lease_value", "ledger_entry"]
 
 CLAIM_LUA = """
 -- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix
@@ -170,38 +170,6 @@ return given_up
 """
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What the inbox said when a delivery asked to run."""
-
-    #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
-    status: str
-    holder: str = ""
-    #: When ``busy``: milliseconds until the lease expires or its holder counts as dead.
-    holder_ttl_ms: int = 0
-    #: Runs begun and not finished, this one included: above 1, earlier runs died.
-    starts: int = 0
-    failures: int = 0
-    first_failed_at: float | None = None
-
-
-def lease_value(task_id: str, process: str) -> str:
-    """The inbox lease of one run of ``task_id`` in the process with token ``process``.
-
-    Each run's lease is its own (``run``), so two copies in one process (a threads pool) never
-    take each other's lease for their own; host and pid are for people reading it.
-    """
-    return json.dumps(
-        {
-            "task": task_id,
-            "process": process,
-            "run": uuid.uuid4().hex[:12],
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-    )
-
-
 class Inbox:
     """Bookkeeping of one service's deliveries (see the module docstring)."""
 
@@ -224,8 +192,12 @@ class Inbox:
         ]
 
     def process_token(self) -> str:
-        """This process's token, its alive key kept (``_liveness.py``); leases name it."""
+        """This process's token, its alive key kept (``liveness.py``); leases name it."""
         return keep_alive(self.client, self.prefix)
+
+    def new_effects(self) -> redis.client.Pipeline:
+        """A transaction for the Redis effects a handler queues (``bus.redis_effects()``)."""
+        return self.client.pipeline(transaction=True)
 
     def is_done(self, handler: str, event_id: str) -> bool:
         return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
@@ -399,16 +371,115 @@ class Inbox:
         return found
 
 
-@dataclass
-class SweepResult:
-    """What one sweep of the ledger did."""
+# Moves a delivery's ledger entry's due time (a run began, or a retry is expected), if it has one.
+TOUCH_LUA = """
+-- KEYS: ledger, due   ARGV: task_id, due_at
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return 0
+"""
 
-    #: Lost deliveries sent again.
-    resent: int = 0
-    #: Ledger entries of deliveries lost ``max_deliveries`` times: given up.
-    given_up: list[dict[str, Any]] = field(default_factory=list)
-    #: ``(task id, raw entry)`` of ledger entries that are not what the fan-out writes.
-    unreadable: list[tuple[str, bytes]] = field(default_factory=list)
+
+class LedgerInbox:
+    """Another store's inbox (the Django database's), with the service's lost-delivery ledger
+    kept beside it in the broker's Redis, as :class:`Inbox` keeps it with its own records.
+
+    Publishers' fan-outs record every delivery in the subscriber's ledger whatever store the
+    subscriber keeps its inbox in; this clears an entry once its delivery is handled (or
+    found already handled, or given up) and moves its due time when a run begins or a retry
+    is expected, so that the sweeper resends only what was lost. The two stores are not one
+    transaction: a crash between them leaves an entry that the sweeper resends and the inbox
+    then skips as done, clearing it.
+    """
+
+    def __init__(self, inbox: InboxRole, client: redis.Redis, service: str, key_prefix: str) -> None:
+        self.inbox = inbox
+        self.client = client
+        self.ledger_key = f"{key_prefix}ledger:{service}"
+        self.due_key = f"{key_prefix}ledger:{service}:due"
+        self._touch = client.register_script(TOUCH_LUA)
+
+    def _settle(self, task_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.ledger_key, task_id)
+            pipe.zrem(self.due_key, task_id)
+            pipe.execute()
+
+    def _due(self, task_id: str, due_at: float) -> None:
+        run_script(self.client, self._touch, [self.ledger_key, self.due_key], [task_id, due_at])
+
+    def process_token(self) -> str:
+        return self.inbox.process_token()
+
+    def is_done(self, handler: str, event_id: str) -> bool:
+        return self.inbox.is_done(handler, event_id)
+
+    def new_effects(self) -> Any | None:
+        return self.inbox.new_effects()
+
+    def claim(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        lease_seconds: float,
+        use_inbox: bool,
+    ) -> Claim:
+        found = self.inbox.claim(
+            handler, event_id, task_id, lease=lease, lease_seconds=lease_seconds, use_inbox=use_inbox
+        )
+        if found.status == "done":
+            self._settle(task_id)
+        elif found.status == "run":
+            self._due(task_id, time.time() + lease_seconds)
+        return found
+
+    def succeed(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        use_inbox: bool,
+        ttl_seconds: float,
+        effects: Any | None = None,
+    ) -> bool:
+        done = self.inbox.succeed(
+            handler, event_id, task_id, lease=lease, use_inbox=use_inbox,
+            ttl_seconds=ttl_seconds, effects=effects,
+        )
+        if done:  # else the copy that took the lease over settles it
+            self._settle(task_id)
+        return done
+
+    def release(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        failed: bool,
+        next_due_in: float = 0.0,
+        forget: bool = False,
+    ) -> int:
+        failures = self.inbox.release(
+            handler, event_id, task_id, lease=lease, failed=failed, next_due_in=next_due_in,
+            forget=forget,
+        )
+        if forget:
+            self._settle(task_id)
+        else:
+            self._due(task_id, time.time() + next_due_in)
+        return failures
+
+    def forget(self, task_id: str) -> None:
+        self.inbox.forget(task_id)
+        self._settle(task_id)
 
 
 def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:

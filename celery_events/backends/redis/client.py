@@ -14,19 +14,12 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from .errors import ConfigurationError, describe
+from ...errors import ConfigurationError, describe
+from .. import without_password
 
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
-
-
-def first_broker_url(app_broker: object) -> str:
-    """Return the first URL of a Celery ``broker_url`` (which may list fail-over URLs)."""
-    if isinstance(app_broker, (list, tuple)):
-        app_broker = app_broker[0] if app_broker else ""
-    text = str(app_broker or "")
-    return text.split(";")[0].strip()
 
 
 def is_redis_url(url: str) -> bool:
@@ -95,15 +88,6 @@ def _cert_reqs(value: object) -> ssl.VerifyMode:
         f"ssl_cert_reqs is {value!r}; use one of {', '.join(_CERT_REQS)} (in the URL or in"
         " broker_use_ssl), or an ssl.CERT_* constant."
     )
-
-
-def without_password(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str, timeout: float, *, use_ssl: object = None, **options: Any) -> redis.Redis:

@@ -4,7 +4,7 @@ kombu's Redis channel and Celery's consumer read a message's properties and task
 worker's main process, before any task code runs, and trust their types: a ``headers.id`` that
 is a dict, a ``timelimit`` that is a string or a missing ``delivery_info`` stops the worker or
 wedges its consumer, and since the item is restored the restarted worker meets it again. The
-screening transport (``_transport.py``) passes every popped item through here first:
+screening transport (``transport.py``) passes every popped item through here first:
 
 - :func:`check_message`, on every queue: the fields that kombu and Celery read before the task
   runs have the types Celery itself sends, so nothing there can crash or wedge a worker. The
@@ -27,17 +27,15 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.app.task import Context
 
-from . import _plainjson
-from .deadletters import Reason
-from .envelope import Event
-from .errors import InvalidEnvelope
-
-if TYPE_CHECKING:
-    from .bus import EventBus
+from ... import _plainjson
+from ...deadletters import Reason
+from ...envelope import Event
+from ...errors import InvalidEnvelope
+from ..base import ServiceBus
 
 __all__ = ["Unreadable", "Screened", "read_item", "check_message", "read_delivery"]
 
@@ -275,7 +273,7 @@ def _shown(value: object) -> str:
 # -- a bus's event queues -------------------------------------------------------------------
 
 
-def read_delivery(queue: str, message: dict[str, Any], bus: EventBus) -> Screened:
+def read_delivery(queue: str, message: dict[str, Any], bus: ServiceBus) -> Screened:
     """Refuse anything on ``bus``'s event queue ``queue`` that is not one of its deliveries."""
     headers: dict[str, Any] = message.get("headers") or {}
     content_type = message.get("content-type")
@@ -295,7 +293,7 @@ def read_delivery(queue: str, message: dict[str, Any], bus: EventBus) -> Screene
 
 
 def _check_headers(
-    queue: str, message: dict[str, Any], headers: dict[str, Any], bus: EventBus, task: str
+    queue: str, message: dict[str, Any], headers: dict[str, Any], bus: ServiceBus, task: str
 ) -> None:
     task_id = headers.get("id")
     if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH:
@@ -311,8 +309,6 @@ def _check_headers(
         raise _unreadable("deliveries never expire; task header 'expires' is set", task)
     eta = headers.get("eta")
     if eta is not None:
-        from ._worker import needed_visibility_timeout
-
         when = _parse_time(eta)
         longest = needed_visibility_timeout(bus)
         # A retry waits at most retry_backoff_max; a later one would outlive the visibility
@@ -355,7 +351,7 @@ def _nests_deeper(fields: dict[str, Any]) -> bool:
     )
 
 
-def _read_body(message: dict[str, Any], bus: EventBus, task: str) -> list[Any]:
+def _read_body(message: dict[str, Any], bus: ServiceBus, task: str) -> list[Any]:
     settings = bus.settings
     body = message.get("body") or ""
     # A cheap bound first: base64 makes the body 4/3 as long as the JSON it holds.
@@ -418,3 +414,12 @@ def _read_body(message: dict[str, Any], bus: EventBus, task: str) -> list[Any]:
             envelope=envelope if isinstance(envelope, dict) else None,
         ) from None
     return arguments
+
+
+#: Extra room on top of the longest retry wait plus handler time limit.
+VISIBILITY_MARGIN = 10.0
+
+
+def needed_visibility_timeout(bus: ServiceBus) -> float:
+    """The shortest Redis visibility timeout under which no delivery runs twice."""
+    return bus.longest_delivery_wait + VISIBILITY_MARGIN

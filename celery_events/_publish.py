@@ -1,0 +1,244 @@
+"""The one publish path: event -> validate -> middleware -> match -> transport.
+
+``bus.publish``, ``bus.publish_event``, Django's outbox relay (through ``publish_event``),
+dead-letter replay and the testing kit's capture all come through here, so an event's name,
+data and ids are validated in one place and every event meets the same middleware.
+
+The registry is matched after the middleware, when the event is sent: a middleware that
+refuses costs no registry read, and one that defers (publish-on-commit) sends to whoever
+subscribes when it is sent. ``require_subscribers`` is checked there too, and a deferring
+middleware checks it before it defers (:meth:`PublishCall.check_subscribers`).
+
+With no publish middleware the path calls the send directly: an empty chain adds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from celery import Celery
+
+from ._delivery import current_event
+from ._messages import TaskMessage, build_messages, encode_body
+from .envelope import Event, ExtensionValue, check_ids, encode_data
+from .errors import (
+    InvalidEnvelope,
+    NoSubscribersError,
+    PublishError,
+    RegistryError,
+)
+from .middleware.base import PUBLISH, REPLAY, Middleware, PublishCall
+from .middleware.chain import MiddlewareChain
+from .names import validate_name
+from .registry import Subscription
+from .results import Delivery, PublishResult
+from .settings import Settings
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class _Registry(Protocol):
+    def match(self, name: str) -> list[Subscription]: ...
+
+
+class PublishHost(Protocol):
+    """What the publish path needs from its bus (the bus is the composition root)."""
+
+    service: str
+    settings: Settings
+    app: Celery
+
+    @property
+    def registry(self) -> _Registry: ...
+
+    def _send_messages(self, messages: list[TaskMessage], name: str | None) -> None:
+        """Hand ``messages`` to the transport: all of them, or raise having sent none where
+        the backend can promise it. ``name`` is the published event's (``None``: a replay)."""
+
+    def _published_alone(self, name: str) -> None:
+        """Note that ``name`` was published with no subscriber (the catalog)."""
+
+
+class Publisher:
+    """The publish path of one bus, with its middleware chain built once."""
+
+    def __init__(self, host: PublishHost, middleware: Iterable[Middleware] = ()) -> None:
+        self.host = host
+        self.settings = host.settings
+        self.chain = MiddlewareChain(middleware, self._send_call)
+
+    # -- making and validating events ---------------------------------------------------
+
+    def encode(self, event: Event) -> str:
+        """The event's data as JSON, or :class:`InvalidEventData` / :class:`EventTooLarge`."""
+        settings = self.settings
+        return encode_data(event.name, event.data, settings.max_event_size, settings.max_event_depth)
+
+    def make_event(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
+    ) -> tuple[Event, str]:
+        """A new event from this service, validated, and its data's JSON."""
+        validate_name(name)
+        # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
+        # replaced, and a non-string id would make every subscriber dead-letter the event.
+        check_ids(correlation_id=correlation_id, causation_id=causation_id)
+        data = {} if data is None else data
+        settings = self.settings
+        data_json = encode_data(name, data, settings.max_event_size, settings.max_event_depth)
+        cause = current_event.get()
+        if cause is not None:
+            correlation_id = correlation_id or cause.correlation_id
+            causation_id = causation_id or cause.id
+        event = Event.create(
+            name,
+            data,  # type: ignore[arg-type]
+            source=self.host.service,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            # Not inherited from a handled event: a trace context, a signature or a schema
+            # belongs to one event, and middleware makes the new event's own.
+            extensions=extensions,
+            subject=subject,
+            dataschema=dataschema,
+        )
+        return event, data_json
+
+    def checked(self, event: object) -> tuple[Event, str]:
+        """``event`` if it is an :class:`Event` that can be sent as it is, and its data's JSON."""
+        if not isinstance(event, Event):
+            raise InvalidEnvelope(
+                f"publish_event takes an Event (from bus.new_event or Event.create), not"
+                f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
+            )
+        event.validate()
+        return event, self.encode(event)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(
+        self, event: Event, data_json: str, require_subscribers: bool | None
+    ) -> PublishResult:
+        """Send a validated ``event`` through the chain to its subscribers."""
+        required = (
+            self.settings.require_subscribers
+            if require_subscribers is None
+            else bool(require_subscribers)
+        )
+        if self.chain.publish_scope is None:
+            return self._send(event, data_json, required, None)
+        return self.chain.run_publish(
+            PublishCall(
+                event,
+                required,
+                PUBLISH,
+                data_json,
+                None,
+                _check=self._check_subscribers,
+                _encode=self.encode,
+            )
+        )
+
+    def replay(
+        self,
+        envelope: dict[str, Any],
+        handler: str,
+        queue: str,
+        service: str,
+        *,
+        publish_scope: bool = True,
+    ) -> PublishResult:
+        """Send ``envelope`` again as one fresh delivery to ``handler`` on ``queue``.
+
+        ``publish_scope=False`` sends it past the chain's publish scopes: the testing kit's
+        deliveries stand for events another service published, which this service's publish
+        middleware (stamping, permissions, publish-on-commit) never sees on a real worker.
+        Raises :class:`InvalidEnvelope` or :class:`InvalidEventData` for an envelope that is
+        not a valid event (the caller turns them into a ``ReplayError``).
+        """
+        event = Event.from_envelope(envelope)
+        data_json = self.encode(event)
+        targets = (Subscription("", service, handler, queue),)
+        if not publish_scope or self.chain.publish_scope is None:
+            return self._send(event, data_json, False, targets)
+        return self.chain.run_publish(
+            PublishCall(
+                event, False, REPLAY, data_json, targets, _check=None, _encode=self.encode
+            )
+        )
+
+    def _send_call(self, call: PublishCall) -> PublishResult:
+        # The chain's innermost step.
+        return self._send(call.event, call.data_json, call.require_subscribers, call.targets)
+
+    def _check_subscribers(self, call: PublishCall) -> None:
+        if not self._match(call.event.name):
+            raise self._nobody(call.event.name)
+
+    def _match(self, name: str) -> list[Subscription]:
+        try:
+            return self.host.registry.match(name)
+        except RegistryError as exc:
+            raise PublishError(f"Could not publish {name!r}: {exc}") from exc
+
+    @staticmethod
+    def _nobody(name: str) -> NoSubscribersError:
+        return NoSubscribersError(
+            f"No service subscribes to {name!r}, so the event was not sent. Start a"
+            " subscriber (or run its register command) first, or publish without"
+            " require_subscribers."
+        )
+
+    def _send(
+        self,
+        event: Event,
+        data_json: str,
+        require_subscribers: bool,
+        targets: Sequence[Subscription] | None,
+    ) -> PublishResult:
+        host = self.host
+        name = event.name
+        subscriptions = self._match(name) if targets is None else targets
+        if not subscriptions:
+            if require_subscribers:
+                raise self._nobody(name)
+            log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
+            host._published_alone(name)
+            return PublishResult(event)
+        app = host.app
+        parent = app.current_worker_task
+        parent_id = root_id = None
+        # A replay is a fresh delivery, not a child of whatever task runs it.
+        if parent is not None and targets is None:
+            parent_id = parent.request.id
+            root_id = parent.request.root_id or parent.request.id
+        envelope = event.to_envelope()
+        head = {k: v for k, v in envelope.items() if k != "data"}
+        messages = build_messages(
+            app,
+            envelope,
+            encode_body(head, data_json),
+            # Shown in worker logs and Flower as ``event.name → handler``.
+            [(s.handler, s.queue, f"{name} → {s.handler}", s.service) for s in subscriptions],
+            parent_id=parent_id,
+            root_id=root_id,
+        )
+        host._send_messages(messages, name if targets is None else None)
+        return PublishResult(
+            event,
+            tuple(
+                Delivery(s.service, s.handler, s.queue, m.task_id)
+                for s, m in zip(subscriptions, messages, strict=True)
+            ),
+        )
+

@@ -1,0 +1,399 @@
+"""The roles a backend plays, as Protocols, and what it guarantees, as data.
+
+A backend is chosen from the app's broker URL (:mod:`celery_events.backends`) and provides:
+
+- a :class:`Transport`: sends all deliveries of one event (or raises having sent none, where
+  :attr:`Capabilities.atomic_fanout` says it can promise that), prepares and checks a worker,
+  and reads its queues for ``celery eventbus status``;
+- a :class:`Recovery` (or ``None``): the lost-delivery sweep and the dead-worker reaper, run
+  by every worker of the service;
+- a :class:`StateStore`: each service's inbox and leases (:class:`Inbox`) and dead letters
+  (:class:`DeadLetterRecords`), and the transaction ``bus.redis_effects()`` joins;
+- a :class:`RegistryStore`: the registry's records and its change token.
+
+Nothing here imports a broker driver, so core modules may import this one; backends import it,
+never the reverse. Callers read :class:`Capabilities` instead of asking what class a backend
+is: a missing guarantee the service requires (the ``require`` setting) is a
+:class:`~celery_events.errors.ConfigurationError` when the backend is made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import CeleryEventsError
+from .capabilities import Capabilities, check_required
+
+if TYPE_CHECKING:
+    from .._messages import TaskMessage
+    from ..settings import Settings
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Claim",
+    "DeadLetterListener",
+    "DeadLetterSink",
+    "DeadLetterRecords",
+    "Inbox",
+    "QueueReader",
+    "Recovery",
+    "RegistryStore",
+    "ServiceBus",
+    "StateStore",
+    "StoreError",
+    "SweepResult",
+    "Transport",
+    "check_required",
+    "lease_value",
+    "with_state",
+]
+
+
+class StoreError(CeleryEventsError):
+    """A store could not be read or written; ``str()`` is the driver's reason.
+
+    ``fix`` is the backend's advice (which rights a user needs, say), or ``None``.
+    """
+
+    def __init__(self, reason: str, fix: str | None = None) -> None:
+        super().__init__(reason)
+        self.fix = fix
+
+
+# -- the service as backends see it --------------------------------------------------------
+
+
+class ServiceBus(Protocol):
+    """What a backend's worker side reads from the bus it serves (``EventBus`` is one)."""
+
+    @property
+    def app(self) -> Any: ...
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def handler_names(self) -> frozenset[str]: ...
+
+    @property
+    def queues(self) -> list[str]: ...
+
+    @property
+    def longest_delivery_wait(self) -> float:
+        """The longest a delivery may wait for a retry plus run: seconds."""
+        ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterSink: ...
+
+    @property
+    def middleware(self) -> DeadLetterListener: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where the worker side keeps what it gives up on (``bus.dead_letters``)."""
+
+    def add(self, letter: Any) -> Any:
+        """Store ``letter`` (a :class:`~celery_events.DeadLetter`) durably."""
+        ...
+
+
+class DeadLetterListener(Protocol):
+    """Who hears of a dead letter the worker side kept (``bus.middleware``, the chain)."""
+
+    def dead_lettered(self, letter: Any) -> None:
+        """Tell the chain's ``on_dead_letter`` listeners of ``letter``, once it is stored."""
+        ...
+
+
+# -- transport -----------------------------------------------------------------------------
+
+
+class QueueReader(Protocol):
+    """Reads a broker's queues without consuming (``celery eventbus status``)."""
+
+    def waiting(self, queue: str, now: float | None = None) -> tuple[int, float | None]:
+        """Deliveries waiting in ``queue`` and the age in seconds of the oldest (or None)."""
+        ...
+
+    def in_flight(self) -> dict[str, int]:
+        """Per queue, deliveries a worker took and has not acknowledged."""
+        ...
+
+
+class Transport(Protocol):
+    """Puts deliveries on the broker, and gets a worker ready to consume them."""
+
+    #: Whether :meth:`send` writes the catalog entry in the same atomic step as the
+    #: deliveries (it shares the registry's store); if not, the bus does not hand it one.
+    records_catalog: bool
+
+    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
+        """Send every message; raise :class:`~celery_events.errors.PublishError` having sent
+        none when the backend has :attr:`Capabilities.atomic_fanout` (else some may be sent).
+
+        ``catalog`` is a ``(field, value)`` the catalog records (``records_catalog`` only).
+        """
+        ...
+
+    def prepare_worker(self, bus: ServiceBus) -> None:
+        """Adjust the app's configuration before its worker is built (``celeryd_init``).
+
+        Raises :class:`~celery_events.errors.ConfigurationError` for a setting that would
+        lose deliveries; the start-up check then refuses the worker with that message.
+        """
+        ...
+
+    def check_worker(self, bus: ServiceBus) -> None:
+        """Raise :class:`~celery_events.errors.ConfigurationError` if the worker must not
+        start (run by the start-up bootstep, before consuming)."""
+        ...
+
+    def queue_reader(self, timeout: float) -> QueueReader:
+        """A reader of the broker's queues; ConfigurationError without ``queue_status``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+class Recovery(Protocol):
+    """Background work every worker of a service runs while it consumes."""
+
+    def process_token(self, key_prefix: str) -> str:
+        """This process's token, kept alive where recovery looks for dead holders of broker
+        messages (the screening transport records held messages under it)."""
+        ...
+
+    def start(self, bus: ServiceBus) -> None:
+        """Start looking for lost deliveries and dead workers' messages (``worker_ready``)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class SweepResult:
+    """What one sweep of the lost-delivery ledger did."""
+
+    #: Lost deliveries sent again.
+    resent: int = 0
+    #: Ledger entries of deliveries lost ``max_deliveries`` times: given up.
+    given_up: list[dict[str, Any]] = field(default_factory=list)
+    #: ``(task id, raw entry)`` of ledger entries that are not what the fan-out writes.
+    unreadable: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the inbox said when a delivery asked to run."""
+
+    #: ``run``, ``done`` (already handled) or ``busy`` (another copy holds the lease).
+    status: str
+    holder: str = ""
+    #: When ``busy``: milliseconds until the lease expires or its holder counts as dead.
+    holder_ttl_ms: int = 0
+    #: Runs begun and not finished, this one included: above 1, earlier runs died.
+    starts: int = 0
+    failures: int = 0
+    first_failed_at: float | None = None
+
+
+def lease_value(task_id: str, process: str) -> str:
+    """The inbox lease of one run of ``task_id`` in the process with token ``process``.
+
+    Each run's lease is its own (``run``), so two copies in one process (a threads pool) never
+    take each other's lease for their own; host and pid are for people reading it.
+    """
+    return json.dumps(
+        {
+            "task": task_id,
+            "process": process,
+            "run": uuid.uuid4().hex[:12],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+    )
+
+
+class Inbox(Protocol):
+    """One service's delivery bookkeeping: inbox records, leases, failure counts."""
+
+    def process_token(self) -> str:
+        """This process's token (kept alive where the backend tracks liveness); leases name it."""
+        ...
+
+    def is_done(self, handler: str, event_id: str) -> bool: ...
+
+    def claim(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        lease_seconds: float,
+        use_inbox: bool,
+    ) -> Claim:
+        """Take the delivery's lease, unless it is done or a live copy holds it."""
+        ...
+
+    def new_effects(self) -> Any | None:
+        """A fresh buffer of effects a handler may queue (``bus.redis_effects()``), committed
+        by :meth:`succeed` with the inbox record; None where the store has none."""
+        ...
+
+    def succeed(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        use_inbox: bool,
+        ttl_seconds: float,
+        effects: Any | None = None,
+    ) -> bool:
+        """Record success (with ``effects``, atomically); False when ``lease`` was taken over."""
+        ...
+
+    def release(
+        self,
+        handler: str,
+        event_id: str,
+        task_id: str,
+        *,
+        lease: str,
+        failed: bool,
+        next_due_in: float = 0.0,
+        forget: bool = False,
+    ) -> int:
+        """End a run that is retried (``forget=False``) or given up; returns the failures."""
+        ...
+
+    def forget(self, task_id: str) -> None:
+        """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""
+        ...
+
+
+class DeadLetterRecords(Protocol):
+    """Where one service's dead letters are kept: JSON records scored by time."""
+
+    def add(self, id: str, record: str, score: float) -> None:
+        """Store one record (replacing one with the same id); raise :class:`StoreError`."""
+        ...
+
+    def trim(self, limit: int) -> list[str]:
+        """Drop the oldest records beyond ``limit``; return their ids."""
+        ...
+
+    def newest_first(self) -> list[tuple[str, float]]:
+        """Every ``(id, score)``, newest first."""
+        ...
+
+    def get(self, id: str) -> tuple[bytes, float] | None: ...
+
+    def load(self, ids: Sequence[str]) -> list[bytes | None]: ...
+
+    def remove(self, ids: Sequence[str]) -> None: ...
+
+    def count(self) -> int: ...
+
+
+class StateStore(Protocol):
+    """Inboxes and dead letters of every service sharing the store."""
+
+    def inbox(self, service: str) -> Inbox: ...
+
+    def dead_letters(self, service: str) -> DeadLetterRecords: ...
+
+    def dead_letter_services(self) -> list[str]:
+        """Every service holding dead letters here."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def with_state(capabilities: Capabilities) -> Capabilities:
+    """What a backend guarantees beside a state store the bus brings (the Django database's).
+
+    ``bus.redis_effects()`` commits a handler's Redis writes in one transaction with its inbox
+    record, which is then elsewhere; the rest is the broker's (the Redis backend keeps its
+    lost-delivery ledger beside the other store's inbox).
+    """
+    return replace(capabilities, transactional_effects=False)
+
+
+# -- registry ------------------------------------------------------------------------------
+
+
+class RegistryStore(Protocol):
+    """The registry's records (one per service) and a token replaced with every write."""
+
+    def write(self, service: str, record: str) -> None:
+        """Replace ``service``'s record and the version token, atomically; StoreError."""
+        ...
+
+    def remove(self, service: str) -> None: ...
+
+    def version(self) -> bytes | None: ...
+
+    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The version token and every service's record, read together."""
+        ...
+
+    def record_published(self, field: str, value: str) -> None:
+        """Note in the catalog that ``field`` (``"service event-name"``) was published."""
+        ...
+
+    def published(self) -> list[str]:
+        """Every catalog field recorded by :meth:`record_published` (or by the transport)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- a backend -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The roles one broker URL provides, wired for one bus."""
+
+    #: Its name in the scheme table (``redis``, ``amqp``, ``memory``...).
+    name: str
+    capabilities: Capabilities
+    transport: Transport
+    state: StateStore
+    registry: RegistryStore
+    recovery: Recovery | None = None
+    #: Where it lives, for people (passwords hidden).
+    description: str = ""
+
+    def close(self) -> None:
+        if self.recovery is not None:
+            self.recovery.stop()
+        self.transport.close()
+        self.registry.close()
+        self.state.close()

@@ -1,0 +1,90 @@
+"""The Redis backend (``redis://``, ``rediss://``, ``unix://``): every role on one Redis.
+
+- transport: :class:`~.fanout.RedisFanout`, one atomic Lua script per publish that pushes
+  every delivery, records it in the lost-delivery ledger and (once per name and process) in
+  the catalog; workers consume through the screening transport (``transport.py``,
+  ``screening.py``) and get a long enough visibility timeout (``worker.py``);
+- recovery: the ledger sweeper and the dead-worker reaper (``worker.py``, ``liveness.py``);
+- state: inbox, leases and the ledger (``inbox.py``), dead letters (``stores.py``), on the
+  broker's Redis, where ``bus.redis_effects()`` commits with the inbox record; or a store the
+  bus brings (``EventBus(state=...)``), the ledger kept beside its inbox;
+- registry: ``stores.py``, on the broker's Redis or the ``registry_url`` one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import without_password
+from ..base import Backend, Capabilities, StateStore
+from .client import connect
+from .fanout import RedisFanout
+from .stores import LedgerState, RedisRegistry, RedisState
+from .worker import RedisRecovery
+
+__all__ = ["CAPABILITIES", "open_backend", "stores_on"]
+
+CAPABILITIES = Capabilities(
+    atomic_fanout=True,
+    lost_delivery_ledger=True,
+    queue_screening=True,
+    dead_worker_recovery=True,
+    native_delivery_limit=False,
+    queue_status=True,
+    transactional_effects=True,
+    durable_state=True,
+)
+
+
+def open_backend(
+    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
+) -> Backend:
+    """The Redis backend of ``broker_url``, with the TLS options the app's kombu uses.
+
+    With ``state`` (a store the bus brings), inboxes and dead letters live there and the
+    lost-delivery ledger stays here, kept beside that store's inbox (``LedgerState``).
+    """
+    timeout = settings.publish_timeout
+    broker = connect(broker_url, timeout, use_ssl=app.conf.broker_use_ssl)
+    if settings.registry_url is None:
+        registry_client = broker
+        where = "the broker"
+    else:
+        # A registry of its own takes its TLS options from its own URL only.
+        registry_client = connect(settings.registry_url, timeout)
+        where = without_password(settings.registry_url)
+    registry = RedisRegistry(registry_client, settings.key_prefix)
+    options = app.conf.broker_transport_options or {}
+    transport = RedisFanout(
+        broker,
+        timeout,
+        key_prefix=options.get("global_keyprefix", ""),
+        ledger_prefix=settings.key_prefix,
+        app=app,
+        # The catalog entry rides in the fan-out's script only where the registry lives.
+        catalog_key=registry.published_key if registry_client is broker else None,
+    )
+    return Backend(
+        name=name,
+        capabilities=CAPABILITIES,
+        transport=transport,
+        state=(
+            RedisState(broker, settings.key_prefix)
+            if state is None
+            else LedgerState(state, broker, settings.key_prefix)
+        ),
+        registry=registry,
+        recovery=RedisRecovery(broker),
+        description=f"{without_password(broker_url)}; registry on {where}",
+    )
+
+
+def stores_on(settings: Any) -> tuple[RedisState, RedisRegistry, str]:
+    """State and registry stores on the Redis of ``settings.registry_url`` (for brokers that
+    are not Redis), and where that is, for people."""
+    client = connect(settings.registry_url, settings.publish_timeout)
+    return (
+        RedisState(client, settings.key_prefix),
+        RedisRegistry(client, settings.key_prefix),
+        without_password(settings.registry_url),
+    )

@@ -1,0 +1,25 @@
+"""Middleware: one chain per bus, around publishing and handling (see :mod:`.base`)."""
+
+from .base import (
+    PUBLISH,
+    REPLAY,
+    SKIPPED,
+    HandleNext,
+    HandlerCall,
+    Middleware,
+    PublishCall,
+    PublishNext,
+)
+from .chain import MiddlewareChain
+
+__all__ = [
+    "Middleware",
+    "MiddlewareChain",
+    "PublishCall",
+    "HandlerCall",
+    "PublishNext",
+    "HandleNext",
+    "SKIPPED",
+    "PUBLISH",
+    "REPLAY",
+]

@@ -1,0 +1,190 @@
+"""The middleware base class and what its scopes see.
+
+A bus has one chain of middleware, given once: ``EventBus(app, service=..., middleware=[...])``.
+Each middleware may wrap two scopes and listen to notifications; every method has a default
+that does nothing, so a middleware overrides only what it needs and the chain calls only
+what was overridden.
+
+- :meth:`Middleware.publish` wraps one event's publish, after its name and data were
+  validated and before its deliveries are sent. It returns what ``call_next`` returns (the
+  event went on), or raises (it is refused: nothing is sent), or returns a deferred
+  :class:`~celery_events.PublishResult` without calling ``call_next`` now (it is sent later,
+  as Django's publish-on-commit and outbox do). It may pass on a changed call, such as one
+  whose event carries more extension attributes.
+- :meth:`Middleware.handle` wraps one delivery's handler call in the worker (after the inbox
+  let it run, before its outcome is recorded): an app context, a database transaction, a
+  signature check, a span. It returns what ``call_next`` returns, or :data:`SKIPPED` when the
+  handler must not run because the delivery was already handled. A scope that raises fails
+  the delivery as its handler would: :class:`~celery_events.Reject` dead-letters it at once,
+  other exceptions are retried by the handler's policy.
+- ``on_*`` methods are notifications: the worker tells them what happened and goes on.
+
+The first middleware of the list is the outermost: its ``publish`` runs first and calls the
+second's. Features built in (Django's transactions, Flask's app context) are added after the
+user's, so the user's middleware sees an event before it is deferred or written to an outbox.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..envelope import Event
+from ..results import PublishResult
+
+if TYPE_CHECKING:
+    from ..deadletters import DeadLetter
+    from ..registry import Subscription
+
+__all__ = [
+    "Middleware",
+    "PublishCall",
+    "HandlerCall",
+    "PublishNext",
+    "HandleNext",
+    "SKIPPED",
+    "PUBLISH",
+    "REPLAY",
+]
+
+#: :attr:`PublishCall.origin` of ``bus.publish`` and ``bus.publish_event``.
+PUBLISH = "publish"
+#: :attr:`PublishCall.origin` of a dead letter's replay: one delivery to one handler, sent now.
+REPLAY = "replay"
+
+
+class _Skipped(enum.Enum):
+    SKIPPED = "skipped"
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+#: What a handle scope returns when it did not run the handler because the delivery was
+#: already handled (Django's database inbox): the worker records a skipped duplicate.
+SKIPPED = _Skipped.SKIPPED
+
+
+@dataclass(frozen=True)
+class PublishCall:
+    """One event on its way out, as a publish scope sees it."""
+
+    #: The event, validated: its name, data and ids can be sent.
+    event: Event
+    #: Whether a publish with no matching subscription raises :class:`NoSubscribersError`.
+    require_subscribers: bool
+    #: :data:`PUBLISH` (``bus.publish``, ``bus.publish_event``, an outbox relay) or
+    #: :data:`REPLAY` (a dead letter sent again to its handler).
+    origin: str = PUBLISH
+    #: The event's data as JSON, as it goes on the wire (set by the publish path).
+    data_json: str = ""
+    #: For a replay: the one delivery it sends; otherwise ``None`` (the registry decides).
+    targets: tuple[Subscription, ...] | None = None
+    # Set by the publish path: checks require_subscribers against the registry, and encodes
+    # (so validates) changed data.
+    _check: Callable[[PublishCall], None] | None = field(default=None, repr=False, compare=False)
+    _encode: Callable[[Event], str] | None = field(default=None, repr=False, compare=False)
+
+    def with_event(self, event: Event) -> PublishCall:
+        """This call with ``event`` instead, such as one with more extension attributes.
+
+        The new event is validated as ``publish_event`` validates one (its data again only if
+        it changed): a middleware cannot make the bus send what a subscriber would refuse.
+
+        >>> call.with_event(call.event.with_extensions(tenant="acme"))  # doctest: +SKIP
+        """
+        if event is self.event:
+            return self
+        if not isinstance(event, Event):
+            raise TypeError(f"PublishCall.with_event takes an Event, not {type(event).__name__}.")
+        event.validate()
+        data_json = self.data_json
+        if event.data is not self.event.data and self._encode is not None:
+            data_json = self._encode(event)
+        return replace(self, event=event, data_json=data_json)
+
+    def check_subscribers(self) -> None:
+        """Raise :class:`~celery_events.NoSubscribersError` now if ``require_subscribers`` is
+        set and nothing subscribes to the event (reads the registry).
+
+        A middleware that defers a publish calls this first, so that the caller learns of a
+        missing subscriber before the event is put aside; one that calls ``call_next`` now
+        need not (the send checks).
+        """
+        if self.require_subscribers and self._check is not None:
+            self._check(self)
+
+
+@dataclass(frozen=True)
+class HandlerCall:
+    """One delivery about to reach its handler, as a handle scope sees it."""
+
+    #: The delivered event, as the handler receives it.
+    event: Event
+    #: The handler's Celery task name, ``{service}.{name}``.
+    handler: str
+    #: The queue the delivery came from.
+    queue: str
+    #: The Celery task id of the delivery (one per subscriber and event; kept by retries).
+    task_id: str
+    #: 1 for the first run of the delivery, 2 for its first retry, and so on.
+    attempt: int
+    #: The subscribing service.
+    service: str
+    #: Whether the handler was subscribed with ``atomic=True``.
+    atomic: bool = False
+
+
+PublishNext = Callable[[PublishCall], PublishResult]
+HandleNext = Callable[[HandlerCall], Any]
+
+
+class Middleware:
+    """Base class of the bus's middleware; override the scopes and notifications you need.
+
+    >>> class Stamp(Middleware):
+    ...     def publish(self, call, call_next):
+    ...         return call_next(call.with_event(call.event.with_extensions(tenant="acme")))
+    ...     def handle(self, call, call_next):
+    ...         log.info("handling %s (attempt %d)", call.event.id, call.attempt)
+    ...         return call_next(call)
+    >>> bus = EventBus(app, service="orders", middleware=[Stamp()])  # doctest: +SKIP
+    """
+
+    #: True for a middleware whose handle scope runs ``atomic=True`` handlers in a database
+    #: transaction with an inbox row (Django's). A worker whose bus has atomic handlers and no
+    #: such middleware refuses to start.
+    transactional: ClassVar[bool] = False
+
+    def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+        """Wrap one event's publish: call ``call_next`` (possibly with a changed call), raise
+        to refuse, or return a deferred result."""
+        return call_next(call)
+
+    def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
+        """Wrap one handler call in the worker: return ``call_next(call)``'s result, or
+        :data:`SKIPPED` without calling it."""
+        return call_next(call)
+
+    def on_retry(self, call: HandlerCall, error: BaseException, countdown: float) -> None:
+        """The handler raised ``error`` and the delivery runs again in ``countdown`` seconds."""
+
+    def on_dead_letter(self, letter: DeadLetter) -> None:
+        """A delivery gave up and became ``letter`` (its handler, reason and envelope)."""
+
+    def on_duplicate_skipped(self, call: HandlerCall) -> None:
+        """The delivery's event was already handled by this handler; it was acked unrun."""
+
+    def on_redelivered(self, call: HandlerCall) -> None:
+        """The delivery runs again after an earlier run died without finishing (a worker
+        crash, a lost message sent again)."""
+
+    # ``bus`` is the EventBus; typed Any so that this module does not import the bus, which
+    # imports it.
+    def on_worker_start(self, bus: Any) -> None:
+        """The worker of the EventBus ``bus`` is ready and consumes (its main process)."""
+
+    def on_worker_stop(self, bus: Any) -> None:
+        """The worker of the EventBus ``bus`` is shutting down (its main process)."""
