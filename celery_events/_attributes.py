@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
-from .errors import InvalidEnvelope
+from .errors import InvalidEnvelope, shown
 
 __all__ = [
     "ExtensionValue",
@@ -79,7 +79,7 @@ class Extensions(Mapping[str, ExtensionValue]):
         elif type(items) is not dict and not isinstance(items, Mapping):
             raise InvalidEnvelope(
                 f"An event's extensions must be a mapping of attribute name to value, not"
-                f" {type(items).__name__} {_shown(items)}; pass a dict such as"
+                f" {type(items).__name__} {shown(items)}; pass a dict such as"
                 " {'traceparent': '00-...'}."
             )
         self._items: dict[str, ExtensionValue] = dict(items)
@@ -160,7 +160,7 @@ def check_extension(name: object, value: object, *, received: bool = False) -> N
         suggestion = _SUGGEST_RE.sub("", name.lower()) if isinstance(name, str) else ""
         hint = f" such as {suggestion!r}" if suggestion and suggestion not in RESERVED else ""
         raise InvalidEnvelope(
-            f"{whose} extension attribute name {_shown(name)} is not valid: CloudEvents"
+            f"{whose} extension attribute name {shown(name)} is not valid: CloudEvents"
             f" attribute names are lowercase ASCII letters and digits only{hint}."
         )
     if name in RESERVED:
@@ -200,7 +200,7 @@ def check_extension(name: object, value: object, *, received: bool = False) -> N
         return
     kind = "a float" if isinstance(value, float) else type(value).__name__
     raise InvalidEnvelope(
-        f"{whose} extension attribute {name!r} is {kind} ({_shown(value)}); CloudEvents"
+        f"{whose} extension attribute {name!r} is {kind} ({shown(value)}); CloudEvents"
         " extension values are strings, integers or booleans. Convert it to a string"
         " (a timestamp with .isoformat(), bytes with base64)."
     )
@@ -217,7 +217,7 @@ def check_text_attribute(attribute: str, value: object, *, received: bool = Fals
     whose = "The envelope's" if received else "The event's"
     if not isinstance(value, str) or not value:
         raise InvalidEnvelope(
-            f"{whose} {attribute} must be a non-empty string or None, not {_shown(value)}"
+            f"{whose} {attribute} must be a non-empty string or None, not {shown(value)}"
             f" ({type(value).__name__})."
         )
     bad = _bad_char(value)
@@ -231,7 +231,7 @@ def check_text_attribute(attribute: str, value: object, *, received: bool = Fals
         not _URI_RE.match(value) or any(c.isspace() for c in value)
     ):
         raise InvalidEnvelope(
-            f"{whose} dataschema {_shown(value)} is not an absolute URI; CloudEvents wants one"
+            f"{whose} dataschema {shown(value)} is not an absolute URI; CloudEvents wants one"
             " with a scheme, such as 'https://example.com/schemas/order-placed/1.json'."
         )
 
@@ -253,6 +253,3 @@ def _bad_char(text: str) -> int | None:
     return None
 
 
-def _shown(value: object, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -34,7 +34,7 @@ from typing import Any
 from . import _plainjson
 from .backends.base import DeadLetterRecords, StoreError
 from .envelope import Event
-from .errors import CeleryEventsError, InvalidEnvelope, RegistryError, describe
+from .errors import CeleryEventsError, InvalidEnvelope, RegistryError, describe, shown
 
 __all__ = ["DeadLetter", "DeadLetterStore", "DeadLetterNotFound", "ReplayError", "Reason"]
 
@@ -135,7 +135,7 @@ class DeadLetter:
         for name, value in known.items():
             expected = _FIELD_TYPES[name]
             if not _is(value, expected):
-                raise ValueError(f"its {name} is {_shown(value)}, not {expected}")
+                raise ValueError(f"its {name} is {shown(value)}, not {expected}")
         raw = known.get("raw_base64")
         if raw is not None:
             try:
@@ -181,11 +181,6 @@ def _is(value: object, expected: str) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return isinstance(value, int) if expected == "a whole number" else math.isfinite(value)
-
-
-def _shown(value: object, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def read_record(id: str, service: str, raw: bytes, stored_at: float) -> DeadLetter:

@@ -27,6 +27,12 @@ def describe(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).rstrip(". ")
 
 
+def shown(value: object, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, to name a bad value in a message."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class CeleryEventsError(Exception):
     """Base class of every error celery-events raises."""
 

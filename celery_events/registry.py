@@ -26,7 +26,7 @@ from typing import Any
 
 from . import _plainjson
 from .backends.base import RegistryStore, StoreError
-from .errors import InvalidPattern, RegistryError, describe
+from .errors import InvalidPattern, RegistryError, describe, shown
 from .names import Matcher, validate_pattern
 
 __all__ = ["Subscription", "Registry"]
@@ -268,11 +268,11 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
         raise _BadRecord(f"its registered_at is {registered_at!r}, not a Unix time.")
     entries = record.get("subscriptions")
     if not isinstance(entries, list):
-        raise _BadRecord(f"its subscriptions are {_shown(entries)}, not a list.")
+        raise _BadRecord(f"its subscriptions are {shown(entries, 80)}, not a list.")
     found = []
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise _BadRecord(f"subscription {number} is {_shown(entry)}, not an object.")
+            raise _BadRecord(f"subscription {number} is {shown(entry, 80)}, not an object.")
         try:
             pattern = validate_pattern(entry.get("pattern"))
         except InvalidPattern as exc:
@@ -282,7 +282,7 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
             value = entry.get(name)
             if not isinstance(value, str) or not value:
                 raise _BadRecord(
-                    f"subscription {number} has {name} {_shown(value)}, not a non-empty string."
+                    f"subscription {number} has {name} {shown(value, 80)}, not a non-empty string."
                 )
             fields[name] = value
         found.append(
@@ -297,6 +297,3 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
     return found
 
 
-def _shown(value: object, width: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
