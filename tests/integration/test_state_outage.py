@@ -22,10 +22,18 @@ from celery import Celery
 from kombu import Connection
 
 from celery_events import EventBus
+from celery_events.backends.base import StoreUnavailable, lease_value
 from celery_events.backends.redis.client import connect
 from celery_events.backends.redis.stores import RedisState
 
-from ..harness import RabbitMQServer, RedisServer, Worker, redis_server_binary, wait_until
+from ..harness import (
+    RabbitMQServer,
+    RedisServer,
+    Worker,
+    free_port,
+    redis_server_binary,
+    wait_until,
+)
 from .conftest import effects
 
 EVENTS = 200
@@ -146,3 +154,45 @@ def test_a_state_redis_outage_mid_stream_loses_and_repeats_nothing_on_rabbitmq(
     finally:
         publisher.close()
         ops.close()
+
+
+def test_a_claim_and_a_release_sent_twice_with_one_lease_count_once(redis_url: str) -> None:
+    # What a run does when a call's reply was lost: it sends the same call again.
+    bus = EventBus(Celery("outage-ops", broker=redis_url), service="outage")
+    try:
+        inbox = bus.inbox
+        lease = lease_value("task-1", inbox.process_token())
+        claims = [
+            inbox.claim("outage.first", "ev-1", "task-1", lease=lease, lease_seconds=60,
+                        use_inbox=True)
+            for _ in range(2)
+        ]
+        assert [(c.status, c.starts) for c in claims] == [("run", 1), ("run", 1)]
+        failures = [
+            inbox.release("outage.first", "ev-1", "task-1", lease=lease, failed=True)
+            for _ in range(2)
+        ]
+        assert failures == [1, 1]
+        # The next run (its own lease) counts as it always did.
+        again = lease_value("task-1", inbox.process_token())
+        claim = inbox.claim("outage.first", "ev-1", "task-1", lease=again, lease_seconds=60,
+                            use_inbox=True)
+        assert (claim.status, claim.starts, claim.failures) == ("run", 1, 1)
+        assert inbox.succeed("outage.first", "ev-1", "task-1", lease=again, use_inbox=True,
+                             ttl_seconds=60)
+        assert inbox.succeed("outage.first", "ev-1", "task-1", lease=again, use_inbox=True,
+                             ttl_seconds=60)
+        assert inbox.is_done("outage.first", "ev-1")
+    finally:
+        bus.close()
+
+
+def test_an_unreachable_state_redis_is_a_store_unavailable_error() -> None:
+    # The delivery path catches StoreError and never imports redis: the backend types it.
+    inbox = RedisState(connect(f"redis://127.0.0.1:{free_port()}/0", 1.0), "celery_events:").inbox(
+        "outage"
+    )
+    with pytest.raises(StoreUnavailable, match="onnect"):
+        inbox.claim("outage.first", "ev-1", "task-1", lease="{}", lease_seconds=60, use_inbox=True)
+    with pytest.raises(StoreUnavailable):
+        inbox.release("outage.first", "ev-1", "task-1", lease="{}", failed=True)
