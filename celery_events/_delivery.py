@@ -15,6 +15,7 @@ id, never acknowledged unhandled and never counted as a failure of the handler
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -28,8 +29,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from ._outage import hand_back_countdown, outages, ride_out
-from .backends.base import Inbox, StoreError, lease_value
+from ._outage import abandoned, hand_back_countdown, outages, ride_out
+from .backends.base import Claim, Inbox, StoreError, lease_value
 from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
 from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError, RegistryError
@@ -253,6 +254,15 @@ def failure_outcome(
     return Reason.NOT_RETRIED, 0.0
 
 
+def _task_of(lease: str) -> str | None:
+    """The task id a lease (:func:`lease_value`) names, or None."""
+    try:
+        task = json.loads(lease).get("task")
+    except (ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
 class _Run:
     """One run of one delivery."""
 
@@ -266,6 +276,8 @@ class _Run:
         delivery_info = request.delivery_info or {}
         self.queue: str = delivery_info.get("routing_key") or handler.queue
         self.started = time.monotonic()
+        #: This run's inbox lease, once it may be in the store.
+        self.lease: str | None = None
 
     def _time_left(self) -> float:
         """Seconds this run may still wait before its time limit ends it."""
@@ -296,6 +308,8 @@ class _Run:
     def _hand_back(self, what: str, exc: BaseException, countdown: float = 0.0) -> None:
         wait = max(countdown, hand_back_countdown(int(self.task.request.retries or 0)))
         outages.handed_back(self.task_id, what, exc, wait)
+        if self.lease is not None:
+            abandoned.add(self.lease)
         # A retry of the same task id: the broker keeps it, and nothing in the store counted
         # it as a failure or a start, so neither max_retries nor max_deliveries moves.
         self._celery_retry(countdown=wait, exc=None)
@@ -311,21 +325,40 @@ class _Run:
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
         # elsewhere waits while this process lives, and takes over once it died.
-        lease = lease_value(self.task_id, self._store("process token", inbox.process_token))
-        # Safe to send again with the same lease: a claim whose reply was lost is found as
-        # this run's own, its start counted once. The handler has not run: handing the
-        # delivery back costs nothing but time.
-        claim = self._store(
-            "claim",
-            lambda: inbox.claim(
-                handler.task_name,
-                event.id,
-                self.task_id,
-                lease=lease,
-                lease_seconds=handler.lease_seconds,
-                use_inbox=handler.inbox,
-            ),
+        lease = self.lease = lease_value(
+            self.task_id, self._store("process token", inbox.process_token)
         )
+
+        def take() -> Claim:
+            # Safe to send again with the same lease: a claim whose reply was lost is found as
+            # this run's own, its start counted once. The handler has not run: handing the
+            # delivery back costs nothing but time.
+            return self._store(
+                "claim",
+                lambda: inbox.claim(
+                    handler.task_name,
+                    event.id,
+                    self.task_id,
+                    lease=lease,
+                    lease_seconds=handler.lease_seconds,
+                    use_inbox=handler.inbox,
+                ),
+            )
+
+        claim = take()
+        if claim.status == "busy" and claim.holder in abandoned:
+            # The lease of a run of this process that was handed back during an outage: no
+            # run holds it, so it is released rather than waited out.
+            holder = claim.holder
+            holder_task = _task_of(holder) or self.task_id
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name, event.id, holder_task, lease=holder, failed=False
+                ),
+            )
+            abandoned.discard(holder)
+            claim = take()
         chain = self.bus.middleware
         if claim.status == "done":
             log.info(
@@ -384,6 +417,22 @@ class _Run:
         effects_token = current_effects.set(effects)
         try:
             ran = call_handler(chain, handler, event, call)
+        except StoreError as exc:
+            # A store the handle chain writes in (the Django database inbox of an atomic
+            # handler) is away: nothing was committed, and it is no failure of the handler.
+            current_effects.reset(effects_token)
+            current_event.reset(event_token)
+            if effects is not None:
+                effects.reset()
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name, event.id, self.task_id, lease=lease, failed=False,
+                    next_due_in=handler.lease_seconds,
+                ),
+            )
+            self._hand_back("handler's transaction", exc)
+            raise  # not reached: the hand-back raises
         except Exception as exc:
             current_effects.reset(effects_token)
             current_event.reset(event_token)

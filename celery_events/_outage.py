@@ -18,6 +18,12 @@ Once the handler ran, its success is waited for as long as its time limit allows
 delivery handed back then may run the handler again (its effect would happen twice, unless
 its inbox record was written after all, which the next run finds).
 
+A delivery handed back while the store may still hold its run's lease (a claim whose reply was
+lost, a success or release that could not be written) finds that lease when it runs again; in
+the process that handed it back the lease is known to be held by no run (:data:`abandoned`)
+and is released at once, elsewhere the run waits until the lease expires (the handler's time
+limit plus 30 s) or that process dies, as for any copy whose holder looks alive.
+
 One warning is logged per outage and process, and one when the store is back, rather than one
 per delivery.
 """
@@ -109,6 +115,33 @@ class OutageLog:
 
 #: This process's outage log (each pool process keeps its own).
 outages = OutageLog()
+
+
+class AbandonedLeases:
+    """Leases of runs in this process that were handed back while the store may hold them."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: dict[str, None] = {}
+
+    def add(self, lease: str) -> None:
+        with self._lock:
+            self._leases[lease] = None
+            while len(self._leases) > self.LIMIT:  # the oldest have long expired in the store
+                del self._leases[next(iter(self._leases))]
+
+    def __contains__(self, lease: object) -> bool:
+        return lease in self._leases
+
+    def discard(self, lease: str) -> None:
+        with self._lock:
+            self._leases.pop(lease, None)
+
+
+#: This process's abandoned leases.
+abandoned = AbandonedLeases()
 
 
 def ride_out(
