@@ -71,8 +71,10 @@ class OutageLog:
                 self._since = time.monotonic()
                 self._handed_back = 0
         if first:
-            kind = "unreachable" if isinstance(exc, StoreUnavailable) else "failing"
-            fix = getattr(exc, "fix", None)
+            # A dead letter's write arrives as RegistryError, the store's error inside it.
+            cause = exc if isinstance(exc, StoreError) else exc.__cause__
+            kind = "unreachable" if isinstance(cause, StoreUnavailable) else "failing"
+            fix = getattr(cause, "fix", None)
             log.warning(
                 "celery-events: the state store is %s (%s: %s)%s; deliveries wait for it and"
                 " are handed back to the broker if it stays away, none is acknowledged"

@@ -23,6 +23,12 @@ kept beside this inbox by the backend; ``bus.redis_effects()`` is not available
 (``transactional_effects`` is off: the inbox record is not in Redis). The database must lock rows
 (``select_for_update``): PostgreSQL (the reference), MySQL, MariaDB or Oracle; SQLite is refused
 (system check ``celery_events.E006``).
+
+Every failed call raises :class:`~celery_events.backends.base.StoreUnavailable` (the
+database could not be reached: ``OperationalError``, ``InterfaceError``) or
+:class:`~celery_events.backends.base.StoreError` (any other ``DatabaseError``), its connection
+closed so the next call opens a fresh one; the worker waits for the database, then hands the
+delivery back, and never acknowledges it unhandled (``celery_events/_outage.py``).
 """
 
 from __future__ import annotations
