@@ -122,7 +122,7 @@ class RabbitMQServer:
     """A private RabbitMQ node on 127.0.0.1: its own node name, ports (AMQP, distribution,
     epmd), data and log directories and Erlang cookie, so it never meets a system node."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, management: bool = False) -> None:
         self.binary = binary
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="celery-events-rabbitmq-"))
@@ -130,11 +130,21 @@ class RabbitMQServer:
         self.process: subprocess.Popen[bytes] | None = None
         home = self.dir / "home"
         home.mkdir()
-        (self.dir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-            "loopback_users.guest = true\n"
+        config = f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users.guest = true\n"
+        #: The management plugin's HTTP API (``management=True``), or None.
+        self.management_port: int | None = None
+        self.management_url: str | None = None
+        if management:
+            self.management_port = free_port()
+            self.management_url = f"http://guest:guest@127.0.0.1:{self.management_port}"
+            config += (
+                f"management.tcp.port = {self.management_port}\n"
+                "management.tcp.ip = 127.0.0.1\n"
+            )
+        (self.dir / "rabbitmq.conf").write_text(config)
+        (self.dir / "enabled_plugins").write_text(
+            "[rabbitmq_management].\n" if management else "[].\n"
         )
-        (self.dir / "enabled_plugins").write_text("[].\n")
         self.env = dict(
             os.environ,
             HOME=str(home),
@@ -169,11 +179,22 @@ class RabbitMQServer:
         try:
             with Connection(self.url, connect_timeout=1) as connection:
                 connection.connect()
-            return True
         except Exception:
             return False
+        if self.management_port is not None:
+            # The plugin's listener opens a moment after the AMQP one.
+            try:
+                socket.create_connection(("127.0.0.1", self.management_port), timeout=1).close()
+            except OSError:
+                return False
+        return True
 
-    def stop(self) -> None:
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop the node and start it again on the same ports and data directory."""
+        self.stop(keep_data=True)
+        self.start(timeout)
+
+    def stop(self, *, keep_data: bool = False) -> None:
         if self.process is not None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -189,7 +210,8 @@ class RabbitMQServer:
         epmd = shutil.which("epmd")
         if epmd:
             subprocess.run([epmd, "-kill"], env=self.env, capture_output=True, timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Worker:

@@ -1,0 +1,392 @@
+"""The registry's records in a RabbitMQ stream, so that a fleet needs no Redis to route.
+
+Why a stream
+------------
+The registry needs a store that many processes read at once without taking anything from each
+other, that survives a broker restart, and that survives the death of a node of a cluster.
+A RabbitMQ stream (a queue declared with ``x-queue-type: stream``) is exactly that: an
+append-only log, always durable, replicated over the cluster's nodes (a majority must confirm
+each write, so a three-node cluster keeps it when one node dies), and read non-destructively
+over AMQP 0-9-1 by any number of consumers, each from an offset of its own
+(``x-stream-offset``; a stream consumer must set a prefetch with ``basic.qos`` and ack).
+
+Rejected: a classic or quorum queue per service holding its last record (``x-max-length: 1``):
+reading one takes its message (``basic.get``), so two readers at once would each see the other's
+read as an empty queue, and on quorum queues every requeue counts toward the delivery limit.
+Queue arguments and bindings cannot be read back over AMQP at all (only through the management
+plugin, which this store must not need).
+
+How it is read
+--------------
+The stream holds one message per change, with a ``kind`` header: ``record`` (a service's whole
+record, the body), ``removed`` (a tombstone), ``published`` (a catalog field) or ``hello`` (the
+first message, so that the stream is never empty). The last message for a service wins.
+
+Each store keeps one connection with a consumer on the stream. The first use replays the
+stream from ``first`` and waits until it has read the last chunk the broker reports (found by a
+second, short-lived consumer at offset ``last``: AMQP 0-9-1 has no "end of stream" marker).
+From then on the consumer follows the stream live: :meth:`AmqpRegistry.version` reads what the
+broker pushed since (without waiting) and returns the offset of the last message applied, so a
+change is seen at the registry's next check, ``registry_refresh_interval`` after it reached the
+broker; :meth:`AmqpRegistry.load` returns the records it holds, with no replay. A lost
+connection is made again (the next node of a broker URL list first) and the consumer resumes
+after the last offset applied; a forked child starts over with its own connection.
+
+What it costs: the log grows with each registration (one per worker start and service) and
+each catalog entry (one per new ``service event-name``, written once), a few hundred bytes
+each; a new process replays all of it once. Nothing removes old messages: a retention limit
+(``x-max-length-bytes``, ``x-max-age``) would drop whole segments, and with them the record
+of a service that registered long ago.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from ...errors import describe
+from ..base import StoreError
+
+__all__ = ["AmqpRegistry", "stream_name"]
+
+#: Messages the broker may push before the store acks (a stream consumer needs a prefetch).
+PREFETCH = 500
+#: How long a store waits for the last chunk before it takes the stream for empty.
+_EMPTY_WAIT = 0.5
+#: Seconds between heartbeats the connection asks for; a dead peer is noticed within two.
+HEARTBEAT = 10
+
+
+def stream_name(key_prefix: str) -> str:
+    """The registry stream of a bus with ``key_prefix`` (``celery_events:`` ->
+    ``celery_events.registry``)."""
+    return f"{key_prefix.rstrip(':.') or 'celery_events'}.registry"
+
+
+class AmqpRegistry:
+    """The registry store on a RabbitMQ stream (see the module's docstring).
+
+    ``url`` is a broker URL (a ``;``-separated list fails over, as Celery's does); ``ssl`` is
+    the app's ``broker_use_ssl``. Thread-safe; each process (a fork included) has its own
+    connection.
+
+    >>> store = AmqpRegistry("amqp://guest:guest@localhost//")       # doctest: +SKIP
+    >>> store.write("orders", '{"registered_at": 1, "subscriptions": []}')  # doctest: +SKIP
+    >>> store.load()[1]                                              # doctest: +SKIP
+    {b'orders': b'{"registered_at": 1, "subscriptions": []}'}
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "celery_events:",
+        timeout: float = 5.0,
+        ssl: Any = None,
+        transport_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.stream = stream_name(key_prefix)
+        self.timeout = timeout
+        self.ssl = ssl
+        self.transport_options = dict(transport_options or {})
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._connection: Any = None
+        self._channel: Any = None
+        self._publisher: Any = None
+        self._reset_state()
+
+    @classmethod
+    def from_app(cls, app: Any, *, key_prefix: str, timeout: float) -> AmqpRegistry:
+        """The store on ``app``'s broker, with the TLS and transport options its kombu uses."""
+        url = app.conf.broker_url
+        if isinstance(url, (list, tuple)):
+            url = ";".join(url)
+        return cls(
+            str(url or "amqp://guest@localhost//"),
+            key_prefix=key_prefix,
+            timeout=timeout,
+            ssl=app.conf.broker_use_ssl,
+            transport_options=app.conf.broker_transport_options,
+        )
+
+    def _reset_state(self) -> None:
+        self._records: dict[bytes, bytes] = {}
+        self._published: dict[str, str] = {}
+        # The offset of the last message applied; -1 before the first.
+        self._applied = -1
+        self._caught_up = False
+
+    # -- the RegistryStore role ------------------------------------------------------------
+
+    def write(self, service: str, record: str) -> None:
+        self._append("record", record.encode(), service=service)
+
+    def remove(self, service: str) -> None:
+        self._append("removed", b"", service=service)
+
+    def version(self) -> bytes | None:
+        with self._lock:
+            self._run(self._read_pushed)
+            return None if self._applied < 0 else str(self._applied).encode()
+
+    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+        with self._lock:
+            self._run(self._read_pushed)
+            version = None if self._applied < 0 else str(self._applied).encode()
+            return version, dict(self._records)
+
+    def record_published(self, field: str, value: str) -> None:
+        with self._lock:
+            self._run(self._read_pushed)
+            # The catalog says who publishes what, not when last: a field already in the
+            # stream is not written again, so the log grows once per (service, name).
+            if field in self._published:
+                return
+            self._append("published", value.encode(), field=field)
+
+    def published(self) -> list[str]:
+        with self._lock:
+            self._run(self._read_pushed)
+            return list(self._published)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection(close=os.getpid() == self._pid)
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _run(self, step: Any) -> Any:
+        """Run ``step`` on a caught-up connection, making it again once if it was lost."""
+        if os.getpid() != self._pid:
+            # A forked child shares its parent's socket: never read from it.
+            self._drop_connection(close=False)
+            self._pid = os.getpid()
+        for attempt in (1, 2):
+            try:
+                self._connect()
+                return step()
+            except StoreError:
+                self._drop_connection(close=True)
+                raise
+            except Exception as exc:  # py-amqp and kombu raise OSError, AMQPError and more
+                self._drop_connection(close=True)
+                if attempt == 2 or not _recoverable(exc):
+                    raise StoreError(
+                        f"the registry stream {self.stream!r} on RabbitMQ could not be read or"
+                        f" written: {describe(exc)}",
+                        _fix(exc),
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> None:
+        if self._connection is not None:
+            self._connection.heartbeat_check()
+            return
+        from kombu import Connection
+
+        connection = Connection(
+            self.url,
+            connect_timeout=self.timeout,
+            heartbeat=HEARTBEAT,
+            ssl=self.ssl,
+            transport_options=self.transport_options,
+        )
+        try:
+            connection.ensure_connection(max_retries=len(connection.alt) or 1, timeout=self.timeout)
+            raw = connection.connection
+            created = self._declare(raw)
+            channel = raw.channel()
+            publisher = raw.channel()
+            publisher.confirm_select()
+        except BaseException:
+            connection.release()
+            raise
+        self._connection, self._channel, self._publisher = connection, channel, publisher
+        # A new connection resumes after the last message applied (all of it, the first time).
+        start: Any = self._applied + 1 if self._applied >= 0 else "first"
+        channel.basic_qos(0, PREFETCH, False)
+        channel.basic_consume(
+            self.stream,
+            callback=self._on_message,
+            no_ack=False,
+            arguments={"x-stream-offset": start},
+        )
+        if created:
+            # A stream that did not exist is empty: the first message makes it non-empty, so
+            # that every reader can find its end (two stores making it at once write two).
+            self._publish("hello", b"")
+        tail = self._last_chunk(raw, wait=_EMPTY_WAIT)
+        if tail is None:
+            # Made empty by someone else (or its hello is not readable yet).
+            self._publish("hello", b"")
+            tail = self._last_chunk(raw, wait=self.timeout)
+            if tail is None:
+                raise StoreError(
+                    f"the registry stream {self.stream!r} on RabbitMQ returned nothing, not even"
+                    " the message this process wrote to it",
+                    None,
+                )
+        self._wait_for(tail)
+        self._caught_up = True
+
+    def _declare(self, raw: Any) -> bool:
+        """Declare the stream; True when it did not exist before (a passive check says)."""
+        import amqp
+
+        check = raw.channel()
+        try:
+            check.queue_declare(self.stream, passive=True)
+        except amqp.exceptions.NotFound:
+            # The broker closed that channel with the error; the declare needs a new one.
+            pass
+        else:
+            check.close()
+            return False
+        declaring = raw.channel()
+        declaring.queue_declare(
+            self.stream,
+            durable=True,
+            exclusive=False,
+            auto_delete=False,
+            arguments={"x-queue-type": "stream"},
+        )
+        declaring.close()
+        return True
+
+    def _last_chunk(self, raw: Any, wait: float) -> int | None:
+        """The offset of the first message of the stream's last chunk, or None if it is empty.
+
+        A consumer at offset ``last`` is sent that chunk first; its first message is enough.
+        """
+        probe = raw.channel()
+        found: list[int] = []
+        try:
+            probe.basic_qos(0, 1, False)
+            tag = probe.basic_consume(
+                self.stream,
+                callback=lambda message: found.append(_offset(message)),
+                no_ack=False,
+                arguments={"x-stream-offset": "last"},
+            )
+            deadline = time.monotonic() + wait
+            while not found:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    raw.drain_events(timeout=min(left, 0.1))
+                except socket.timeout:
+                    pass
+            probe.basic_cancel(tag)
+        finally:
+            probe.close()
+        return found[0] if found else None
+
+    def _wait_for(self, offset: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self._applied < offset:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(
+                    f"the registry stream {self.stream!r} on RabbitMQ did not send its records"
+                    f" up to offset {offset} within {self.timeout} s (got to {self._applied})",
+                    None,
+                )
+            try:
+                self._connection.connection.drain_events(timeout=min(left, 0.1))
+            except socket.timeout:
+                pass
+        self._read_pushed()
+
+    def _read_pushed(self) -> None:
+        """Apply whatever the broker has pushed already, without waiting for more."""
+        raw = self._connection.connection
+        while True:
+            try:
+                raw.drain_events(timeout=0)
+            except socket.timeout:
+                return
+
+    def _drop_connection(self, *, close: bool) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._publisher = None
+        if connection is not None and close:
+            try:
+                connection.release()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _append(self, kind: str, body: bytes, **headers: str) -> None:
+        with self._lock:
+            self._run(lambda: self._publish(kind, body, **headers))
+
+    def _publish(self, kind: str, body: bytes, **headers: str) -> None:
+        import amqp
+
+        message = amqp.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=2,
+            application_headers={"kind": kind, **headers},
+        )
+        # Confirmed: when this returns, a majority of the stream's replicas hold the change.
+        self._publisher.basic_publish(
+            message, exchange="", routing_key=self.stream, confirm_timeout=self.timeout
+        )
+
+    def _on_message(self, message: Any) -> None:
+        offset = _offset(message)
+        if offset > self._applied:
+            headers = message.headers or {}
+            kind = _text(headers.get("kind"))
+            body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+            if kind == "record":
+                self._records[_text(headers.get("service")).encode()] = body
+            elif kind == "removed":
+                self._records.pop(_text(headers.get("service")).encode(), None)
+            elif kind == "published":
+                self._published[_text(headers.get("field"))] = body.decode("utf-8", "replace")
+            # Anything else (``hello``, kinds a later version writes) changes no record.
+            self._applied = offset
+        message.channel.basic_ack(message.delivery_tag)
+
+
+def _offset(message: Any) -> int:
+    return int((message.headers or {}).get("x-stream-offset", -1))
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _recoverable(exc: BaseException) -> bool:
+    """Whether a new connection may fix it (lost sockets, a node going down)."""
+    import amqp
+
+    if isinstance(exc, amqp.exceptions.AccessRefused):
+        return False
+    return isinstance(exc, (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.ChannelError))
+
+
+def _fix(exc: BaseException) -> str | None:
+    import amqp
+
+    if isinstance(exc, amqp.exceptions.AccessRefused):
+        return (
+            "The broker user may not use the registry stream: grant it configure, write and"
+            " read rights on the queue named by the bus's key_prefix (rabbitmqctl"
+            " set_permissions), or pass registry_url to keep the registry in Redis."
+        )
+    if isinstance(exc, amqp.exceptions.PreconditionFailed):
+        return (
+            "A queue of that name exists and is not a stream: delete it, or choose another"
+            " key_prefix."
+        )
+    return "Check that RabbitMQ is reachable at the broker URL."
