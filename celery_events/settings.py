@@ -11,6 +11,7 @@ import difflib
 import math
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -80,6 +81,9 @@ class Settings:
 
     #: Where the subscription registry lives. ``None``: the broker, when it is Redis.
     registry_url: str | None = None
+    #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``);
+    #: ``None``: the broker's host on port 15672 with the broker's user and password.
+    management_url: str | None = None
     #: Prefix of every Redis key the bus owns (registry, catalog).
     key_prefix: str = "celery_events:"
     #: Queue name of a service's handlers unless a handler names its own; ``{service}`` is
@@ -223,6 +227,17 @@ class Settings:
             raise ConfigurationError(
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
                 " or unix:// URL (a string), or None to use the broker."
+            )
+        if self.management_url is not None and (
+            not isinstance(self.management_url, str)
+            or not self.management_url.startswith(("http://", "https://"))
+            or not urllib.parse.urlsplit(self.management_url).hostname
+        ):
+            raise ConfigurationError(
+                f"The setting management_url {self.management_url!r} must be the http:// or"
+                " https:// URL of the RabbitMQ management API, such as"
+                " 'http://guest:guest@localhost:15672', or None to use the broker's host on"
+                " port 15672."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"

@@ -45,6 +45,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from ...errors import describe
@@ -117,6 +118,8 @@ class AmqpRegistry:
     def _reset_state(self) -> None:
         self._records: dict[bytes, bytes] = {}
         self._published: dict[str, str] = {}
+        # Ids of the messages applied while a write waits for its own, else None.
+        self._read_ids: set[str] | None = None
         # The offset of the last message applied; -1 before the first.
         self._applied = -1
         self._caught_up = False
@@ -325,21 +328,42 @@ class AmqpRegistry:
 
     def _append(self, kind: str, body: bytes, **headers: str) -> None:
         with self._lock:
-            self._run(lambda: self._publish(kind, body, **headers))
+            self._run(lambda: self._publish(kind, body, read_back=True, **headers))
 
-    def _publish(self, kind: str, body: bytes, **headers: str) -> None:
+    def _publish(self, kind: str, body: bytes, *, read_back: bool = False, **headers: str) -> None:
+        """Append one message; with ``read_back``, return once the consumer has applied it, so
+        that a process reads its own writes."""
         import amqp
 
+        id = uuid.uuid4().hex
         message = amqp.Message(
             body,
             content_type="application/json",
             delivery_mode=2,
-            application_headers={"kind": kind, **headers},
+            application_headers={"kind": kind, "id": id, **headers},
         )
-        # Confirmed: when this returns, a majority of the stream's replicas hold the change.
-        self._publisher.basic_publish(
-            message, exchange="", routing_key=self.stream, confirm_timeout=self.timeout
-        )
+        # The consumer may be sent it while the publish waits for its confirm.
+        self._read_ids = set()
+        try:
+            # Confirmed: when this returns, a majority of the stream's replicas hold the change.
+            self._publisher.basic_publish(
+                message, exchange="", routing_key=self.stream, confirm_timeout=self.timeout
+            )
+            deadline = time.monotonic() + self.timeout
+            while read_back and id not in self._read_ids:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreError(
+                        f"the registry stream {self.stream!r} on RabbitMQ took the change but"
+                        f" did not send it back within {self.timeout} s",
+                        None,
+                    )
+                try:
+                    self._connection.connection.drain_events(timeout=min(left, 0.1))
+                except socket.timeout:
+                    pass
+        finally:
+            self._read_ids = None
 
     def _on_message(self, message: Any) -> None:
         offset = _offset(message)
@@ -355,6 +379,8 @@ class AmqpRegistry:
                 self._published[_text(headers.get("field"))] = body.decode("utf-8", "replace")
             # Anything else (``hello``, kinds a later version writes) changes no record.
             self._applied = offset
+            if self._read_ids is not None:
+                self._read_ids.add(_text(headers.get("id")))
         message.channel.basic_ack(message.delivery_tag)
 
 

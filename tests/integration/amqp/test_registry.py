@@ -1,0 +1,202 @@
+"""The registry on RabbitMQ itself (a stream), with no Redis: real nodes, real connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celery_events.backends.amqp.registry import AmqpRegistry, stream_name
+from celery_events.backends.base import StoreError
+from celery_events.errors import RegistryError
+from celery_events.registry import Registry, Subscription
+
+from ...harness import RabbitMQServer, rabbitmq_server_binary, wait_until
+
+STALENESS = 1.0
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A stream of the test's own, on the shared node."""
+    return f"t{abs(hash(request.node.nodeid)) % 10**8}-{time.monotonic_ns()}:"
+
+
+def _registry(url: str, prefix: str) -> Registry:
+    return Registry(
+        AmqpRegistry(url, key_prefix=prefix, timeout=5.0),
+        refresh_interval=0.1,
+        max_staleness=STALENESS,
+    )
+
+
+def _subscriptions(service: str, count: int = 1) -> list[Subscription]:
+    return [
+        Subscription(f"user.e{n}", service, f"{service}.handler{n}", f"events.{service}")
+        for n in range(count)
+    ]
+
+
+def test_a_publisher_sees_a_subscriber_register_and_unregister_within_the_staleness(
+    rabbitmq_server: RabbitMQServer, prefix: str
+) -> None:
+    subscriber = _registry(rabbitmq_server.url, prefix)
+    publisher = _registry(rabbitmq_server.url, prefix)
+    try:
+        assert publisher.match("user.e0") == []
+        subscriber.register("orders", _subscriptions("orders"))
+        registered = time.monotonic()
+        found = wait_until(lambda: publisher.match("user.e0"), timeout=5, interval=0.01)
+        assert time.monotonic() - registered <= STALENESS
+        assert [(s.service, s.handler, s.queue) for s in found] == [
+            ("orders", "orders.handler0", "events.orders")
+        ]
+        subscriber.register("orders", _subscriptions("orders", 2))
+        wait_until(lambda: publisher.match("user.e1"), timeout=STALENESS)
+
+        subscriber.unregister("orders")
+        removed = time.monotonic()
+        wait_until(lambda: not publisher.match("user.e0"), timeout=5, interval=0.01)
+        assert time.monotonic() - removed <= STALENESS
+        assert publisher.subscriptions() == []
+    finally:
+        subscriber.close()
+        publisher.close()
+        subscriber.store.close()
+        publisher.store.close()
+
+
+def test_the_catalog_records_publishers_once(rabbitmq_server: RabbitMQServer, prefix: str) -> None:
+    first = _registry(rabbitmq_server.url, prefix)
+    second = _registry(rabbitmq_server.url, prefix)
+    try:
+        first.record_published("billing", "invoice.paid")
+        first.record_published("billing", "invoice.paid")
+        wait_until(lambda: second.publishers() == [("billing", "invoice.paid")], timeout=5)
+        second.record_published("billing", "invoice.paid")
+        second.record_published("orders", "order.placed")
+        wait_until(lambda: len(first.publishers()) == 2, timeout=5)
+        assert first.publishers() == [("billing", "invoice.paid"), ("orders", "order.placed")]
+        # Written once per field however often it is recorded: hello, then the two fields.
+        assert first.store.version() == b"2"
+    finally:
+        first.store.close()
+        second.store.close()
+
+
+def test_concurrent_readers_never_take_records_from_each_other(
+    rabbitmq_server: RabbitMQServer, prefix: str
+) -> None:
+    writer = AmqpRegistry(rabbitmq_server.url, key_prefix=prefix)
+    readers = [AmqpRegistry(rabbitmq_server.url, key_prefix=prefix) for _ in range(4)]
+    expected = {f"svc{n}".encode(): json.dumps({"n": n}).encode() for n in range(50)}
+    seen: list[dict[bytes, bytes]] = []
+    errors: list[BaseException] = []
+
+    def read(store: AmqpRegistry) -> None:
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                records = store.load()[1]
+                if records == expected:
+                    seen.append(records)
+                    return
+                time.sleep(0.01)
+            seen.append(store.load()[1])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    try:
+        for thread in threads:
+            thread.start()
+        for service, record in expected.items():
+            writer.write(service.decode(), record.decode())
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        assert seen == [expected] * len(readers)
+        # A reader that starts after all the writes replays the same.
+        late = AmqpRegistry(rabbitmq_server.url, key_prefix=prefix)
+        assert late.load() == writer.load()
+        late.close()
+    finally:
+        writer.close()
+        for reader in readers:
+            reader.close()
+
+
+def test_a_forked_child_reads_on_its_own_connection(
+    rabbitmq_server: RabbitMQServer, prefix: str
+) -> None:
+    store = AmqpRegistry(rabbitmq_server.url, key_prefix=prefix)
+    store.write("orders", '{"n": 1}')
+    assert store.load()[1] == {b"orders": b'{"n": 1}'}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            store.write("billing", '{"n": 2}')
+            records = store.load()[1]
+            os.write(write, json.dumps(sorted(k.decode() for k in records)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert json.loads(pipe.read()) == ["billing", "orders"]
+    # The parent's connection still works, and follows the child's write.
+    wait_until(lambda: b"billing" in store.load()[1], timeout=5)
+    store.close()
+
+
+@pytest.fixture
+def own_node() -> Iterator[RabbitMQServer]:
+    """A node of the test's own, which it restarts."""
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    server = RabbitMQServer(binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_broker_restart_keeps_the_records_and_readers_resume(own_node: RabbitMQServer) -> None:
+    prefix = "celery_events:"
+    subscriber = _registry(own_node.url, prefix)
+    publisher = _registry(own_node.url, prefix)
+    subscriber.register("orders", _subscriptions("orders"))
+    subscriber.register("billing", _subscriptions("billing"))
+    wait_until(lambda: len(publisher.subscriptions()) == 2, timeout=5)
+
+    own_node.restart()
+
+    # The reader that was connected makes its connection again and resumes where it was.
+    wait_until(lambda: len(publisher.subscriptions()) == 2, timeout=10)
+    subscriber.register("shipping", _subscriptions("shipping"))
+    wait_until(lambda: publisher.match("user.e0") and len(publisher.match("user.e0")) == 3,
+               timeout=10)
+    # A new process replays the stream the restarted node kept.
+    fresh = AmqpRegistry(own_node.url, key_prefix=prefix)
+    assert set(fresh.load()[1]) == {b"orders", b"billing", b"shipping"}
+    fresh.close()
+
+    own_node.stop(keep_data=True)
+    with pytest.raises(RegistryError, match="registry stream 'celery_events.registry'"):
+        publisher.refresh()
+    own_node.start()
+    subscriber.store.close()
+    publisher.store.close()
+
+
+def test_an_unreachable_broker_is_a_store_error_naming_the_stream() -> None:
+    store = AmqpRegistry("amqp://guest:guest@127.0.0.1:1//", timeout=1.0)
+    with pytest.raises(StoreError, match="celery_events.registry") as caught:
+        store.load()
+    assert caught.value.fix is not None and "RabbitMQ" in caught.value.fix
+    assert stream_name("celery_events:") == "celery_events.registry"
