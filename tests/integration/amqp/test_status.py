@@ -1,0 +1,130 @@
+"""`celery eventbus status` on RabbitMQ: counts over AMQP, in flight and ages from the
+management API, on a real node with the plugin enabled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import amqp
+import pytest
+
+from celery_events.backends.amqp.status import AmqpQueues
+from celery_events.errors import BrokerError
+from celery_events.registry import Subscription
+from celery_events.status import read_status
+
+from ...harness import RabbitMQServer, rabbitmq_server_binary, wait_until
+
+
+@pytest.fixture(scope="module")
+def managed_node() -> Iterator[RabbitMQServer]:
+    """A node with the management plugin, its statistics refreshed every 0.5 s (5 s by
+    default) so that the tests wait less for them."""
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    server = RabbitMQServer(binary, management=True)
+    with open(server.dir / "rabbitmq.conf", "a") as config:
+        config.write("collect_statistics_interval = 500\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def channel(managed_node: RabbitMQServer) -> Iterator[amqp.Channel]:
+    connection = amqp.Connection(
+        f"127.0.0.1:{managed_node.port}", userid="guest", password="guest"
+    )
+    connection.connect()
+    yield connection.channel()
+    connection.close()
+
+
+QUEUE_ARGUMENTS = {
+    "quorum": {"x-queue-type": "quorum", "x-delivery-limit": 5},
+    "classic": {"x-queue-type": "classic"},
+}
+
+
+def _fill(channel: amqp.Channel, name: str, kind: str, stamps: list[int]) -> None:
+    channel.queue_declare(name, durable=True, auto_delete=False, arguments=QUEUE_ARGUMENTS[kind])
+    for stamp in stamps:
+        channel.basic_publish(
+            amqp.Message(b"{}", timestamp=stamp, delivery_mode=2), exchange="", routing_key=name
+        )
+
+
+@pytest.mark.parametrize("kind", ["quorum", "classic"])
+def test_waiting_in_flight_and_oldest_on_real_queues(
+    managed_node: RabbitMQServer, channel: amqp.Channel, kind: str
+) -> None:
+    name = f"events.status-{kind}-{time.monotonic_ns()}"
+    now = int(time.time())
+    _fill(channel, name, kind, [now - 30, now - 20, now - 10])
+    # A worker took one and has not acked it.
+    channel.basic_qos(0, 1, False)
+    taken: list[amqp.Message] = []
+    tag = channel.basic_consume(name, callback=taken.append)
+    wait_until(lambda: taken or channel.connection.drain_events(timeout=0.1) or taken, timeout=10)
+
+    assert managed_node.management_url is not None
+    queues = AmqpQueues(managed_node.url, managed_node.management_url, timeout=5)
+    try:
+        wait_until(lambda: queues.in_flight().get(name) == 1, timeout=10,
+                   what="the management API's statistics")
+        count, oldest = queues.waiting(name, now=now)
+        assert count == 2
+        if kind == "classic":
+            # The head's AMQP timestamp: in 3.10 the head may be the message in flight.
+            assert oldest is not None and 20 <= oldest <= 30
+        else:
+            # Quorum queues do not tell it, and peeking would count toward the delivery limit.
+            assert oldest is None
+        assert queues.waiting(f"{name}.never-declared") == (0, None)
+
+        subscriptions = [Subscription("user.*", "orders", "orders.welcome", name)]
+        (status,) = read_status(subscriptions, queues, now=now)
+        assert (status.service, status.waiting, status.in_flight) == ("orders", 2, 1)
+    finally:
+        queues.close()
+    # Nothing was disturbed: the waiting deliveries were never handed out.
+    channel.basic_cancel(tag)
+    channel.basic_ack(taken[0].delivery_tag)
+    message = channel.basic_get(name, no_ack=True)
+    assert message is not None
+    assert message.headers in (None, {}, {"x-delivery-count": 0})
+    assert message.properties["timestamp"] == now - 20
+
+
+def test_an_unreachable_management_api_is_a_broker_error_saying_so(
+    managed_node: RabbitMQServer, channel: amqp.Channel
+) -> None:
+    name = f"events.status-unreachable-{time.monotonic_ns()}"
+    _fill(channel, name, "classic", [int(time.time())])
+    queues = AmqpQueues(managed_node.url, "http://guest:secret@127.0.0.1:1", timeout=2)
+    with pytest.raises(BrokerError) as caught:
+        queues.in_flight()
+    message = str(caught.value)
+    assert "management API at http://guest:***@127.0.0.1:1" in message
+    assert "rabbitmq-plugins enable rabbitmq_management" in message
+    assert "management_url" in message and "secret" not in message
+    # Counts come over AMQP and still work.
+    assert queues._ready(name) == 1
+    queues.close()
+
+
+def test_a_refused_user_is_told_which_tag_it_needs(managed_node: RabbitMQServer) -> None:
+    assert managed_node.management_port is not None
+    queues = AmqpQueues(
+        managed_node.url, f"http://guest:wrong@127.0.0.1:{managed_node.management_port}"
+    )
+    with pytest.raises(BrokerError, match="HTTP 401.*monitoring tag"):
+        queues.in_flight()
+
+
+def test_an_unreachable_broker_is_a_broker_error() -> None:
+    queues = AmqpQueues("amqp://guest:guest@127.0.0.1:1//", "http://127.0.0.1:1", timeout=1)
+    with pytest.raises(BrokerError, match="Could not read queue 'events.orders' on the RabbitMQ"):
+        queues.waiting("events.orders")
