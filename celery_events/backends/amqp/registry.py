@@ -42,7 +42,6 @@ of a service that registered long ago.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -190,9 +189,8 @@ class AmqpRegistry:
         if self._connection is not None:
             self._connection.heartbeat_check()
             return
-        from kombu import Connection
 
-        connection = Connection(
+        connection = _kombu_connection()(
             self.url,
             connect_timeout=self.timeout,
             heartbeat=HEARTBEAT,
@@ -283,7 +281,7 @@ class AmqpRegistry:
                     break
                 try:
                     raw.drain_events(timeout=min(left, 0.1))
-                except socket.timeout:
+                except TimeoutError:
                     pass
             probe.basic_cancel(tag)
         finally:
@@ -302,7 +300,7 @@ class AmqpRegistry:
                 )
             try:
                 self._connection.connection.drain_events(timeout=min(left, 0.1))
-            except socket.timeout:
+            except TimeoutError:
                 pass
         self._read_pushed()
 
@@ -312,7 +310,7 @@ class AmqpRegistry:
         while True:
             try:
                 raw.drain_events(timeout=0)
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     def _drop_connection(self, *, close: bool) -> None:
@@ -360,7 +358,7 @@ class AmqpRegistry:
                     )
                 try:
                     self._connection.connection.drain_events(timeout=min(left, 0.1))
-                except socket.timeout:
+                except TimeoutError:
                     pass
         finally:
             self._read_ids = None
@@ -416,3 +414,10 @@ def _fix(exc: BaseException) -> str | None:
             " key_prefix."
         )
     return "Check that RabbitMQ is reachable at the broker URL."
+
+
+def _kombu_connection() -> Any:
+    """kombu's Connection class (kombu's API is untyped; imported when first needed)."""
+    from kombu.connection import Connection
+
+    return Connection

@@ -139,12 +139,15 @@ class AmqpQueues:
 
     def _ready(self, queue: str) -> int:
         import amqp
-        from kombu import Connection
 
         try:
             if self._connection is None:
-                connection = Connection(self.broker_url, connect_timeout=self.timeout, ssl=self.ssl)
-                connection.ensure_connection(max_retries=len(connection.alt) or 1, timeout=self.timeout)
+                connection = _kombu_connection()(
+                    self.broker_url, connect_timeout=self.timeout, ssl=self.ssl
+                )
+                connection.ensure_connection(
+                    max_retries=len(connection.alt) or 1, timeout=self.timeout
+                )
                 self._connection = connection
             channel = self._connection.connection.channel()
             try:
@@ -198,3 +201,10 @@ class AmqpQueues:
             " plugin (rabbitmq-plugins enable rabbitmq_management), or set management_url to"
             " where it listens."
         )
+
+
+def _kombu_connection() -> Any:
+    """kombu's Connection class (kombu's API is untyped; imported when first needed)."""
+    from kombu.connection import Connection
+
+    return Connection
