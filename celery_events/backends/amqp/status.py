@@ -9,7 +9,8 @@ What RabbitMQ 3.10 tells, and where:
   way to ask;
 - *oldest waiting*: for classic queues the API gives ``head_message_timestamp``, the AMQP
   ``timestamp`` property (whole seconds) of the message at the head, when publishers set it;
-  the age is now minus that. Quorum queues do not report it in 3.10 (rabbitmq-server#6813):
+  the age is now minus that (measured on 3.10: the head may be a message delivered and not
+  acked yet, so the age is that of the oldest message not acked). Quorum queues do not report it in 3.10 (rabbitmq-server#6813):
   their ``oldest_entry_timestamp`` is an internal Ra command, and ``rabbitmq-queues peek``
   runs on a node with its Erlang cookie only. Reading the head with ``basic.get`` and
   requeueing it would raise its ``x-delivery-count`` (measured: 0 then 1) and bring it closer
