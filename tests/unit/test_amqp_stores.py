@@ -97,3 +97,57 @@ def test_the_last_message_of_a_service_wins_and_a_tombstone_removes_it() -> None
     assert store._published == {"orders user.registered": "1.5"}
     assert store._applied == 6
     assert channel.acked == [100, 101, 102, 103, 104, 105, 106, 103]
+
+
+def _snapshot(upto: int, records: dict[str, bytes], published: dict[str, str]) -> bytes:
+    import base64
+    import json
+
+    return json.dumps(
+        {
+            "upto": upto,
+            "records": {k: base64.b64encode(v).decode() for k, v in records.items()},
+            "published": published,
+        }
+    ).encode()
+
+
+def test_a_store_starting_mid_stream_takes_the_snapshot_and_what_came_while_it_was_made() -> None:
+    store = AmqpRegistry("amqp://localhost//")
+    # It started after the snapshot's upto (9): what it reads first is incomplete.
+    store._start, store._complete = 10, False
+    channel = _Channel()
+    for message in [
+        # Written while the snapshot was being made: after its upto, before it.
+        _Message(channel, 10, b"new", kind="record", service="orders"),
+        _Message(channel, 11, b"", kind="removed", service="billing"),
+        _Message(
+            channel,
+            12,
+            _snapshot(9, {"orders": b"old", "billing": b"b", "shipping": b"s"}, {"f": "1"}),
+            kind="snapshot",
+        ),
+        _Message(channel, 13, b"s2", kind="record", service="shipping", snapshot=9),
+    ]:
+        store._on_message(message)
+    assert store._complete
+    assert store._records == {b"orders": b"new", b"shipping": b"s2"}
+    assert store._published == {"f": "1"}
+    assert store._snapshot_upto == 9
+    assert store._pending == []
+
+
+def test_a_complete_store_ignores_snapshots_and_a_lost_beginning_makes_it_incomplete() -> None:
+    store = AmqpRegistry("amqp://localhost//")
+    channel = _Channel()
+    store._on_message(_Message(channel, 0, b"", kind="hello"))
+    store._on_message(_Message(channel, 1, b"v", kind="record", service="orders"))
+    store._on_message(_Message(channel, 3, _snapshot(0, {}, {}), kind="snapshot"))
+    assert store._records == {b"orders": b"v"} and store._complete
+    assert store._snapshot_upto == 0
+
+    truncated = AmqpRegistry("amqp://localhost//")
+    truncated._on_message(_Message(channel, 5000, b"v", kind="record", service="orders"))
+    assert not truncated._complete
+    truncated._on_message(_Message(channel, 5001, b"{not json", kind="snapshot"))
+    assert not truncated._complete  # an unreadable snapshot completes nothing

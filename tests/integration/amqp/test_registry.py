@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import amqp
 import pytest
 
+from celery_events.backends.amqp import registry as registry_module
 from celery_events.backends.amqp.registry import AmqpRegistry, stream_name
 from celery_events.backends.base import StoreError
 from celery_events.errors import RegistryError
@@ -200,3 +202,54 @@ def test_an_unreachable_broker_is_a_store_error_naming_the_stream() -> None:
         store.load()
     assert caught.value.fix is not None and "RabbitMQ" in caught.value.fix
     assert stream_name("celery_events:") == "celery_events.registry"
+
+
+def test_snapshots_let_a_new_store_skip_the_history_and_survive_retention(
+    rabbitmq_server: RabbitMQServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small enough that this test writes several snapshots and the broker drops segments.
+    monkeypatch.setattr(registry_module, "SNAPSHOT_EVERY", 20)
+    monkeypatch.setattr(registry_module, "MAX_LENGTH_BYTES", 40_000)
+    monkeypatch.setattr(registry_module, "SEGMENT_BYTES", 8_000)
+    writer = AmqpRegistry(rabbitmq_server.url, key_prefix=prefix)
+    live: dict[bytes, bytes] = {}
+    for n in range(400):
+        service = f"svc{n % 7}"
+        if n % 13 == 0:
+            writer.remove(service)
+            live.pop(service.encode(), None)
+        else:
+            record = json.dumps({"n": n, "pad": "x" * 200})
+            writer.write(service, record)
+            live[service.encode()] = record.encode()
+    writer.record_published("svc1 user.registered", "1.0")
+    assert writer.load()[1] == live
+
+    fresh = AmqpRegistry(rabbitmq_server.url, key_prefix=prefix)
+    assert fresh.load()[1] == live
+    assert fresh.published() == ["svc1 user.registered"]
+    # It started after a snapshot's messages, not at the beginning...
+    assert fresh._start > 300
+    # ...and the broker no longer has the beginning: retention dropped it.
+    assert _first_offset(rabbitmq_server, stream_name(prefix)) > 0
+    writer.close()
+    fresh.close()
+
+
+def _first_offset(server: RabbitMQServer, stream: str) -> int:
+    connection = amqp.Connection(f"127.0.0.1:{server.port}", userid="guest", password="guest")
+    connection.connect()
+    try:
+        channel = connection.channel()
+        channel.basic_qos(0, 1, False)
+        first: list[int] = []
+        channel.basic_consume(
+            stream,
+            callback=lambda m: first.append(int(m.headers["x-stream-offset"])),
+            arguments={"x-stream-offset": "first"},
+        )
+        while not first:
+            connection.drain_events(timeout=5)
+        return first[0]
+    finally:
+        connection.close()
