@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import amqp
 import pytest
+import redis
 
+from celery import Celery
+
+from celery_events import EventBus
 from celery_events.backends.amqp import registry as registry_module
 from celery_events.backends.amqp.registry import AmqpRegistry, stream_name
 from celery_events.backends.base import StoreError
@@ -70,6 +74,53 @@ def test_a_publisher_sees_a_subscriber_register_and_unregister_within_the_stalen
         publisher.close()
         subscriber.store.close()
         publisher.store.close()
+
+
+def test_two_bus_apps_route_through_the_registry_on_rabbitmq_with_no_redis_registry(
+    rabbitmq_server: RabbitMQServer, redis_url: str, prefix: str
+) -> None:
+    # Given a subscriber and a publisher on RabbitMQ, inboxes in Redis, no registry_url
+    def bus(service: str) -> EventBus:
+        return EventBus(
+            Celery(service, broker=rabbitmq_server.url),
+            service=service,
+            state_url=redis_url,
+            key_prefix=prefix,
+            registry_refresh_interval=0.1,
+            registry_max_staleness=STALENESS,
+        )
+
+    subscriber, publisher = bus("orders"), bus("users")
+
+    @subscriber.subscribe("user.*")
+    def welcome(event: object) -> None: ...
+
+    try:
+        assert "registry on RabbitMQ" in publisher.backend.description
+        assert publisher.publish("user.registered", {}).deliveries == ()
+        # When the subscriber registers
+        subscriber.register()
+        registered = time.monotonic()
+        # Then the publisher's events reach it within the staleness bound
+        result = wait_until(
+            lambda: publisher.publish("user.registered", {"n": 1}).deliveries, timeout=5,
+            interval=0.01,
+        )
+        assert time.monotonic() - registered <= STALENESS
+        assert [d.handler.rsplit(".", 1)[-1] for d in result] == ["welcome"]
+        assert publisher.registry.publishers() == [("users", "user.registered")]
+        # And nothing of the registry is in Redis
+        client = redis.Redis.from_url(redis_url)
+        assert not [k for k in client.keys("*") if b"subscriptions" in k or b"version" in k]
+        # When it unregisters, publishes reach nobody again within the bound
+        subscriber.registry.unregister("orders")
+        removed = time.monotonic()
+        wait_until(lambda: not publisher.publish("user.registered", {}).deliveries, timeout=5,
+                   interval=0.01)
+        assert time.monotonic() - removed <= STALENESS
+    finally:
+        subscriber.close()
+        publisher.close()
 
 
 def test_the_catalog_records_publishers_once(rabbitmq_server: RabbitMQServer, prefix: str) -> None:

@@ -3,18 +3,26 @@ management API, on a real node with the plugin enabled."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import amqp
 import pytest
+from celery import Celery
+
+from celery_events import EventBus
 
 from celery_events.backends.amqp.status import AmqpQueues
 from celery_events.errors import BrokerError
 from celery_events.registry import Subscription
 from celery_events.status import read_status
 
-from ...harness import RabbitMQServer, rabbitmq_server_binary, wait_until
+from ...harness import ROOT, RabbitMQServer, rabbitmq_server_binary, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +136,91 @@ def test_an_unreachable_broker_is_a_broker_error() -> None:
     queues = AmqpQueues("amqp://guest:guest@127.0.0.1:1//", "http://127.0.0.1:1", timeout=1)
     with pytest.raises(BrokerError, match="Could not read queue 'events.orders' on the RabbitMQ"):
         queues.waiting("events.orders")
+
+
+def _status(node: RabbitMQServer, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.services.rabbit_status", "eventbus",
+         "status", "--json"],
+        cwd=ROOT, env={**os.environ, "CELERY_EVENTS_TEST_BROKER": node.url, **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("kind", ["quorum", "classic"])
+def test_eventbus_status_on_rabbitmq_with_its_registry_there(
+    managed_node: RabbitMQServer, redis_url: str, kind: str
+) -> None:
+    # Given the subscriber registered on the RabbitMQ registry and three events waiting
+    prefix = f"status-{kind}-{time.monotonic_ns()}:"
+    env = {
+        "CELERY_EVENTS_TEST_STATE": redis_url,
+        "CELERY_EVENTS_TEST_MANAGEMENT": managed_node.management_url or "",
+        "CELERY_EVENTS_TEST_PREFIX": prefix,
+        "RABBIT_QUEUE_TYPE": kind,
+    }
+
+    def bus(service: str) -> EventBus:
+        return EventBus(
+            Celery(service, broker=managed_node.url), service=service, state_url=redis_url,
+            key_prefix=prefix, queue_type=kind, queue_template=f"{prefix}{{service}}",
+        )
+
+    subscriber, publisher = bus("orders"), bus("users")
+
+    @subscriber.subscribe("user.*")
+    def welcome(event: object) -> None: ...
+
+    subscriber.register()
+    try:
+        for n in range(3):
+            assert publisher.publish("user.registered", {"n": n}).deliveries
+    finally:
+        subscriber.close()
+        publisher.close()
+
+    # When `celery eventbus status` runs
+    def waiting() -> Any:
+        done = _status(managed_node, env)
+        assert done.returncode == 0, done.stderr
+        found = json.loads(done.stdout)
+        return found if found["services"] and found["services"][0]["waiting"] == 3 else None
+
+    found = wait_until(waiting, timeout=20, interval=0.5)
+    # Then it shows the backend, and the service's waiting deliveries and none in flight
+    assert found["backend"]["name"] == "amqp"
+    assert "registry on RabbitMQ" in found["backend"]["description"]
+    (orders,) = found["services"]
+    assert (orders["service"], orders["waiting"], orders["in_flight"]) == ("orders", 3, 0)
+    assert orders["dead_letters"] == 0
+
+
+def test_eventbus_status_says_when_the_management_api_is_unreachable(
+    managed_node: RabbitMQServer, redis_url: str
+) -> None:
+    prefix = f"status-down-{time.monotonic_ns()}:"
+    subscriber = EventBus(
+        Celery("orders", broker=managed_node.url), service="orders", state_url=redis_url,
+        key_prefix=prefix,
+    )
+
+    @subscriber.subscribe("user.*")
+    def welcome(event: object) -> None: ...
+
+    subscriber.register()
+    subscriber.close()
+    done = _status(
+        managed_node,
+        {
+            "CELERY_EVENTS_TEST_STATE": redis_url,
+            "CELERY_EVENTS_TEST_MANAGEMENT": "http://guest:guest@127.0.0.1:1",
+            "CELERY_EVENTS_TEST_PREFIX": prefix,
+        },
+    )
+    # The exit code of an unreachable broker, one clear message, no traceback
+    assert done.returncode == 3, done.stderr
+    assert "Could not read the RabbitMQ management API at http://guest:***@127.0.0.1:1" in (
+        done.stderr
+    )
+    assert "rabbitmq-plugins enable rabbitmq_management" in done.stderr
+    assert "Traceback" not in done.stderr
