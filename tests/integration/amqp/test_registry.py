@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import amqp
 import pytest
 import redis
-
 from celery import Celery
 
 from celery_events import EventBus

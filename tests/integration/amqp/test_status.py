@@ -16,7 +16,6 @@ import pytest
 from celery import Celery
 
 from celery_events import EventBus
-
 from celery_events.backends.amqp.status import AmqpQueues
 from celery_events.errors import BrokerError
 from celery_events.registry import Subscription
