@@ -16,6 +16,7 @@ from .harness import (
     rabbitmq_server_binary,
     redis_server_binary,
 )
+from .rabbitmq_cluster import RabbitMQCluster, cluster
 
 # Fast-starting workers: mingle and gossip only slow start-up, they change nothing we test.
 WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
@@ -50,6 +51,19 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
+    """Three private RabbitMQ nodes clustered together (tests/rabbitmq_cluster.py), started
+    for the tests that ask for it. Missing RabbitMQ fails in CI, skips locally."""
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield from cluster(binary)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ subprocesses started the way users start them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -219,6 +220,19 @@ class RabbitMQServer:
         except Exception:
             return False
 
+    def add_vhost(self, vhost: str) -> str:
+        """A new virtual host that ``guest`` may use fully; its broker URL."""
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
+    def messages(self, vhost: str = "/") -> dict[str, int]:
+        """Every queue of ``vhost``: name -> messages (ready and unacknowledged), as the
+        queues themselves say (rabbitmqctl, not the management plugin's delayed stats)."""
+        rows = json.loads(self.ctl("list_queues", "-p", vhost, "name", "messages",
+                                   "--formatter", "json", "--quiet"))
+        return {str(row["name"]): int(row["messages"] or 0) for row in rows}
+
     def ctl(self, *args: str, tool: str = "rabbitmqctl", timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl`` (or ``tool``) against this node; its output, or fail."""
         done = subprocess.run(
@@ -245,8 +259,9 @@ class RabbitMQServer:
         if self._log is not None:
             self._log.close()
 
-    def stop(self, *, remove: bool = True) -> None:
-        """Stop the node (and the epmd daemon it started); ``remove`` deletes its data."""
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the node (and the epmd daemon it started); its data is deleted unless
+        ``keep_data``."""
         if self.process is not None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -261,7 +276,7 @@ class RabbitMQServer:
                 self._log.close()
         if self.owns_epmd:
             stop_epmd(self.env)
-        if remove:
+        if not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

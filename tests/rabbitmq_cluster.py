@@ -92,6 +92,10 @@ class RabbitMQCluster:
         )
         return {str(row["name"]): row for row in rows}
 
+    def messages(self, vhost: str = "/") -> dict[str, int]:
+        """Every queue of ``vhost``: name -> messages (ready and unacknowledged)."""
+        return self.live()[0].messages(vhost)
+
     def leader(self, queue: str) -> RabbitMQServer:
         """The node that leads quorum queue ``queue``."""
         row = self.queues().get(queue)
