@@ -46,7 +46,8 @@ test-unit: $(BIN)/.installed
 ## Ruff, mypy, and the package's shape: no broker driver outside celery_events/backends/, no
 ## import cycle (scripts/check-architecture).
 lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture
+	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture \
+		scripts/test-groups
 	$(BIN)/mypy --strict celery_events
 	$(BIN)/python scripts/check-architecture celery_events
 
