@@ -78,7 +78,8 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
     # middle of it, then started again
     published: list[PublishResult] = []
     returned: list[float] = []  # when each publish returned
-    failures: list[str] = []
+    failures: list[str] = []  # PublishError: the bus said the event may not be sent
+    untyped: list[str] = []  # anything else a publish raised: a bug of its own
     stop = threading.Event()
 
     def stream() -> None:
@@ -89,6 +90,8 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
                 returned.append(time.monotonic())
             except PublishError as error:
                 failures.append(str(error))
+            except Exception as error:  # counted and asserted below, the stream goes on
+                untyped.append(repr(error))
             n += 1
             time.sleep(1 / RATE)
 
@@ -108,10 +111,12 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
     wait_until(lambda: time.monotonic() - killed_at > SECONDS / 3, timeout=SECONDS,
                interval=0.2, what="the second third of the stream")
     rejoin = cluster.restart(victim)
-    wait_until(lambda: time.monotonic() - began > SECONDS and returned
-               and returned[-1] > killed_at + elected + rejoin, timeout=60, interval=0.2,
+    # The stream goes on for its last third, and a few seconds past the node's return.
+    until = max(began + SECONDS, time.monotonic() + 5)
+    wait_until(lambda: time.monotonic() > until, timeout=SECONDS + 10, interval=0.2,
                what="the last third of the stream")
     stop.set()
+    ended = time.monotonic()
     thread.join(timeout=60)
     assert not thread.is_alive()
 
@@ -136,11 +141,15 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
     seen = [(str(e["handler"]), str(e["event_id"])) for e in effects(client)]
     verdict = check(expected, set(), seen, dead)
 
-    gaps = [later - earlier for earlier, later in zip(returned, returned[1:], strict=False)]
+    # The longest pause: between two publishes that returned, or from the last one to the
+    # end of the stream (if publishing never came back).
+    ends = [*returned, ended]
+    gaps = [later - earlier for earlier, later in zip(ends, ends[1:], strict=False)]
     pause = max(gaps, default=0.0)
     print(
         f"\nthree-node cluster, kill -9 of {victim.nodename} (leader of {victim_queue}):"
-        f" {len(published)} events at {RATE:.0f}/s, {len(failures)} publishes failed;"
+        f" {len(published)} events at {RATE:.0f}/s, {len(failures)} publishes failed"
+        f" ({len(untyped)} with an untyped error);"
         f" new leader after {elected:.1f} s; the node back in the cluster after {rejoin:.1f} s;"
         f" longest publish pause {pause:.2f} s (normal {1 / RATE:.2f} s); {verdict.summary()}"
     )
@@ -148,6 +157,7 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
     for name, row in cluster.queues().items():
         if name in event_queues:
             assert row["type"] == "quorum" and len(row["members"]) == 3, (name, row)  # type: ignore[arg-type]
+    assert untyped == []
     assert failures == []
     assert pause < PAUSE_LIMIT, f"publishing paused {pause:.1f} s"
     assert verdict.valid, verdict.summary()
