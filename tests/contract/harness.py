@@ -64,6 +64,8 @@ class BackendHarness(ABC):
     backend_name: ClassVar[str] = ""
     #: Whether it needs servers or worker processes (its tests are marked ``integration``).
     integration: ClassVar[bool] = True
+    #: Whether each handler has a queue of its own (RabbitMQ), not one queue per service.
+    queue_per_handler: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -365,6 +367,7 @@ class RabbitMQHarness(RedisHarness):
     """
 
     backend_name = "amqp"
+    queue_per_handler = True
     queue_type: ClassVar[str]
 
     @classmethod
@@ -403,7 +406,9 @@ class RabbitMQHarness(RedisHarness):
                 {"registry_url": self.state_url, "queue_type": self.queue_type}
             ),
         }
-        worker = Worker("tests.services.contract", env, WORKER_ARGS, self.log_dir)
+        # A node name each: RabbitMQ keeps a worker's remote-control queue exclusive to it.
+        args = [*WORKER_ARGS, "-n", f"{service}-{self.token}@%h"]
+        worker = Worker("tests.services.contract", env, args, self.log_dir)
         self.workers[service] = worker
         worker.wait_ready()
 
