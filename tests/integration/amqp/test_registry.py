@@ -226,7 +226,8 @@ def test_a_broker_restart_keeps_the_records_and_readers_resume(own_node: RabbitM
     subscriber.register("billing", _subscriptions("billing"))
     wait_until(lambda: len(publisher.subscriptions()) == 2, timeout=5)
 
-    own_node.restart()
+    own_node.stop(keep_data=True)
+    own_node.start()
 
     # The reader that was connected makes its connection again and resumes where it was.
     wait_until(lambda: len(publisher.subscriptions()) == 2, timeout=10)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import amqp
@@ -21,26 +23,64 @@ from celery_events.errors import BrokerError
 from celery_events.registry import Subscription
 from celery_events.status import read_status
 
-from ...harness import ROOT, RabbitMQServer, rabbitmq_server_binary, wait_until
+from ...harness import ROOT, RabbitMQServer, free_port, rabbitmq_server_binary, wait_until
+
+
+@dataclass
+class ManagedNode:
+    """A node with the management plugin on a loopback port of its own."""
+
+    server: RabbitMQServer
+    management_port: int
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
 
 @pytest.fixture(scope="module")
-def managed_node() -> Iterator[RabbitMQServer]:
+def managed_node() -> Iterator[ManagedNode]:
     """A node with the management plugin, its statistics refreshed every 0.5 s (5 s by
     default) so that the tests wait less for them."""
     binary = rabbitmq_server_binary()
     if binary is None:
         pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
-    server = RabbitMQServer(binary, management=True)
-    with open(server.dir / "rabbitmq.conf", "a") as config:
-        config.write("collect_statistics_interval = 500\n")
+    port = free_port()
+    server = RabbitMQServer(
+        binary,
+        plugins=["rabbitmq_management"],
+        config=[
+            f"management.tcp.port = {port}",
+            "management.tcp.ip = 127.0.0.1",
+            "collect_statistics_interval = 500",
+        ],
+    )
     server.start()
-    yield server
+    node = ManagedNode(server, port)
+    # The plugin's listener opens a moment after the AMQP one.
+    wait_until(lambda: _listening(port), timeout=30, what="the management API")
+    yield node
     server.stop()
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
-def channel(managed_node: RabbitMQServer) -> Iterator[amqp.Channel]:
+def channel(managed_node: ManagedNode) -> Iterator[amqp.Channel]:
     connection = amqp.Connection(
         f"127.0.0.1:{managed_node.port}", userid="guest", password="guest"
     )
@@ -65,7 +105,7 @@ def _fill(channel: amqp.Channel, name: str, kind: str, stamps: list[int]) -> Non
 
 @pytest.mark.parametrize("kind", ["quorum", "classic"])
 def test_waiting_in_flight_and_oldest_on_real_queues(
-    managed_node: RabbitMQServer, channel: amqp.Channel, kind: str
+    managed_node: ManagedNode, channel: amqp.Channel, kind: str
 ) -> None:
     name = f"events.status-{kind}-{time.monotonic_ns()}"
     now = int(time.time())
@@ -76,7 +116,6 @@ def test_waiting_in_flight_and_oldest_on_real_queues(
     tag = channel.basic_consume(name, callback=taken.append)
     wait_until(lambda: taken or channel.connection.drain_events(timeout=0.1) or taken, timeout=10)
 
-    assert managed_node.management_url is not None
     queues = AmqpQueues(managed_node.url, managed_node.management_url, timeout=5)
     try:
         wait_until(lambda: queues.in_flight().get(name) == 1, timeout=10,
@@ -106,7 +145,7 @@ def test_waiting_in_flight_and_oldest_on_real_queues(
 
 
 def test_an_unreachable_management_api_is_a_broker_error_saying_so(
-    managed_node: RabbitMQServer, channel: amqp.Channel
+    managed_node: ManagedNode, channel: amqp.Channel
 ) -> None:
     name = f"events.status-unreachable-{time.monotonic_ns()}"
     _fill(channel, name, "classic", [int(time.time())])
@@ -122,8 +161,7 @@ def test_an_unreachable_management_api_is_a_broker_error_saying_so(
     queues.close()
 
 
-def test_a_refused_user_is_told_which_tag_it_needs(managed_node: RabbitMQServer) -> None:
-    assert managed_node.management_port is not None
+def test_a_refused_user_is_told_which_tag_it_needs(managed_node: ManagedNode) -> None:
     queues = AmqpQueues(
         managed_node.url, f"http://guest:wrong@127.0.0.1:{managed_node.management_port}"
     )
@@ -137,7 +175,7 @@ def test_an_unreachable_broker_is_a_broker_error() -> None:
         queues.waiting("events.orders")
 
 
-def _status(node: RabbitMQServer, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _status(node: ManagedNode, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.services.rabbit_status", "eventbus",
          "status", "--json"],
@@ -148,13 +186,13 @@ def _status(node: RabbitMQServer, env: dict[str, str]) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize("kind", ["quorum", "classic"])
 def test_eventbus_status_on_rabbitmq_with_its_registry_there(
-    managed_node: RabbitMQServer, redis_url: str, kind: str
+    managed_node: ManagedNode, redis_url: str, kind: str
 ) -> None:
     # Given the subscriber registered on the RabbitMQ registry and three events waiting
     prefix = f"status-{kind}-{time.monotonic_ns()}:"
     env = {
         "CELERY_EVENTS_TEST_STATE": redis_url,
-        "CELERY_EVENTS_TEST_MANAGEMENT": managed_node.management_url or "",
+        "CELERY_EVENTS_TEST_MANAGEMENT": managed_node.management_url,
         "CELERY_EVENTS_TEST_PREFIX": prefix,
         "RABBIT_QUEUE_TYPE": kind,
     }
@@ -195,7 +233,7 @@ def test_eventbus_status_on_rabbitmq_with_its_registry_there(
 
 
 def test_eventbus_status_says_when_the_management_api_is_unreachable(
-    managed_node: RabbitMQServer, redis_url: str
+    managed_node: ManagedNode, redis_url: str
 ) -> None:
     prefix = f"status-down-{time.monotonic_ns()}:"
     subscriber = EventBus(
