@@ -165,9 +165,9 @@ class Registry:
                     view = _View(version, subscriptions, Matcher((s.pattern, s) for s in subscriptions))
                     self._view = view
             except StoreError as exc:
+                fix = exc.fix or "Check that Redis is reachable at the registry URL."
                 raise RegistryError(
-                    f"Could not read the subscription registry: {describe(exc)}. Check that Redis is"
-                    " reachable at the registry URL."
+                    f"Could not read the subscription registry: {describe(exc)}. {fix}"
                 ) from exc
             self._checked_at = checked
             return view
@@ -251,10 +251,8 @@ class Registry:
         try:
             fields = self.store.published()
         except StoreError as exc:
-            raise RegistryError(
-                f"Could not read the event catalog: {exc}. Check that Redis is reachable at the"
-                " registry URL."
-            ) from exc
+            fix = exc.fix or "Check that Redis is reachable at the registry URL."
+            raise RegistryError(f"Could not read the event catalog: {exc}. {fix}") from exc
         pairs = []
         for text in fields:
             service, _, name = text.partition(" ")
