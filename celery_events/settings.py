@@ -11,12 +11,13 @@ import difflib
 import math
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
 from .backends.capabilities import Capabilities
-from .errors import ConfigurationError
+from .errors import ConfigurationError, shown
 
 __all__ = ["Settings", "validate_service_name", "is_seconds"]
 
@@ -80,6 +81,19 @@ class Settings:
 
     #: Where the subscription registry lives. ``None``: the broker, when it is Redis.
     registry_url: str | None = None
+    #: Where inboxes and dead letters live on a broker that keeps none (RabbitMQ): a
+    #: ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://`` URL. ``None``: the
+    #: ``registry_url`` Redis, or the store the bus brings (``EventBus(state=...)``).
+    state_url: str | None = None
+    #: RabbitMQ only: the type of each handler's queue, ``"quorum"`` (replicated, with a
+    #: delivery limit and native delayed retries) or ``"classic"``.
+    queue_type: str = "quorum"
+    #: RabbitMQ only: the broker's ``consumer_timeout`` in seconds (RabbitMQ's default is 30
+    #: minutes). On classic queues a retry waits in the worker, which must ack within it.
+    broker_consumer_timeout: float = 1800.0
+    #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``);
+    #: ``None``: the broker's host on port 15672 with the broker's user and password.
+    management_url: str | None = None
     #: Prefix of every Redis key the bus owns (registry, catalog).
     key_prefix: str = "celery_events:"
     #: Queue name of a service's handlers unless a handler names its own; ``{service}`` is
@@ -174,6 +188,7 @@ class Settings:
             "redelivery_timeout",
             "sweep_interval",
             "state_outage_wait",
+            "broker_consumer_timeout",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -230,6 +245,31 @@ class Settings:
             raise ConfigurationError(
                 f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
                 " or unix:// URL (a string), or None to use the broker."
+            )
+        if self.state_url is not None and (
+            not isinstance(self.state_url, str)
+            or not self.state_url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
+        ):
+            raise ConfigurationError(
+                f"The setting state_url {shown(self.state_url)} must be a redis://, rediss://,"
+                " unix:// or sentinel:// URL (a string), or None to keep inboxes and dead"
+                " letters in the registry_url Redis or the bus's own state store."
+            )
+        if self.queue_type not in ("quorum", "classic"):
+            raise ConfigurationError(
+                f"The setting queue_type {shown(self.queue_type)} must be 'quorum' (the"
+                " default: replicated queues with a delivery limit) or 'classic'."
+            )
+        if self.management_url is not None and (
+            not isinstance(self.management_url, str)
+            or not self.management_url.startswith(("http://", "https://"))
+            or not urllib.parse.urlsplit(self.management_url).hostname
+        ):
+            raise ConfigurationError(
+                f"The setting management_url {shown(self.management_url)} must be the http:// or"
+                " https:// URL of the RabbitMQ management API, such as"
+                " 'http://guest:guest@localhost:15672', or None to use the broker's host on"
+                " port 15672."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"
