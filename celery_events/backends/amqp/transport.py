@@ -16,12 +16,13 @@ Before the first publish to a subscription (per process and per registration of 
 service), its queue is declared with the arguments its owner recorded with it, so an event
 published before the subscriber's first worker started waits in its queue; afterwards a
 publish is one ``basic.publish`` and one confirm. ``task-sent`` events (one per delivery, for
-Flower) go on a second channel without confirms.
+Flower) go in one more message, on a second channel without confirms.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import threading
@@ -280,20 +281,22 @@ class AmqpTransport:
                     )
                     link.declared.add("celeryev")
                 now = time.time()
-                for message in messages:
-                    event = events.event(message, dispatcher.clock.forward(), now)
-                    body = _json(event)
-                    channel.basic_publish(
-                        amqp.Message(
-                            body,
-                            content_type="application/json",
-                            content_encoding="utf-8",
-                            application_headers=dict(dispatcher.headers),
-                            delivery_mode=dispatcher.delivery_mode,
-                        ),
-                        exchange=_EVENTS_EXCHANGE,
-                        routing_key="task.sent",
-                    )
+                forward = dispatcher.clock.forward
+                batch = [events.event(message, forward(), now) for message in messages]
+                # One message holding every delivery's event, as Celery's own dispatcher
+                # flushes a group ("task.multi"); Celery's event receiver, Flower's, takes a
+                # list of events in one body.
+                channel.basic_publish(
+                    amqp.Message(
+                        _json(batch if len(batch) > 1 else batch[0]),
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                        application_headers=dict(dispatcher.headers),
+                        delivery_mode=dispatcher.delivery_mode,
+                    ),
+                    exchange=_EVENTS_EXCHANGE,
+                    routing_key="task.multi" if len(batch) > 1 else "task.sent",
+                )
         except Exception as exc:  # Flower's view; the deliveries are confirmed already
             self._drop_link()
             log.warning("celery-events: could not send task-sent events: %s", describe(exc))
@@ -354,8 +357,6 @@ class AmqpTransport:
 
 
 def _json(value: Any) -> bytes:
-    import json
-
     return json.dumps(value).encode()
 
 
