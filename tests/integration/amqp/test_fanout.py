@@ -64,7 +64,10 @@ def test_an_event_no_queue_takes_is_a_publish_error(rabbit: Rabbit, publisher: E
 
     sub.register()
     publisher.publish("shop.gone", {})  # declares the queue from the record's arguments
-    assert "events.gone.handler" in rabbit.queues()
+    # (declared as its owner declares it: a quorum queue with the owner's arguments)
+    declared = rabbit.queues()["events.gone.handler"]
+    assert declared["type"] == "quorum"
+    assert declared["arguments"] == dict(sub.subscriptions()[0].arguments)
     rabbit.ctl("delete_queue", "events.gone.handler")
     # When the event is published again (the publisher believes the queue exists)
     # Then the broker returns it and the publish fails, nothing sent
