@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import amqp
-from celery import Celery
+from celery import Celery, signals
 from kombu.connection import Connection
 
 from ..._messages import SentEvents, TaskMessage, new_id
@@ -154,6 +154,19 @@ class AmqpTransport:
                 log.warning("celery-events: publish failed, retrying: %s", describe(exc))
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
+        if signals.after_task_publish.receivers:
+            if messages[0].direct:
+                sent = [(route[0], route[1], m) for route, m in zip(outgoing, messages, strict=True)]
+            else:
+                sent = [(outgoing[0][0], outgoing[0][1], m) for m in messages]
+            for exchange, routing_key, message in sent:
+                signals.after_task_publish.send(
+                    sender=message.task_name,
+                    body=message.body,
+                    headers=message.headers,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                )
         self._send_events(messages)
         if catalog is not None and self.registry is not None:
             try:
@@ -171,17 +184,16 @@ class AmqpTransport:
             message._headers = None
             message._properties = None
         name = str(parts.envelope["type"])
+        _before_publish(messages, self.topology.exchange_name, name)
         headers = dict(first.headers)
         headers.update(task=FANOUT_TASK, id=shared_id, shadow=name, root_id=parts.root_id)
         return self.topology.exchange_name, name, self._message(first, headers, shared_id)
 
     def _direct(self, message: TaskMessage) -> tuple[str, str, amqp.Message]:
         """A message to one handler's queue alone (a replay), through the retry exchange."""
-        return (
-            self.topology.retry_exchange_name,
-            retry_token(message.queue),
-            self._message(message, message.headers, message.task_id),
-        )
+        exchange, token = self.topology.retry_exchange_name, retry_token(message.queue)
+        _before_publish([message], exchange, token)
+        return exchange, token, self._message(message, message.headers, message.task_id)
 
     def _message(self, message: TaskMessage, headers: dict[str, Any], id: str) -> amqp.Message:
         parts = message.parts
@@ -354,6 +366,27 @@ class AmqpTransport:
     def close(self) -> None:
         with self._lock:
             self._drop_link()
+
+
+def _before_publish(messages: Sequence[TaskMessage], exchange: str, routing_key: str) -> None:
+    """Celery's ``before_task_publish``, once per delivery, as ``send_task`` fires it.
+
+    Tracing tools (Sentry, OpenTelemetry) add headers there. A publish is one message, so what
+    a receiver adds to the first delivery's headers is what every copy carries.
+    """
+    if not signals.before_task_publish.receivers:
+        return
+    for message in messages:
+        signals.before_task_publish.send(
+            sender=message.task_name,
+            body=message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            declare=[],
+            headers=message.headers,
+            properties=message.properties,
+            retry_policy=None,
+        )
 
 
 def _json(value: Any) -> bytes:

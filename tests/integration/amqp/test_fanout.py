@@ -74,3 +74,40 @@ def test_an_event_no_queue_takes_is_a_publish_error(rabbit: Rabbit, publisher: E
     with pytest.raises(PublishError, match="no queue is bound for it"):
         publisher.publish("shop.gone", {})
     sub.close()
+
+
+def test_celerys_publish_signals_fire_once_per_delivery(
+    rabbit: Rabbit, publisher: EventBus
+) -> None:
+    from celery import signals
+
+    sub = EventBus(Celery("sig", broker=rabbit.url), service="sig", registry_url=rabbit.state_url)
+
+    @sub.subscribe("shop.signal")
+    def one(event: object) -> None: ...
+
+    @sub.subscribe("shop.#")
+    def two(event: object) -> None: ...
+
+    sub.register()
+    before: list[tuple[str, str, str]] = []
+    after: list[tuple[str, str]] = []
+
+    def on_before(sender: str, headers: dict[str, object], routing_key: str, **kwargs: object) -> None:
+        before.append((sender, str(headers["id"]), routing_key))
+
+    def on_after(sender: str, headers: dict[str, object], **kwargs: object) -> None:
+        after.append((sender, str(headers["id"])))
+
+    signals.before_task_publish.connect(on_before, weak=False)
+    signals.after_task_publish.connect(on_after, weak=False)
+    try:
+        result = publisher.publish("shop.signal", {})
+    finally:
+        signals.before_task_publish.disconnect(on_before)
+        signals.after_task_publish.disconnect(on_after)
+        sub.close()
+    expected = sorted((d.handler, d.task_id) for d in result.deliveries)
+    assert sorted((task, id) for task, id, _ in before) == expected
+    assert {key for _, _, key in before} == {"shop.signal"}
+    assert sorted(after) == expected
