@@ -60,6 +60,8 @@ class _Link:
         self.returned: list[str] = []
         #: The exchanges and queues declared on this link (their declaration key).
         self.declared: set[str] = set()
+        #: The queue being declared, for the message of a refusal.
+        self.declaring: str | None = None
 
     def channel(self) -> Any:
         if self.confirmed is None:
@@ -134,10 +136,9 @@ class AmqpTransport:
             except _Returned:
                 raise PublishError(_unroutable(messages)) from None
             except amqp.exceptions.ChannelError as exc:
+                declaring = self._link.declaring if self._link is not None else None
                 self._drop_channel()
-                raise PublishError(
-                    f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
-                ) from exc
+                raise PublishError(_refused(exc, declaring)) from exc
             except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.MessageNacked) as exc:
                 # A lost confirm may mean the message was routed: sent again, it carries the
                 # same id, so every handler's delivery has the same task id, which its inbox
@@ -236,6 +237,7 @@ class AmqpTransport:
             if key in link.declared:
                 continue
             channel = link.channel()
+            link.declaring = subscription.queue
             arguments = subscription.arguments
             if not arguments:
                 # A record without arguments (written before they were recorded): the queue
@@ -255,6 +257,7 @@ class AmqpTransport:
                     f"#.{retry_token(subscription.queue)}",
                 )
             link.declared.add(key)
+        link.declaring = None
 
     def _declare_exchanges(self, link: _Link, service: str, arguments: dict[str, Any]) -> None:
         topology = self.topology
@@ -391,6 +394,25 @@ def _before_publish(messages: Sequence[TaskMessage], exchange: str, routing_key:
 
 def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
+
+
+def _refused(exc: BaseException, queue: str | None) -> str:
+    text = f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
+    if queue is None:
+        return text
+    if isinstance(exc, amqp.exceptions.PreconditionFailed):
+        return (
+            f"{text} The subscriber's queue {queue!r} exists with other arguments than its"
+            " owner recorded in the registry (its queue_type changed?): restart the owning"
+            " service's workers, which refuse to start and name the fix."
+        )
+    if isinstance(exc, amqp.exceptions.NotFound):
+        return (
+            f"{text} The subscriber's queue {queue!r} does not exist, and its registry record"
+            " (written by an older version) does not say how to declare it: restart the"
+            " owning service's workers to declare it and record its arguments."
+        )
+    return text
 
 
 def _unroutable(messages: Sequence[TaskMessage]) -> str:

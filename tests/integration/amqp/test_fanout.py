@@ -111,3 +111,35 @@ def test_celerys_publish_signals_fire_once_per_delivery(
     assert sorted((task, id) for task, id, _ in before) == expected
     assert {key for _, _, key in before} == {"shop.signal"}
     assert sorted(after) == expected
+
+
+def test_a_queue_that_exists_with_other_arguments_fails_the_publish_naming_it(
+    rabbit: Rabbit, publisher: EventBus
+) -> None:
+    from kombu import Connection
+
+    # Given a subscriber whose queue someone declared as classic, while its record says quorum
+    sub = EventBus(Celery("odd", broker=rabbit.url), service="odd", registry_url=rabbit.state_url)
+
+    @sub.subscribe("shop.odd")
+    def handler(event: object) -> None: ...
+
+    sub.register()
+    with Connection(rabbit.url) as connection:
+        connection.channel().queue_declare("events.odd.handler", durable=True, auto_delete=False)
+    # Then the publish fails before anything is sent, naming the queue and the fix
+    with pytest.raises(PublishError, match="'events.odd.handler' exists with other arguments"):
+        publisher.publish("shop.odd", {})
+    assert rabbit.ready("events.odd.handler") == 0
+    # and the publisher's next event, to another subscriber, goes out on a new channel
+    fine = EventBus(Celery("fine", broker=rabbit.url), service="fine", registry_url=rabbit.state_url)
+
+    @fine.subscribe("shop.fine")
+    def ok(event: object) -> None: ...
+
+    fine.register()
+    publisher.registry.refresh()  # see the new subscription now, not within the staleness bound
+    assert len(publisher.publish("shop.fine", {}).deliveries) == 1
+    assert rabbit.ready("events.fine.ok") == 1
+    sub.close()
+    fine.close()
