@@ -156,11 +156,13 @@ class Topology:
     ) -> Queue:
         """The kombu Queue of one handler queue, with both its bindings, as declared
         everywhere (worker, publisher): the same arguments, or the broker refuses."""
+        # kombu ignores ``exchange`` when a Queue has ``bindings``: both are bindings here.
         return Queue(
             name,
-            exchange=self.retry_exchange(),
-            routing_key=f"#.{retry_token(name)}",
-            bindings=[binding(self.exchange(), routing_key=pattern)],
+            bindings=[
+                binding(self.retry_exchange(), routing_key=f"#.{retry_token(name)}"),
+                binding(self.exchange(), routing_key=pattern),
+            ],
             queue_arguments=dict(arguments or {}),
             durable=True,
             auto_delete=False,

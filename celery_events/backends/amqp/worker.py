@@ -38,7 +38,7 @@ from celery import bootsteps
 from kombu.connection import Connection
 from kombu.messaging import Consumer
 from kombu.transport.native_delayed_delivery import (
-    bind_queue_to_native_delayed_delivery_exchange,
+    CELERY_DELAYED_DELIVERY_EXCHANGE,
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
@@ -46,7 +46,7 @@ from ... import _buses
 from ...deadletters import Reason, new_letter
 from ...errors import CeleryEventsError, ConfigurationError, describe
 from ..base import ServiceBus
-from .topology import FANOUT_TASK, Topology, delivery_id, handler_queue
+from .topology import FANOUT_TASK, Topology, delivery_id, handler_queue, retry_token
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,23 @@ def declare(connection: Connection, bus: ServiceBus, topology: Topology) -> None
                 channel.close()
             except Exception:  # closed by the broker with the refusal
                 pass
+    # Long retries wait in RabbitMQ's TTL queues (Celery's native delayed delivery), which
+    # hand them to celery_delayed_delivery with the delay's bits before the routing key;
+    # the retry exchange takes them from there by each queue's token. (kombu's
+    # bind_queue_to_native_delayed_delivery_exchange would bind the events exchange too, and
+    # a delayed message would then be copied to every subscriber of its key.)
     declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
-    for queue in queues[:-1]:
-        bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    channel = connection.channel()
+    try:
+        for h in _handlers(bus):
+            token = retry_token(handler_queue(h.queue, h.task_name))
+            channel.exchange_bind(
+                destination=topology.retry_exchange_name,
+                source=CELERY_DELAYED_DELIVERY_EXCHANGE,
+                routing_key=f"#.{token}",
+            )
+    finally:
+        channel.close()
 
 
 class EventQueues(bootsteps.ConsumerStep):  # type: ignore[misc]
