@@ -47,6 +47,11 @@ class Rabbit:
             queue["arguments"] = arguments
         return queues
 
+    def ready(self, queue: str) -> int:
+        """Messages waiting in ``queue``, now (rabbitmqctl's counts lag by seconds)."""
+        with Connection(self.url) as connection:
+            return int(connection.channel().queue_declare(queue, passive=True).message_count)
+
     def delete_all(self) -> None:
         """Delete every queue and our exchanges (one rabbitmqctl call each to list them)."""
         queues = list(self.queues())

