@@ -234,13 +234,16 @@ def connect_sentinel(
         sentinel_kwargs = dict(bounded)
     else:
         sentinel_kwargs = {**bounded, **dict(sentinel_kwargs)}
-    manager = redis.sentinel.Sentinel(
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         sentinels,
         min_other_sentinels=int(given.get("min_other_sentinels", 0) or 0),
         sentinel_kwargs=sentinel_kwargs,
         **primary,
     )
-    return manager.master_for(master_name, redis_class=redis.Redis, **options)
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        master_name, redis_class=redis.Redis, **options
+    )
+    return client
 
 
 def _pack(*args: str | int | float) -> bytes:
