@@ -106,7 +106,7 @@ class SentinelTopology:
 
     def start(self) -> None:
         first, *others = self.nodes
-        first.start()
+        self._start_replica(first, None)
         for node in others:
             self._start_replica(node, first.port)
         self.sentinels = [Sentinel(self.binary, first.port, quorum=2) for _ in range(3)]
@@ -114,13 +114,17 @@ class SentinelTopology:
             sentinel.start()
         self.wait_settled()
 
-    def _start_replica(self, node: RedisServer, primary_port: int) -> None:
-        # RedisServer's own command line, plus where it replicates from.
+    def _start_replica(self, node: RedisServer, primary_port: int | None) -> None:
+        """Start ``node`` as a replica of ``primary_port`` (None: as the first primary)."""
+        # RedisServer's own command line, plus where it replicates from. A replica that needs a
+        # full copy gets it at once: Redis 7 waits 5 s for more replicas first by default
+        # (repl-diskless-sync-delay), which a real deployment pays once after a failover.
+        replicaof = [] if primary_port is None else ["--replicaof", "127.0.0.1", str(primary_port)]
         node.process = subprocess.Popen(
             [
                 node.binary, "--bind", "127.0.0.1", "--port", str(node.port), "--dir", node.dir,
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-                "--protected-mode", "no", "--replicaof", "127.0.0.1", str(primary_port),
+                "--protected-mode", "no", "--repl-diskless-sync-delay", "0", *replicaof,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

@@ -39,7 +39,7 @@ from kombu.utils.json import dumps
 from ... import _buses, _plainjson
 from ...deadletters import Reason, new_letter
 from . import screening as _screening
-from .liveness import ALIVE_TTL, HeldNames, held_names, restore_record
+from .liveness import ALIVE_TTL, HeldNames, abandon_token, held_names, restore_record
 from .screening import Unreadable
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,29 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
             virtual.QoS.append(self, message, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put this channel's unacked messages back on their queues (kombu's), or, when that
+        fails, hand them to the reaper.
+
+        kombu restores them when the channel closes, also after its connection was lost; a
+        restore that fails then (Redis unreachable, a Sentinel failover under way) would leave
+        them in ``unacked``, held by a process that is alive but no longer has them, until
+        the visibility timeout (an hour by default). Giving up the process's token instead
+        lets the reaper put them back :data:`~.liveness.ALIVE_TTL` seconds later.
+        """
+        try:
+            super().restore_unacked(client)
+        except Exception as exc:  # whatever stopped kombu's restore, the reaper takes over
+            abandon_token()
+            log.warning(
+                "celery-events: could not put %d unacknowledged message(s) back on their"
+                " queues (%s); they go back within %.0f s, once this process's old token"
+                " expires",
+                len(self._delivered),
+                exc,
+                ALIVE_TTL,
+            )
+
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
         holder = self._holder()
@@ -232,6 +255,20 @@ class Channel(kombu_redis.Channel):
 
     Message = Message
     QoS = QoS
+
+    def close(self) -> None:
+        # kombu reads the reply of a BRPOP in flight first, and a lost connection makes that
+        # raise out of close() before the channel is closed: the consumer's second close, once
+        # the transport has dropped its connection details, then fails with AttributeError, an
+        # "Unrecoverable error" that stops the worker consuming. The reply is lost either way.
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except Empty:
+                pass
+            except self.connection_errors as exc:
+                log.warning("celery-events: the broker connection was lost mid-read: %s", exc)
+        super().close()
 
     def _receive_item(self, queue: str, item: bytes) -> dict[str, Any] | None:
         try:

@@ -57,9 +57,12 @@ def configure_worker(bus: ServiceBus) -> None:
     ``visibility_timeout`` is too short for the bus's handlers.
     """
     conf = bus.app.conf
-    ours = SENTINEL_TRANSPORT if is_sentinel_url(broker_url_of(bus.app)) else TRANSPORT
+    sentinel = is_sentinel_url(broker_url_of(bus.app))
+    ours = SENTINEL_TRANSPORT if sentinel else TRANSPORT
     if not conf.broker_transport or conf.broker_transport == OLD_TRANSPORT:
         conf.broker_transport = ours
+        if sentinel:
+            _sentinel_scheme_is_ours()
     elif conf.broker_transport != ours:
         log.warning(
             "celery-events: broker_transport is %r, so unreadable items on event queues are not"
@@ -73,6 +76,20 @@ def configure_worker(bus: ServiceBus) -> None:
     if conf.worker_prefetch_multiplier == CELERY_DEFAULT_PREFETCH:
         conf.worker_prefetch_multiplier = 1
     check_visibility_timeout(bus)
+
+
+def _sentinel_scheme_is_ours() -> None:
+    """Make ``sentinel://`` name the screening Sentinel transport in this worker process.
+
+    A broker URL lists one ``sentinel://`` URL per sentinel, which kombu also takes as
+    fail-over alternates: after a connection error it switches to the next one, and
+    ``Connection.switch`` takes the transport from that URL's scheme again, dropping
+    ``broker_transport`` (kombu 5.7 says so in a comment there). Without this, the worker
+    would consume through kombu's own, unscreened transport after the first failover.
+    """
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
 
 
 def check_visibility_timeout(bus: ServiceBus) -> None:
