@@ -355,3 +355,4 @@ class RedisHarness(BackendHarness):
 
 #: Every backend the suite runs on, in this order; a new backend is one more class here.
 HARNESSES: tuple[type[BackendHarness], ...] = (MemoryHarness, RedisHarness)
+HARNESSES += (__import__("tests.contract.sentinel", fromlist=["_"]).SentinelHarness,)

@@ -1,5 +1,7 @@
 """One contract-suite service (``CONTRACT_SERVICE``) as a real worker runs it, on the broker
-named by CELERY_EVENTS_TEST_BROKER; ``tests/contract/services.py`` holds its handlers."""
+named by CELERY_EVENTS_TEST_BROKER (with CELERY_EVENTS_TEST_MASTER, its master_name, on a
+sentinel:// broker); ``tests/contract/services.py`` holds its handlers, which write on the
+Redis of CONTRACT_BOARD_URL (the broker's by default)."""
 
 import os
 
@@ -12,10 +14,12 @@ from ._effects import broker_url
 service = os.environ["CONTRACT_SERVICE"]
 prefix = os.environ["CONTRACT_KEY_PREFIX"]
 app = Celery(service, broker=broker_url())
+if os.environ.get("CELERY_EVENTS_TEST_MASTER"):
+    app.conf.broker_transport_options = {"master_name": os.environ["CELERY_EVENTS_TEST_MASTER"]}
 bus = build_service(
     app,
     service,
-    RedisBoard(broker_url(), f"{prefix}board:"),
+    RedisBoard(os.environ.get("CONTRACT_BOARD_URL", broker_url()), f"{prefix}board:"),
     key_prefix=prefix,
     queue_template=f"{prefix}events.{{service}}",
 )
