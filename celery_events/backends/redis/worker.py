@@ -12,11 +12,14 @@ messages of worker processes that died (``liveness.py``).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -61,14 +64,14 @@ def configure_worker(bus: ServiceBus) -> None:
     ours = SENTINEL_TRANSPORT if sentinel else TRANSPORT
     if not conf.broker_transport or conf.broker_transport == OLD_TRANSPORT:
         conf.broker_transport = ours
-        if sentinel:
-            _sentinel_scheme_is_ours()
     elif conf.broker_transport != ours:
         log.warning(
             "celery-events: broker_transport is %r, so unreadable items on event queues are not"
             " screened and can stop the worker",
             conf.broker_transport,
         )
+    if sentinel and conf.broker_failover_strategy is None:
+        conf.broker_failover_strategy = stay_on_sentinels
     options = dict(conf.broker_transport_options or {})
     if options.get("visibility_timeout") is None:
         options["visibility_timeout"] = max(3600.0, needed_visibility_timeout(bus))
@@ -78,18 +81,20 @@ def configure_worker(bus: ServiceBus) -> None:
     check_visibility_timeout(bus)
 
 
-def _sentinel_scheme_is_ours() -> None:
-    """Make ``sentinel://`` name the screening Sentinel transport in this worker process.
+def stay_on_sentinels(urls: Sequence[str]) -> Iterator[str]:
+    """kombu's fail-over strategy (``broker_failover_strategy``) for a ``sentinel://`` broker.
 
     A broker URL lists one ``sentinel://`` URL per sentinel, which kombu also takes as
     fail-over alternates: after a connection error it switches to the next one, and
     ``Connection.switch`` takes the transport from that URL's scheme again, dropping
-    ``broker_transport`` (kombu 5.7 says so in a comment there). Without this, the worker
-    would consume through kombu's own, unscreened transport after the first failover.
+    ``broker_transport`` (kombu 5.7 says so in a comment there), so the worker would consume
+    through kombu's own, unscreened Sentinel transport after the first failover. Nothing is
+    gained by switching: every connection asks all the sentinels (the channel reads them from
+    the URL list, which a switch keeps). So this names the first sentinel's host each time,
+    not a URL, and kombu keeps the transport and the rest of the URL's parameters.
     """
-    from kombu.transport import TRANSPORT_ALIASES
-
-    TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
+    first = str(urls[0]) if urls else ""
+    return itertools.repeat(urlsplit(first).hostname or "127.0.0.1")
 
 
 def check_visibility_timeout(bus: ServiceBus) -> None:

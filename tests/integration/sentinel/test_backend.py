@@ -52,7 +52,7 @@ def test_events_reach_a_worker_through_the_sentinel_transport(
     # Consumed from the primary: the deliveries' ledger entries and unacked records are gone.
     client = sentinel_topology.primary_client()
     wait_until(lambda: client.hlen("celery_events:ledger:sentinel_orders") == 0, what="ledger")
-    assert "sentinel://" in worker.log()
+    assert "transport:   celery_events.backends.redis.transport:SentinelTransport" in worker.log()
 
 
 def test_an_unreadable_item_on_an_event_queue_becomes_a_dead_letter(
