@@ -18,6 +18,9 @@ from .harness import (
 )
 from .rabbitmq_cluster import RabbitMQCluster, cluster
 
+# The Sentinel topology's fixtures (sentinel_topology, sentinel_url), for every test.
+from .sentinel_harness import sentinel_topology, sentinel_url  # noqa: F401
+
 # Fast-starting workers: mingle and gossip only slow start-up, they change nothing we test.
 WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
 

@@ -1,9 +1,9 @@
-"""Redis Sentinel (``sentinel://``) through Celery's own producer.
+"""A transport through Celery's own producer, for brokers the bus has no backend of its own for.
 
 Deliveries go through ``app.amqp.send_task_message`` one by one over one producer connection,
 so signals and ``task-sent`` events are Celery's own; fan-out is not atomic there (a publisher
-that dies mid-call leaves some deliveries sent). The registry, inboxes and dead letters live in
-the Redis of ``registry_url``. (RabbitMQ has a backend of its own: ``backends/amqp/``.)
+that dies mid-call leaves some deliveries sent). The memory backend (kombu's in-process
+transport) publishes through it; Redis, Sentinel and RabbitMQ have transports of their own.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from typing import Any
 
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
-from . import without_password
-from .base import Backend, Capabilities, QueueReader, ServiceBus, StateStore
+from .base import QueueReader, ServiceBus
 
-__all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
-
-# Sentinel runs kombu's own Redis transport: no screening, no reaper (visibility timeout).
-CAPABILITIES = Capabilities(transactional_effects=True, durable_state=True)
-SENTINEL_CAPABILITIES = CAPABILITIES
+__all__ = ["KombuTransport"]
 
 
 class KombuTransport:
@@ -80,27 +75,3 @@ class KombuTransport:
 
     def close(self) -> None:
         """The producer pool is the app's, closed with it."""
-
-
-def open_backend(
-    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
-) -> Backend:
-    """A kombu-transport backend; registry, and state unless the bus brings its own
-    (``state``), in the Redis of ``registry_url``."""
-    from .redis import stores_on
-
-    if settings.registry_url is None:
-        raise ConfigurationError(
-            f"The broker {broker_url.split('://')[0]!r} is not Redis, so the registry needs"
-            " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
-        )
-    own, registry, where = stores_on(settings)
-    return Backend(
-        name=name,
-        capabilities=CAPABILITIES,
-        transport=KombuTransport(app, settings.publish_timeout, name),
-        state=own if state is None else state,
-        registry=registry,
-        recovery=None,
-        description=f"{without_password(broker_url)}; registry and state on {where}",
-    )

@@ -451,3 +451,4 @@ class ClassicRabbitMQHarness(RabbitMQHarness):
 HARNESSES: tuple[type[BackendHarness], ...] = (
     MemoryHarness, RedisHarness, QuorumRabbitMQHarness, ClassicRabbitMQHarness,
 )
+HARNESSES += (__import__("tests.contract.sentinel", fromlist=["_"]).SentinelHarness,)
