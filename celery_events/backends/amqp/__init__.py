@@ -28,20 +28,16 @@ Redis                     another Redis          ``registry_url=...``, ``state_u
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any
 
 from ...errors import ConfigurationError
 from .. import without_password
 from ..base import Backend, Capabilities, RegistryStore, StateStore
+from .registry import AmqpRegistry
 from .topology import Topology
 from .transport import AmqpTransport
 
 __all__ = ["CAPABILITIES", "open_backend"]
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(f"{__name__}.{module}") is not None
 
 
 CAPABILITIES = Capabilities(
@@ -53,7 +49,8 @@ CAPABILITIES = Capabilities(
     dead_worker_recovery=True,
     # Quorum queues' x-delivery-limit (the default queue type; classic queues have none).
     native_delivery_limit=True,
-    queue_status=_has("status"),
+    # Waiting counts over AMQP, in-flight and ages from the management API (status.py).
+    queue_status=True,
     # With the state on Redis (state_url or registry_url); not beside another store.
     transactional_effects=True,
     durable_state=True,
@@ -82,16 +79,9 @@ def open_backend(
         registry_client = connect(settings.registry_url, timeout)
         registry = RedisRegistry(registry_client, settings.key_prefix)
         places.append(f"registry on {without_password(settings.registry_url)}")
-    elif _has("registry"):
-        from .registry import AmqpRegistry  # type: ignore[import-not-found,unused-ignore]
-
+    else:
         registry = AmqpRegistry.from_app(app, key_prefix=settings.key_prefix, timeout=timeout)
         places.append("registry on RabbitMQ")
-    else:
-        raise ConfigurationError(
-            "The registry on RabbitMQ is not available in this version; pass"
-            " registry_url='redis://host:6379/0' to EventBus."
-        )
     own_state: StateStore
     if state is not None:
         own_state = state

@@ -35,7 +35,7 @@ from celery import Celery, signals
 from kombu.connection import Connection
 
 from ..._messages import SentEvents, TaskMessage, new_id
-from ...errors import ConfigurationError, PublishError, describe
+from ...errors import PublishError, describe
 from ..base import QueueReader, RegistryStore, ServiceBus
 from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
 from .worker import check_worker, prepare_worker
@@ -354,16 +354,10 @@ class AmqpTransport:
         check_worker(bus, self.topology, self.broker_url)
 
     def queue_reader(self, timeout: float) -> QueueReader:
-        try:
-            from .status import AmqpQueues  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise ConfigurationError(
-                "Queue status on RabbitMQ needs the amqp backend's queue reader, which this"
-                " version does not have; use rabbitmqctl list_queues name messages_ready"
-                " messages_unacknowledged meanwhile."
-            ) from None
-        management = getattr(self.settings, "management_url", None)
-        reader: QueueReader = AmqpQueues.from_app(self.app, management, timeout)
+        # Imported when asked: only `celery eventbus status` reads queues.
+        from .status import AmqpQueues
+
+        reader: QueueReader = AmqpQueues.from_app(self.app, self.settings.management_url, timeout)
         return reader
 
     def close(self) -> None:
