@@ -5,6 +5,7 @@
     python -m benchmarks --only publish     # some of: publish, matching, memory, throughput, latency
     python -m benchmarks --markdown FILE    # also write the figures as Markdown
     python -m benchmarks --baseline REV     # also: publish and throughput against REV (+5 min)
+    python -m benchmarks --only rabbitmq-publish,rabbitmq-throughput   # RabbitMQ only (3 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -13,6 +14,9 @@ the current code and of REV's, in processes of their own, interleaved in the sam
 the same server, printed with the ratios "current ÷ baseline" per repeat and their targets
 (publish time ≤ 1.05×, throughput ≥ 0.95×). A revision is copied to a temporary directory
 (``git archive``), removed at the end. See benchmarks/baseline.py.
+
+The ``rabbitmq-*`` benchmarks also start a private RabbitMQ node (``rabbitmq-server``), only when
+one of them is chosen; the private Redis holds their registry. See benchmarks/rabbitmq.py.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from collections.abc import Callable
 
 import redis
 
-from . import baseline, matching, memory, publish, workers
-from ._env import PrivateRedis, machine
+from . import baseline, matching, memory, publish, rabbitmq, workers
+from ._env import PrivateRabbitMQ, PrivateRedis, machine
 from ._stats import Section
 
 Benchmark = Callable[[str, redis.Redis, bool], list[Section]]
@@ -44,8 +48,16 @@ AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool]
     "baseline-publish": baseline.publish,
     "baseline-throughput": baseline.throughput,
 }
+#: On a private RabbitMQ node: ``(rabbitmq_url, redis_url, redis_client, smoke)``.
+ON_RABBITMQ: dict[str, Callable[[str, str, redis.Redis, bool], list[Section]]] = {
+    "rabbitmq-publish": rabbitmq.publish,
+    "rabbitmq-throughput": rabbitmq.throughput,
+}
 #: The order of a full run: each comparison right after the benchmark it repeats.
-ORDER = ["publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput", "latency"]
+ORDER = [
+    "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
+    "latency", "rabbitmq-publish", "rabbitmq-throughput",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         server = PrivateRedis()
         stack.callback(server.stop)
         client = server.client()
-        info = machine(client)
+        rabbit = None
+        if any(name in ON_RABBITMQ for name in chosen):
+            rabbit = PrivateRabbitMQ()
+            stack.callback(rabbit.stop)
+        info = machine(client, rabbit)
         if old is not None:
             info["current"] = baseline.current().described
             info["baseline"] = old.described
@@ -84,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             if name in BENCHMARKS:
                 run = BENCHMARKS[name]
+            elif name in ON_RABBITMQ:
+                assert rabbit is not None  # started above for any of them
+                run = functools.partial(ON_RABBITMQ[name], rabbit.url)
             else:
                 assert old is not None  # the parser let it through only with --baseline
                 run = functools.partial(AGAINST_BASELINE[name], old)
