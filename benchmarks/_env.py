@@ -19,7 +19,13 @@ from typing import Any
 
 import redis
 
-from tests.harness import ROOT, RabbitMQServer, RedisServer, rabbitmq_server_binary, redis_server_binary
+from tests.harness import (
+    ROOT,
+    RabbitMQServer,
+    RedisServer,
+    rabbitmq_server_binary,
+    redis_server_binary,
+)
 
 
 class PrivateRedis(RedisServer):
