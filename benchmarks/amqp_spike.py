@@ -36,6 +36,12 @@ import amqp
 
 EXCHANGE = "spike.events"
 MECHANISMS = ("per-queue", "topic", "window", "tx")
+#: Queue types: classic (v1, 3.10's default), classic v2 (``x-queue-version: 2``), quorum.
+KINDS = {
+    "classic": {},
+    "classic-v2": {"x-queue-version": 2},
+    "quorum": {"x-queue-type": "quorum"},
+}
 
 
 def connect(url: str) -> amqp.Connection:
@@ -54,7 +60,7 @@ def declare(channel: Any, kind: str, n: int) -> list[str]:
     the routing key ``ev.<kind>.<n>`` (so ``topic`` reaches exactly these N)."""
     channel.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
     names = queue_names(kind, n)
-    arguments = {"x-queue-type": "quorum"} if kind == "quorum" else {}
+    arguments = KINDS[kind]
     for name in names:
         channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
         channel.queue_bind(name, EXCHANGE, routing_key=f"ev.{kind}.{n}")
@@ -90,13 +96,17 @@ class Publisher:
         channel = self.channel
 
         def message() -> amqp.Message:
-            return amqp.Message(body, delivery_mode=2, content_type="application/json")
+            mode = 1 if self.mechanism == "topic-transient" else 2
+            return amqp.Message(body, delivery_mode=mode, content_type="application/json")
 
         if self.mechanism == "per-queue":
             for name in self.names:
                 channel.basic_publish_confirm(message(), exchange="", routing_key=name,
                                               mandatory=True)
-        elif self.mechanism == "topic":
+        elif self.mechanism == "topic-unconfirmed":  # what the confirm costs (not durable)
+            channel.basic_publish(message(), exchange=EXCHANGE, routing_key=self.routing_key,
+                                  mandatory=True)
+        elif self.mechanism in ("topic", "topic-transient"):
             channel.basic_publish_confirm(message(), exchange=EXCHANGE,
                                           routing_key=self.routing_key, mandatory=True)
         elif self.mechanism == "window":
@@ -126,7 +136,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def latency(url: str, smoke: bool) -> list[dict[str, Any]]:
+def latency(
+    url: str,
+    smoke: bool,
+    mechanisms: list[str] = list(MECHANISMS),  # noqa: B006 (never mutated)
+    kinds: list[str] = ["classic", "quorum"],  # noqa: B006
+    rounds: int = 8,
+) -> list[dict[str, Any]]:
     """p50/p95 of one event's publish, per mechanism, queue type and fan-out, interleaved:
     every round runs a chunk of each variant, in a rotating order."""
     admin = connect(url)
@@ -134,15 +150,15 @@ def latency(url: str, smoke: bool) -> list[dict[str, Any]]:
     variants: list[tuple[str, str, int]] = [
         (mechanism, kind, n)
         for n in (1, 10, 100)
-        for kind in ("classic", "quorum")
-        for mechanism in MECHANISMS
+        for kind in kinds
+        for mechanism in mechanisms
     ]
     publishers: dict[tuple[str, str, int], Publisher] = {}
     for mechanism, kind, n in variants:
         names = declare(channel, kind, n)
         publishers[(mechanism, kind, n)] = Publisher(url, mechanism, kind, names)
     samples: dict[tuple[str, str, int], list[float]] = {v: [] for v in variants}
-    rounds = 2 if smoke else 8
+    rounds = 2 if smoke else rounds
     body = json.dumps({"id": "x" * 32, "name": "spike", "data": {"user_id": 7}}).encode()
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
@@ -244,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=4, metavar=("MECHANISM", "KIND", "N", "URL"))
     parser.add_argument("--only", default="latency,atomicity,raw")
     parser.add_argument("--url", help="an existing RabbitMQ node instead of a private one")
+    parser.add_argument("--mechanisms", default=",".join(MECHANISMS))
+    parser.add_argument("--kinds", default="classic,quorum")
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
     if args.child:
         mechanism, kind, n, url = args.child
@@ -270,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in only:
             print("\n| mechanism | queues | N | p50 ms | p95 ms | samples |")
             print("| --- | --- | --- | --- | --- | --- |")
-            for row in latency(url, args.smoke):
+            rows = latency(url, args.smoke, args.mechanisms.split(","), args.kinds.split(","),
+                           args.rounds)
+            for row in rows:
                 print(f"| {row['mechanism']} | {row['kind']} | {row['n']} | {row['p50']:.2f}"
                       f" | {row['p95']:.2f} | {row['samples']} |", flush=True)
         if "atomicity" in only:
