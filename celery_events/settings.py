@@ -16,7 +16,7 @@ from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
 from .backends.capabilities import Capabilities
-from .errors import ConfigurationError
+from .errors import ConfigurationError, shown
 
 __all__ = ["Settings", "validate_service_name", "is_seconds"]
 
@@ -31,6 +31,11 @@ def validate_service_name(service: object) -> str:
             " digits, '_' or '-', such as 'orders'."
         )
     return service
+
+
+#: URL schemes a registry (and state) Redis may have: one server, or a primary its sentinels
+#: name (``master_name`` in the URL's query, or the broker's transport options).
+REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 #: The shortest duration a seconds setting may have: durations become whole milliseconds in
@@ -96,6 +101,14 @@ class Settings:
     registry_refresh_interval: float = 0.25
     #: Oldest registry view a publish may use, in seconds; older means a synchronous reload.
     registry_max_staleness: float = 1.0
+    #: Redis replicas that must hold a publish's deliveries before it returns (``WAIT``):
+    #: Redis replicates asynchronously, so a primary that fails right after a publish can
+    #: take its deliveries with it. 0: do not wait. Fewer acknowledgements within
+    #: ``wait_for_replicas_timeout`` raise :class:`~celery_events.errors.NotReplicatedError`.
+    wait_for_replicas: int = 0
+    #: Longest a publish waits for the ``wait_for_replicas`` replicas, in seconds (shorter than
+    #: ``publish_timeout``).
+    wait_for_replicas_timeout: float = 1.0
     #: Raise NoSubscribersError when an event matches no subscription.
     require_subscribers: bool = False
     #: Record the service's subscriptions when its worker starts.
@@ -167,6 +180,7 @@ class Settings:
             "inbox_ttl",
             "redelivery_timeout",
             "sweep_interval",
+            "wait_for_replicas_timeout",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -175,7 +189,8 @@ class Settings:
                     f" least {MIN_SECONDS}), not {value!r}."
                 )
         for name, minimum in (
-            ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0), ("max_deliveries", 1)
+            ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0),
+            ("max_deliveries", 1), ("wait_for_replicas", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -216,13 +231,21 @@ class Settings:
                 f"The setting queue_template {self.queue_template!r} {problem}, as in"
                 " 'events.{service}'."
             )
+        if self.wait_for_replicas and self.wait_for_replicas_timeout >= self.publish_timeout:
+            raise ConfigurationError(
+                "The setting wait_for_replicas_timeout"
+                f" ({self.wait_for_replicas_timeout}) must be shorter than publish_timeout"
+                f" ({self.publish_timeout}), which bounds the whole publish, the wait included."
+            )
         if self.registry_url is not None and (
             not isinstance(self.registry_url, str)
-            or not self.registry_url.startswith(("redis://", "rediss://", "unix://"))
+            or not self.registry_url.startswith(REGISTRY_SCHEMES)
         ):
             raise ConfigurationError(
-                f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
-                " or unix:// URL (a string), or None to use the broker."
+                f"The setting registry_url {shown(self.registry_url)} must be a redis://,"
+                " rediss://, unix:// or sentinel:// URL (a string, such as"
+                " 'sentinel://host:26379;sentinel://host:26380?master_name=mymaster'), or None"
+                " to use the broker."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"

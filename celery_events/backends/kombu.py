@@ -1,4 +1,4 @@
-"""Brokers reached through Celery's own producer: RabbitMQ (``amqp://``) and Sentinel.
+"""Brokers reached through Celery's own producer: RabbitMQ (``amqp://``).
 
 Deliveries go through ``app.amqp.send_task_message`` one by one over one producer connection,
 so signals and ``task-sent`` events are Celery's own; fan-out is not atomic there (a publisher
@@ -24,9 +24,6 @@ CAPABILITIES = Capabilities(
     transactional_effects=True,
     durable_state=True,
 )
-
-# Sentinel runs kombu's own Redis transport: no screening, no reaper (visibility timeout).
-SENTINEL_CAPABILITIES = Capabilities(transactional_effects=True, durable_state=True)
 
 
 class KombuTransport:
@@ -103,11 +100,10 @@ def open_backend(
             f"The broker {broker_url.split('://')[0]!r} is not Redis, so the registry needs"
             " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
         )
-    capabilities = SENTINEL_CAPABILITIES if name == "sentinel" else CAPABILITIES
     own, registry, where = stores_on(settings)
     return Backend(
         name=name,
-        capabilities=capabilities,
+        capabilities=CAPABILITIES,
         transport=KombuTransport(app, settings.publish_timeout, name),
         state=own if state is None else state,
         registry=registry,

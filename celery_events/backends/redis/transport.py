@@ -15,7 +15,9 @@ it pops before kombu sees it:
   of a delivery that passes is decoded once, with plain JSON, and handed to Celery decoded.
 
 Messages on the user's other queues that pass the first check go to Celery unchanged. The bus
-installs this transport on workers of Redis-brokered apps (``broker_transport``).
+installs this transport on workers of Redis-brokered apps (``broker_transport``), and its
+Sentinel variant (:class:`SentinelTransport`, kombu's Sentinel channel with the same
+screening) on workers of ``sentinel://`` apps.
 
 Its :class:`QoS` also records, with each unacked message, which worker process holds it and
 where it goes back, so that the messages of a worker killed outright are put back on their
@@ -279,3 +281,14 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (it finds the primary through the sentinels, again after a
+    failover) with the screening and holder records of :class:`Channel`."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel

@@ -23,12 +23,15 @@ import redis
 from ... import _plainjson
 from ...deadletters import DeadLetter, Reason, new_letter
 from ...errors import ConfigurationError
+from .. import broker_url_of
 from ..base import ServiceBus
+from .client import is_sentinel_url
 from .inbox import Inbox
 from .liveness import Reaper, keep_alive
 from .screening import VISIBILITY_MARGIN, needed_visibility_timeout
 
 __all__ = [
+    "SENTINEL_TRANSPORT",
     "TRANSPORT",
     "RedisRecovery",
     "Sweeper",
@@ -40,6 +43,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRANSPORT = "celery_events.backends.redis.transport:Transport"
+#: The same over kombu's Sentinel channel, for ``sentinel://`` brokers.
+SENTINEL_TRANSPORT = "celery_events.backends.redis.transport:SentinelTransport"
 #: The transport's path before the backends moved (apps may have set it themselves).
 OLD_TRANSPORT = "celery_events._transport:Transport"
 CELERY_DEFAULT_PREFETCH = 4
@@ -52,9 +57,10 @@ def configure_worker(bus: ServiceBus) -> None:
     ``visibility_timeout`` is too short for the bus's handlers.
     """
     conf = bus.app.conf
+    ours = SENTINEL_TRANSPORT if is_sentinel_url(broker_url_of(bus.app)) else TRANSPORT
     if not conf.broker_transport or conf.broker_transport == OLD_TRANSPORT:
-        conf.broker_transport = TRANSPORT
-    elif conf.broker_transport != TRANSPORT:
+        conf.broker_transport = ours
+    elif conf.broker_transport != ours:
         log.warning(
             "celery-events: broker_transport is %r, so unreadable items on event queues are not"
             " screened and can stop the worker",
