@@ -6,6 +6,7 @@
     python -m benchmarks --markdown FILE    # also write the figures as Markdown
     python -m benchmarks --baseline REV     # also: publish and throughput against REV (+5 min)
     python -m benchmarks --only rabbitmq-publish,rabbitmq-throughput   # RabbitMQ only (3 min)
+    python -m benchmarks --only sentinel-publish   # Sentinel: publish with and without WAIT
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -17,6 +18,7 @@ the same server, printed with the ratios "current ÷ baseline" per repeat and th
 
 The ``rabbitmq-*`` benchmarks also start a private RabbitMQ node (``rabbitmq-server``), only when
 one of them is chosen; the private Redis holds their registry. See benchmarks/rabbitmq.py.
+``sentinel-publish`` starts a Sentinel topology of its own (benchmarks/sentinel.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from collections.abc import Callable
 
 import redis
 
-from . import baseline, matching, memory, publish, rabbitmq, workers
+from tests.harness import rabbitmq_server_binary
+
+from . import baseline, matching, memory, publish, rabbitmq, sentinel, workers
 from ._env import PrivateRabbitMQ, PrivateRedis, machine
 from ._stats import Section
 
@@ -53,10 +57,14 @@ ON_RABBITMQ: dict[str, Callable[[str, str, redis.Redis, bool], list[Section]]] =
     "rabbitmq-publish": rabbitmq.publish,
     "rabbitmq-throughput": rabbitmq.throughput,
 }
+#: On servers of their own (a Sentinel topology): ``(smoke)``.
+STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
+    "sentinel-publish": sentinel.publish,
+}
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
     "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "rabbitmq-publish", "rabbitmq-throughput",
+    "latency", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 
@@ -78,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (those need --baseline REV)" if set(unknown) <= set(AGAINST_BASELINE) else ""
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}{hint}; choose from {', '.join(known)}")
 
+    skipped = ""
+    if any(name in ON_RABBITMQ for name in chosen) and rabbitmq_server_binary() is None:
+        if args.only is not None:
+            parser.error("the rabbitmq-* benchmarks need rabbitmq-server (apt-get install rabbitmq-server)")
+        chosen = [name for name in chosen if name not in ON_RABBITMQ]
+        skipped = "rabbitmq-* skipped: rabbitmq-server is not installed (apt-get install rabbitmq-server)."
+
     with contextlib.ExitStack() as stack:
         try:
             old = stack.enter_context(baseline.baseline(args.baseline)) if args.baseline else None
@@ -96,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             info["baseline"] = old.described
         header = ["## Machine", ""] + [f"- {key}: {value}" for key, value in info.items()]
         print("\n".join(header), flush=True)
+        if skipped:
+            print(f"\n({skipped})", flush=True)
         sections: list[Section] = []
         for name in chosen:
             if name in BENCHMARKS:
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             elif name in ON_RABBITMQ:
                 assert rabbit is not None  # started above for any of them
                 run = functools.partial(ON_RABBITMQ[name], rabbit.url)
+            elif name in STANDALONE:
+                run = functools.partial(_standalone, STANDALONE[name])
             else:
                 assert old is not None  # the parser let it through only with --baseline
                 run = functools.partial(AGAINST_BASELINE[name], old)
@@ -122,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             out.write("\n" + summary + "\n")
     # Figures are reported, never asserted: a missed target does not fail the run.
     return 0
+
+
+def _standalone(
+    run: Callable[[bool], list[Section]], url: str, client: redis.Redis, smoke: bool
+) -> list[Section]:
+    return run(smoke)
 
 
 if __name__ == "__main__":
