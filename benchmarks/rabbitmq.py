@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from celery_events import Event, EventBus, Subscription
+from celery_events import Event, EventBus
 
 from ._env import WorkerProcess
 from ._keys import FIRST_KEY, LAST_KEY, RAW_QUEUE, SOURCE_KEY
@@ -43,8 +43,33 @@ def _event(n: int) -> str:
     return f"bench.rabbitmq.fanout{n}"
 
 
-def _queues(n: int) -> list[str]:
-    return [f"events.rmq{n}.s{i}" for i in range(n)]
+def _services(n: int) -> list[str]:
+    return [f"rmq{n}s{i}" for i in range(n)]
+
+
+def broker_queue(service: str, handler: str) -> str:
+    """The RabbitMQ queue that ``service``'s handler ``handler`` is consumed from."""
+    try:
+        # The amqp backend gives every handler a queue of its own, named from the service's.
+        from celery_events.backends.amqp.topology import handler_queue
+    except ImportError:  # the kombu backend: the service's queue (queue_template)
+        return f"events.{service}"
+    return handler_queue(f"events.{service}", f"{service}.{handler}")
+
+
+def _handle(event: Event) -> None:
+    """Subscribed handlers never run here: nobody consumes these queues in this process."""
+
+
+def subscriber(rabbit_url: str, redis_url: str, service: str, handlers: dict[str, str]) -> EventBus:
+    """Record ``service``'s subscriptions as its workers would (``bus.register()``), with the
+    queue arguments its backend gives them: ``handlers`` maps handler names to patterns."""
+    bus = EventBus(Celery(f"bench-subscriber-{service}", broker=rabbit_url), service=service,
+                   registry_url=redis_url)
+    for name, pattern in handlers.items():
+        bus.subscribe(pattern, name=name)(_handle)
+    bus.register()
+    return bus
 
 
 class Queues:
@@ -88,12 +113,12 @@ def _expect(queues: Queues, name: str, expected: int) -> None:
 def publish(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     app = _app(rabbit_url, "bench-rabbitmq-publisher")
     bus = EventBus(app, service="bench-rabbitmq-publisher", registry_url=redis_url)
-    for n in FANOUTS:
-        for i, queue in enumerate(_queues(n)):
-            service = f"rmq{n}s{i}"
-            bus.registry.register(
-                service, [Subscription(_event(n), service, f"{service}.handle", queue)]
-            )
+    subscribers = [
+        subscriber(rabbit_url, redis_url, service, {"handle": _event(n)})
+        for n in FANOUTS
+        for service in _services(n)
+    ]
+    queues_of = {n: [broker_queue(service, "handle") for service in _services(n)] for n in FANOUTS}
     envelope = Event.create(_event(1), DATA, source="bench").to_envelope()
     queues = Queues(rabbit_url)
 
@@ -108,7 +133,7 @@ def publish(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool) -
     }
     for n in FANOUTS:
         label = f"celery-events publish, {n} subscriber{'s' if n > 1 else ''}"
-        plan[label] = (ours(n), _queues(n)[-1], _queues(n))
+        plan[label] = (ours(n), queues_of[n][-1], queues_of[n])
 
     def chunk(op: Callable[[], None], check: str, purge: list[str]) -> Callable[[int], float]:
         def run(ops: int) -> float:
@@ -133,7 +158,8 @@ def publish(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool) -
         results = chunked(variants, repeats, chunks)
     finally:
         queues.close()
-        bus.close()
+        for other in [bus, *subscribers]:
+            other.close()
     names = list(plan)
     raw1, ours1, ours10, ours100 = (results[name] for name in names)
     section = Section(
@@ -169,7 +195,10 @@ def throughput(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool
     count = 200 if smoke else 3000
     app = _app(rabbit_url, "bench-rabbitmq-feeder", sent_events=True)
     bus = EventBus(app, service="bench-rabbitmq-feeder", registry_url=redis_url)
-    bus.registry.register("bench", SUBSCRIPTIONS)
+    # What benchmarks/service.py subscribes (its worker registers them again when it starts).
+    handlers = {s.handler.partition(".")[2]: s.pattern for s in SUBSCRIPTIONS}
+    subscribers = [subscriber(rabbit_url, redis_url, "bench", handlers)]
+    event_queues = [broker_queue("bench", name) for name in handlers]
     envelope = Event.create("bench.drain", DATA, source="bench").to_envelope()
     queues = Queues(rabbit_url)
     env = {"BENCH_COUNT": str(count), "BENCH_STATE": redis_url}
@@ -183,7 +212,7 @@ def throughput(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool
         finally:
             worker.stop()
         first, last = float(client.get(FIRST_KEY)), float(client.get(LAST_KEY))
-        for name in (RAW_QUEUE, "events.bench"):
+        for name in (RAW_QUEUE, *event_queues):
             left = queues.count(name)
             if left:
                 raise RuntimeError(f"{left} messages left on {name} after the drain")
@@ -210,7 +239,8 @@ def throughput(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool
         )
     finally:
         queues.close()
-        bus.close()
+        for other in [bus, *subscribers]:
+            other.close()
     raw_rates, our_rates = results["raw no-op tasks"], results["celery-events deliveries"]
     section = Section(
         title=f"RabbitMQ worker throughput, {count:,} queued",
