@@ -192,7 +192,7 @@ def _wait(worker: WorkerProcess, condition: Callable[[], Any], timeout: float) -
 
 
 def throughput(rabbit_url: str, redis_url: str, client: redis.Redis, smoke: bool) -> list[Section]:
-    count = 200 if smoke else 3000
+    count = 200 if smoke else 2000
     app = _app(rabbit_url, "bench-rabbitmq-feeder", sent_events=True)
     bus = EventBus(app, service="bench-rabbitmq-feeder", registry_url=redis_url)
     # What benchmarks/service.py subscribes (its worker registers them again when it starts).
