@@ -119,6 +119,15 @@ class DeliveryHost(Protocol):
     service: str
     settings: Settings
 
+    def _delivery_queue(self, handler: Handler, routing_key: str | None) -> str:
+        """The broker queue a delivery of ``handler`` sent with ``routing_key`` came from."""
+        ...
+
+    def _retry_route(self, handler: Handler, countdown: float) -> tuple[float, dict[str, Any]]:
+        """The countdown and ``Task.retry`` options that bring a retry back to the handler's
+        own queue."""
+        ...
+
     @property
     def inbox(self) -> Inbox: ...
 
@@ -250,7 +259,7 @@ class _Run:
         self.task_id: str = request.id
         self.hostname: str | None = request.hostname
         delivery_info = request.delivery_info or {}
-        self.queue: str = delivery_info.get("routing_key") or handler.queue
+        self.queue: str = bus._delivery_queue(handler, delivery_info.get("routing_key"))
 
     def run(self, envelope: object) -> None:
         handler = self.handler
@@ -432,8 +441,12 @@ class _Run:
         )
 
     def _celery_retry(self, countdown: float, exc: Exception | None) -> None:
+        # Explicitly to the handler's own queue: Celery's retry otherwise copies the
+        # delivery's exchange and routing key, which on RabbitMQ are the events exchange and
+        # the event name, and the retry would reach every subscriber again.
+        countdown, route = self.bus._retry_route(self.handler, countdown)
         try:
-            self.task.retry(countdown=countdown, exc=exc, max_retries=None)
+            self.task.retry(countdown=countdown, exc=exc, max_retries=None, **route)
         except CeleryRetry:
             raise
         except CeleryReject as rejected:

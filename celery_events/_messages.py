@@ -152,7 +152,7 @@ class TaskMessage:
 
     __slots__ = (
         "task_name", "queue", "shadow", "service", "task_id", "delivery_tag", "parts",
-        "_headers", "_properties",
+        "subscription", "direct", "_headers", "_properties",
     )
 
     def __init__(
@@ -174,6 +174,12 @@ class TaskMessage:
         #: The tag kombu's virtual transports give each published message.
         self.delivery_tag = delivery_tag
         self.parts = parts
+        #: The subscription this delivery is for (a ``registry.Subscription``), set by the
+        #: publish path: a transport that declares queues reads its queue arguments.
+        self.subscription: Any = None
+        #: Sent to this one handler's queue (a replay), not to every subscriber of the event:
+        #: a transport that routes by event name must not route it so.
+        self.direct = False
         self._headers: dict[str, Any] | None = None
         self._properties: dict[str, Any] | None = None
 

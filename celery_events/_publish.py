@@ -233,7 +233,11 @@ class Publisher:
             parent_id=parent_id,
             root_id=root_id,
         )
-        host._send_messages(messages, name if targets is None else None)
+        direct = targets is not None
+        for subscription, message in zip(subscriptions, messages, strict=True):
+            message.subscription = subscription
+            message.direct = direct
+        host._send_messages(messages, None if direct else name)
         return PublishResult(
             event,
             tuple(

@@ -177,6 +177,15 @@ def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
     bus = _bus(instance.app)
     if bus is None:
         return
+    try:
+        topology = bus.backend.topology
+    except CeleryEventsError:
+        return  # the start-up check refuses the worker with this message
+    if topology is not None:
+        # The backend consumes each handler's own queue itself (RabbitMQ: a consumer bootstep
+        # added by prepare_worker, with the owner's queue arguments). select_add(name) would
+        # add a plain classic Queue of that name and replace a Queue object the user declared.
+        return
     # Consume the service's event queues in addition to whatever the worker was told to
     # consume, so that plain `celery -A svc worker` receives deliveries.
     queues = instance.app.amqp.queues

@@ -85,6 +85,16 @@ class Settings:
 
     #: Where the subscription registry lives. ``None``: the broker, when it is Redis.
     registry_url: str | None = None
+    #: Where inboxes and dead letters live on a broker that keeps none (RabbitMQ): a
+    #: ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://`` URL. ``None``: the
+    #: ``registry_url`` Redis, or the store the bus brings (``EventBus(state=...)``).
+    state_url: str | None = None
+    #: RabbitMQ only: the type of each handler's queue, ``"quorum"`` (replicated, with a
+    #: delivery limit and native delayed retries) or ``"classic"``.
+    queue_type: str = "quorum"
+    #: RabbitMQ only: the broker's ``consumer_timeout`` in seconds (RabbitMQ's default is 30
+    #: minutes). On classic queues a retry waits in the worker, which must ack within it.
+    broker_consumer_timeout: float = 1800.0
     #: Prefix of every Redis key the bus owns (registry, catalog).
     key_prefix: str = "celery_events:"
     #: Queue name of a service's handlers unless a handler names its own; ``{service}`` is
@@ -181,6 +191,7 @@ class Settings:
             "redelivery_timeout",
             "sweep_interval",
             "wait_for_replicas_timeout",
+            "broker_consumer_timeout",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -246,6 +257,20 @@ class Settings:
                 " rediss://, unix:// or sentinel:// URL (a string, such as"
                 " 'sentinel://host:26379;sentinel://host:26380?master_name=mymaster'), or None"
                 " to use the broker."
+            )
+        if self.state_url is not None and (
+            not isinstance(self.state_url, str)
+            or not self.state_url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
+        ):
+            raise ConfigurationError(
+                f"The setting state_url {shown(self.state_url)} must be a redis://, rediss://,"
+                " unix:// or sentinel:// URL (a string), or None to keep inboxes and dead"
+                " letters in the registry_url Redis or the bus's own state store."
+            )
+        if self.queue_type not in ("quorum", "classic"):
+            raise ConfigurationError(
+                f"The setting queue_type {shown(self.queue_type)} must be 'quorum' (the"
+                " default: replicated queues with a delivery limit) or 'classic'."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"

@@ -3,8 +3,10 @@
 - ``redis://``, ``rediss://``, ``unix://``, ``redis+socket://``: the ``redis`` backend, atomic
   Lua fan-out and the screening transport; state on the broker's Redis, the registry there or
   on ``registry_url`` (``backends/redis/``);
-- ``amqp://``, ``amqps://``, ``pyamqp://``: the ``amqp`` backend, Celery's producer; state and
-  registry on the ``registry_url`` Redis (``backends/kombu.py``);
+- ``amqp://``, ``amqps://``, ``pyamqp://``: the ``amqp`` backend, one confirmed message per
+  publish to a topic exchange, each handler's own quorum (or classic) queue, screening workers;
+  the registry on RabbitMQ or the ``registry_url`` Redis, state on the ``state_url`` Redis,
+  the ``registry_url`` one, or the bus's own store (``backends/amqp/``);
 - ``sentinel://``: the ``sentinel`` backend, the Redis one on the primary its sentinels name
   (``master_name`` in ``broker_transport_options``), following failovers
   (``backends/redis/``);
@@ -55,7 +57,7 @@ SCHEMES: dict[str, str] = {
 #: Backend name -> the module that makes it.
 MODULES: dict[str, str] = {
     "redis": "celery_events.backends.redis",
-    "amqp": "celery_events.backends.kombu",
+    "amqp": "celery_events.backends.amqp",
     "sentinel": "celery_events.backends.redis",
     "memory": "celery_events.backends.memory",
 }

@@ -49,6 +49,7 @@ __all__ = [
     "StateStore",
     "StoreError",
     "SweepResult",
+    "Topology",
     "Transport",
     "check_required",
     "lease_value",
@@ -170,6 +171,27 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Topology(Protocol):
+    """How a backend that routes on the broker names and reaches each handler's queue.
+
+    RabbitMQ's (``backends/amqp/``) gives every handler a queue of its own, declared with
+    its owner's arguments, and sends retries to that queue alone. Backends without one
+    (``Backend.topology is None``) use the handler's queue as it is, and Celery's own routing.
+    """
+
+    def queue_of(self, queue: str, handler: str, service: str) -> tuple[str, dict[str, Any]]:
+        """The broker queue of ``handler`` (a task name) whose queue setting is ``queue``,
+        and the arguments its owner declares it with."""
+        ...
+
+    def retry_options(
+        self, queue: str, handler: str, countdown: float
+    ) -> tuple[float, dict[str, Any]]:
+        """The countdown and ``Task.retry`` options that bring a retry of ``handler`` back to
+        its own queue alone (``queue`` as for :meth:`queue_of`)."""
+        ...
 
 
 # -- recovery ------------------------------------------------------------------------------
@@ -390,6 +412,8 @@ class Backend:
     recovery: Recovery | None = None
     #: Where it lives, for people (passwords hidden).
     description: str = ""
+    #: How it names and routes handler queues itself (RabbitMQ), or None (Celery's routing).
+    topology: Topology | None = None
 
     def close(self) -> None:
         if self.recovery is not None:

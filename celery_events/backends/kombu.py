@@ -1,9 +1,9 @@
-"""Brokers reached through Celery's own producer: RabbitMQ (``amqp://``).
+"""Redis Sentinel (``sentinel://``) through Celery's own producer.
 
 Deliveries go through ``app.amqp.send_task_message`` one by one over one producer connection,
 so signals and ``task-sent`` events are Celery's own; fan-out is not atomic there (a publisher
-that dies mid-call leaves some deliveries sent), and RabbitMQ users should turn publisher
-confirms on. The registry, inboxes and dead letters live in the Redis of ``registry_url``.
+that dies mid-call leaves some deliveries sent). The registry, inboxes and dead letters live in
+the Redis of ``registry_url``. (RabbitMQ has a backend of its own: ``backends/amqp/``.)
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ from .base import Backend, Capabilities, QueueReader, ServiceBus, StateStore
 
 __all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
 
-CAPABILITIES = Capabilities(
-    # RabbitMQ requeues a dead consumer's unacked messages itself when its connection drops.
-    dead_worker_recovery=True,
-    transactional_effects=True,
-    durable_state=True,
-)
+# Sentinel runs kombu's own Redis transport: no screening, no reaper (visibility timeout).
+CAPABILITIES = Capabilities(transactional_effects=True, durable_state=True)
+SENTINEL_CAPABILITIES = CAPABILITIES
 
 
 class KombuTransport:
@@ -32,16 +29,14 @@ class KombuTransport:
     Every message goes through ``app.amqp.send_task_message``, as ``send_task`` sends it, so
     signals and ``task-sent`` events are Celery's own. All of them go over one producer
     connection inside a kombu publish batch: transports that can defer publishes send them in
-    one go, the others one by one. On RabbitMQ, publisher confirms are on when the app sets
-    ``broker_transport_options={"confirm_publish": True}``; each publish then waits up to
-    ``publish_timeout`` for the broker's confirm.
+    one go, the others one by one.
     """
 
     # How many transport operations a batch buffers before it flushes.
     BATCH_SIZE = 1000
     records_catalog = False
 
-    def __init__(self, app: Any, timeout: float, name: str = "amqp") -> None:
+    def __init__(self, app: Any, timeout: float, name: str = "sentinel") -> None:
         self.app = app
         self.timeout = timeout
         self.name = name
@@ -69,19 +64,18 @@ class KombuTransport:
         except Exception as exc:  # kombu raises transport-specific errors
             raise PublishError(
                 f"The broker did not take the event: {describe(exc)}. Some deliveries may have"
-                " been sent (fan-out is atomic on Redis only)."
+                " been sent (fan-out is atomic on Redis and RabbitMQ only)."
             ) from exc
 
     def prepare_worker(self, bus: ServiceBus) -> None:
-        """Nothing to adjust: the broker redelivers what a dead worker held."""
+        """Nothing to adjust."""
 
     def check_worker(self, bus: ServiceBus) -> None:
         """Nothing to check beyond what every backend checks."""
 
     def queue_reader(self, timeout: float) -> QueueReader:
         raise ConfigurationError(
-            f"The broker is {self.name!r}, not Redis; queue status is read from a Redis broker"
-            " only. Use the broker's own tools (rabbitmqctl list_queues)."
+            f"The broker is {self.name!r}; queue status is read from a redis:// broker only."
         )
 
     def close(self) -> None:

@@ -1,0 +1,369 @@
+"""Publishing on RabbitMQ: one message per event, routed by the broker to every subscriber.
+
+A publish sends ONE Celery protocol-2 message (task :data:`~.topology.FANOUT_TASK`, its own
+id) to the events exchange with the event name as routing key, ``mandatory`` set and with
+publisher confirms, on a connection of its own (Celery's producer pool makes no confirm
+promise). RabbitMQ routes a message to every bound queue in one step, so a publisher killed at
+any moment leaves every subscriber with the event or none; the confirm says every queue has
+it (on quorum queues: a majority of their replicas). A message no queue takes comes back
+(``basic.return``, before the confirm) and is a :class:`PublishError`: nothing was queued.
+
+Each delivery's task id is derived from the message id and the handler
+(:func:`~.topology.delivery_id`): the publisher reports it in the ``PublishResult``, and the
+worker gives it to the copy it takes from the handler's queue (``worker.py``).
+
+Before the first publish to a subscription (per process and per registration of its
+service), its queue is declared with the arguments its owner recorded with it, so an event
+published before the subscriber's first worker started waits in its queue; afterwards a
+publish is one ``basic.publish`` and one confirm. ``task-sent`` events (one per delivery, for
+Flower) go on a second channel without confirms.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import amqp
+from celery import Celery
+from kombu.connection import Connection
+
+from ..._messages import SentEvents, TaskMessage, new_id
+from ...errors import ConfigurationError, PublishError, describe
+from ..base import QueueReader, RegistryStore, ServiceBus
+from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
+from .worker import check_worker, prepare_worker
+
+log = logging.getLogger(__name__)
+
+#: How Celery names the exchange of worker and task events (``event_exchange``).
+_EVENTS_EXCHANGE = "celeryev"
+
+
+class _Returned(Exception):
+    """The broker returned the message: no queue is bound for it."""
+
+
+class _Link:
+    """One process's connection and its two channels (confirming, and not)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.confirmed: Any = None
+        self.events: Any = None
+        self.returned: list[str] = []
+        #: The exchanges and queues declared on this link (their declaration key).
+        self.declared: set[str] = set()
+
+    def channel(self) -> Any:
+        if self.confirmed is None:
+            self.connection.ensure_connection(max_retries=1)
+            channel = self.connection.channel()
+            channel.confirm_select()
+            channel.events["basic_return"].add(self._on_return)
+            self.confirmed = channel
+        return self.confirmed
+
+    def events_channel(self) -> Any:
+        if self.events is None:
+            self.events = self.connection.channel()
+        return self.events
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self.returned.append(str(message.properties.get("message_id") or ""))
+
+    def close(self) -> None:
+        try:
+            self.connection.release()
+        except Exception:  # already gone; nothing to release
+            pass
+
+
+class AmqpTransport:
+    """The RabbitMQ backend's transport (see the module docstring)."""
+
+    #: The catalog learns publishers here (once per name and process), after the confirm.
+    records_catalog = True
+
+    def __init__(
+        self,
+        app: Celery,
+        broker_url: str,
+        topology: Topology,
+        timeout: float,
+        registry: RegistryStore | None = None,
+        settings: Any = None,
+    ) -> None:
+        self.app = app
+        self.broker_url = broker_url
+        self.topology = topology
+        self.timeout = timeout
+        self.registry = registry
+        self.settings = settings
+        self._link: _Link | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._sent_events: SentEvents | None = None
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
+        if not messages:
+            return
+        deadline = time.monotonic() + self.timeout
+        pause = 0.05
+        if messages[0].direct:
+            outgoing = [self._direct(m) for m in messages]
+        else:
+            outgoing = [self._shared(messages)]
+        while True:
+            try:
+                with self._lock:
+                    link = self._current_link()
+                    if not messages[0].direct:
+                        self._ensure_queues(link, messages)
+                    for exchange, routing_key, message in outgoing:
+                        self._publish(link, exchange, routing_key, message)
+                break
+            except _Returned:
+                raise PublishError(_unroutable(messages)) from None
+            except amqp.exceptions.ChannelError as exc:
+                self._drop_channel()
+                raise PublishError(
+                    f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
+                ) from exc
+            except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.MessageNacked) as exc:
+                # A lost confirm may mean the message was routed: sent again, it carries the
+                # same id, so every handler's delivery has the same task id, which its inbox
+                # absorbs.
+                self._drop_link()
+                left = deadline - time.monotonic()
+                if left <= pause:
+                    raise PublishError(
+                        f"RabbitMQ did not confirm the event within publish_timeout"
+                        f" ({self.timeout:g} s): {describe(exc)}. It may have been queued;"
+                        " publishing the same event again (bus.publish_event) is safe, as"
+                        " subscribers' inboxes skip an event id they already handled."
+                    ) from exc
+                log.warning("celery-events: publish failed, retrying: %s", describe(exc))
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        self._send_events(messages)
+        if catalog is not None and self.registry is not None:
+            try:
+                self.registry.record_published(*catalog)
+            except Exception as exc:  # the catalog is a convenience; never fail a publish
+                log.debug("celery-events: could not record %r in the catalog: %s", catalog, exc)
+
+    def _shared(self, messages: Sequence[TaskMessage]) -> tuple[str, str, amqp.Message]:
+        """The one message of a publish; gives every delivery its derived task id."""
+        first = messages[0]
+        parts = first.parts
+        shared_id = new_id()
+        for message in messages:
+            message.task_id = delivery_id(shared_id, message.task_name)
+            message._headers = None
+            message._properties = None
+        name = str(parts.envelope["type"])
+        headers = dict(first.headers)
+        headers.update(task=FANOUT_TASK, id=shared_id, shadow=name, root_id=parts.root_id)
+        return self.topology.exchange_name, name, self._message(first, headers, shared_id)
+
+    def _direct(self, message: TaskMessage) -> tuple[str, str, amqp.Message]:
+        """A message to one handler's queue alone (a replay), through the retry exchange."""
+        return (
+            self.topology.retry_exchange_name,
+            retry_token(message.queue),
+            self._message(message, message.headers, message.task_id),
+        )
+
+    def _message(self, message: TaskMessage, headers: dict[str, Any], id: str) -> amqp.Message:
+        parts = message.parts
+        return amqp.Message(
+            base64.b64decode(parts.body_b64),
+            content_type="application/json",
+            content_encoding="utf-8",
+            application_headers=headers,
+            delivery_mode=parts.delivery_mode,
+            correlation_id=id,
+            message_id=id,
+            reply_to=parts.reply_to,
+            priority=0,
+        )
+
+    def _publish(self, link: _Link, exchange: str, routing_key: str, message: amqp.Message) -> None:
+        channel = link.channel()
+        link.returned.clear()
+        channel.basic_publish_confirm(
+            message,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=True,
+            confirm_timeout=self.timeout,
+            timeout=self.timeout,
+        )
+        # RabbitMQ sends basic.return before the confirm of a message no queue took.
+        if link.returned:
+            raise _Returned
+
+    # -- declaring ------------------------------------------------------------------------
+
+    def _ensure_queues(self, link: _Link, messages: Sequence[TaskMessage]) -> None:
+        topology = self.topology
+        for message in messages:
+            subscription = message.subscription
+            if subscription is None:
+                continue
+            key = f"{subscription.queue} {subscription.pattern} {subscription.registered_at}"
+            if key in link.declared:
+                continue
+            channel = link.channel()
+            arguments = subscription.arguments
+            if not arguments:
+                # A record without arguments (written before they were recorded): the queue
+                # must exist already; a passive declare says so without changing it.
+                channel.queue_declare(subscription.queue, passive=True)
+            else:
+                self._declare_exchanges(link, subscription.service, arguments)
+                channel.queue_declare(
+                    subscription.queue, durable=True, auto_delete=False, arguments=arguments
+                )
+                channel.queue_bind(
+                    subscription.queue, topology.exchange_name, subscription.pattern
+                )
+                channel.queue_bind(
+                    subscription.queue,
+                    topology.retry_exchange_name,
+                    f"#.{retry_token(subscription.queue)}",
+                )
+            link.declared.add(key)
+
+    def _declare_exchanges(self, link: _Link, service: str, arguments: dict[str, Any]) -> None:
+        topology = self.topology
+        channel = link.channel()
+        if "exchanges" not in link.declared:
+            for exchange in (topology.exchange(), topology.retry_exchange(), topology.dead_exchange()):
+                channel.exchange_declare(exchange.name, exchange.type, durable=True, auto_delete=False)
+            link.declared.add("exchanges")
+        dead = f"dead {service}"
+        if dead not in link.declared:
+            # Without its dead-letter queue, what the broker dead-letters would be dropped.
+            queue_type = arguments.get("x-queue-type", topology.queue_type)
+            name = topology.dead_queue_name(service)
+            channel.queue_declare(
+                name, durable=True, auto_delete=False, arguments={"x-queue-type": queue_type}
+            )
+            channel.queue_bind(name, topology.dead_exchange_name, service)
+            link.declared.add(dead)
+
+    # -- task-sent events -------------------------------------------------------------------
+
+    def _send_events(self, messages: Sequence[TaskMessage]) -> None:
+        if not self.app.conf.task_send_sent_event:
+            return
+        events = self._sent_events
+        if events is None:
+            events = self._sent_events = SentEvents(self.app, 0)
+        dispatcher = self.app.amqp._event_dispatcher
+        try:
+            with self._lock:
+                link = self._current_link()
+                channel = link.events_channel()
+                if "celeryev" not in link.declared:
+                    channel.exchange_declare(
+                        _EVENTS_EXCHANGE, "topic", durable=True, auto_delete=False
+                    )
+                    link.declared.add("celeryev")
+                now = time.time()
+                for message in messages:
+                    event = events.event(message, dispatcher.clock.forward(), now)
+                    body = _json(event)
+                    channel.basic_publish(
+                        amqp.Message(
+                            body,
+                            content_type="application/json",
+                            content_encoding="utf-8",
+                            application_headers=dict(dispatcher.headers),
+                            delivery_mode=dispatcher.delivery_mode,
+                        ),
+                        exchange=_EVENTS_EXCHANGE,
+                        routing_key="task.sent",
+                    )
+        except Exception as exc:  # Flower's view; the deliveries are confirmed already
+            self._drop_link()
+            log.warning("celery-events: could not send task-sent events: %s", describe(exc))
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def _current_link(self) -> _Link:
+        pid = os.getpid()
+        if self._link is None or self._pid != pid:
+            # A forked child must not share its parent's socket.
+            self._link = _Link(
+                Connection(
+                    self.broker_url,
+                    ssl=self.app.conf.broker_use_ssl or False,
+                    connect_timeout=self.timeout,
+                    heartbeat=0,
+                )
+            )
+            self._pid = pid
+        return self._link
+
+    def _drop_channel(self) -> None:
+        link = self._link
+        if link is not None:
+            # The broker closed the channel (a refused declare): open another next time.
+            link.confirmed = None
+            link.events = None
+
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+    # -- the worker side --------------------------------------------------------------------
+
+    def prepare_worker(self, bus: ServiceBus) -> None:
+        prepare_worker(bus, self.topology)
+
+    def check_worker(self, bus: ServiceBus) -> None:
+        check_worker(bus, self.topology, self.broker_url)
+
+    def queue_reader(self, timeout: float) -> QueueReader:
+        try:
+            from .status import AmqpQueues  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise ConfigurationError(
+                "Queue status on RabbitMQ needs the amqp backend's queue reader, which this"
+                " version does not have; use rabbitmqctl list_queues name messages_ready"
+                " messages_unacknowledged meanwhile."
+            ) from None
+        management = getattr(self.settings, "management_url", None)
+        reader: QueueReader = AmqpQueues.from_app(self.app, management, timeout)
+        return reader
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_link()
+
+
+def _json(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def _unroutable(messages: Sequence[TaskMessage]) -> str:
+    name = messages[0].parts.envelope.get("type")
+    queues = ", ".join(sorted({m.queue for m in messages}))
+    return (
+        f"RabbitMQ returned event {name!r}: no queue is bound for it (the subscriptions name"
+        f" {queues}), so no delivery was sent. A subscriber's queue was deleted or unbound;"
+        " restart its worker (or call its bus.register()) to declare it again."
+    )
