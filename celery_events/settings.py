@@ -147,6 +147,12 @@ class Settings:
     redelivery_timeout: float = 15.0
     #: How often a worker looks for lost deliveries of its service, in seconds.
     sweep_interval: float = 5.0
+    #: Longest a delivery waits in its worker for an unreachable state store (inbox, dead
+    #: letters) before it is handed back to the broker, to run again after a backoff; an
+    #: outage never counts as a failure of the handler, and no delivery is acknowledged
+    #: unhandled. After the handler ran, its success is waited for as long as its time limit
+    #: allows instead.
+    state_outage_wait: float = 30.0
     #: Most dead letters kept per service; ``None`` keeps all. Dropping is logged.
     dead_letter_limit: int | None = None
     #: Turn on the task events Flower needs (workers send them, publishers send task-sent),
@@ -192,6 +198,7 @@ class Settings:
             "sweep_interval",
             "wait_for_replicas_timeout",
             "broker_consumer_timeout",
+            "state_outage_wait",
         ):
             value = getattr(self, name)
             if not is_seconds(value):

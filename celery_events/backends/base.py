@@ -48,6 +48,7 @@ __all__ = [
     "ServiceBus",
     "StateStore",
     "StoreError",
+    "StoreUnavailable",
     "SweepResult",
     "Topology",
     "Transport",
@@ -66,6 +67,14 @@ class StoreError(CeleryEventsError):
     def __init__(self, reason: str, fix: str | None = None) -> None:
         super().__init__(reason)
         self.fix = fix
+
+
+class StoreUnavailable(StoreError):
+    """A store could not be reached: refused, timed out, or its reply was lost (the write may
+    or may not have happened). Raised by backends for driver errors that a later try may not
+    meet (redis-py ``ConnectionError``/``TimeoutError``, Django ``OperationalError``/
+    ``InterfaceError``); a worker waits for the store and never acknowledges the delivery.
+    """
 
 
 # -- the service as backends see it --------------------------------------------------------

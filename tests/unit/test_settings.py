@@ -53,6 +53,7 @@ SECONDS_SETTINGS = [
     "inbox_ttl",
     "redelivery_timeout",
     "sweep_interval",
+    "state_outage_wait",
 ]
 
 

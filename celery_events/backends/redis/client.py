@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,6 +26,7 @@ from redis.retry import Retry
 
 from ...errors import ConfigurationError, describe
 from .. import without_password
+from ..base import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +236,16 @@ def connect_sentinel(
         sentinel_kwargs = dict(bounded)
     else:
         sentinel_kwargs = {**bounded, **dict(sentinel_kwargs)}
-    manager = redis.sentinel.Sentinel(
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         sentinels,
         min_other_sentinels=int(given.get("min_other_sentinels", 0) or 0),
         sentinel_kwargs=sentinel_kwargs,
         **primary,
     )
-    return manager.master_for(master_name, redis_class=redis.Redis, **options)
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        master_name, redis_class=redis.Redis, **options
+    )
+    return client
 
 
 def _pack(*args: str | int | float) -> bytes:
@@ -332,3 +337,20 @@ def _reply(connection: Any) -> Any:
         return connection.read_response()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ReplyLost(describe(exc)) from exc
+
+
+def store_error(exc: redis.RedisError, fix: str | None = None) -> StoreError:
+    """The typed error of a failed Redis call: :class:`StoreUnavailable` when Redis could not
+    be reached or its reply was lost (a later try may succeed), else :class:`StoreError`."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(describe(exc), fix)
+    return StoreError(describe(exc), fix)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn redis-py's errors into the store errors callers outside this backend catch."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise store_error(exc) from exc

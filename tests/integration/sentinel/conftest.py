@@ -13,15 +13,14 @@ from celery import Celery
 
 from celery_events import EventBus
 
+from ... import sentinel_harness
 from ...conftest import WORKER_ARGS
 from ...harness import Worker
-from ...sentinel_harness import (  # noqa: F401  (fixtures)
-    MASTER_NAME,
-    SENTINEL_OPTIONS,
-    SentinelTopology,
-    sentinel_topology,
-    sentinel_url,
-)
+from ...sentinel_harness import MASTER_NAME, SENTINEL_OPTIONS, SentinelTopology
+
+# The harness's fixtures, for every test here.
+sentinel_topology = sentinel_harness.sentinel_topology
+sentinel_url = sentinel_harness.sentinel_url
 # The effects list of tests/services/sentinel_orders.py (importing it needs its broker).
 EFFECTS_KEY = "test:effects"
 
