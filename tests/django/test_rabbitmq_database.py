@@ -222,9 +222,12 @@ def test_the_fleet_names_no_redis_and_its_worker_starts_ready(
     # The service's bus, as its processes make it from the Django settings
     done = subprocess.run(
         [sys.executable, "-c",
-         "import django, json; django.setup();"
+         "import django, json, sys; django.setup();"
          " from celery_events.contrib.django import get_bus; b = get_bus();"
+         " subscriptions = b.registry.subscriptions();"
          " print(json.dumps({'broker': b.app.conf.broker_url,"
+         " 'subscriptions': len(subscriptions),"
+         " 'redis_backend': [m for m in sys.modules if m.startswith('celery_events.backends.redis')],"
          " 'result_backend': b.app.conf.result_backend,"
          " 'registry_url': b.settings.registry_url, 'state_url': b.settings.state_url,"
          " 'backend': b.backend.name, 'description': b.backend.description}))"],
@@ -235,6 +238,8 @@ def test_the_fleet_names_no_redis_and_its_worker_starts_ready(
     assert found["broker"].startswith("amqp://") and found["backend"] == "amqp"
     assert found["registry_url"] is None and found["state_url"] is None
     assert found["result_backend"] is None
+    # It read the registry off RabbitMQ, and never loaded the Redis backend
+    assert found["subscriptions"] >= 3 and found["redis_backend"] == []
     assert "registry on RabbitMQ" in found["description"], found["description"]
     # Nothing in the fleet's environment names a Redis
     named = {k: v for k, v in fleet_env.items() if REDIS_URL.search(v) or k.startswith("REDIS")}
@@ -264,12 +269,14 @@ def test_events_reach_their_handler_once_with_the_inbox_in_the_database(
     assert shipments(again.id) == 1 and len(runs(tmp_path, again.id)) == 1
 
     # The operator's commands read this fleet: its subscriptions, catalog and status
-    subscriptions = eventbus_json(fleet_env, "subscriptions")
-    stow = [s for s in _flatten(subscriptions) if s.get("handler") == STOW or s.get("task") == STOW]
-    assert stow, subscriptions
-    catalog = eventbus(fleet_env, "catalog", "--json")
-    assert catalog.returncode == 0, catalog.stderr
-    assert "parcel.stowed" in catalog.stdout and "shop" in catalog.stdout, catalog.stdout
+    subscriptions = eventbus_json(fleet_env, "subscriptions", "--service", "warehouse")
+    assert {(s["pattern"], s["handler"], s["queue"]) for s in subscriptions} >= {
+        ("parcel.#", STOW, "events.warehouse.stow")
+    }
+    catalog = eventbus_json(fleet_env, "catalog")
+    [entry] = [e for e in catalog["events"] if e["name"] == "parcel.stowed"]
+    assert entry["publishers"] == ["shop"]
+    assert [(s["service"], s["handler"]) for s in entry["subscribers"]] == [("warehouse", STOW)]
 
     def settled() -> Any:
         status = eventbus_json(fleet_env, "status")
@@ -279,7 +286,9 @@ def test_events_reach_their_handler_once_with_the_inbox_in_the_database(
 
     status = wait_until(settled, timeout=30, interval=0.5)
     assert status["backend"]["name"] == "amqp"
-    assert {s["service"]: s for s in status["services"]}["warehouse"]["dead_letters"] == 0
+    warehouse = {s["service"]: s for s in status["services"]}["warehouse"]
+    assert warehouse["dead_letters"] == 0
+    assert "events.warehouse.stow" in [q["queue"] for q in warehouse["queues"]]
 
 
 def test_a_failing_handler_ends_as_a_dead_letter_in_the_database_listed_and_replayed(
@@ -308,13 +317,3 @@ def test_a_failing_handler_ends_as_a_dead_letter_in_the_database_listed_and_repl
     assert not DeadLetterRecord.objects.using("pg").exists()
     done = eventbus(fleet_env, "dead-letters", "list")
     assert done.returncode != 0 and "No dead letters" in done.stderr
-
-
-def _flatten(found: Any) -> list[dict[str, Any]]:
-    """Every dict in a JSON document, however the command nests its rows."""
-    if isinstance(found, dict):
-        return [found, *[d for v in found.values() for d in _flatten(v)]]
-    if isinstance(found, list):
-        return [d for v in found for d in _flatten(v)]
-    return []
-

@@ -62,9 +62,6 @@ def open_backend(
 ) -> Backend:
     """The RabbitMQ backend of ``broker_url``; see the module for where registry and state
     live. :class:`ConfigurationError` when no state store is given."""
-    from ..redis.client import connect
-    from ..redis.stores import RedisRegistry, RedisState
-
     timeout = settings.publish_timeout
     if state is None and settings.state_url is None and settings.registry_url is None:
         raise ConfigurationError(
@@ -75,7 +72,12 @@ def open_backend(
         )
     places = []
     registry: RegistryStore
+    # The Redis backend (and redis-py) is loaded only when a Redis is named, so that a fleet
+    # with its registry on RabbitMQ and its state elsewhere never loads them.
     if settings.registry_url is not None:
+        from ..redis.client import connect
+        from ..redis.stores import RedisRegistry, RedisState
+
         registry_client = connect(settings.registry_url, timeout)
         registry = RedisRegistry(registry_client, settings.key_prefix)
         places.append(f"registry on {without_password(settings.registry_url)}")
@@ -86,6 +88,9 @@ def open_backend(
     if state is not None:
         own_state = state
     elif settings.state_url is not None:
+        from ..redis.client import connect
+        from ..redis.stores import RedisState
+
         own_state = RedisState(connect(settings.state_url, timeout), settings.key_prefix)
         places.append(f"state on {without_password(settings.state_url)}")
     else:
