@@ -58,7 +58,8 @@ class Tripwire:
     back on) is noted and refused, and the test fails."""
 
     def __init__(self) -> None:
-        self.connections: list[int] = []
+        #: (port, who connected: the client's socket as `ss -p` shows it, with its process)
+        self.connections: list[tuple[int, str]] = []
         self._sockets: list[socket.socket] = []
         for port in REDIS_PORTS:
             sock = socket.socket()
@@ -79,7 +80,12 @@ class Tripwire:
                 client, _ = sock.accept()
             except OSError:
                 return  # closed
-            self.connections.append(port)
+            peer_port = client.getpeername()[1]
+            who = subprocess.run(
+                ["ss", "-Htnp", "src", f"127.0.0.1:{peer_port}"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip()
+            self.connections.append((port, who))
             client.close()
 
     def close(self) -> None:
@@ -97,7 +103,7 @@ def tripwire() -> Iterator[Tripwire]:
 @pytest.fixture(autouse=True)
 def nothing_connects_to_redis(tripwire: Tripwire) -> Iterator[None]:
     yield
-    assert not tripwire.connections, f"something connected to Redis ports {tripwire.connections}"
+    assert not tripwire.connections, f"something connected to a Redis port: {tripwire.connections}"
 
 
 @dataclass
