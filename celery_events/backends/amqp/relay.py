@@ -34,12 +34,11 @@ and acks the intake copy only after the broker confirmed the republish.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import amqp
 from celery import bootsteps
@@ -48,6 +47,17 @@ from kombu.connection import Connection
 from ... import _buses
 from ...errors import ConfigurationError, describe
 from .topology import Topology
+
+
+class _Declarer(Protocol):
+    """What the relay uses of the backend's transport (``AmqpTransport``)."""
+
+    broker_url: str
+    timeout: float
+
+    def _ensure_queues(self, link: Any, messages: Any) -> None:
+        """Declare the queues of ``messages``' subscriptions on ``link`` (its ``channel()``,
+        its ``declared`` set) with their records' arguments."""
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +142,30 @@ class _InFlight:
     attempts: int = 1
 
 
+class _Link:
+    """The relay's connection and its confirming channel, as the transport's declaration
+    reads a link: ``channel()`` and the ``declared`` set."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.confirmed: Any = None
+        self.declared: set[str] = set()
+
+    def channel(self) -> Any:
+        if self.confirmed is None:
+            self.connection.ensure_connection(max_retries=1)
+            channel = self.connection.channel()
+            channel.confirm_select()
+            self.confirmed = channel
+        return self.confirmed
+
+    def close(self) -> None:
+        try:
+            self.connection.release()
+        except Exception:  # already gone; nothing to release
+            pass
+
+
 @dataclass
 class _Wanted:
     """What the transport's queue declaration reads from a message: its subscription."""
@@ -146,7 +180,7 @@ class Relay:
         self,
         broker_url: str,
         topology: Topology,
-        transport: Any,
+        transport: _Declarer,
         registry: Any,
         ssl: Any = False,
         timeout: float = 5.0,
@@ -233,8 +267,6 @@ class Relay:
     # -- one connection -------------------------------------------------------------------
 
     def _session(self) -> None:
-        from .transport import _Link
-
         connection = Connection(
             self.broker_url, ssl=self.ssl, connect_timeout=self.timeout, heartbeat=30
         )
@@ -247,7 +279,7 @@ class Relay:
         self._done = []
         self._nacked = []
         try:
-            publish = link.channel()  # confirm mode; the transport's channel
+            publish = link.channel()
             publish.events["basic_ack"].add(self._on_ack)
             publish.events["basic_nack"].add(self._on_nack)
             publish.events["basic_return"].add(self._on_return)
@@ -262,7 +294,7 @@ class Relay:
             while not self._stop.is_set():
                 try:
                     connection.drain_events(timeout=0.5)
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 self._settle()
                 connection.heartbeat_check()
@@ -298,14 +330,16 @@ class Relay:
         )
 
     def _republish(self, entry: _InFlight) -> None:
-        self._seq += 1
-        self._pending[self._seq] = entry
         self._link.confirmed.basic_publish(
             entry.message,
             exchange=self.topology.exchange_name,
             routing_key=entry.route,
             mandatory=True,
         )
+        # Numbered once it is on the wire: the broker numbers confirms in the order it got the
+        # publishes, and a delivery read while this one was written is published first.
+        self._seq += 1
+        self._pending[self._seq] = entry
 
     def _confirmed(self, tag: int, multiple: bool) -> list[_InFlight]:
         if not multiple:
@@ -332,7 +366,6 @@ class Relay:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.add(str(message.properties.get("message_id") or ""))
-        self._link.returned.clear()  # the transport's own note of it, unused here
 
     # -- after each read: ack, requeue, declare ---------------------------------------------
 
@@ -418,13 +451,14 @@ class RelayStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if bus is None:
             return
         backend = bus.backend
-        transport = backend.transport
+        # This step is added by the amqp backend's transport only (prepare_worker).
+        transport = cast(_Declarer, backend.transport)
         started = time.monotonic()
         self.relay = Relay(
             transport.broker_url,
-            backend.topology,
+            cast(Topology, backend.topology),
             transport,
-            bus.registry,
+            cast(Any, bus).registry,
             ssl=parent.app.conf.broker_use_ssl or False,
             timeout=transport.timeout,
         )
