@@ -518,7 +518,9 @@ class EventBus:
         (an operator's shell), the service's subscriptions in the registry.
         """
         if self._handlers:
-            subscribed = {name: h.queue for name, h in self._handlers.items()}
+            subscribed = {
+                name: self._delivery_queue(h, None) for name, h in self._handlers.items()
+            }
             where = ""
         else:
             subscribed = {

@@ -69,6 +69,13 @@ def open_backend(
     from ..redis.stores import RedisRegistry, RedisState
 
     timeout = settings.publish_timeout
+    if state is None and settings.state_url is None and settings.registry_url is None:
+        raise ConfigurationError(
+            "RabbitMQ keeps no inboxes or dead letters, so the bus needs a state store: pass"
+            " state_url='redis://host:6379/0' (or a sentinel:// URL) to EventBus, or"
+            " registry_url='redis://...' to keep registry and state on one Redis, or"
+            " EventBus(state=DatabaseState()) with the Django integration."
+        )
     places = []
     registry: RegistryStore
     if settings.registry_url is not None:
@@ -91,16 +98,9 @@ def open_backend(
     elif settings.state_url is not None:
         own_state = RedisState(connect(settings.state_url, timeout), settings.key_prefix)
         places.append(f"state on {without_password(settings.state_url)}")
-    elif settings.registry_url is not None:
+    else:
         own_state = RedisState(registry_client, settings.key_prefix)
         places[-1] = f"registry and state on {without_password(settings.registry_url)}"
-    else:
-        raise ConfigurationError(
-            "RabbitMQ keeps no inboxes or dead letters, so the bus needs a state store: pass"
-            " state_url='redis://host:6379/0' (or a sentinel:// URL) to EventBus, or"
-            " registry_url='redis://...' to keep registry and state on one Redis, or"
-            " EventBus(state=DatabaseState()) with the Django integration."
-        )
     topology = Topology(
         settings.key_prefix, queue_type=settings.queue_type, max_deliveries=settings.max_deliveries
     )

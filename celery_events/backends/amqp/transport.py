@@ -16,12 +16,13 @@ Before the first publish to a subscription (per process and per registration of 
 service), its queue is declared with the arguments its owner recorded with it, so an event
 published before the subscriber's first worker started waits in its queue; afterwards a
 publish is one ``basic.publish`` and one confirm. ``task-sent`` events (one per delivery, for
-Flower) go on a second channel without confirms.
+Flower) go in one more message, on a second channel without confirms.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import amqp
-from celery import Celery
+from celery import Celery, signals
 from kombu.connection import Connection
 
 from ..._messages import SentEvents, TaskMessage, new_id
@@ -60,6 +61,8 @@ class _Link:
         self.returned: list[str] = []
         #: The exchanges and queues declared on this link (their declaration key).
         self.declared: set[str] = set()
+        #: The queue being declared, for the message of a refusal.
+        self.declaring: str | None = None
 
     def channel(self) -> Any:
         if self.confirmed is None:
@@ -147,10 +150,9 @@ class AmqpTransport:
                     continue
                 raise PublishError(_unroutable(messages)) from None
             except amqp.exceptions.ChannelError as exc:
+                declaring = self._link.declaring if self._link is not None else None
                 self._drop_channel()
-                raise PublishError(
-                    f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
-                ) from exc
+                raise PublishError(_refused(exc, declaring)) from exc
             except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.MessageNacked) as exc:
                 # A lost confirm may mean the message was routed: sent again, it carries the
                 # same id, so every handler's delivery has the same task id, which its inbox
@@ -167,6 +169,19 @@ class AmqpTransport:
                 log.warning("celery-events: publish failed, retrying: %s", describe(exc))
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
+        if signals.after_task_publish.receivers:
+            if messages[0].direct:
+                sent = [(route[0], route[1], m) for route, m in zip(outgoing, messages, strict=True)]
+            else:
+                sent = [(outgoing[0][0], outgoing[0][1], m) for m in messages]
+            for exchange, routing_key, message in sent:
+                signals.after_task_publish.send(
+                    sender=message.task_name,
+                    body=message.body,
+                    headers=message.headers,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                )
         self._send_events(messages)
         if catalog is not None and self.registry is not None:
             try:
@@ -184,17 +199,16 @@ class AmqpTransport:
             message._headers = None
             message._properties = None
         name = str(parts.envelope["type"])
+        _before_publish(messages, self.topology.exchange_name, name)
         headers = dict(first.headers)
         headers.update(task=FANOUT_TASK, id=shared_id, shadow=name, root_id=parts.root_id)
         return self.topology.exchange_name, name, self._message(first, headers, shared_id)
 
     def _direct(self, message: TaskMessage) -> tuple[str, str, amqp.Message]:
         """A message to one handler's queue alone (a replay), through the retry exchange."""
-        return (
-            self.topology.retry_exchange_name,
-            retry_token(message.queue),
-            self._message(message, message.headers, message.task_id),
-        )
+        exchange, token = self.topology.retry_exchange_name, retry_token(message.queue)
+        _before_publish([message], exchange, token)
+        return exchange, token, self._message(message, message.headers, message.task_id)
 
     def _message(self, message: TaskMessage, headers: dict[str, Any], id: str) -> amqp.Message:
         parts = message.parts
@@ -237,6 +251,7 @@ class AmqpTransport:
             if key in link.declared:
                 continue
             channel = link.channel()
+            link.declaring = subscription.queue
             arguments = subscription.arguments
             if not arguments:
                 # A record without arguments (written before they were recorded): the queue
@@ -256,6 +271,7 @@ class AmqpTransport:
                     f"#.{retry_token(subscription.queue)}",
                 )
             link.declared.add(key)
+        link.declaring = None
 
     def _declare_exchanges(self, link: _Link, service: str, arguments: dict[str, Any]) -> None:
         topology = self.topology
@@ -294,20 +310,22 @@ class AmqpTransport:
                     )
                     link.declared.add("celeryev")
                 now = time.time()
-                for message in messages:
-                    event = events.event(message, dispatcher.clock.forward(), now)
-                    body = _json(event)
-                    channel.basic_publish(
-                        amqp.Message(
-                            body,
-                            content_type="application/json",
-                            content_encoding="utf-8",
-                            application_headers=dict(dispatcher.headers),
-                            delivery_mode=dispatcher.delivery_mode,
-                        ),
-                        exchange=_EVENTS_EXCHANGE,
-                        routing_key="task.sent",
-                    )
+                forward = dispatcher.clock.forward
+                batch = [events.event(message, forward(), now) for message in messages]
+                # One message holding every delivery's event, as Celery's own dispatcher
+                # flushes a group ("task.multi"); Celery's event receiver, Flower's, takes a
+                # list of events in one body.
+                channel.basic_publish(
+                    amqp.Message(
+                        _json(batch if len(batch) > 1 else batch[0]),
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                        application_headers=dict(dispatcher.headers),
+                        delivery_mode=dispatcher.delivery_mode,
+                    ),
+                    exchange=_EVENTS_EXCHANGE,
+                    routing_key="task.multi" if len(batch) > 1 else "task.sent",
+                )
         except Exception as exc:  # Flower's view; the deliveries are confirmed already
             self._drop_link()
             log.warning("celery-events: could not send task-sent events: %s", describe(exc))
@@ -368,10 +386,48 @@ class AmqpTransport:
             self._drop_link()
 
 
-def _json(value: Any) -> bytes:
-    import json
+def _before_publish(messages: Sequence[TaskMessage], exchange: str, routing_key: str) -> None:
+    """Celery's ``before_task_publish``, once per delivery, as ``send_task`` fires it.
 
+    Tracing tools (Sentry, OpenTelemetry) add headers there. A publish is one message, so what
+    a receiver adds to the first delivery's headers is what every copy carries.
+    """
+    if not signals.before_task_publish.receivers:
+        return
+    for message in messages:
+        signals.before_task_publish.send(
+            sender=message.task_name,
+            body=message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            declare=[],
+            headers=message.headers,
+            properties=message.properties,
+            retry_policy=None,
+        )
+
+
+def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
+
+
+def _refused(exc: BaseException, queue: str | None) -> str:
+    text = f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
+    if queue is None:
+        return text
+    if isinstance(exc, amqp.exceptions.PreconditionFailed):
+        return (
+            f"{text} The subscriber's queue {queue!r} exists with other arguments than its"
+            " owner recorded in the registry (its queue_type changed?): restart the owning"
+            " service's workers, which refuse to start and name the fix."
+        )
+    if isinstance(exc, amqp.exceptions.NotFound):
+        return (
+            f"{text} The subscriber's queue {queue!r} does not exist, and its registry record"
+            " (written by an older version) does not say how to declare it: restart the"
+            " owning service's workers to declare it and record its arguments."
+        )
+    return text
 
 
 def _unroutable(messages: Sequence[TaskMessage]) -> str:

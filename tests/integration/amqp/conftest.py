@@ -38,7 +38,19 @@ class Rabbit:
     def queues(self) -> dict[str, dict[str, Any]]:
         """Every queue: its type, arguments and ready messages."""
         out = self.ctl("list_queues", "name", "type", "arguments", "messages_ready", "--formatter", "json")
-        return {q["name"]: q for q in json.loads(out or "[]")}
+        queues = {q["name"]: q for q in json.loads(out or "[]")}
+        for queue in queues.values():
+            # rabbitmqctl lists arguments as [name, AMQP type, value] triples (or a dict).
+            arguments = queue.get("arguments") or {}
+            if isinstance(arguments, list):
+                arguments = {a[0]: a[-1] for a in arguments}
+            queue["arguments"] = arguments
+        return queues
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in ``queue``, now (rabbitmqctl's counts lag by seconds)."""
+        with Connection(self.url) as connection:
+            return int(connection.channel().queue_declare(queue, passive=True).message_count)
 
     def delete_all(self) -> None:
         """Delete every queue and our exchanges (one rabbitmqctl call each to list them)."""

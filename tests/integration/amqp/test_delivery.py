@@ -135,3 +135,32 @@ def test_a_foreign_task_on_an_event_queue_is_dead_lettered_not_run(
     assert {letter.task_id for letter in letters} == {"foreign-alpha.orders", "foreign-evil.task"}  # type: ignore[attr-defined]
     assert _records(redis_client, "test:runs") == []
     assert _records(redis_client, "test:effects") == []
+
+
+def test_a_dead_letter_replays_to_its_handlers_queue_alone(
+    rabbit: Rabbit,
+    publisher: EventBus,
+    start_rabbit_worker: Callable[..., Worker],
+    redis_client: redis.Redis,
+) -> None:
+    # Given a delivery of alpha.seen that failed four times (max_retries=3): a dead letter;
+    # beta.seen, subscribed to the same event, failed the same way
+    start_rabbit_worker(RABBIT_SERVICE="alpha")
+    start_rabbit_worker(RABBIT_SERVICE="beta")
+    publisher.publish("shop.thing", {"fail": 4})
+    wait_until(lambda: _dead(rabbit, "alpha") and _dead(rabbit, "beta"), timeout=60,
+               what="both dead letters")
+    (letter,) = _dead(rabbit, "alpha")
+    assert letter.reason == "retries_exhausted"  # type: ignore[attr-defined]
+    assert letter.queue == "events.alpha.seen"  # type: ignore[attr-defined]
+    # When alpha's operator replays it
+    ops = EventBus(Celery("alpha-ops", broker=rabbit.url), service="alpha",
+                   registry_url=rabbit.state_url)
+    ops.dead_letters.replay(letter.id)  # type: ignore[attr-defined]
+    ops.close()
+    # Then alpha.seen runs once more and takes effect; beta's handler does not run again
+    wait_until(lambda: _records(redis_client, "test:effects"), timeout=30, what="the effect")
+    runs = _records(redis_client, "test:runs")
+    assert len([r for r in runs if r["handler"] == "alpha.seen"]) == 5
+    assert len([r for r in runs if r["handler"] == "beta.seen"]) == 4
+    assert [e["handler"] for e in _records(redis_client, "test:effects")] == ["alpha.seen"]
