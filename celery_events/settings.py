@@ -39,7 +39,7 @@ MIN_SECONDS = 0.001
 
 #: RabbitMQ: the widest fan-out published straight to the events exchange (see
 #: ``relay_fanout_above``); chosen from measurement (benchmarks/RESULTS.md, issue 12).
-RELAY_FANOUT_ABOVE = 8
+RELAY_FANOUT_ABOVE = 25
 
 
 #: The highest max_event_depth allowed. Pickling (which a prefork pool does with every task)
