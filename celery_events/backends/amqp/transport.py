@@ -93,6 +93,8 @@ class AmqpTransport:
 
     #: The catalog learns publishers here (once per name and process), after the confirm.
     records_catalog = True
+    # _shared() derives each delivery's id from the one message's.
+    assigns_task_ids = True
 
     def __init__(
         self,
