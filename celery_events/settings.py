@@ -43,6 +43,10 @@ REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 #: Redis (PX), and zero milliseconds is an error there.
 MIN_SECONDS = 0.001
 
+#: RabbitMQ: the widest fan-out published straight to the events exchange (see
+#: ``relay_fanout_above``); chosen from measurement (benchmarks/RESULTS.md, issue 12).
+RELAY_FANOUT_ABOVE = 25
+
 
 #: The highest max_event_depth allowed. Pickling (which a prefork pool does with every task)
 #: recurses about twice per level and fails from about 450 levels at the default recursion
@@ -99,6 +103,11 @@ class Settings:
     #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``);
     #: ``None``: the broker's host on port 15672 with the broker's user and password.
     management_url: str | None = None
+    #: RabbitMQ only: a publish to more subscriptions than this goes to one intake queue
+    #: (one confirm, as cheap as a publish to one) and every worker's relay republishes it to
+    #: the events exchange; ``None`` always publishes to the exchange directly. The relay
+    #: adds one hop of latency; a wide fan-out's confirm waits for every queue's disk.
+    relay_fanout_above: int | None = RELAY_FANOUT_ABOVE
     #: Prefix of every Redis key the bus owns (registry, catalog).
     key_prefix: str = "celery_events:"
     #: Queue name of a service's handlers unless a handler names its own; ``{service}`` is
@@ -234,6 +243,15 @@ class Settings:
             raise ConfigurationError(
                 "The setting dead_letter_limit must be None (keep every dead letter) or a"
                 f" whole number >= 1, not {self.dead_letter_limit!r}."
+            )
+        if self.relay_fanout_above is not None and (
+            isinstance(self.relay_fanout_above, bool)
+            or not isinstance(self.relay_fanout_above, int)
+            or self.relay_fanout_above < 1
+        ):
+            raise ConfigurationError(
+                "The setting relay_fanout_above must be None (never relay) or a whole number"
+                f" >= 1 of subscriptions, not {shown(self.relay_fanout_above)}."
             )
         if self.registry_refresh_interval >= self.registry_max_staleness:
             raise ConfigurationError(

@@ -153,6 +153,10 @@ class Transport(Protocol):
     #: Whether :meth:`send` writes the catalog entry in the same atomic step as the
     #: deliveries (it shares the registry's store); if not, the bus does not hand it one.
     records_catalog: bool
+    #: Whether :meth:`send` gives every message of a publish its task id itself (RabbitMQ
+    #: derives them from the one message it sends); the publish path then builds them with
+    #: placeholder ids instead of drawing random ones that would be thrown away.
+    assigns_task_ids: bool
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
         """Send every message; raise :class:`~celery_events.errors.PublishError` having sent

@@ -30,6 +30,7 @@ class KombuTransport:
     # How many transport operations a batch buffers before it flushes.
     BATCH_SIZE = 1000
     records_catalog = False
+    assigns_task_ids = False
 
     def __init__(self, app: Any, timeout: float, name: str = "sentinel") -> None:
         self.app = app

@@ -60,6 +60,7 @@ FANOUT_TASK = "celery_events.fanout"
 DELIVERY_LIMIT_MARGIN = 2
 
 _DELIVERY_IDS = uuid.UUID("6d1c1e5e-8f0e-4a3b-9a51-0c2b7f0e1e12")
+_DELIVERY_IDS_BYTES = _DELIVERY_IDS.bytes
 
 
 def handler_queue(queue: str, handler: str) -> str:
@@ -88,7 +89,12 @@ def delivery_id(message_id: str, handler: str) -> str:
     >>> delivery_id("1b4e28ba-2fa1-11d2-883f-0016d3cca427", "orders.welcome_order")
     'c3a5169e-80ec-5d0b-9937-e08fd3a815c0'
     """
-    return str(uuid.uuid5(_DELIVERY_IDS, f"{message_id} {handler}"))
+    # uuid.uuid5, without its UUID objects: a publish computes one per subscriber.
+    digest = bytearray(hashlib.sha1(_DELIVERY_IDS_BYTES + f"{message_id} {handler}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

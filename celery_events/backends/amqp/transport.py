@@ -37,6 +37,7 @@ from kombu.connection import Connection
 from ..._messages import SentEvents, TaskMessage, new_id
 from ...errors import PublishError, describe
 from ..base import QueueReader, RegistryStore, ServiceBus
+from . import relay
 from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
 from .worker import check_worker, prepare_worker
 
@@ -92,6 +93,8 @@ class AmqpTransport:
 
     #: The catalog learns publishers here (once per name and process), after the confirm.
     records_catalog = True
+    # _shared() derives each delivery's id from the one message's.
+    assigns_task_ids = True
 
     def __init__(
         self,
@@ -120,20 +123,33 @@ class AmqpTransport:
             return
         deadline = time.monotonic() + self.timeout
         pause = 0.05
+        relayed = False
         if messages[0].direct:
             outgoing = [self._direct(m) for m in messages]
         else:
             outgoing = [self._shared(messages)]
+            # A wide fan-out goes through the relay: one queue's confirm (relay.py).
+            above = getattr(self.settings, "relay_fanout_above", None)
+            relayed = above is not None and len(messages) > above
+            if relayed:
+                outgoing = [relay.via_intake(self.topology, *outgoing[0][1:])]
+        intake_again = relayed
         while True:
             try:
                 with self._lock:
                     link = self._current_link()
                     if not messages[0].direct:
                         self._ensure_queues(link, messages)
+                    if relayed:
+                        relay.declare_intake(link.channel(), self.topology, link.declared)
                     for exchange, routing_key, message in outgoing:
                         self._publish(link, exchange, routing_key, message)
                 break
             except _Returned:
+                if intake_again:  # the intake queue was deleted: declare it again, once
+                    intake_again = False
+                    relay.forget_intake(self._current_link().declared)
+                    continue
                 raise PublishError(_unroutable(messages)) from None
             except amqp.exceptions.ChannelError as exc:
                 declaring = self._link.declaring if self._link is not None else None
@@ -349,6 +365,7 @@ class AmqpTransport:
 
     def prepare_worker(self, bus: ServiceBus) -> None:
         prepare_worker(bus, self.topology)
+        bus.app.steps["worker"].add(relay.RelayStep)
 
     def check_worker(self, bus: ServiceBus) -> None:
         check_worker(bus, self.topology, self.broker_url)

@@ -188,6 +188,7 @@ class RedisFanout:
         self.wait_for_replicas_timeout = wait_for_replicas_timeout
         self.catalog_key = catalog_key
         self.records_catalog = catalog_key is not None
+        self.assigns_task_ids = False
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
