@@ -87,6 +87,10 @@ def check_worker(bus: WorkerBus) -> None:
     # a capability the service requires, stops here.
     backend = bus.backend
     check_required(backend.name, backend.capabilities, bus.settings.require)
+    if bus.handlers:
+        # Its inbox is where its deliveries are claimed: a backend without a state store
+        # (RabbitMQ given none) says so here, not at the first delivery.
+        _ = bus.inbox
     backend.transport.check_worker(bus)
     atomic = [h.task_name for h in bus.handlers if h.atomic]
     if atomic and not bus.middleware.transactional:

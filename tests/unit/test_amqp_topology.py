@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 
 from celery_events import ConfigurationError, EventBus
+from celery_events._worker import check_worker
 from celery_events.backends.amqp.topology import (
     FANOUT_TASK,
     Topology,
@@ -101,11 +102,21 @@ def test_a_sentinel_state_url_is_accepted() -> None:
     assert Settings.from_options({"state_url": "sentinel://127.0.0.1:26379"}).state_url
 
 
-def test_rabbitmq_without_a_state_store_is_refused_naming_the_options() -> None:
+def test_rabbitmq_without_a_state_store_publishes_but_refuses_inboxes_naming_the_options() -> None:
+    # A publisher needs no state; a service with handlers does, and its worker stops at start.
     bus = EventBus(Celery("nostate", broker="amqp://guest@127.0.0.1:1//"), service="nostate")
+    assert "no state store" in bus.backend.description
     with pytest.raises(ConfigurationError, match="state_url='redis://host:6379/0'") as info:
-        _ = bus.backend
+        _ = bus.inbox
     assert "DatabaseState" in str(info.value)
+    with pytest.raises(ConfigurationError, match="needs a state store"):
+        _ = bus.dead_letters
+
+    @bus.subscribe("user.*")
+    def welcome(event: object) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="needs a state store"):
+        check_worker(bus)
 
 
 def test_the_subscriptions_on_rabbitmq_carry_their_queue_and_arguments() -> None:

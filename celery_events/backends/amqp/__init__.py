@@ -32,7 +32,7 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from .. import without_password
-from ..base import Backend, Capabilities, RegistryStore, StateStore
+from ..base import Backend, Capabilities, DeadLetterRecords, Inbox, RegistryStore, StateStore
 from .registry import AmqpRegistry
 from .topology import Topology
 from .transport import AmqpTransport
@@ -57,19 +57,40 @@ CAPABILITIES = Capabilities(
 )
 
 
+class NoState:
+    """The state store of a bus given none: enough to publish, which reads no state; asking
+    for an inbox or dead letters (a worker with handlers, ``eventbus dead-letters``) raises
+    :class:`ConfigurationError` naming the stores to choose from."""
+
+    MESSAGE = (
+        "RabbitMQ keeps no inboxes or dead letters, so a service with handlers (and the"
+        " dead-letters commands) needs a state store: pass state_url='redis://host:6379/0' (or"
+        " a sentinel:// URL) to EventBus, or registry_url='redis://...' to keep registry and"
+        " state on one Redis, or EventBus(state=DatabaseState()) with the Django integration"
+        " (CELERY_EVENTS['state'] = 'database')."
+    )
+
+    def inbox(self, service: str) -> Inbox:
+        raise ConfigurationError(self.MESSAGE)
+
+    def dead_letters(self, service: str) -> DeadLetterRecords:
+        raise ConfigurationError(self.MESSAGE)
+
+    def dead_letter_services(self) -> list[str]:
+        raise ConfigurationError(self.MESSAGE)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def open_backend(
     app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
 ) -> Backend:
     """The RabbitMQ backend of ``broker_url``; see the module for where registry and state
-    live. :class:`ConfigurationError` when no state store is given."""
+    live. Without a state store it still publishes (a publisher needs none); its inboxes and
+    dead letters raise :class:`ConfigurationError`, and so does a worker with handlers when
+    it starts."""
     timeout = settings.publish_timeout
-    if state is None and settings.state_url is None and settings.registry_url is None:
-        raise ConfigurationError(
-            "RabbitMQ keeps no inboxes or dead letters, so the bus needs a state store: pass"
-            " state_url='redis://host:6379/0' (or a sentinel:// URL) to EventBus, or"
-            " registry_url='redis://...' to keep registry and state on one Redis, or"
-            " EventBus(state=DatabaseState()) with the Django integration."
-        )
     places = []
     registry: RegistryStore
     # The Redis backend (and redis-py) is loaded only when a Redis is named, so that a fleet
@@ -93,9 +114,12 @@ def open_backend(
 
         own_state = RedisState(connect(settings.state_url, timeout), settings.key_prefix)
         places.append(f"state on {without_password(settings.state_url)}")
-    else:
+    elif settings.registry_url is not None:
         own_state = RedisState(registry_client, settings.key_prefix)
         places[-1] = f"registry and state on {without_password(settings.registry_url)}"
+    else:
+        own_state = NoState()
+        places.append("no state store (publishing only)")
     topology = Topology(
         settings.key_prefix, queue_type=settings.queue_type, max_deliveries=settings.max_deliveries
     )
