@@ -74,6 +74,13 @@ def prepare_worker(bus: ServiceBus, topology: Topology) -> None:
     # between would lose it.
     options.setdefault("confirm_publish", True)
     app.conf.broker_transport_options = options
+    if "broker_channel_error_retry" not in app.conf.changes:
+        # On a cluster, a classic queue (Celery's default queue 'celery') lives on one node:
+        # while that node is down its declare is a channel error (404 "home node ... is
+        # down"), which would stop the worker for good. Retried like a lost connection, the
+        # consumer starts again, and consumes its event queues (quorum: on every node) again,
+        # once the declare succeeds.
+        app.conf.broker_channel_error_retry = True
 
 
 def check_worker(bus: ServiceBus, topology: Topology, broker_url: str) -> None:
