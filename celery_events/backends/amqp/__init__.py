@@ -129,7 +129,9 @@ def open_backend(
     return Backend(
         name=name,
         capabilities=capabilities,
-        transport=AmqpTransport(app, broker_url, topology, timeout, registry, settings),
+        transport=AmqpTransport(
+            app, _failover_urls(app, broker_url), topology, timeout, registry, settings
+        ),
         state=own_state,
         registry=registry,
         recovery=None,
@@ -138,3 +140,16 @@ def open_backend(
         ),
         topology=topology,
     )
+
+
+def _failover_urls(app: Any, first: str) -> str:
+    """Every URL of the app's ``broker_url`` (``;``-separated, or a list), for kombu's
+    failover: publishing and the worker's declarations move on to the next node when one is
+    down (``open_backend`` is given the first URL alone)."""
+    urls = app.conf.broker_url
+    if isinstance(urls, (list, tuple)):
+        listed = [str(u).strip() for u in urls]
+    else:
+        listed = [u.strip() for u in str(urls or "").split(";")]
+    listed = [u for u in listed if u]
+    return ";".join(listed) if len(listed) > 1 else first

@@ -55,7 +55,7 @@ class _Declarer(Protocol):
     broker_url: str
     timeout: float
 
-    def _ensure_queues(self, link: Any, messages: Any) -> None:
+    def _ensure_queues(self, link: Any, messages: Any, left: float) -> None:
         """Declare the queues of ``messages``' subscriptions on ``link`` (its ``channel()``,
         its ``declared`` set) with their records' arguments."""
 
@@ -151,7 +151,8 @@ class _Link:
         self.confirmed: Any = None
         self.declared: set[str] = set()
 
-    def channel(self) -> Any:
+    def channel(self, left: float | None = None) -> Any:
+        # ``left`` (the transport's publish deadline) does not bound the relay's own link.
         if self.confirmed is None:
             self.connection.ensure_connection(max_retries=1)
             channel = self.connection.channel()
@@ -424,7 +425,9 @@ class Relay:
         # The link's memory of declared queues is what turned out wrong: declare them all.
         link.declared.clear()
         try:
-            self.transport._ensure_queues(link, [_Wanted(s) for s in subscriptions])
+            self.transport._ensure_queues(
+                link, [_Wanted(s) for s in subscriptions], self.transport.timeout
+            )
         except Exception:
             # A refused declare closes the channel, so this session ends; the copy comes back
             # (unacked) and is counted towards giving up.

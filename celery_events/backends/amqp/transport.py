@@ -31,8 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import amqp
+from amqp import spec
 from celery import Celery, signals
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ..._messages import SentEvents, TaskMessage, new_id
 from ...errors import PublishError, describe
@@ -43,6 +45,20 @@ from .worker import check_worker, prepare_worker
 
 log = logging.getLogger(__name__)
 
+#: The longest wait for one node to accept a connection before the next is tried.
+_CONNECT_TIMEOUT = 5.0
+
+#: What a publish retries within publish_timeout: a lost connection or node, a confirm that
+#: did not come (socket.timeout is an OSError), a nack, a channel error the broker may not
+#: repeat (a queue's leader being elected). Refusals (IrrecoverableChannelError, caught
+#: first) are not.
+_RETRIED = (
+    OSError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.ChannelError,
+    amqp.exceptions.MessageNacked,
+)
+
 #: How Celery names the exchange of worker and task events (``event_exchange``).
 _EVENTS_EXCHANGE = "celeryev"
 
@@ -52,22 +68,36 @@ class _Returned(Exception):
 
 
 class _Link:
-    """One process's connection and its two channels (confirming, and not)."""
+    """One process's connection and its two channels (confirming, and not).
+
+    The connection outlives a broker failure: kombu's ``Connection`` holds the failover
+    position in a ``;``-separated URL list, so after a node dies the next attempt goes to the
+    next node instead of starting again at the first (dead) one.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.confirmed: Any = None
         self.events: Any = None
         self.returned: list[str] = []
-        #: The exchanges and queues declared on this link (their declaration key).
+        #: The exchanges and queues declared on this connection (their declaration key).
         self.declared: set[str] = set()
         #: The queue being declared, for the message of a refusal.
         self.declaring: str | None = None
+        #: True from sending a message until its confirm: a failure then may have queued it.
+        self.unconfirmed = False
 
-    def channel(self) -> Any:
+    def channel(self, left: float) -> Any:
         if self.confirmed is None:
-            self.connection.ensure_connection(max_retries=1)
-            channel = self.connection.channel()
+            connection = self.connection
+            # Each node once, from the current one, with no pause between nodes (kombu
+            # pauses only after a full cycle, which max_retries stops short of): the pause
+            # between rounds is the caller's, bounded by publish_timeout.
+            connection.ensure_connection(
+                max_retries=max(len(connection.alt or ()) - 1, 0),
+                timeout=max(left, 0.1),
+            )
+            channel = connection.channel()
             channel.confirm_select()
             channel.events["basic_return"].add(self._on_return)
             self.confirmed = channel
@@ -80,6 +110,23 @@ class _Link:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self.returned.append(str(message.properties.get("message_id") or ""))
+
+    def fail(self, established: bool) -> None:
+        """Forget the broken connection; after losing an established one, fail over."""
+        self.confirmed = self.events = None
+        self.declared.clear()
+        self.declaring = None
+        self.unconfirmed = False
+        connection = self.connection
+        try:
+            # No goodbye on a dead socket (a close would wait for the broker's reply).
+            connection.collect(socket_timeout=0.1)
+        except Exception:  # already gone; nothing to release
+            pass
+        if established:
+            # The node we were connected to failed: the next attempt starts at the next one
+            # (a connect failure has moved on already, inside ensure_connection).
+            connection.maybe_switch_next()
 
     def close(self) -> None:
         try:
@@ -129,21 +176,31 @@ class AmqpTransport:
         else:
             outgoing = [self._shared(messages)]
             # A wide fan-out goes through the relay: one queue's confirm (relay.py).
-            above = getattr(self.settings, "relay_fanout_above", None)
+            above = self.settings.relay_fanout_above
             relayed = above is not None and len(messages) > above
             if relayed:
                 outgoing = [relay.via_intake(self.topology, *outgoing[0][1:])]
         intake_again = relayed
+        # A message that may have reached the broker in an attempt that failed: a lost
+        # confirm. Sent again it carries the same id, so every handler's delivery has the
+        # same task id, which its inbox absorbs.
+        maybe_queued = False
         while True:
+            established = True
             try:
                 with self._lock:
                     link = self._current_link()
-                    if not messages[0].direct:
-                        self._ensure_queues(link, messages)
-                    if relayed:
-                        relay.declare_intake(link.channel(), self.topology, link.declared)
-                    for exchange, routing_key, message in outgoing:
-                        self._publish(link, exchange, routing_key, message)
+                    try:
+                        left = deadline - time.monotonic()
+                        if not messages[0].direct:
+                            self._ensure_queues(link, messages, left)
+                        if relayed:
+                            relay.declare_intake(link.channel(left), self.topology, link.declared)
+                        for exchange, routing_key, message in outgoing:
+                            self._publish(link, exchange, routing_key, message, deadline)
+                    finally:
+                        maybe_queued = maybe_queued or link.unconfirmed
+                        link.unconfirmed = False
                 break
             except _Returned:
                 if intake_again:  # the intake queue was deleted: declare it again, once
@@ -151,26 +208,23 @@ class AmqpTransport:
                     relay.forget_intake(self._current_link().declared)
                     continue
                 raise PublishError(_unroutable(messages)) from None
-            except amqp.exceptions.ChannelError as exc:
+            except amqp.exceptions.IrrecoverableChannelError as exc:
                 declaring = self._link.declaring if self._link is not None else None
                 self._drop_channel()
-                raise PublishError(_refused(exc, declaring)) from exc
-            except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.MessageNacked) as exc:
-                # A lost confirm may mean the message was routed: sent again, it carries the
-                # same id, so every handler's delivery has the same task id, which its inbox
-                # absorbs.
-                self._drop_link()
-                left = deadline - time.monotonic()
-                if left <= pause:
-                    raise PublishError(
-                        f"RabbitMQ did not confirm the event within publish_timeout"
-                        f" ({self.timeout:g} s): {describe(exc)}. It may have been queued;"
-                        " publishing the same event again (bus.publish_event) is safe, as"
-                        " subscribers' inboxes skip an event id they already handled."
-                    ) from exc
-                log.warning("celery-events: publish failed, retrying: %s", describe(exc))
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                raise PublishError(_refused(exc, declaring, maybe_queued)) from exc
+            except KombuOperationalError as exc:
+                # kombu's wrapping of a failed connect: ensure_connection tried every node.
+                failure: BaseException = exc
+                established = False
+            except _RETRIED as exc:
+                failure = exc
+            self._fail_link(established)
+            left = deadline - time.monotonic()
+            if left <= pause:
+                raise PublishError(_not_confirmed(self.timeout, failure, maybe_queued)) from failure
+            log.warning("celery-events: publish failed, retrying: %s", describe(failure))
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
         if signals.after_task_publish.receivers:
             if messages[0].direct:
                 sent = [(route[0], route[1], m) for route, m in zip(outgoing, messages, strict=True)]
@@ -226,24 +280,29 @@ class AmqpTransport:
             priority=0,
         )
 
-    def _publish(self, link: _Link, exchange: str, routing_key: str, message: amqp.Message) -> None:
-        channel = link.channel()
+    def _publish(
+        self, link: _Link, exchange: str, routing_key: str, message: amqp.Message, deadline: float
+    ) -> None:
+        channel = link.channel(deadline - time.monotonic())
         link.returned.clear()
-        channel.basic_publish_confirm(
-            message,
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=True,
-            confirm_timeout=self.timeout,
-            timeout=self.timeout,
+        # What is left of publish_timeout, so retries stay within it.
+        left = max(deadline - time.monotonic(), 0.1)
+        # Publish, then wait for the confirm, as basic_publish_confirm does, but knowing which
+        # failed: a message not wholly written cannot have been queued; one written and not
+        # confirmed may have been.
+        channel.basic_publish(
+            message, exchange=exchange, routing_key=routing_key, mandatory=True, timeout=left
         )
+        link.unconfirmed = True
+        channel.wait([spec.Basic.Ack, spec.Basic.Nack], callback=_on_confirm, timeout=left)
+        link.unconfirmed = False
         # RabbitMQ sends basic.return before the confirm of a message no queue took.
         if link.returned:
             raise _Returned
 
     # -- declaring ------------------------------------------------------------------------
 
-    def _ensure_queues(self, link: _Link, messages: Sequence[TaskMessage]) -> None:
+    def _ensure_queues(self, link: _Link, messages: Sequence[TaskMessage], left: float) -> None:
         topology = self.topology
         for message in messages:
             subscription = message.subscription
@@ -252,7 +311,7 @@ class AmqpTransport:
             key = f"{subscription.queue} {subscription.pattern} {subscription.registered_at}"
             if key in link.declared:
                 continue
-            channel = link.channel()
+            channel = link.channel(left)
             link.declaring = subscription.queue
             arguments = subscription.arguments
             if not arguments:
@@ -260,7 +319,7 @@ class AmqpTransport:
                 # must exist already; a passive declare says so without changing it.
                 channel.queue_declare(subscription.queue, passive=True)
             else:
-                self._declare_exchanges(link, subscription.service, arguments)
+                self._declare_exchanges(channel, link, subscription.service, arguments)
                 channel.queue_declare(
                     subscription.queue, durable=True, auto_delete=False, arguments=arguments
                 )
@@ -275,9 +334,10 @@ class AmqpTransport:
             link.declared.add(key)
         link.declaring = None
 
-    def _declare_exchanges(self, link: _Link, service: str, arguments: dict[str, Any]) -> None:
+    def _declare_exchanges(
+        self, channel: Any, link: _Link, service: str, arguments: dict[str, Any]
+    ) -> None:
         topology = self.topology
-        channel = link.channel()
         if "exchanges" not in link.declared:
             for exchange in (topology.exchange(), topology.retry_exchange(), topology.dead_exchange()):
                 channel.exchange_declare(exchange.name, exchange.type, durable=True, auto_delete=False)
@@ -329,7 +389,7 @@ class AmqpTransport:
                     routing_key="task.multi" if len(batch) > 1 else "task.sent",
                 )
         except Exception as exc:  # Flower's view; the deliveries are confirmed already
-            self._drop_link()
+            self._fail_link(True)
             log.warning("celery-events: could not send task-sent events: %s", describe(exc))
 
     # -- the connection ---------------------------------------------------------------------
@@ -338,11 +398,14 @@ class AmqpTransport:
         pid = os.getpid()
         if self._link is None or self._pid != pid:
             # A forked child must not share its parent's socket.
+            # A node that does not answer is skipped for the next one after a few seconds
+            # (a refused connection, a dead node's, fails at once).
+            connect_timeout = min(self.timeout, _CONNECT_TIMEOUT)
             self._link = _Link(
                 Connection(
                     self.broker_url,
                     ssl=self.app.conf.broker_use_ssl or False,
-                    connect_timeout=self.timeout,
+                    connect_timeout=connect_timeout,
                     heartbeat=0,
                 )
             )
@@ -355,6 +418,11 @@ class AmqpTransport:
             # The broker closed the channel (a refused declare): open another next time.
             link.confirmed = None
             link.events = None
+
+    def _fail_link(self, established: bool) -> None:
+        link = self._link
+        if link is not None:
+            link.fail(established)
 
     def _drop_link(self) -> None:
         link, self._link = self._link, None
@@ -382,6 +450,11 @@ class AmqpTransport:
             self._drop_link()
 
 
+def _on_confirm(method: Any, *args: Any) -> None:
+    if method == spec.Basic.Nack:
+        raise amqp.exceptions.MessageNacked()
+
+
 def _before_publish(messages: Sequence[TaskMessage], exchange: str, routing_key: str) -> None:
     """Celery's ``before_task_publish``, once per delivery, as ``send_task`` fires it.
 
@@ -407,8 +480,32 @@ def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-def _refused(exc: BaseException, queue: str | None) -> str:
-    text = f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
+def _not_confirmed(timeout: float, exc: BaseException, maybe_queued: bool) -> str:
+    text = (
+        f"RabbitMQ did not confirm the event within publish_timeout ({timeout:g} s):"
+        f" {describe(exc)}."
+    )
+    if maybe_queued:
+        return (
+            f"{text} It may have been queued (a confirm was lost); publishing the same event"
+            " again (bus.publish_event) is safe, as subscribers' inboxes skip an event id they"
+            " already handled."
+        )
+    return (
+        f"{text} It was not queued (no broker took the message); check that a RabbitMQ node"
+        " of the broker URL is reachable, or raise publish_timeout to wait out a restart."
+    )
+
+
+def _refused(exc: BaseException, queue: str | None, maybe_queued: bool = False) -> str:
+    if maybe_queued:
+        text = (
+            f"RabbitMQ refused the event: {describe(exc)}. An earlier attempt's confirm was"
+            " lost, so it may have been queued; publishing the same event again"
+            " (bus.publish_event) is safe."
+        )
+    else:
+        text = f"RabbitMQ refused the event: {describe(exc)}. No delivery was sent."
     if queue is None:
         return text
     if isinstance(exc, amqp.exceptions.PreconditionFailed):

@@ -35,7 +35,9 @@ import logging
 from typing import Any, cast
 
 from celery import bootsteps
+from celery.exceptions import InvalidTaskError
 from kombu.connection import Connection
+from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.messaging import Consumer
 from kombu.transport.native_delayed_delivery import (
     CELERY_DELAYED_DELIVERY_EXCHANGE,
@@ -51,6 +53,9 @@ from .topology import FANOUT_TASK, Topology, delivery_id, handler_queue, retry_t
 log = logging.getLogger(__name__)
 
 __all__ = ["EventQueues", "check_worker", "prepare_worker"]
+
+#: What Celery raises for a message it cannot read (its on_task_received's own list).
+_UNREADABLE = (InvalidTaskError, ContentDisallowed, DecodeError)
 
 # How long a dead letter the store could not take waits before it is tried again.
 _DEAD_LETTER_RETRY = 5.0
@@ -69,6 +74,13 @@ def prepare_worker(bus: ServiceBus, topology: Topology) -> None:
     # between would lose it.
     options.setdefault("confirm_publish", True)
     app.conf.broker_transport_options = options
+    if "broker_channel_error_retry" not in app.conf.changes:
+        # On a cluster, a classic queue (Celery's default queue 'celery') lives on one node:
+        # while that node is down its declare is a channel error (404 "home node ... is
+        # down"), which would stop the worker for good. Retried like a lost connection, the
+        # consumer starts again, and consumes its event queues (quorum: on every node) again,
+        # once the declare succeeds.
+        app.conf.broker_channel_error_retry = True
 
 
 def check_worker(bus: ServiceBus, topology: Topology, broker_url: str) -> None:
@@ -158,6 +170,29 @@ class EventQueues(bootsteps.ConsumerStep):  # type: ignore[misc]
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.c = parent
+
+    def start(self, c: Any) -> None:
+        """Make this connection's consumers (each start: the first, and every restart after
+        a lost connection, makes them on the new connection's channel).
+
+        With an event loop (the prefork pool), consuming waits for
+        :meth:`register_with_event_loop`, as Celery's own task consumer does: a message
+        waiting in a queue is delivered as soon as the queue is consumed (during the next
+        synchronous broker call), and handed to the pool before the pool is registered with
+        the loop it fails (``'NoneType' object is not callable``).
+        """
+        channel = c.connection.channel()
+        self.consumers = self.get_consumers(channel)
+        if c.hub is None:
+            self._consume()
+
+    def register_with_event_loop(self, c: Any, hub: Any) -> None:
+        """Celery's event loop (re)started on this connection: start consuming."""
+        self._consume()
+
+    def _consume(self) -> None:
+        for consumer in self.consumers or []:
+            consumer.consume()
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         c = self.c
@@ -281,8 +316,16 @@ class _Screen:
             return None
         try:
             strategy(message, None, message.ack_log_error, message.reject_log_error, c.on_task_message)
-        except Exception as exc:  # Celery refused it (InvalidTaskError, a decode error)
+        except _UNREADABLE as exc:  # Celery refused the message itself
             self.refuse(message, f"could not be read by Celery ({describe(exc)})")
+        except Exception:
+            # The worker failed, not the message (not ready, shutting down): never
+            # dead-letter a good message for that; it comes back, here or to another worker.
+            log.exception(
+                "celery-events: the worker could not take a message from %s; it is requeued",
+                self.queue,
+            )
+            message.reject_log_error(log, c.connection_errors, requeue=True)
         return None
 
 
