@@ -66,12 +66,6 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
         assert row in out, row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the amqp backend (issue12-amqp 7b80b66): a worker started on a full event queue"
-    " dead-letters the first delivery ('NoneType' object is not callable) and runs none of"
-    " the others; remove this mark once it drains them",
-)
 def test_the_rabbitmq_throughput_benchmark_runs_in_smoke_mode() -> None:
     """A worker drains queued deliveries on RabbitMQ, and raw no-op tasks, in one run."""
     if rabbitmq_server_binary() is None and not os.environ.get("CI"):
