@@ -151,3 +151,13 @@ def test_queue_arguments_round_trip_through_the_record_and_are_optional() -> Non
     (read,) = _decode_record("orders", old.encode())
     assert read.queue_arguments == ()
     assert "arguments" not in Subscription("a", "s", "s.h", "q").to_json()
+
+
+def test_delivery_ids_of_a_uuid_message_keep_its_shape_and_differ_per_handler() -> None:
+    import uuid
+
+    message = str(uuid.uuid4())
+    ids = {delivery_id(message, f"svc.handler{i}") for i in range(1000)}
+    assert len(ids) == 1000 and message not in ids
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    assert all(i[:24] == message[:24] for i in ids)
