@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extra arguments for the demo, e.g. `make demo DEMO_ARGS=--once`.
 DEMO_ARGS ?=
 
-.PHONY: demo test test-unit lint clean
+.PHONY: demo test test-serial test-unit lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@# Debian's python3 creates virtualenvs only with python3-venv; install it when we can.
@@ -21,10 +21,23 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python example_project/run_demo.py $(DEMO_ARGS)
 
-## Every test: unit tests, then integration tests against a real redis-server and real workers.
+# The groups `make test` runs at once, each a pytest process with its own servers: NAME='marker
+# expression' (tests/conftest.py marks the tests that need RabbitMQ, Sentinel or PostgreSQL).
+TEST_GROUPS ?= redis='not rabbitmq and not sentinel and not postgres' \
+	rabbitmq-sentinel-postgres='rabbitmq or sentinel or postgres'
+# Extra pytest arguments for every group, e.g. `make test PYTEST_ARGS='-x --durations=20'`.
+PYTEST_ARGS ?=
+
+## Every test: unit tests, then integration tests against real servers (redis-server, RabbitMQ
+## nodes, Sentinel, PostgreSQL) and real workers, as parallel groups (scripts/test-groups).
 test: $(BIN)/.installed
 	scripts/system-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python scripts/test-groups $(TEST_GROUPS) -- $(PYTEST_ARGS)
+
+## Every test in one pytest process, one after the other.
+test-serial: $(BIN)/.installed
+	scripts/system-packages
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Unit tests only (no server needed).
 test-unit: $(BIN)/.installed
@@ -33,9 +46,10 @@ test-unit: $(BIN)/.installed
 ## Ruff, mypy, and the package's shape: no broker driver outside celery_events/backends/, no
 ## import cycle (scripts/check-architecture).
 lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture
+	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture \
+		scripts/test-groups
 	$(BIN)/mypy --strict celery_events
 	$(BIN)/python scripts/check-architecture celery_events
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .test-results

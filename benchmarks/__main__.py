@@ -5,6 +5,8 @@
     python -m benchmarks --only publish     # some of: publish, matching, memory, throughput, latency
     python -m benchmarks --markdown FILE    # also write the figures as Markdown
     python -m benchmarks --baseline REV     # also: publish and throughput against REV (+5 min)
+    python -m benchmarks --only rabbitmq-publish,rabbitmq-throughput   # RabbitMQ only (3 min)
+    python -m benchmarks --only sentinel-publish   # Sentinel: publish with and without WAIT
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -13,6 +15,10 @@ the current code and of REV's, in processes of their own, interleaved in the sam
 the same server, printed with the ratios "current ÷ baseline" per repeat and their targets
 (publish time ≤ 1.05×, throughput ≥ 0.95×). A revision is copied to a temporary directory
 (``git archive``), removed at the end. See benchmarks/baseline.py.
+
+The ``rabbitmq-*`` benchmarks also start a private RabbitMQ node (``rabbitmq-server``), only when
+one of them is chosen; the private Redis holds their registry. See benchmarks/rabbitmq.py.
+``sentinel-publish`` starts a Sentinel topology of its own (benchmarks/sentinel.py).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from collections.abc import Callable
 
 import redis
 
-from . import baseline, matching, memory, publish, workers
-from ._env import PrivateRedis, machine
+from tests.harness import rabbitmq_server_binary
+
+from . import baseline, matching, memory, publish, rabbitmq, sentinel, workers
+from ._env import PrivateRabbitMQ, PrivateRedis, machine
 from ._stats import Section
 
 Benchmark = Callable[[str, redis.Redis, bool], list[Section]]
@@ -44,8 +52,20 @@ AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool]
     "baseline-publish": baseline.publish,
     "baseline-throughput": baseline.throughput,
 }
+#: On a private RabbitMQ node: ``(rabbitmq_url, redis_url, redis_client, smoke)``.
+ON_RABBITMQ: dict[str, Callable[[str, str, redis.Redis, bool], list[Section]]] = {
+    "rabbitmq-publish": rabbitmq.publish,
+    "rabbitmq-throughput": rabbitmq.throughput,
+}
+#: On servers of their own (a Sentinel topology): ``(smoke)``.
+STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
+    "sentinel-publish": sentinel.publish,
+}
 #: The order of a full run: each comparison right after the benchmark it repeats.
-ORDER = ["publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput", "latency"]
+ORDER = [
+    "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
+    "latency", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (those need --baseline REV)" if set(unknown) <= set(AGAINST_BASELINE) else ""
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}{hint}; choose from {', '.join(known)}")
 
+    skipped = ""
+    if any(name in ON_RABBITMQ for name in chosen) and rabbitmq_server_binary() is None:
+        if args.only is not None:
+            parser.error("the rabbitmq-* benchmarks need rabbitmq-server (apt-get install rabbitmq-server)")
+        chosen = [name for name in chosen if name not in ON_RABBITMQ]
+        skipped = "rabbitmq-* skipped: rabbitmq-server is not installed (apt-get install rabbitmq-server)."
+
     with contextlib.ExitStack() as stack:
         try:
             old = stack.enter_context(baseline.baseline(args.baseline)) if args.baseline else None
@@ -74,16 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         server = PrivateRedis()
         stack.callback(server.stop)
         client = server.client()
-        info = machine(client)
+        rabbit = None
+        if any(name in ON_RABBITMQ for name in chosen):
+            rabbit = PrivateRabbitMQ()
+            stack.callback(rabbit.stop)
+        info = machine(client, rabbit)
         if old is not None:
             info["current"] = baseline.current().described
             info["baseline"] = old.described
         header = ["## Machine", ""] + [f"- {key}: {value}" for key, value in info.items()]
         print("\n".join(header), flush=True)
+        if skipped:
+            print(f"\n({skipped})", flush=True)
         sections: list[Section] = []
         for name in chosen:
             if name in BENCHMARKS:
                 run = BENCHMARKS[name]
+            elif name in ON_RABBITMQ:
+                assert rabbit is not None  # started above for any of them
+                run = functools.partial(ON_RABBITMQ[name], rabbit.url)
+            elif name in STANDALONE:
+                run = functools.partial(_standalone, STANDALONE[name])
             else:
                 assert old is not None  # the parser let it through only with --baseline
                 run = functools.partial(AGAINST_BASELINE[name], old)
@@ -103,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             out.write("\n" + summary + "\n")
     # Figures are reported, never asserted: a missed target does not fail the run.
     return 0
+
+
+def _standalone(
+    run: Callable[[bool], list[Section]], url: str, client: redis.Redis, smoke: bool
+) -> list[Section]:
+    return run(smoke)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ from typing import Any
 
 import redis
 
-from tests.harness import ROOT, RedisServer, redis_server_binary
+from tests.harness import (
+    ROOT,
+    RabbitMQServer,
+    RedisServer,
+    rabbitmq_server_binary,
+    redis_server_binary,
+)
 
 
 class PrivateRedis(RedisServer):
@@ -38,6 +44,26 @@ class PrivateRedis(RedisServer):
     def stop(self, kill: bool = False) -> None:
         super().stop(kill)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivateRabbitMQ(RabbitMQServer):
+    """A private ``rabbitmq-server`` node on 127.0.0.1 (tests/harness.py), started at once."""
+
+    def __init__(self) -> None:
+        binary = rabbitmq_server_binary()
+        if binary is None:
+            raise SystemExit("rabbitmq-server is not installed (apt-get install rabbitmq-server).")
+        super().__init__(binary)
+        self.start()
+
+    def version(self) -> str:
+        from kombu import Connection
+
+        with Connection(self.url) as connection:
+            connection.connect()
+            properties = connection.connection.server_properties
+        version = properties.get("version", "unknown")
+        return version.decode() if isinstance(version, bytes) else str(version)
 
 
 class WorkerProcess:
@@ -81,7 +107,7 @@ class WorkerProcess:
         self.log_path.unlink(missing_ok=True)
 
 
-def machine(client: redis.Redis) -> dict[str, Any]:
+def machine(client: redis.Redis, rabbit: PrivateRabbitMQ | None = None) -> dict[str, Any]:
     """What the figures were measured on."""
     model = platform.processor() or "unknown"
     try:
@@ -107,6 +133,7 @@ def machine(client: redis.Redis) -> dict[str, Any]:
         "redis-py": version("redis"),
         "hiredis": version("hiredis"),
         "redis-server": client.info("server")["redis_version"],
+        **({"rabbitmq-server": rabbit.version(), "py-amqp": version("amqp")} if rabbit else {}),
         "celery-events": version("celery-events"),
         "celery-pubsub": version("celery-pubsub"),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -21,7 +21,13 @@ from celery_events import Event, EventBus
 from ._keys import FIRST_KEY, LAST_KEY, READY_KEY, SOURCE_KEY
 
 app = Celery("bench", broker=os.environ["BENCH_BROKER"])
-bus = EventBus(app, service="bench")
+#: Where the registry, the inbox and the figures live when the broker is not Redis (RabbitMQ).
+STATE = os.environ.get("BENCH_STATE")
+if STATE:
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    bus = EventBus(app, service="bench", registry_url=STATE)
+else:  # as every version of the bus (``--baseline``) is built
+    bus = EventBus(app, service="bench")
 
 _count = int(os.environ.get("BENCH_COUNT", "0"))
 _done = 0
@@ -32,7 +38,7 @@ _client_pid = 0
 def client() -> redis.Redis:
     global _client, _client_pid
     if _client is None or _client_pid != os.getpid():
-        _client, _client_pid = redis.Redis.from_url(os.environ["BENCH_BROKER"]), os.getpid()
+        _client, _client_pid = redis.Redis.from_url(STATE or os.environ["BENCH_BROKER"]), os.getpid()
     return _client
 
 

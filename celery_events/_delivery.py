@@ -6,26 +6,34 @@ poison, dead letter) → run the handler → record success in the inbox (with a
 the handler queued), or retry with backoff through Celery's own retry, or give up into the
 dead letters. The message is acknowledged only after one of these, and requeued if the worker
 dies, so no delivery is acknowledged without being handled or dead-lettered.
+
+Every call to the state store goes through :func:`~celery_events._outage.ride_out`: a store
+that is away makes the delivery wait, then go back to the broker as a retry of the same task
+id, never acknowledged unhandled and never counted as a failure of the handler
+(``_outage.py`` says how).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import time
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from celery import Celery, Task
 from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
-from .backends.base import Inbox, lease_value
+from ._outage import abandoned, hand_back_countdown, outages, ride_out
+from .backends.base import Claim, Inbox, StoreError, lease_value
 from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
-from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError
+from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError, RegistryError
 from .middleware.base import SKIPPED, HandlerCall
 from .middleware.chain import MiddlewareChain
 from .outcomes import Reject, Retry
@@ -47,6 +55,13 @@ HandlerFunc = Callable[[Event], Any]
 
 # How much longer than the handler's time limit a lease lives, and a retry may take to show up.
 LEASE_MARGIN = 30.0
+# Waiting for the state store stops this long before the handler's time limit would kill the
+# process (the delivery is then handed back rather than lost with the process).
+TIME_LIMIT_MARGIN = 5.0
+# A dead letter's write fails as RegistryError (the store's StoreError inside it).
+DEAD_LETTER_ERRORS = (StoreError, RegistryError)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,15 @@ class DeliveryHost(Protocol):
 
     service: str
     settings: Settings
+
+    def _delivery_queue(self, handler: Handler, routing_key: str | None) -> str:
+        """The broker queue a delivery of ``handler`` sent with ``routing_key`` came from."""
+        ...
+
+    def _retry_route(self, handler: Handler, countdown: float) -> tuple[float, dict[str, Any]]:
+        """The countdown and ``Task.retry`` options that bring a retry back to the handler's
+        own queue."""
+        ...
 
     @property
     def inbox(self) -> Inbox: ...
@@ -239,6 +263,15 @@ def failure_outcome(
     return Reason.NOT_RETRIED, 0.0
 
 
+def _task_of(lease: str) -> str | None:
+    """The task id a lease (:func:`lease_value`) names, or None."""
+    try:
+        task = json.loads(lease).get("task")
+    except (ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
 class _Run:
     """One run of one delivery."""
 
@@ -250,7 +283,45 @@ class _Run:
         self.task_id: str = request.id
         self.hostname: str | None = request.hostname
         delivery_info = request.delivery_info or {}
-        self.queue: str = delivery_info.get("routing_key") or handler.queue
+        self.queue: str = bus._delivery_queue(handler, delivery_info.get("routing_key"))
+        self.started = time.monotonic()
+        #: This run's inbox lease, once it may be in the store.
+        self.lease: str | None = None
+
+    def _time_left(self) -> float:
+        """Seconds this run may still wait before its time limit ends it."""
+        elapsed = time.monotonic() - self.started
+        return max(0.0, self.handler.time_limit - elapsed - TIME_LIMIT_MARGIN)
+
+    def _store(
+        self,
+        what: str,
+        call: Callable[[], T],
+        *,
+        patience: float | None = None,
+        errors: tuple[type[BaseException], ...] = (StoreError,),
+        countdown: float = 0.0,
+    ) -> T:
+        """``call()`` on the state store, waiting out an outage for ``patience`` seconds (the
+        ``state_outage_wait`` setting, within the time limit); then the delivery is handed
+        back to the broker (raises Celery's Retry, or Reject to requeue), to run again after
+        at least ``countdown`` seconds."""
+        if patience is None:
+            patience = min(self.bus.settings.state_outage_wait, self._time_left())
+        try:
+            return ride_out(call, what, patience, errors)
+        except errors as exc:
+            self._hand_back(what, exc, countdown)
+            raise  # not reached: the hand-back raises
+
+    def _hand_back(self, what: str, exc: BaseException, countdown: float = 0.0) -> None:
+        wait = max(countdown, hand_back_countdown(int(self.task.request.retries or 0)))
+        outages.handed_back(self.task_id, what, exc, wait)
+        if self.lease is not None:
+            abandoned.add(self.lease)
+        # A retry of the same task id: the broker keeps it, and nothing in the store counted
+        # it as a failure or a start, so neither max_retries nor max_deliveries moves.
+        self._celery_retry(countdown=wait, exc=None)
 
     def run(self, envelope: object) -> None:
         handler = self.handler
@@ -263,15 +334,40 @@ class _Run:
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
         # elsewhere waits while this process lives, and takes over once it died.
-        lease = lease_value(self.task_id, inbox.process_token())
-        claim = inbox.claim(
-            handler.task_name,
-            event.id,
-            self.task_id,
-            lease=lease,
-            lease_seconds=handler.lease_seconds,
-            use_inbox=handler.inbox,
+        lease = self.lease = lease_value(
+            self.task_id, self._store("process token", inbox.process_token)
         )
+
+        def take() -> Claim:
+            # Safe to send again with the same lease: a claim whose reply was lost is found as
+            # this run's own, its start counted once. The handler has not run: handing the
+            # delivery back costs nothing but time.
+            return self._store(
+                "claim",
+                lambda: inbox.claim(
+                    handler.task_name,
+                    event.id,
+                    self.task_id,
+                    lease=lease,
+                    lease_seconds=handler.lease_seconds,
+                    use_inbox=handler.inbox,
+                ),
+            )
+
+        claim = take()
+        if claim.status == "busy" and claim.holder in abandoned:
+            # The lease of a run of this process that was handed back during an outage: no
+            # run holds it, so it is released rather than waited out.
+            holder = claim.holder
+            holder_task = _task_of(holder) or self.task_id
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name, event.id, holder_task, lease=holder, failed=False
+                ),
+            )
+            abandoned.discard(holder)
+            claim = take()
         chain = self.bus.middleware
         if claim.status == "done":
             log.info(
@@ -295,7 +391,6 @@ class _Run:
             )
             self._celery_retry(countdown=wait, exc=None)
         if claim.starts > self.bus.settings.max_deliveries:
-            inbox.release(handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True)
             error = PoisonMessageError(
                 f"Delivery {self.task_id} was started {claim.starts - 1} times without finishing"
                 " (its worker died each time); it is dead-lettered as a poison message."
@@ -308,6 +403,15 @@ class _Run:
                 event_id=event.id,
                 first_failed_at=claim.first_failed_at,
                 trace=None,
+            )
+            # Forgotten only once the dead letter is kept: a store failing in between leaves
+            # the delivery's counts, and its retry comes back here.
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name, event.id, self.task_id, lease=lease, failed=True,
+                    forget=True,
+                ),
             )
             raise error
 
@@ -322,6 +426,22 @@ class _Run:
         effects_token = current_effects.set(effects)
         try:
             ran = call_handler(chain, handler, event, call)
+        except StoreError as exc:
+            # A store the handle chain writes in (the Django database inbox of an atomic
+            # handler) is away: nothing was committed, and it is no failure of the handler.
+            current_effects.reset(effects_token)
+            current_event.reset(event_token)
+            if effects is not None:
+                effects.reset()
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name, event.id, self.task_id, lease=lease, failed=False,
+                    next_due_in=handler.lease_seconds,
+                ),
+            )
+            self._hand_back("handler's transaction", exc)
+            raise  # not reached: the hand-back raises
         except Exception as exc:
             current_effects.reset(effects_token)
             current_event.reset(event_token)
@@ -335,19 +455,40 @@ class _Run:
         current_event.reset(event_token)
         if not ran and call is not None and chain.on_duplicate_skipped:
             chain.notify(chain.on_duplicate_skipped, call)
-        if not inbox.succeed(
-            handler.task_name,
-            event.id,
-            self.task_id,
-            lease=lease,
-            use_inbox=handler.inbox,
-            ttl_seconds=self.bus.settings.inbox_ttl,
-            effects=effects,
-        ):
+        try:
+            # The handler ran: wait for the store as long as the time limit allows, since a
+            # delivery handed back now may run the handler a second time.
+            succeeded = ride_out(
+                lambda: inbox.succeed(
+                    handler.task_name,
+                    event.id,
+                    self.task_id,
+                    lease=lease,
+                    use_inbox=handler.inbox,
+                    ttl_seconds=self.bus.settings.inbox_ttl,
+                    effects=effects,
+                ),
+                "success",
+                self._time_left(),
+            )
+        except StoreError as exc:
+            log.error(
+                "celery-events: %s handled event %s but the state store stayed away until its"
+                " time limit, so its success is not recorded; delivery %s goes back to the"
+                " broker and its next run skips it if the record was written after all, else"
+                " runs the handler again (at least once, as after a crash)",
+                handler.task_name,
+                event.id,
+                self.task_id,
+            )
+            self._hand_back("success", exc)
+            raise  # not reached
+        if not succeeded:
             log.warning(
-                "celery-events: another copy of delivery %s of event %s took its lease over"
-                " while %s ran (this process's alive key had expired); that copy's outcome"
-                " counts, and this run's Redis effects were dropped",
+                "celery-events: delivery %s of event %s by %s was recorded as handled by"
+                " another run (a copy took its lease over while this process's alive key was"
+                " expired, or this run's own record was written before its reply was lost);"
+                " that record counts, and this run's Redis effects were dropped",
                 self.task_id,
                 event.id,
                 handler.task_name,
@@ -398,13 +539,20 @@ class _Run:
             chain = self.bus.middleware
             if call is not None and chain.on_retry:
                 chain.notify(chain.on_retry, call, exc, countdown)
-            self.bus.inbox.release(
-                handler.task_name,
-                event.id,
-                self.task_id,
-                lease=lease,
-                failed=True,
-                next_due_in=countdown + handler.lease_seconds,
+            inbox = self.bus.inbox
+            # Not written: the failure is not counted, and the delivery comes back no sooner
+            # than its retry would have.
+            self._store(
+                "release",
+                lambda: inbox.release(
+                    handler.task_name,
+                    event.id,
+                    self.task_id,
+                    lease=lease,
+                    failed=True,
+                    next_due_in=countdown + handler.lease_seconds,
+                ),
+                countdown=countdown,
             )
             if not isinstance(exc, Retry):
                 log.warning(
@@ -419,9 +567,6 @@ class _Run:
                 )
             self._celery_retry(countdown=countdown, exc=exc)
             return  # not reached: the retry raises
-        self.bus.inbox.release(
-            handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True
-        )
         self._dead(
             reason,
             exc,
@@ -430,10 +575,21 @@ class _Run:
             event_id=event.id,
             first_failed_at=first_failed_at,
         )
+        inbox = self.bus.inbox
+        self._store(
+            "release",
+            lambda: inbox.release(
+                handler.task_name, event.id, self.task_id, lease=lease, failed=True, forget=True
+            ),
+        )
 
     def _celery_retry(self, countdown: float, exc: Exception | None) -> None:
+        # Explicitly to the handler's own queue: Celery's retry otherwise copies the
+        # delivery's exchange and routing key, which on RabbitMQ are the events exchange and
+        # the event name, and the retry would reach every subscriber again.
+        countdown, route = self.bus._retry_route(self.handler, countdown)
         try:
-            self.task.retry(countdown=countdown, exc=exc, max_retries=None)
+            self.task.retry(countdown=countdown, exc=exc, max_retries=None, **route)
         except CeleryRetry:
             raise
         except CeleryReject as rejected:
@@ -457,8 +613,6 @@ class _Run:
         first_failed_at: float | None = None,
         trace: str | None | bool = True,
     ) -> None:
-        if event_id == "-":
-            self.bus.inbox.forget(self.task_id)
         letter = new_letter(
             service=self.bus.service,
             reason=reason,
@@ -475,7 +629,13 @@ class _Run:
             # keeps one record.
             id=self.task_id,
         )
-        self.bus.dead_letters.add(letter)
+        # Kept before anything of the delivery is forgotten: a write that fails hands the
+        # delivery back with its counts, and its next run comes back here.
+        dead_letters = self.bus.dead_letters
+        self._store("dead letter", lambda: dead_letters.add(letter), errors=DEAD_LETTER_ERRORS)
+        if event_id == "-":
+            inbox = self.bus.inbox
+            self._store("forget", lambda: inbox.forget(self.task_id))
         chain = self.bus.middleware
         if chain.on_dead_letter:
             chain.notify(chain.on_dead_letter, letter)

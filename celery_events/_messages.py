@@ -152,7 +152,7 @@ class TaskMessage:
 
     __slots__ = (
         "task_name", "queue", "shadow", "service", "task_id", "delivery_tag", "parts",
-        "_headers", "_properties",
+        "subscription", "direct", "_headers", "_properties",
     )
 
     def __init__(
@@ -174,6 +174,12 @@ class TaskMessage:
         #: The tag kombu's virtual transports give each published message.
         self.delivery_tag = delivery_tag
         self.parts = parts
+        #: The subscription this delivery is for (a ``registry.Subscription``), set by the
+        #: publish path: a transport that declares queues reads its queue arguments.
+        self.subscription: Any = None
+        #: Sent to this one handler's queue (a replay), not to every subscriber of the event:
+        #: a transport that routes by event name must not route it so.
+        self.direct = False
         self._headers: dict[str, Any] | None = None
         self._properties: dict[str, Any] | None = None
 
@@ -280,6 +286,7 @@ class MessageBuilder:
         *,
         parent_id: str | None,
         root_id: str | None,
+        placeholder_ids: bool = False,
     ) -> list[TaskMessage]:
         """Build one message per ``(task_name, queue, shown_name, service)`` target."""
         if not targets:
@@ -311,7 +318,7 @@ class MessageBuilder:
             tail_json=tail,
         )
         count = len(targets)
-        ids = new_ids(2 * count)
+        ids = [""] * (2 * count) if placeholder_ids else new_ids(2 * count)
         return [
             TaskMessage(task, queue, shadow, service, ids[i], ids[count + i], parts)
             for i, (task, queue, shadow, service) in enumerate(targets)
@@ -329,13 +336,22 @@ def build_messages(
     *,
     parent_id: str | None,
     root_id: str | None,
+    placeholder_ids: bool = False,
 ) -> list[TaskMessage]:
     """Build one message per ``(task_name, queue, shown_name, service)`` target, as
-    ``send_task`` would."""
+    ``send_task`` would; with ``placeholder_ids``, task ids and delivery tags are empty, for
+    a transport that assigns them (``Transport.assigns_task_ids``)."""
     builder = _BUILDERS.get(app)
     if builder is None:
         builder = _BUILDERS[app] = MessageBuilder(app)
-    return builder.build(envelope, body_json, targets, parent_id=parent_id, root_id=root_id)
+    return builder.build(
+        envelope,
+        body_json,
+        targets,
+        parent_id=parent_id,
+        root_id=root_id,
+        placeholder_ids=placeholder_ids,
+    )
 
 
 # -- what the Redis transport stores ------------------------------------------------------

@@ -22,6 +22,7 @@ from celery import Celery
 
 from ._delivery import current_event
 from ._messages import TaskMessage, build_messages, encode_body
+from .backends.base import Transport
 from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
     InvalidEnvelope,
@@ -54,6 +55,9 @@ class PublishHost(Protocol):
 
     @property
     def registry(self) -> _Registry: ...
+
+    @property
+    def transport(self) -> Transport: ...
 
     def _send_messages(self, messages: list[TaskMessage], name: str | None) -> None:
         """Hand ``messages`` to the transport: all of them, or raise having sent none where
@@ -224,6 +228,7 @@ class Publisher:
             root_id = parent.request.root_id or parent.request.id
         envelope = event.to_envelope()
         head = {k: v for k, v in envelope.items() if k != "data"}
+        direct = targets is not None
         messages = build_messages(
             app,
             envelope,
@@ -232,8 +237,13 @@ class Publisher:
             [(s.handler, s.queue, f"{name} → {s.handler}", s.service) for s in subscriptions],
             parent_id=parent_id,
             root_id=root_id,
+            # A replay goes to one handler as it is: its message keeps its own id.
+            placeholder_ids=not direct and host.transport.assigns_task_ids,
         )
-        host._send_messages(messages, name if targets is None else None)
+        for subscription, message in zip(subscriptions, messages, strict=True):
+            message.subscription = subscription
+            message.direct = direct
+        host._send_messages(messages, None if direct else name)
         return PublishResult(
             event,
             tuple(

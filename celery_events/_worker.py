@@ -87,6 +87,10 @@ def check_worker(bus: WorkerBus) -> None:
     # a capability the service requires, stops here.
     backend = bus.backend
     check_required(backend.name, backend.capabilities, bus.settings.require)
+    if bus.handlers:
+        # Its inbox is where its deliveries are claimed: a backend without a state store
+        # (RabbitMQ given none) says so here, not at the first delivery.
+        _ = bus.inbox
     backend.transport.check_worker(bus)
     atomic = [h.task_name for h in bus.handlers if h.atomic]
     if atomic and not bus.middleware.transactional:
@@ -176,6 +180,15 @@ def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, 
 def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
     bus = _bus(instance.app)
     if bus is None:
+        return
+    try:
+        topology = bus.backend.topology
+    except CeleryEventsError:
+        return  # the start-up check refuses the worker with this message
+    if topology is not None:
+        # The backend consumes each handler's own queue itself (RabbitMQ: a consumer bootstep
+        # added by prepare_worker, with the owner's queue arguments). select_add(name) would
+        # add a plain classic Queue of that name and replace a Queue object the user declared.
         return
     # Consume the service's event queues in addition to whatever the worker was told to
     # consume, so that plain `celery -A svc worker` receives deliveries.

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .middleware import Middleware, MiddlewareChain
 from .names import validate_pattern
-from .registry import Registry, Subscription
+from .registry import Registry, Subscription, queue_arguments
 from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
 
@@ -239,11 +239,43 @@ class EventBus:
         )
 
     def subscriptions(self) -> list[Subscription]:
-        """This service's subscriptions, as :meth:`register` records them."""
-        return [
-            Subscription(h.pattern, self.service, h.task_name, h.queue)
-            for h in self._handlers.values()
-        ]
+        """This service's subscriptions, as :meth:`register` records them (on RabbitMQ, each
+        handler's own queue and the arguments it is declared with)."""
+        topology = self.backend.topology
+        if topology is None:
+            return [
+                Subscription(h.pattern, self.service, h.task_name, h.queue)
+                for h in self._handlers.values()
+            ]
+        subscriptions = []
+        for h in self._handlers.values():
+            queue, arguments = topology.queue_of(h.queue, h.task_name, self.service)
+            subscriptions.append(
+                Subscription(
+                    h.pattern,
+                    self.service,
+                    h.task_name,
+                    queue,
+                    queue_arguments=queue_arguments(arguments),
+                )
+            )
+        return subscriptions
+
+    def _delivery_queue(self, handler: Handler, routing_key: str | None) -> str:
+        """The broker queue a delivery of ``handler`` sent with ``routing_key`` came from (on
+        RabbitMQ the routing key is the event name: the handler's own queue)."""
+        topology = self.backend.topology
+        if topology is None:
+            return routing_key or handler.queue
+        return topology.queue_of(handler.queue, handler.task_name, self.service)[0]
+
+    def _retry_route(self, handler: Handler, countdown: float) -> tuple[float, dict[str, Any]]:
+        """The countdown and ``Task.retry`` options of a retry of ``handler`` (on RabbitMQ:
+        to its own queue alone, never through the events exchange again)."""
+        topology = self.backend.topology
+        if topology is None:
+            return countdown, {}
+        return topology.retry_options(handler.queue, handler.task_name, countdown)
 
     def register(self) -> list[Subscription]:
         """Record this service's subscriptions in the registry now, replacing its old set.
@@ -486,7 +518,9 @@ class EventBus:
         (an operator's shell), the service's subscriptions in the registry.
         """
         if self._handlers:
-            subscribed = {name: h.queue for name, h in self._handlers.items()}
+            subscribed = {
+                name: self._delivery_queue(h, None) for name, h in self._handlers.items()
+            }
             where = ""
         else:
             subscribed = {

@@ -359,7 +359,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                         s.waiting,
                         s.in_flight,
                         s.dead_letters,
-                        _age(s.oldest_waiting),
+                        _oldest(s.waiting, s.oldest_waiting),
                     )
                     for s in found
                 ],
@@ -602,6 +602,14 @@ def _when(stamp: float) -> str:
     if not stamp:
         return "-"
     return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _oldest(waiting: int, seconds: float | None) -> str:
+    # Deliveries waiting whose age the broker cannot tell (RabbitMQ's quorum queues): "?",
+    # not the "-" of an empty queue.
+    if seconds is None and waiting:
+        return "?"
+    return _age(seconds)
 
 
 def _age(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "NotReplicatedError",
     "PublishRefused",
     "RegistryError",
     "BrokerError",
@@ -81,6 +82,24 @@ class PublishError(CeleryEventsError):
     No delivery was sent, unless the message says otherwise: when Redis was reached but its
     reply was lost, the deliveries may have been queued, and the message says so.
     """
+
+
+class NotReplicatedError(PublishError):
+    """The event's deliveries are queued on the Redis primary, but fewer replicas than the
+    ``wait_for_replicas`` setting asks acknowledged them within ``wait_for_replicas_timeout``.
+
+    The deliveries will run unless the primary fails before they replicate (then they may be
+    lost with it). A caller that must not lose the event publishes the same event again
+    (``bus.publish_event(event)``) once the replicas are back, which subscribers' inboxes
+    absorb; publishing the data as a new event would deliver it twice.
+    """
+
+    def __init__(self, message: str, *, acknowledged: int, wanted: int) -> None:
+        super().__init__(message)
+        #: How many replicas acknowledged the deliveries.
+        self.acknowledged = acknowledged
+        #: How many the ``wait_for_replicas`` setting asks for.
+        self.wanted = wanted
 
 
 class PublishRefused(CeleryEventsError):

@@ -29,7 +29,7 @@ from .backends.base import RegistryStore, StoreError
 from .errors import InvalidPattern, RegistryError, describe, shown
 from .names import Matcher, validate_pattern
 
-__all__ = ["Subscription", "Registry"]
+__all__ = ["Subscription", "Registry", "queue_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,29 @@ class Subscription:
     queue: str
     #: When the service last recorded its subscriptions (Unix time), or 0 before that.
     registered_at: float = 0.0
+    #: The broker arguments its owner declares ``queue`` with (RabbitMQ: ``x-queue-type``,
+    #: the delivery limit, the dead-letter exchange), as sorted ``(name, value)`` pairs, so
+    #: that a publisher declaring a missing queue declares it identically; empty where the
+    #: backend has none. Readers from before this field ignore it in the record.
+    queue_arguments: tuple[tuple[str, str | int | bool], ...] = ()
+
+    @property
+    def arguments(self) -> dict[str, str | int | bool]:
+        """:attr:`queue_arguments` as a dict."""
+        return dict(self.queue_arguments)
 
     def to_json(self) -> dict[str, Any]:
-        return {"pattern": self.pattern, "handler": self.handler, "queue": self.queue}
+        entry: dict[str, Any] = {
+            "pattern": self.pattern, "handler": self.handler, "queue": self.queue
+        }
+        if self.queue_arguments:
+            entry["arguments"] = dict(self.queue_arguments)
+        return entry
+
+
+def queue_arguments(arguments: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """``arguments`` as :attr:`Subscription.queue_arguments` holds them."""
+    return tuple(sorted((arguments or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -145,9 +165,9 @@ class Registry:
                     view = _View(version, subscriptions, Matcher((s.pattern, s) for s in subscriptions))
                     self._view = view
             except StoreError as exc:
+                fix = exc.fix or "Check that Redis is reachable at the registry URL."
                 raise RegistryError(
-                    f"Could not read the subscription registry: {describe(exc)}. Check that Redis is"
-                    " reachable at the registry URL."
+                    f"Could not read the subscription registry: {describe(exc)}. {fix}"
                 ) from exc
             self._checked_at = checked
             return view
@@ -231,10 +251,8 @@ class Registry:
         try:
             fields = self.store.published()
         except StoreError as exc:
-            raise RegistryError(
-                f"Could not read the event catalog: {exc}. Check that Redis is reachable at the"
-                " registry URL."
-            ) from exc
+            fix = exc.fix or "Check that Redis is reachable at the registry URL."
+            raise RegistryError(f"Could not read the event catalog: {exc}. {fix}") from exc
         pairs = []
         for text in fields:
             service, _, name = text.partition(" ")
@@ -285,6 +303,14 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
                     f"subscription {number} has {name} {shown(value, 80)}, not a non-empty string."
                 )
             fields[name] = value
+        arguments = entry.get("arguments", {})
+        if not isinstance(arguments, dict) or not all(
+            isinstance(value, (str, int)) for value in arguments.values()
+        ):
+            raise _BadRecord(
+                f"subscription {number} has arguments {shown(arguments, 80)}, not an object of"
+                " strings, numbers and booleans."
+            )
         found.append(
             Subscription(
                 pattern=pattern,
@@ -292,6 +318,7 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
                 handler=fields["handler"],
                 queue=fields["queue"],
                 registered_at=float(registered_at),
+                queue_arguments=queue_arguments(arguments),
             )
         )
     return found

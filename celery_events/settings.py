@@ -11,12 +11,13 @@ import difflib
 import math
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
 from .backends.capabilities import Capabilities
-from .errors import ConfigurationError
+from .errors import ConfigurationError, shown
 
 __all__ = ["Settings", "validate_service_name", "is_seconds"]
 
@@ -33,9 +34,18 @@ def validate_service_name(service: object) -> str:
     return service
 
 
+#: URL schemes a registry (and state) Redis may have: one server, or a primary its sentinels
+#: name (``master_name`` in the URL's query, or the broker's transport options).
+REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+
+
 #: The shortest duration a seconds setting may have: durations become whole milliseconds in
 #: Redis (PX), and zero milliseconds is an error there.
 MIN_SECONDS = 0.001
+
+#: RabbitMQ: the widest fan-out published straight to the events exchange (see
+#: ``relay_fanout_above``); chosen from measurement (benchmarks/RESULTS.md, issue 12).
+RELAY_FANOUT_ABOVE = 25
 
 
 #: The highest max_event_depth allowed. Pickling (which a prefork pool does with every task)
@@ -80,6 +90,24 @@ class Settings:
 
     #: Where the subscription registry lives. ``None``: the broker, when it is Redis.
     registry_url: str | None = None
+    #: Where inboxes and dead letters live on a broker that keeps none (RabbitMQ): a
+    #: ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://`` URL. ``None``: the
+    #: ``registry_url`` Redis, or the store the bus brings (``EventBus(state=...)``).
+    state_url: str | None = None
+    #: RabbitMQ only: the type of each handler's queue, ``"quorum"`` (replicated, with a
+    #: delivery limit and native delayed retries) or ``"classic"``.
+    queue_type: str = "quorum"
+    #: RabbitMQ only: the broker's ``consumer_timeout`` in seconds (RabbitMQ's default is 30
+    #: minutes). On classic queues a retry waits in the worker, which must ack within it.
+    broker_consumer_timeout: float = 1800.0
+    #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``);
+    #: ``None``: the broker's host on port 15672 with the broker's user and password.
+    management_url: str | None = None
+    #: RabbitMQ only: a publish to more subscriptions than this goes to one intake queue
+    #: (one confirm, as cheap as a publish to one) and every worker's relay republishes it to
+    #: the events exchange; ``None`` always publishes to the exchange directly. The relay
+    #: adds one hop of latency; a wide fan-out's confirm waits for every queue's disk.
+    relay_fanout_above: int | None = RELAY_FANOUT_ABOVE
     #: Prefix of every Redis key the bus owns (registry, catalog).
     key_prefix: str = "celery_events:"
     #: Queue name of a service's handlers unless a handler names its own; ``{service}`` is
@@ -96,6 +124,14 @@ class Settings:
     registry_refresh_interval: float = 0.25
     #: Oldest registry view a publish may use, in seconds; older means a synchronous reload.
     registry_max_staleness: float = 1.0
+    #: Redis replicas that must hold a publish's deliveries before it returns (``WAIT``):
+    #: Redis replicates asynchronously, so a primary that fails right after a publish can
+    #: take its deliveries with it. 0: do not wait. Fewer acknowledgements within
+    #: ``wait_for_replicas_timeout`` raise :class:`~celery_events.errors.NotReplicatedError`.
+    wait_for_replicas: int = 0
+    #: Longest a publish waits for the ``wait_for_replicas`` replicas, in seconds (shorter than
+    #: ``publish_timeout``).
+    wait_for_replicas_timeout: float = 1.0
     #: Raise NoSubscribersError when an event matches no subscription.
     require_subscribers: bool = False
     #: Record the service's subscriptions when its worker starts.
@@ -124,6 +160,12 @@ class Settings:
     redelivery_timeout: float = 15.0
     #: How often a worker looks for lost deliveries of its service, in seconds.
     sweep_interval: float = 5.0
+    #: Longest a delivery waits in its worker for an unreachable state store (inbox, dead
+    #: letters) before it is handed back to the broker, to run again after a backoff; an
+    #: outage never counts as a failure of the handler, and no delivery is acknowledged
+    #: unhandled. After the handler ran, its success is waited for as long as its time limit
+    #: allows instead.
+    state_outage_wait: float = 30.0
     #: Most dead letters kept per service; ``None`` keeps all. Dropping is logged.
     dead_letter_limit: int | None = None
     #: Turn on the task events Flower needs (workers send them, publishers send task-sent),
@@ -167,6 +209,9 @@ class Settings:
             "inbox_ttl",
             "redelivery_timeout",
             "sweep_interval",
+            "wait_for_replicas_timeout",
+            "state_outage_wait",
+            "broker_consumer_timeout",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -175,7 +220,8 @@ class Settings:
                     f" least {MIN_SECONDS}), not {value!r}."
                 )
         for name, minimum in (
-            ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0), ("max_deliveries", 1)
+            ("max_event_size", 1), ("max_event_depth", 1), ("max_retries", 0),
+            ("max_deliveries", 1), ("wait_for_replicas", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -198,6 +244,15 @@ class Settings:
                 "The setting dead_letter_limit must be None (keep every dead letter) or a"
                 f" whole number >= 1, not {self.dead_letter_limit!r}."
             )
+        if self.relay_fanout_above is not None and (
+            isinstance(self.relay_fanout_above, bool)
+            or not isinstance(self.relay_fanout_above, int)
+            or self.relay_fanout_above < 1
+        ):
+            raise ConfigurationError(
+                "The setting relay_fanout_above must be None (never relay) or a whole number"
+                f" >= 1 of subscriptions, not {shown(self.relay_fanout_above)}."
+            )
         if self.registry_refresh_interval >= self.registry_max_staleness:
             raise ConfigurationError(
                 "The setting registry_refresh_interval"
@@ -216,13 +271,46 @@ class Settings:
                 f"The setting queue_template {self.queue_template!r} {problem}, as in"
                 " 'events.{service}'."
             )
+        if self.wait_for_replicas and self.wait_for_replicas_timeout >= self.publish_timeout:
+            raise ConfigurationError(
+                "The setting wait_for_replicas_timeout"
+                f" ({self.wait_for_replicas_timeout}) must be shorter than publish_timeout"
+                f" ({self.publish_timeout}), which bounds the whole publish, the wait included."
+            )
         if self.registry_url is not None and (
             not isinstance(self.registry_url, str)
-            or not self.registry_url.startswith(("redis://", "rediss://", "unix://"))
+            or not self.registry_url.startswith(REGISTRY_SCHEMES)
         ):
             raise ConfigurationError(
-                f"The setting registry_url {self.registry_url!r} must be a redis://, rediss://"
-                " or unix:// URL (a string), or None to use the broker."
+                f"The setting registry_url {shown(self.registry_url)} must be a redis://,"
+                " rediss://, unix:// or sentinel:// URL (a string, such as"
+                " 'sentinel://host:26379;sentinel://host:26380?master_name=mymaster'), or None"
+                " to use the broker."
+            )
+        if self.state_url is not None and (
+            not isinstance(self.state_url, str)
+            or not self.state_url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
+        ):
+            raise ConfigurationError(
+                f"The setting state_url {shown(self.state_url)} must be a redis://, rediss://,"
+                " unix:// or sentinel:// URL (a string), or None to keep inboxes and dead"
+                " letters in the registry_url Redis or the bus's own state store."
+            )
+        if self.queue_type not in ("quorum", "classic"):
+            raise ConfigurationError(
+                f"The setting queue_type {shown(self.queue_type)} must be 'quorum' (the"
+                " default: replicated queues with a delivery limit) or 'classic'."
+            )
+        if self.management_url is not None and (
+            not isinstance(self.management_url, str)
+            or not self.management_url.startswith(("http://", "https://"))
+            or not urllib.parse.urlsplit(self.management_url).hostname
+        ):
+            raise ConfigurationError(
+                f"The setting management_url {shown(self.management_url)} must be the http:// or"
+                " https:// URL of the RabbitMQ management API, such as"
+                " 'http://guest:guest@localhost:15672', or None to use the broker's host on"
+                " port 15672."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"

@@ -16,6 +16,10 @@ from .harness import (
     rabbitmq_server_binary,
     redis_server_binary,
 )
+from .rabbitmq_cluster import RabbitMQCluster, cluster
+
+# The Sentinel topology's fixtures (sentinel_topology, sentinel_url), for every test.
+from .sentinel_harness import sentinel_topology, sentinel_url  # noqa: F401
 
 # Fast-starting workers: mingle and gossip only slow start-up, they change nothing we test.
 WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
@@ -50,6 +54,19 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
+    """Three private RabbitMQ nodes clustered together (tests/rabbitmq_cluster.py), started
+    for the tests that ask for it. Missing RabbitMQ fails in CI, skips locally."""
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield from cluster(binary)
 
 
 @pytest.fixture
@@ -99,7 +116,35 @@ def start_worker(
             print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts or "faults" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        for server in servers_of(item):
+            item.add_marker(server)
+
+
+def servers_of(item: pytest.Item) -> list[str]:
+    """The server groups a test needs besides Redis (markers ``rabbitmq``, ``sentinel``,
+    ``postgres``): `make test` runs the groups in parallel pytest processes."""
+    if "unit" in item.path.parts:
+        return []
+    fixtures = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    # Parametrized over brokers or backends: the id names the server ("[rabbitmq-quorum]").
+    ids = callspec.id.lower() if callspec is not None else ""
+    found = []
+    if (
+        fixtures & {"rabbitmq_server", "rabbitmq_cluster"}
+        or "amqp" in item.path.parts
+        or "rabbitmq" in ids
+    ):
+        found.append("rabbitmq")
+    if "sentinel" in item.path.parts or "sentinel" in ids or any(
+        name.startswith("sentinel") for name in fixtures
+    ):
+        found.append("sentinel")
+    if "django" in item.path.parts or "postgres_server" in fixtures:
+        found.append("postgres")
+    return found

@@ -6,6 +6,7 @@ subprocesses started the way users start them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import redis
 
@@ -118,52 +119,98 @@ def rabbitmq_server_binary() -> str | None:
     return shutil.which("rabbitmq-server")
 
 
+def rabbitmq_cli(name: str) -> str:
+    """Debian's ``rabbitmqctl``/``rabbitmq-queues`` themselves, next to the server script (the
+    /usr/sbin wrappers switch to the ``rabbitmq`` user and its cookie)."""
+    debian = Path("/usr/lib/rabbitmq/bin") / name
+    if debian.exists():
+        return str(debian)
+    found = shutil.which(name)
+    if found is None:
+        raise AssertionError(f"{name} is not installed (apt-get install rabbitmq-server)")
+    return found
+
+
 class RabbitMQServer:
     """A private RabbitMQ node on 127.0.0.1: its own node name, ports (AMQP, distribution,
-    epmd), data and log directories and Erlang cookie, so it never meets a system node."""
+    epmd), data and log directories and Erlang cookie, so it never meets a system node.
 
-    def __init__(self, binary: str) -> None:
+    The nodes of one cluster share an epmd port and a cookie (``epmd_port``, ``cookie``);
+    ``plugins`` are enabled at start (``rabbitmq_management``...); ``config`` lines are added to
+    its rabbitmq.conf.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        *,
+        epmd_port: int | None = None,
+        cookie: str | None = None,
+        plugins: Sequence[str] = (),
+        config: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="celery-events-rabbitmq-"))
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.nodename = f"celery-events-{self.port}@localhost"
         self.process: subprocess.Popen[bytes] | None = None
+        #: Whether this node started the epmd daemon of its port (and stops it).
+        self.owns_epmd = epmd_port is None
+        self.epmd_port = epmd_port or free_port()
         home = self.dir / "home"
         home.mkdir()
+        if cookie is not None:
+            # Erlang reads the cookie from $HOME and refuses one others may read.
+            cookie_file = home / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
             "loopback_users.guest = true\n"
+            + "".join(f"{line}\n" for line in config)
         )
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         self.env = dict(
             os.environ,
             HOME=str(home),
-            RABBITMQ_NODENAME=f"celery-events-{self.port}@localhost",
+            RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(free_port()),
-            ERL_EPMD_PORT=str(free_port()),
+            ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.dir / "log"),
             RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
         )
+        self._log: IO[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        self._log = open(self.dir / "server.log", "wb")
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the node's process without waiting for it (several nodes boot at once)."""
+        # Appended to: a node started again after a kill keeps its earlier log.
+        self._log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
             [self.binary], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the node accepts AMQP connections."""
         wait_until(self._ready, timeout=timeout, interval=0.2,
                    what=f"rabbitmq-server on port {self.port}")
 
+    def log(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(
-                f"rabbitmq-server exited:\n{(self.dir / 'server.log').read_text(errors='replace')}"
-            )
+            raise AssertionError(f"rabbitmq-server exited:\n{self.log()[-20000:]}")
         from kombu import Connection
 
         try:
@@ -173,7 +220,48 @@ class RabbitMQServer:
         except Exception:
             return False
 
-    def stop(self) -> None:
+    def add_vhost(self, vhost: str) -> str:
+        """A new virtual host that ``guest`` may use fully; its broker URL."""
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
+    def messages(self, vhost: str = "/") -> dict[str, int]:
+        """Every queue of ``vhost``: name -> messages (ready and unacknowledged), as the
+        queues themselves say (rabbitmqctl, not the management plugin's delayed stats)."""
+        rows = json.loads(self.ctl("list_queues", "-p", vhost, "name", "messages",
+                                   "--formatter", "json", "--quiet"))
+        return {str(row["name"]): int(row["messages"] or 0) for row in rows}
+
+    def ctl(self, *args: str, tool: str = "rabbitmqctl", timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl`` (or ``tool``) against this node; its output, or fail."""
+        done = subprocess.run(
+            [rabbitmq_cli(tool), "-n", self.nodename, *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{tool} {' '.join(args)} on {self.nodename} failed ({done.returncode}):"
+                f"\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout
+
+    def kill(self) -> None:
+        """`kill -9` the node: its Erlang VM and every process it started."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the node (and the epmd daemon it started); its data is deleted unless
+        ``keep_data``."""
         if self.process is not None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -184,12 +272,19 @@ class RabbitMQServer:
             except ProcessLookupError:
                 pass
             self.process = None
-            self._log.close()
-        # The node started its own epmd daemon on the private port; it outlives the node.
-        epmd = shutil.which("epmd")
-        if epmd:
-            subprocess.run([epmd, "-kill"], env=self.env, capture_output=True, timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+            if self._log is not None:
+                self._log.close()
+        if self.owns_epmd:
+            stop_epmd(self.env)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop_epmd(env: dict[str, str]) -> None:
+    """Stop the epmd daemon of ``env``'s ERL_EPMD_PORT: nodes start it, and it outlives them."""
+    epmd = shutil.which("epmd")
+    if epmd:
+        subprocess.run([epmd, "-kill"], env=env, capture_output=True, timeout=10)
 
 
 class Worker:

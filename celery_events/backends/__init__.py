@@ -3,10 +3,13 @@
 - ``redis://``, ``rediss://``, ``unix://``, ``redis+socket://``: the ``redis`` backend, atomic
   Lua fan-out and the screening transport; state on the broker's Redis, the registry there or
   on ``registry_url`` (``backends/redis/``);
-- ``amqp://``, ``amqps://``, ``pyamqp://``: the ``amqp`` backend, Celery's producer; state and
-  registry on the ``registry_url`` Redis (``backends/kombu.py``);
-- ``sentinel://``: the ``sentinel`` backend, the same as ``amqp`` over kombu's Sentinel
-  transport;
+- ``amqp://``, ``amqps://``, ``pyamqp://``: the ``amqp`` backend, one confirmed message per
+  publish to a topic exchange, each handler's own quorum (or classic) queue, screening workers;
+  the registry on RabbitMQ or the ``registry_url`` Redis, state on the ``state_url`` Redis,
+  the ``registry_url`` one, or the bus's own store (``backends/amqp/``);
+- ``sentinel://``: the ``sentinel`` backend, the Redis one on the primary its sentinels name
+  (``master_name`` in ``broker_transport_options``), following failovers
+  (``backends/redis/``);
 - ``memory://``: the ``memory`` backend, kombu's in-process queues and dicts
   (``backends/memory.py``).
 
@@ -54,8 +57,8 @@ SCHEMES: dict[str, str] = {
 #: Backend name -> the module that makes it.
 MODULES: dict[str, str] = {
     "redis": "celery_events.backends.redis",
-    "amqp": "celery_events.backends.kombu",
-    "sentinel": "celery_events.backends.kombu",
+    "amqp": "celery_events.backends.amqp",
+    "sentinel": "celery_events.backends.redis",
     "memory": "celery_events.backends.memory",
 }
 
@@ -64,15 +67,27 @@ _DEFAULT_BROKER = "amqp://guest@localhost//"
 
 
 def first_broker_url(app_broker: object) -> str:
-    """Return the first URL of a Celery ``broker_url`` (which may list fail-over URLs)."""
+    """Return the first URL of a Celery ``broker_url`` (which may list fail-over URLs).
+
+    A ``sentinel://`` list is one broker, its sentinels (as kombu reads it): it is returned
+    whole.
+    """
     if isinstance(app_broker, (list, tuple)):
-        app_broker = app_broker[0] if app_broker else ""
+        app_broker = ";".join(str(url) for url in app_broker)
     text = str(app_broker or "")
-    return text.split(";")[0].strip()
+    pieces = [piece.strip() for piece in text.split(";") if piece.strip()]
+    if not pieces:
+        return ""
+    if pieces[0].startswith("sentinel://"):
+        return ";".join(piece for piece in pieces if piece.startswith("sentinel://"))
+    return pieces[0]
 
 
 def without_password(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***`` (for messages and logs)."""
+    """``url`` with its password, if any, shown as ``***`` (for messages and logs); each URL
+    of a ``;``-separated list (Sentinel's) is shown so."""
+    if ";" in url:
+        return ";".join(without_password(piece) for piece in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

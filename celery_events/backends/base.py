@@ -48,7 +48,9 @@ __all__ = [
     "ServiceBus",
     "StateStore",
     "StoreError",
+    "StoreUnavailable",
     "SweepResult",
+    "Topology",
     "Transport",
     "check_required",
     "lease_value",
@@ -65,6 +67,14 @@ class StoreError(CeleryEventsError):
     def __init__(self, reason: str, fix: str | None = None) -> None:
         super().__init__(reason)
         self.fix = fix
+
+
+class StoreUnavailable(StoreError):
+    """A store could not be reached: refused, timed out, or its reply was lost (the write may
+    or may not have happened). Raised by backends for driver errors that a later try may not
+    meet (redis-py ``ConnectionError``/``TimeoutError``, Django ``OperationalError``/
+    ``InterfaceError``); a worker waits for the store and never acknowledges the delivery.
+    """
 
 
 # -- the service as backends see it --------------------------------------------------------
@@ -143,6 +153,10 @@ class Transport(Protocol):
     #: Whether :meth:`send` writes the catalog entry in the same atomic step as the
     #: deliveries (it shares the registry's store); if not, the bus does not hand it one.
     records_catalog: bool
+    #: Whether :meth:`send` gives every message of a publish its task id itself (RabbitMQ
+    #: derives them from the one message it sends); the publish path then builds them with
+    #: placeholder ids instead of drawing random ones that would be thrown away.
+    assigns_task_ids: bool
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
         """Send every message; raise :class:`~celery_events.errors.PublishError` having sent
@@ -170,6 +184,27 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Topology(Protocol):
+    """How a backend that routes on the broker names and reaches each handler's queue.
+
+    RabbitMQ's (``backends/amqp/``) gives every handler a queue of its own, declared with
+    its owner's arguments, and sends retries to that queue alone. Backends without one
+    (``Backend.topology is None``) use the handler's queue as it is, and Celery's own routing.
+    """
+
+    def queue_of(self, queue: str, handler: str, service: str) -> tuple[str, dict[str, Any]]:
+        """The broker queue of ``handler`` (a task name) whose queue setting is ``queue``,
+        and the arguments its owner declares it with."""
+        ...
+
+    def retry_options(
+        self, queue: str, handler: str, countdown: float
+    ) -> tuple[float, dict[str, Any]]:
+        """The countdown and ``Task.retry`` options that bring a retry of ``handler`` back to
+        its own queue alone (``queue`` as for :meth:`queue_of`)."""
+        ...
 
 
 # -- recovery ------------------------------------------------------------------------------
@@ -390,6 +425,8 @@ class Backend:
     recovery: Recovery | None = None
     #: Where it lives, for people (passwords hidden).
     description: str = ""
+    #: How it names and routes handler queues itself (RabbitMQ), or None (Celery's routing).
+    topology: Topology | None = None
 
     def close(self) -> None:
         if self.recovery is not None:

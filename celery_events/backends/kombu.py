@@ -1,9 +1,9 @@
-"""Brokers reached through Celery's own producer: RabbitMQ (``amqp://``) and Sentinel.
+"""A transport through Celery's own producer, for brokers the bus has no backend of its own for.
 
 Deliveries go through ``app.amqp.send_task_message`` one by one over one producer connection,
 so signals and ``task-sent`` events are Celery's own; fan-out is not atomic there (a publisher
-that dies mid-call leaves some deliveries sent), and RabbitMQ users should turn publisher
-confirms on. The registry, inboxes and dead letters live in the Redis of ``registry_url``.
+that dies mid-call leaves some deliveries sent). The memory backend (kombu's in-process
+transport) publishes through it; Redis, Sentinel and RabbitMQ have transports of their own.
 """
 
 from __future__ import annotations
@@ -13,20 +13,9 @@ from typing import Any
 
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
-from . import without_password
-from .base import Backend, Capabilities, QueueReader, ServiceBus, StateStore
+from .base import QueueReader, ServiceBus
 
-__all__ = ["CAPABILITIES", "KombuTransport", "open_backend"]
-
-CAPABILITIES = Capabilities(
-    # RabbitMQ requeues a dead consumer's unacked messages itself when its connection drops.
-    dead_worker_recovery=True,
-    transactional_effects=True,
-    durable_state=True,
-)
-
-# Sentinel runs kombu's own Redis transport: no screening, no reaper (visibility timeout).
-SENTINEL_CAPABILITIES = Capabilities(transactional_effects=True, durable_state=True)
+__all__ = ["KombuTransport"]
 
 
 class KombuTransport:
@@ -35,16 +24,15 @@ class KombuTransport:
     Every message goes through ``app.amqp.send_task_message``, as ``send_task`` sends it, so
     signals and ``task-sent`` events are Celery's own. All of them go over one producer
     connection inside a kombu publish batch: transports that can defer publishes send them in
-    one go, the others one by one. On RabbitMQ, publisher confirms are on when the app sets
-    ``broker_transport_options={"confirm_publish": True}``; each publish then waits up to
-    ``publish_timeout`` for the broker's confirm.
+    one go, the others one by one.
     """
 
     # How many transport operations a batch buffers before it flushes.
     BATCH_SIZE = 1000
     records_catalog = False
+    assigns_task_ids = False
 
-    def __init__(self, app: Any, timeout: float, name: str = "amqp") -> None:
+    def __init__(self, app: Any, timeout: float, name: str = "sentinel") -> None:
         self.app = app
         self.timeout = timeout
         self.name = name
@@ -72,45 +60,19 @@ class KombuTransport:
         except Exception as exc:  # kombu raises transport-specific errors
             raise PublishError(
                 f"The broker did not take the event: {describe(exc)}. Some deliveries may have"
-                " been sent (fan-out is atomic on Redis only)."
+                " been sent (fan-out is atomic on Redis and RabbitMQ only)."
             ) from exc
 
     def prepare_worker(self, bus: ServiceBus) -> None:
-        """Nothing to adjust: the broker redelivers what a dead worker held."""
+        """Nothing to adjust."""
 
     def check_worker(self, bus: ServiceBus) -> None:
         """Nothing to check beyond what every backend checks."""
 
     def queue_reader(self, timeout: float) -> QueueReader:
         raise ConfigurationError(
-            f"The broker is {self.name!r}, not Redis; queue status is read from a Redis broker"
-            " only. Use the broker's own tools (rabbitmqctl list_queues)."
+            f"The broker is {self.name!r}; queue status is read from a redis:// broker only."
         )
 
     def close(self) -> None:
         """The producer pool is the app's, closed with it."""
-
-
-def open_backend(
-    app: Any, settings: Any, broker_url: str, name: str, state: StateStore | None = None
-) -> Backend:
-    """A kombu-transport backend; registry, and state unless the bus brings its own
-    (``state``), in the Redis of ``registry_url``."""
-    from .redis import stores_on
-
-    if settings.registry_url is None:
-        raise ConfigurationError(
-            f"The broker {broker_url.split('://')[0]!r} is not Redis, so the registry needs"
-            " its own Redis: pass registry_url='redis://host:6379/0' to EventBus."
-        )
-    capabilities = SENTINEL_CAPABILITIES if name == "sentinel" else CAPABILITIES
-    own, registry, where = stores_on(settings)
-    return Backend(
-        name=name,
-        capabilities=capabilities,
-        transport=KombuTransport(app, settings.publish_timeout, name),
-        state=own if state is None else state,
-        registry=registry,
-        recovery=None,
-        description=f"{without_password(broker_url)}; registry and state on {where}",
-    )

@@ -48,7 +48,7 @@ class _Space:
     #: (handler, event id) -> (value, expires at, monotonic); value is "done" or a lease
     inbox: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     #: task id -> starts, failures, first_failed_at
-    deliveries: dict[str, dict[str, float]] = field(default_factory=dict)
+    deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: service -> id -> (record, score)
     dead: dict[str, dict[str, tuple[bytes, float]]] = field(default_factory=dict)
 
@@ -133,12 +133,14 @@ class _Inbox:
             current = self._current(key) if use_inbox else None
             if current == "done":
                 return Claim("done")
-            if current is not None:
+            if current is not None and current != lease:
                 # Every holder is in this process, so alive: it is busy until its lease ends.
                 ttl = self.space.inbox[key][1] - time.monotonic()
                 return Claim("busy", holder=current, holder_ttl_ms=int(ttl * 1000))
             state = self.space.deliveries.setdefault(task_id, {"starts": 0, "failures": 0})
-            state["starts"] += 1
+            if state.get("lease") != lease:  # the same run asking again counts one start
+                state["starts"] += 1
+                state["lease"] = lease
             if use_inbox:
                 self.space.inbox[key] = (lease, time.monotonic() + lease_seconds)
             first = state.get("first_failed_at")

@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if unknown:
             raise pytest.UsageError(f"{item.nodeid}: {unknown} are not capabilities")
         harness: type[BackendHarness] = callspec.params["backend"]
-        lacking = capabilities_of(harness.name).missing(marker.args)
+        backend = harness.backend_name or harness.name
+        lacking = capabilities_of(backend).missing(marker.args)
         if lacking:
             item.add_marker(
                 pytest.mark.skip(

@@ -33,7 +33,7 @@ from celery_events import EventBus
 from celery_events.backends.base import Capabilities
 from celery_events.testing import HandlerRunner
 
-from ..harness import RedisServer, Worker
+from ..harness import RabbitMQServer, RedisServer, Worker
 from ..harness import wait_until as poll_until
 from .services import SETTINGS, SUBSCRIPTIONS, Board, MemoryBoard, RedisBoard, build_service
 
@@ -58,10 +58,14 @@ class Effect:
 class BackendHarness(ABC):
     """Runs the contract services on one backend for one test module."""
 
-    #: The backend's name, as tests and reports show it.
+    #: The harness's name, as tests and reports show it.
     name: ClassVar[str]
+    #: The backend it runs (``celery_events.backends.capabilities_of``): its name unless set.
+    backend_name: ClassVar[str] = ""
     #: Whether it needs servers or worker processes (its tests are marked ``integration``).
     integration: ClassVar[bool] = True
+    #: Whether each handler has a queue of its own (RabbitMQ), not one queue per service.
+    queue_per_handler: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -353,5 +357,98 @@ class RedisHarness(BackendHarness):
         )
 
 
+class RabbitMQHarness(RedisHarness):
+    """A real RabbitMQ node routing and queueing, one real ``celery worker`` per contract
+    service, the registry, inboxes, dead letters and the board on the real ``redis-server``.
+
+    Each harness has a virtual host of its own on the session's node (its exchange and queues
+    start empty, and nothing of another module's is counted), and one ``queue_type`` for its
+    services' queues: :class:`QuorumRabbitMQHarness`, :class:`ClassicRabbitMQHarness`.
+    """
+
+    backend_name = "amqp"
+    queue_per_handler = True
+    queue_type: ClassVar[str]
+
+    @classmethod
+    def open(cls, request: pytest.FixtureRequest) -> RabbitMQHarness:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+        rabbitmq: RabbitMQServer = request.getfixturevalue("rabbitmq_server")
+        logs = request.getfixturevalue("tmp_path_factory").mktemp("contract-logs")
+        return cls(server, Path(logs), rabbitmq)
+
+    def __init__(self, server: RedisServer, log_dir: Path, rabbitmq: RabbitMQServer) -> None:
+        super().__init__(server, log_dir)
+        self.rabbitmq = rabbitmq
+        self.vhost = f"contract-{self.token}"
+        self.url = rabbitmq.add_vhost(self.vhost)
+        self.state_url = server.url
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "registry_url": self.state_url,
+            "queue_type": self.queue_type,
+        }
+
+    def _start(self, service: str) -> None:
+        if service in self.workers:
+            return
+        env = {
+            **os.environ,
+            "CELERY_EVENTS_TEST_BROKER": self.url,
+            "CELERY_EVENTS_TEST_STATE": self.state_url,
+            "CONTRACT_SERVICE": service,
+            "CONTRACT_KEY_PREFIX": self.prefix,
+            "CONTRACT_SETTINGS": json.dumps(
+                {"registry_url": self.state_url, "queue_type": self.queue_type}
+            ),
+        }
+        # A node name each: RabbitMQ keeps a worker's remote-control queue exclusive to it.
+        args = [*WORKER_ARGS, "-n", f"{service}-{self.token}@%h"]
+        worker = Worker("tests.services.contract", env, args, self.log_dir)
+        self.workers[service] = worker
+        worker.wait_ready()
+
+    def settled(self, services: Iterable[str]) -> bool:
+        # RabbitMQ holds every delivery until it is acked (handled, skipped or dead-lettered):
+        # waiting, prefetched, running or waiting for a retry, in a handler's queue
+        # ({queue_template}.{handler}), the service's dead-letter queue (on its way to the
+        # dead letters in Redis) or a delay queue of a retry (celery_delayed_*, any service's:
+        # counted for every one). All of them empty: nothing is left to happen.
+        base = self.prefix.rstrip(":.")
+        owned = tuple(
+            name for s in services
+            for name in (f"{self.prefix}events.{s}.", f"{base}.dead.{s}")
+        )
+        return not any(
+            count for queue, count in self.rabbitmq.messages(self.vhost).items()
+            if queue.startswith(owned) or queue.startswith("celery_delayed_")
+        )
+
+    def wait_until(self, condition: Callable[[], T], timeout: float = 30.0, what: str = "") -> T:
+        # rabbitmqctl starts a VM per call: poll at a pace the machine can afford.
+        return poll_until(condition, timeout=timeout, interval=0.3, what=what)
+
+
+class QuorumRabbitMQHarness(RabbitMQHarness):
+    """RabbitMQ with quorum queues for the event queues (the default)."""
+
+    name = "rabbitmq-quorum"
+    queue_type = "quorum"
+
+
+class ClassicRabbitMQHarness(RabbitMQHarness):
+    """RabbitMQ with classic queues for the event queues (``queue_type="classic"``)."""
+
+    name = "rabbitmq-classic"
+    queue_type = "classic"
+
+
 #: Every backend the suite runs on, in this order; a new backend is one more class here.
-HARNESSES: tuple[type[BackendHarness], ...] = (MemoryHarness, RedisHarness)
+HARNESSES: tuple[type[BackendHarness], ...] = (
+    MemoryHarness, RedisHarness, QuorumRabbitMQHarness, ClassicRabbitMQHarness,
+)
+HARNESSES += (__import__("tests.contract.sentinel", fromlist=["_"]).SentinelHarness,)

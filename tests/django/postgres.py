@@ -40,11 +40,23 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its data directory and port (again, after :meth:`halt`)."""
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
+
+    def halt(self) -> None:
+        """Stop the server now, keeping its data for :meth:`resume`: every session is ended
+        (its transaction rolled back) and new connections are refused until then.
+
+        A fast shutdown, not an immediate one: this test server runs with fsync and
+        synchronous_commit off, so crash recovery would lose commits it had acknowledged."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

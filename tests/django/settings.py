@@ -67,4 +67,11 @@ CELERY_EVENTS = {
         if os.environ.get("CELERY_EVENTS_TEST_STATE") == "database"
         else {}
     ),
+    # A fleet without Redis (test_rabbitmq_database.py): RabbitMQ routes and keeps the
+    # registry, the database keeps the state; no registry_url, no state_url.
+    **(
+        {"state": "database", "management_url": os.environ["CELERY_EVENTS_TEST_MANAGEMENT"]}
+        if os.environ.get("CELERY_EVENTS_TEST_NO_REDIS") == "1"
+        else {}
+    ),
 }

@@ -1,10 +1,11 @@
-"""Fault injection: thousands of events while workers are killed and Redis restarts.
+"""Fault injection: thousands of events while workers are killed and the broker dies.
 
 Two subscriber services, two workers each (two pool processes per worker), get a few thousand
 events from a publisher while this test `kill -9`s pool processes and whole workers at seeded
-random moments (starting replacements), restarts Redis once, and the handlers fail on purpose
-now and then. Then a checker compares every (event, handler) effect with what was expected:
-zero lost, zero duplicated, and every deliberate failure in the dead letters.
+random moments (starting replacements), restarts Redis once (or `kill -9`s the RabbitMQ node
+and starts it again: publisher confirms on, the registry and inboxes on Redis), and the
+handlers fail on purpose now and then. Then a checker compares every (event, handler) effect
+with what was expected: zero lost, zero duplicated, and every deliberate failure in the dead letters.
 
 FAULTS_SEED and FAULTS_EVENTS change the run; it prints its counts.
 """
@@ -19,14 +20,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
 from celery import Celery
 
 from celery_events import EventBus, PublishError, PublishResult
 
-from ..harness import RedisServer, Worker, wait_until
+from ..harness import Worker, wait_until
 from ..integration.conftest import effects
 from .checker import Pair, check
+from .conftest import Broker
 
 SEED = int(os.environ.get("FAULTS_SEED", "20261127"))
 EVENTS = int(os.environ.get("FAULTS_EVENTS", "2000"))
@@ -69,8 +70,9 @@ def expectations(results: list[PublishResult]) -> tuple[set[Pair], set[Pair]]:
 class Fleet:
     """The subscriber workers, which the chaos kills and replaces."""
 
-    def __init__(self, start: Callable[..., Worker]) -> None:
+    def __init__(self, start: Callable[..., Worker], broker: Broker) -> None:
         self._start = start
+        self.broker = broker
         self.workers: dict[str, list[Worker]] = {s: [] for s in SERVICES}
         self.count = 0
 
@@ -78,6 +80,7 @@ class Fleet:
         self.count += 1
         worker = self._start(
             f"tests.services.{service}",
+            env=self.broker.env(),
             args=["-c", "2", "-n", f"{service}-{self.count}@%h"],
             ready=ready,
         )
@@ -113,18 +116,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_no_effect_is_lost_or_duplicated_under_crashes(
-    start_worker, redis_server: RedisServer, redis_url: str, redis_client: redis.Redis
-) -> None:
+def test_no_effect_is_lost_or_duplicated_under_crashes(start_worker, broker: Broker) -> None:
     rng = random.Random(SEED)
     events = plan(rng)
-    fleet = Fleet(start_worker)
+    fleet = Fleet(start_worker, broker)
     for service in SERVICES:
         fleet.add(service)
         fleet.add(service)
 
-    publisher = EventBus(Celery("fault_pub", broker=redis_url), service="fault_pub",
-                         publish_timeout=10.0)
+    # A publish waits for the broker to come back (a RabbitMQ node takes longer to boot).
+    publisher = EventBus(Celery("fault_pub", broker=broker.url), service="fault_pub",
+                         registry_url=broker.state_url,
+                         publish_timeout=10.0 if broker.name == "redis" else 30.0)
     published: list[PublishResult] = []
     failed_publishes = 0
     done = threading.Event()
@@ -142,16 +145,16 @@ def test_no_effect_is_lost_or_duplicated_under_crashes(
     thread = threading.Thread(target=publish_all, daemon=True)
     thread.start()
 
-    # Chaos while publishing and a little after: kills at random moments, one Redis restart.
-    kills = {"pool process": 0, "whole worker": 0, "redis restart": 0}
+    # Chaos while publishing and a little after: kills at random moments, one broker crash.
+    kills = {"pool process": 0, "whole worker": 0, "broker crash": 0}
     started = time.monotonic()
     chaos_until = EVENTS / RATE + 10
     restart_at = chaos_until / 2
     while time.monotonic() - started < chaos_until:
         time.sleep(rng.uniform(0.3, 1.5))
-        if kills["redis restart"] == 0 and time.monotonic() - started > restart_at:
-            redis_server.restart()
-            kills["redis restart"] += 1
+        if kills["broker crash"] == 0 and time.monotonic() - started > restart_at:
+            print(f"\n{broker.crash()} at {time.monotonic() - started:.1f} s")
+            kills["broker crash"] += 1
         elif rng.random() < 0.7:
             kills["pool process"] += fleet.kill_pool_process(rng)
         else:
@@ -161,8 +164,12 @@ def test_no_effect_is_lost_or_duplicated_under_crashes(
     assert done.is_set()
 
     expected, expected_dead = expectations(published)
-    ops = {s: EventBus(Celery(f"{s}-ops", broker=redis_url), service=s) for s in SERVICES}
-    client = redis_server.client()
+    ops = {
+        s: EventBus(Celery(f"{s}-ops", broker=broker.url), service=s,
+                    registry_url=broker.state_url)
+        for s in SERVICES
+    }
+    client = broker.redis.client()
 
     def history() -> tuple[list[Pair], list[Pair]]:
         seen = [(str(e["handler"]), str(e["event_id"])) for e in effects(client)]
@@ -175,16 +182,19 @@ def test_no_effect_is_lost_or_duplicated_under_crashes(
 
     def settled() -> bool:
         seen, dead = history()
-        quiet = all(client.llen(f"events.{s}") == 0 for s in SERVICES) and client.hlen(
-            "unacked"
-        ) == 0 and all(client.hlen(f"celery_events:ledger:{s}") == 0 for s in SERVICES)
+        if broker.name == "redis":
+            quiet = all(client.llen(f"events.{s}") == 0 for s in SERVICES) and client.hlen(
+                "unacked"
+            ) == 0 and all(client.hlen(f"celery_events:ledger:{s}") == 0 for s in SERVICES)
+        else:
+            quiet = broker.waiting() == 0
         return quiet and len(set(seen)) >= len(expected) and len(set(dead)) >= len(expected_dead)
 
     wait_until(settled, timeout=300, interval=0.5, what="every delivery handled or dead")
     seen, dead = history()
     verdict = check(expected, expected_dead, seen, dead)
     print(
-        f"\nfault injection (seed {SEED}): {len(published)} events published"
+        f"\nfault injection on {broker.name} (seed {SEED}): {len(published)} events published"
         f" ({failed_publishes} publishes failed and were not counted); kills: {kills};"
         f" {verdict.summary()}"
     )

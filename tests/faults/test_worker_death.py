@@ -24,18 +24,17 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pytest
 import redis
 from celery import Celery
-from kombu import Connection
 
 from celery_events import EventBus, PublishResult
 
-from ..harness import RabbitMQServer, Worker, wait_until
+from ..harness import Worker, wait_until
 from .checker import check
+from .conftest import Broker
 
 # tests.services.recovery.STARTED_KEY (importing that module would build its app).
 STARTED_KEY = "test:recovery:started"
@@ -47,36 +46,6 @@ KILL_EVERY = 16.0
 RECOVERY_LIMIT = 30.0
 QUEUE = "events.recovery"
 PREFIX = "celery_events:"
-
-
-@dataclass
-class Broker:
-    name: str
-    url: str
-    #: The Redis of the registry, inbox and effects (the broker itself when it is Redis).
-    state_url: str | None
-
-    def env(self) -> dict[str, str]:
-        env = {"CELERY_EVENTS_TEST_BROKER": self.url}
-        if self.state_url is not None:
-            env["CELERY_EVENTS_TEST_STATE"] = self.state_url
-        return env
-
-
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
-    if request.param == "redis":
-        yield Broker("redis", redis_url, None)
-        return
-    server: RabbitMQServer = request.getfixturevalue("rabbitmq_server")
-    with Connection(server.url) as connection:
-        # The node lives for the whole session: start from an empty queue.
-        channel = connection.default_channel
-        try:
-            channel.queue_purge(QUEUE)
-        except Exception:  # not declared yet
-            pass
-    yield Broker("rabbitmq", server.url, redis_url)
 
 
 @dataclass
@@ -246,7 +215,7 @@ def test_a_dead_workers_deliveries_run_again_within_30_s(
                     and state.hlen("unacked") == 0
                     and state.hlen(f"{PREFIX}ledger:recovery") == 0
                 )
-            return True
+            return broker.waiting() == 0
 
         wait_until(settled, timeout=3 * RECOVERY_LIMIT, interval=0.2,
                    what="every delivery handled (and, on Redis, acked)")

@@ -1,4 +1,5 @@
-"""The benchmarks run: ``python -m benchmarks --smoke`` end to end, sizes tiny, and against a
+"""The benchmarks run: ``python -m benchmarks --smoke`` end to end, sizes tiny (on Redis, and
+on a private RabbitMQ node when rabbitmq-server is installed: required in CI), and against a
 baseline revision (``--baseline``).
 
 Speed is never asserted here (CI machines vary); only that every benchmark runs against a real
@@ -7,18 +8,24 @@ Redis and real workers and reports its figures and targets.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from ..harness import ROOT
+from benchmarks.__main__ import AGAINST_BASELINE, ORDER
+
+from ..harness import ROOT, rabbitmq_server_binary
+
+#: Every benchmark of a plain run but the RabbitMQ throughput one, tested apart below.
+SMOKE = [name for name in ORDER if name not in AGAINST_BASELINE and name != "rabbitmq-throughput"]
 
 
 def test_the_benchmarks_run_in_smoke_mode() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke"],
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", ",".join(SMOKE)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,11 +42,44 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
         "### Publisher memory over 2,000 publishes",
         "### Worker throughput, 200 queued",
         "### End-to-end latency at 200 events/s",
+        "### Sentinel publish, with and without WAIT",
     ):
         assert title in out, title
     # Each of the seven targets is reported (met or not), with its measured figure.
     for number in range(1, 8):
         assert f"| {number}. " in out, number
+    # On a Sentinel topology: publish p50 with wait_for_replicas 0 and 1.
+    assert "| publish to 10, WAIT 1 replica, p50 | " in out
+    assert "| WAIT 1 ÷ WAIT off, publish to 10, p50 | " in out
+    if rabbitmq_server_binary() is None and not os.environ.get("CI"):
+        assert "(rabbitmq-* skipped: rabbitmq-server is not installed" in out
+        return
+    # On a private RabbitMQ node: raw send_task and the bus's publish to 1, 10 and 100, all
+    # with confirms, and a worker draining deliveries against raw tasks.
+    assert "### RabbitMQ publish, publisher confirms on" in out
+    for row in (
+        "| raw send_task with confirms, 1 queue | ",
+        "| celery-events publish, 100 subscribers | ",
+        "| 12. publish to 10 ÷ one raw send_task | ",
+        "| 12. publish to 100 ÷ publish to 1 | ",
+    ):
+        assert row in out, row
+
+
+def test_the_rabbitmq_throughput_benchmark_runs_in_smoke_mode() -> None:
+    """A worker drains queued deliveries on RabbitMQ, and raw no-op tasks, in one run."""
+    if rabbitmq_server_binary() is None and not os.environ.get("CI"):
+        pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "rabbitmq-throughput"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "### RabbitMQ worker throughput, 200 queued" in result.stdout
+    assert "| 3. RabbitMQ deliveries ÷ raw no-op tasks | " in result.stdout
 
 
 def test_the_comparison_with_a_baseline_runs_in_smoke_mode() -> None:

@@ -8,6 +8,7 @@ then dead letter), and ``flaky: n`` fails ``n`` times before it succeeds.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 
@@ -20,11 +21,13 @@ from ._effects import EFFECTS_KEY, broker_url
 
 
 def make_service(service: str) -> tuple[Celery, EventBus]:
+    state = os.environ.get("CELERY_EVENTS_TEST_STATE")
     app = Celery(service, broker=broker_url())
     app.conf.broker_transport_options = {"visibility_timeout": 20}
     bus = EventBus(
         app,
         service=service,
+        registry_url=state,
         max_retries=2,
         retry_backoff=0.05,
         retry_backoff_max=1.0,
@@ -33,7 +36,7 @@ def make_service(service: str) -> tuple[Celery, EventBus]:
         redelivery_timeout=3.0,
         sweep_interval=0.5,
     )
-    client = redis.Redis.from_url(broker_url())
+    client = redis.Redis.from_url(state or broker_url())
 
     def effect(handler: str, event: Event) -> None:
         # Work long enough for kills to land inside handlers too.

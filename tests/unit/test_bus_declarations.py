@@ -57,10 +57,15 @@ def test_an_unknown_setting_fails_when_the_bus_is_created() -> None:
         make_bus(max_size=3)
 
 
-def test_a_non_redis_broker_needs_a_registry_url() -> None:
-    bus = EventBus(Celery("x", broker="amqp://guest@127.0.0.1//"), service="x")
-    with pytest.raises(ConfigurationError, match="registry_url"):
-        _ = bus.registry
+def test_a_rabbitmq_broker_keeps_the_registry_unless_registry_url_names_a_redis() -> None:
+    own = EventBus(Celery("x", broker="amqp://guest@127.0.0.1:1//"), service="x")
+    assert "registry on RabbitMQ" in own.backend.description
+    redis = EventBus(
+        Celery("y", broker="amqp://guest@127.0.0.1:1//"),
+        service="y",
+        registry_url="redis://127.0.0.1:1/0",
+    )
+    assert "registry and state on redis://127.0.0.1:1/0" in redis.backend.description
 
 
 def test_a_lambda_needs_a_name() -> None:

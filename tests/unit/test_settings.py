@@ -8,6 +8,7 @@ def test_defaults_are_valid() -> None:
     settings = Settings.from_options({})
     assert settings.max_event_size == 256 * 1024
     assert settings.publish_timeout == 5.0
+    assert Settings.from_options({"relay_fanout_above": None}).relay_fanout_above is None
 
 
 def test_an_unknown_setting_is_refused_with_a_suggestion() -> None:
@@ -25,6 +26,9 @@ def test_an_unknown_setting_is_refused_with_a_suggestion() -> None:
         ({"max_retries": -1}, "max_retries"),
         ({"max_deliveries": 0}, "max_deliveries"),
         ({"dead_letter_limit": 0}, "dead_letter_limit"),
+        ({"relay_fanout_above": 0}, "relay_fanout_above"),
+        ({"relay_fanout_above": True}, "relay_fanout_above"),
+        ({"relay_fanout_above": 2.5}, "relay_fanout_above"),
         ({"inbox_ttl": 0}, "inbox_ttl"),
         ({"queue_template": "events"}, "queue_template"),
         ({"registry_url": "amqp://x"}, "registry_url"),
@@ -53,6 +57,7 @@ SECONDS_SETTINGS = [
     "inbox_ttl",
     "redelivery_timeout",
     "sweep_interval",
+    "state_outage_wait",
 ]
 
 

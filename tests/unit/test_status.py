@@ -10,7 +10,7 @@ import pytest
 
 from celery_events import Subscription
 from celery_events.backends.redis.queues import _published_at, _unacked_queue
-from celery_events.cli import _age
+from celery_events.cli import _age, _oldest
 from celery_events.status import ServiceStatus, read_status
 
 
@@ -88,3 +88,10 @@ def test_queues_are_summed_per_service() -> None:
 )
 def test_ages_read_well(seconds: float | None, shown: str) -> None:
     assert _age(seconds) == shown
+
+
+def test_waiting_deliveries_of_unknown_age_read_as_unknown_not_as_none_waiting() -> None:
+    # RabbitMQ's quorum queues do not tell the age of their head.
+    assert _oldest(3, None) == "?"
+    assert _oldest(0, None) == "-"
+    assert _oldest(3, 5.0) == "5.0s"

@@ -1,4 +1,12 @@
-"""The Redis backend (``redis://``, ``rediss://``, ``unix://``): every role on one Redis.
+"""The Redis backend (``redis://``, ``rediss://``, ``unix://``, and ``sentinel://``): every
+role on one Redis.
+
+On ``sentinel://`` (kombu's form, ``master_name`` in ``broker_transport_options``) every role
+below runs on the primary its sentinels name, through a client that asks them again after a
+connection fails (``client.connect_sentinel``), and workers consume through the Sentinel
+variant of the screening transport: publishing, consuming, the sweeper and the reaper follow a
+failover. Redis replicates asynchronously, so the ``wait_for_replicas`` setting makes the
+fan-out wait (``WAIT``) for replicas to hold its deliveries before a publish returns.
 
 - transport: :class:`~.fanout.RedisFanout`, one atomic Lua script per publish that pushes
   every delivery, records it in the lost-delivery ledger and (once per name and process) in
@@ -45,16 +53,21 @@ def open_backend(
     lost-delivery ledger stays here, kept beside that store's inbox (``LedgerState``).
     """
     timeout = settings.publish_timeout
-    broker = connect(broker_url, timeout, use_ssl=app.conf.broker_use_ssl)
+    options = app.conf.broker_transport_options or {}
+    broker = connect(
+        broker_url, timeout, use_ssl=app.conf.broker_use_ssl, transport_options=options
+    )
     if settings.registry_url is None:
         registry_client = broker
         where = "the broker"
     else:
-        # A registry of its own takes its TLS options from its own URL only.
-        registry_client = connect(settings.registry_url, timeout)
+        # A registry of its own takes its TLS options from its own URL only (a Sentinel one
+        # may take its master_name from the broker's options when its URL names none).
+        registry_client = connect(
+            settings.registry_url, timeout, transport_options=_sentinel_options(options)
+        )
         where = without_password(settings.registry_url)
     registry = RedisRegistry(registry_client, settings.key_prefix)
-    options = app.conf.broker_transport_options or {}
     transport = RedisFanout(
         broker,
         timeout,
@@ -63,6 +76,8 @@ def open_backend(
         app=app,
         # The catalog entry rides in the fan-out's script only where the registry lives.
         catalog_key=registry.published_key if registry_client is broker else None,
+        wait_for_replicas=settings.wait_for_replicas,
+        wait_for_replicas_timeout=settings.wait_for_replicas_timeout,
     )
     return Backend(
         name=name,
@@ -79,9 +94,16 @@ def open_backend(
     )
 
 
+def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The broker's ``master_name`` only: a registry's Sentinel URL may name its primary in
+    its own query, and its sentinels' options never come from the broker's."""
+    return {"master_name": options["master_name"]} if options.get("master_name") else {}
+
+
 def stores_on(settings: Any) -> tuple[RedisState, RedisRegistry, str]:
     """State and registry stores on the Redis of ``settings.registry_url`` (for brokers that
-    are not Redis), and where that is, for people."""
+    are not Redis), and where that is, for people. A ``sentinel://`` URL names its primary
+    in its query (``?master_name=mymaster``)."""
     client = connect(settings.registry_url, settings.publish_timeout)
     return (
         RedisState(client, settings.key_prefix),

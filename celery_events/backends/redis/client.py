@@ -1,14 +1,24 @@
-"""Redis clients with bounded waits: the one place redis-py is configured."""
+"""Redis clients with bounded waits: the one place redis-py is configured.
+
+A URL names either one Redis server (``redis://``, ``rediss://``, ``unix://``,
+``redis+socket://``) or a Sentinel-watched primary (``sentinel://``, kombu's form: one
+``sentinel://host:port`` per sentinel, joined by ``;``). A Sentinel client asks the sentinels
+where the primary is whenever it connects, so every role on it follows a failover: a
+connection to a primary that died or was demoted fails once, and the next one goes to the
+promoted replica.
+"""
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
@@ -16,15 +26,26 @@ from redis.retry import Retry
 
 from ...errors import ConfigurationError, describe
 from .. import without_password
+from ..base import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+SENTINEL_SCHEME = "sentinel"
+#: kombu's default sentinel port, for a ``sentinel://host`` without one.
+SENTINEL_PORT = 26379
+#: The transport options of kombu's Sentinel channel that say how to reach the primary.
+SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs", "min_other_sentinels")
 
 
 def is_redis_url(url: str) -> bool:
     """Tell whether ``url`` names a plain Redis server (not Sentinel or another broker)."""
     return urlsplit(url).scheme in REDIS_SCHEMES
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Tell whether ``url`` names a Redis primary through its sentinels (``sentinel://``)."""
+    return urlsplit(url.split(";")[0].strip()).scheme == SENTINEL_SCHEME
 
 
 # Every spelling kombu's URL parser and Celery's Redis backend accept for ssl_cert_reqs.
@@ -90,15 +111,29 @@ def _cert_reqs(value: object) -> ssl.VerifyMode:
     )
 
 
-def connect(url: str, timeout: float, *, use_ssl: object = None, **options: Any) -> redis.Redis:
+def connect(
+    url: str,
+    timeout: float,
+    *,
+    use_ssl: object = None,
+    transport_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> redis.Redis:
     """Open a Redis client whose every call gives up after ``timeout`` seconds.
 
     TLS is set up as kombu sets it up for the same URL and ``use_ssl`` (the app's
-    ``broker_use_ssl``, for the broker's URL): see :func:`tls_options`.
+    ``broker_use_ssl``, for the broker's URL): see :func:`tls_options`. A ``sentinel://`` URL
+    gives a client of the primary its sentinels name (:func:`connect_sentinel`), with
+    ``transport_options`` as kombu's Sentinel channel reads them (``master_name``,
+    ``sentinel_kwargs``, ``min_other_sentinels``).
 
     redis-py retries by itself with backoff by default, which would stretch a bounded publish
     into many timeouts; our callers retry on their own deadline instead.
     """
+    if is_sentinel_url(url):
+        return connect_sentinel(
+            url, timeout, use_ssl=use_ssl, transport_options=transport_options, **options
+        )
     scheme = urlsplit(url).scheme
     if scheme == "redis+socket":
         # kombu spells unix sockets redis+socket:///path; redis-py spells them unix:///path.
@@ -130,6 +165,89 @@ def connect(url: str, timeout: float, *, use_ssl: object = None, **options: Any)
         ) from exc
 
 
+def connect_sentinel(
+    url: str,
+    timeout: float,
+    *,
+    use_ssl: object = None,
+    transport_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> redis.Redis:
+    """A client of the Redis primary that the sentinels of ``url`` name, as kombu's Sentinel
+    transport connects to it.
+
+    ``url`` is kombu's form, ``sentinel://[user:password@]host:port[/db];sentinel://host:port``:
+    every part names one sentinel; the password, user and database of the first part are the
+    primary's (kombu reads them there too). The primary's name is the ``master_name``
+    transport option, or ``?master_name=...`` in the URL (for a ``registry_url``, which has no
+    transport options). ``sentinel_kwargs`` are the options of the connections to the sentinels
+    themselves (their password, TLS), as in kombu; without them those connections get the same
+    timeouts and nothing else. TLS to the primary is ``use_ssl`` (the app's ``broker_use_ssl``)
+    or ``ssl_*`` options in the URL's query, read as for ``redis://``.
+    """
+    parts = [urlsplit(piece.strip()) for piece in url.split(";") if piece.strip()]
+    first = parts[0]
+    query: dict[str, str] = {}
+    for part in parts:
+        if part.scheme != SENTINEL_SCHEME:
+            raise ConfigurationError(
+                f"The Sentinel URL {without_password(url)!r} mixes schemes ({part.scheme!r});"
+                " list every sentinel as sentinel://host:port, joined by ';'."
+            )
+        query.update(parse_qsl(part.query))
+    given = dict(transport_options or {})
+    master_name = given.get("master_name") or query.pop("master_name", None)
+    query.pop("master_name", None)
+    if not master_name or not isinstance(master_name, str):
+        raise ConfigurationError(
+            f"The Sentinel URL {without_password(url)!r} names no primary: set"
+            " broker_transport_options={'master_name': 'mymaster'} for the broker (as kombu"
+            " needs), or add ?master_name=mymaster to a registry_url."
+        )
+    try:
+        sentinels = [(p.hostname or "127.0.0.1", p.port or SENTINEL_PORT) for p in parts]
+        db = int((first.path or "/0").strip("/") or 0)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"The Sentinel URL {without_password(url)!r} cannot be used: {describe(exc)}. Write"
+            " it as sentinel://host:26379/0;sentinel://host:26380 (a port and a database"
+            " number)."
+        ) from exc
+    bounded: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    primary: dict[str, Any] = {
+        **bounded, "db": db, "retry_on_timeout": False, "health_check_interval": 30
+    }
+    if first.password is not None:
+        primary["password"] = first.password
+    if first.username:
+        primary["username"] = first.username
+    # The primary's TLS options: the URL's ssl_* options or broker_use_ssl, read as kombu
+    # reads them for redis:// (so with neither, no TLS).
+    ssl_query = urlencode([(k, v) for k, v in query.items() if k.startswith("ssl_")])
+    tls = tls_options(urlunsplit(("redis", "primary", "/", ssl_query, "")), use_ssl)
+    if tls is not None:
+        primary.update(tls, ssl=True)
+    sentinel_kwargs = given.get("sentinel_kwargs")
+    if sentinel_kwargs is None:
+        sentinel_kwargs = dict(bounded)
+    else:
+        sentinel_kwargs = {**bounded, **dict(sentinel_kwargs)}
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        min_other_sentinels=int(given.get("min_other_sentinels", 0) or 0),
+        sentinel_kwargs=sentinel_kwargs,
+        **primary,
+    )
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        master_name, redis_class=redis.Redis, **options
+    )
+    return client
+
+
 def _pack(*args: str | int | float) -> bytes:
     """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
     out = [b"*%d\r\n" % len(args)]
@@ -147,25 +265,67 @@ def run_script(
     redis-py's generic command path (hooks, observability, retry wrappers) costs more than the
     round trip itself on the hot paths that use this (the fan-out, the inbox).
     """
+    return _run(client, script, keys, args, None)[0]
+
+
+def run_script_replicated(
+    client: redis.Redis,
+    script: Script,
+    keys: list[str],
+    args: list[str | int | float],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, int]:
+    """Run ``script`` as :func:`run_script` does, then ``WAIT replicas timeout_ms`` on the same
+    connection (WAIT counts the replicas that have this connection's writes), sent in the same
+    packet; return the script's reply and how many replicas acknowledged its writes."""
+    reply, acked = _run(client, script, keys, args, (replicas, timeout_ms))
+    return reply, int(acked)
+
+
+def _run(
+    client: redis.Redis,
+    script: Script,
+    keys: list[str],
+    args: list[str | int | float],
+    wait: tuple[int, int] | None,
+) -> tuple[Any, Any]:
     pool = client.connection_pool
     connection: Any = pool.get_connection()
+    waited = [] if wait is None else [_pack("WAIT", *wait)]
     try:
         try:
             connection.send_packed_command(
-                [_pack("EVALSHA", script.sha, len(keys), *keys, *args)]
+                [_pack("EVALSHA", script.sha, len(keys), *keys, *args), *waited]
             )
-            return _reply(connection)
+            return _replies(connection, wait)
         except NoScriptError:
-            # A restarted or flushed Redis forgets scripts; load it and run it once more.
+            # A restarted or flushed Redis (or a promoted replica that never saw SCRIPT LOAD)
+            # forgets scripts; load it and run it once more.
             connection.send_command("SCRIPT", "LOAD", script.script)
             script.sha = connection.read_response().decode()
-            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return _reply(connection)
+            connection.send_packed_command(
+                [_pack("EVALSHA", script.sha, len(keys), *keys, *args), *waited]
+            )
+            return _replies(connection, wait)
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
         raise
     finally:
         pool.release(connection)
+
+
+def _replies(connection: Any, wait: tuple[int, int] | None) -> tuple[Any, Any]:
+    """The script's reply and, when WAIT followed it, WAIT's; the script's error is raised
+    once WAIT's reply is read too, so the connection is left with nothing unread."""
+    try:
+        reply, error = _reply(connection), None
+    except redis.ResponseError as exc:
+        reply, error = None, exc
+    acked = _reply(connection) if wait is not None else None
+    if error is not None:
+        raise error
+    return reply, acked
 
 
 class ReplyLost(redis.ConnectionError):
@@ -177,3 +337,20 @@ def _reply(connection: Any) -> Any:
         return connection.read_response()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ReplyLost(describe(exc)) from exc
+
+
+def store_error(exc: redis.RedisError, fix: str | None = None) -> StoreError:
+    """The typed error of a failed Redis call: :class:`StoreUnavailable` when Redis could not
+    be reached or its reply was lost (a later try may succeed), else :class:`StoreError`."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(describe(exc), fix)
+    return StoreError(describe(exc), fix)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn redis-py's errors into the store errors callers outside this backend catch."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise store_error(exc) from exc

@@ -17,9 +17,9 @@ import redis
 from celery import Celery, signals
 
 from ..._messages import SentEvents, TaskMessage, redis_payload
-from ...errors import PublishError, describe
+from ...errors import NotReplicatedError, PublishError, describe
 from ..base import QueueReader, ServiceBus
-from .client import ReplyLost, run_script
+from .client import ReplyLost, run_script, run_script_replicated
 from .queues import BrokerQueues
 from .worker import check_visibility_timeout, configure_worker
 
@@ -179,10 +179,16 @@ class RedisFanout:
         ledger_prefix: str | None = None,
         app: Celery | None = None,
         catalog_key: str | None = None,
+        wait_for_replicas: int = 0,
+        wait_for_replicas_timeout: float = 1.0,
     ) -> None:
         self.client = client
+        # WAIT after the script: how many replicas must hold its writes, and for how long.
+        self.wait_for_replicas = wait_for_replicas
+        self.wait_for_replicas_timeout = wait_for_replicas_timeout
         self.catalog_key = catalog_key
         self.records_catalog = catalog_key is not None
+        self.assigns_task_ids = False
         self.timeout = timeout
         # kombu's global_keyprefix transport option prefixes every queue key.
         self.key_prefix = key_prefix
@@ -226,8 +232,14 @@ class RedisFanout:
         if catalog is not None and self.catalog_key is not None:
             keys.append(self.catalog_key)
             args.extend(catalog)
-        self._run(keys, args)
+        acknowledged = self._run(keys, args)
         self._signals.after(messages)
+        if acknowledged < self.wait_for_replicas:
+            raise NotReplicatedError(
+                _not_replicated(acknowledged, self.wait_for_replicas, self.wait_for_replicas_timeout),
+                acknowledged=acknowledged,
+                wanted=self.wait_for_replicas,
+            )
 
     def prepare_worker(self, bus: ServiceBus) -> None:
         configure_worker(bus)
@@ -241,14 +253,23 @@ class RedisFanout:
     def close(self) -> None:
         self.client.close()
 
-    def _run(self, keys: list[str], args: list[str | int | float]) -> None:
+    def _run(self, keys: list[str], args: list[str | int | float]) -> int:
+        """Run the fan-out script; return how many replicas acknowledged its writes (when
+        ``wait_for_replicas`` asks, else 0)."""
         deadline = time.monotonic() + self.timeout
         pause = 0.05
         reply_lost = False
+        replicas = self.wait_for_replicas
         while True:
             try:
-                run_script(self.client, self._script, keys, args)
-                return
+                if not replicas:
+                    run_script(self.client, self._script, keys, args)
+                    return 0
+                # WAIT's own timeout is whole milliseconds; 0 would mean "forever".
+                wait_ms = max(1, int(self.wait_for_replicas_timeout * 1000))
+                return run_script_replicated(
+                    self.client, self._script, keys, args, replicas, wait_ms
+                )[1]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
                 # the retry repeats deliveries with the same ids, which the inbox absorbs.
@@ -280,6 +301,19 @@ def _unreachable(timeout: float, exc: BaseException, reply_lost: bool) -> str:
             " publishing the data again as a new event may deliver it twice."
         )
     return f"{text} No delivery was sent; check that Redis is reachable, then publish again."
+
+
+def _not_replicated(acknowledged: int, wanted: int, timeout: float) -> str:
+    return (
+        f"The event's deliveries are queued on the Redis primary, but {acknowledged} of the"
+        f" {wanted} replica(s) wait_for_replicas asks for acknowledged them within"
+        f" wait_for_replicas_timeout ({timeout:g} s), so a failover now could lose them. They"
+        " will be delivered unless the primary fails first. To be sure, publish the same event"
+        " again (bus.publish_event with the same event) once the replicas are back, which"
+        " subscribers' inboxes absorb; do not publish the data again as a new event, which"
+        " would deliver it twice. If replicas are often missing, check them (INFO"
+        " replication), or lower wait_for_replicas."
+    )
 
 
 def _refused(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ import redis
 from ... import _plainjson
 from ..base import Claim, SweepResult, lease_value
 from ..base import Inbox as InboxRole
-from .client import run_script
+from .client import run_script, store_errors
 from .liveness import alive_prefix, keep_alive
 
 __all__ = ["Inbox", "LedgerInbox", "Claim", "SweepResult", "lease_value", "ledger_entry"]
@@ -41,22 +41,32 @@ if ARGV[4] == '1' and current then
     redis.call('ZREM', KEYS[4], ARGV[1])
     return {'done', '', 0, 0, 0, ''}
   end
-  -- Another copy holds the lease. It is busy while its process's alive key lives; once that
-  -- is gone (the process died, whatever host it was on), this copy takes the lease over.
-  local lease_ttl = redis.call('PTTL', KEYS[1])
-  local ok, holder = pcall(cjson.decode, current)
-  if ok and type(holder) == 'table' and type(holder['process']) == 'string' then
-    local alive_ttl = redis.call('PTTL', ARGV[6] .. holder['process'])
-    if alive_ttl ~= -2 then
-      if alive_ttl >= 0 and alive_ttl < lease_ttl then lease_ttl = alive_ttl end
+  if current ~= ARGV[2] then
+    -- Another copy holds the lease. It is busy while its process's alive key lives; once that
+    -- is gone (the process died, whatever host it was on), this copy takes the lease over.
+    local lease_ttl = redis.call('PTTL', KEYS[1])
+    local ok, holder = pcall(cjson.decode, current)
+    if ok and type(holder) == 'table' and type(holder['process']) == 'string' then
+      local alive_ttl = redis.call('PTTL', ARGV[6] .. holder['process'])
+      if alive_ttl ~= -2 then
+        if alive_ttl >= 0 and alive_ttl < lease_ttl then lease_ttl = alive_ttl end
+        return {'busy', current, lease_ttl, 0, 0, ''}
+      end
+    else
+      -- A lease that names no process (written by an older version): wait for it to expire.
       return {'busy', current, lease_ttl, 0, 0, ''}
     end
-  else
-    -- A lease that names no process (written by an older version): wait for it to expire.
-    return {'busy', current, lease_ttl, 0, 0, ''}
   end
 end
-local starts = redis.call('HINCRBY', KEYS[2], 'starts', 1)
+local starts
+if redis.call('HGET', KEYS[2], 'lease') == ARGV[2] then
+  -- This run's own claim, sent again because its reply was lost (the state store went away):
+  -- it stands, and its start is not counted twice.
+  starts = tonumber(redis.call('HGET', KEYS[2], 'starts') or '1')
+else
+  starts = redis.call('HINCRBY', KEYS[2], 'starts', 1)
+  redis.call('HSET', KEYS[2], 'lease', ARGV[2])
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[3] * 4 + 86400000)
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -100,7 +110,11 @@ if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[4], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[2], 'starts', 0)
+if redis.call('HGET', KEYS[2], 'released') == ARGV[2] then
+  -- This run's release, sent again because its reply was lost: its failure counts once.
+  return tonumber(redis.call('HGET', KEYS[2], 'failures') or '0')
+end
+redis.call('HSET', KEYS[2], 'starts', 0, 'released', ARGV[2])
 local failures = 0
 if ARGV[3] == '1' then
   failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
@@ -193,14 +207,16 @@ class Inbox:
 
     def process_token(self) -> str:
         """This process's token, its alive key kept (``liveness.py``); leases name it."""
-        return keep_alive(self.client, self.prefix)
+        with store_errors():
+            return keep_alive(self.client, self.prefix)
 
     def new_effects(self) -> redis.client.Pipeline:
         """A transaction for the Redis effects a handler queues (``bus.redis_effects()``)."""
         return self.client.pipeline(transaction=True)
 
     def is_done(self, handler: str, event_id: str) -> bool:
-        return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
+        with store_errors():
+            return self.client.get(f"{self.prefix}inbox:{handler}:{event_id}") == b"done"
 
     def claim(
         self,
@@ -215,19 +231,20 @@ class Inbox:
         """Take the delivery's lease (``lease``, from :func:`lease_value` with
         :meth:`process_token`), unless it is done or a live copy holds it."""
         now = time.time()
-        status, holder, ttl, starts, failures, first = run_script(
-            self.client,
-            self._claim,
-            self._keys(handler, event_id, task_id),
-            [
-                task_id,
-                lease,
-                int(lease_seconds * 1000),
-                "1" if use_inbox else "0",
-                now + lease_seconds,
-                alive_prefix(self.prefix),
-            ],
-        )
+        with store_errors():
+            status, holder, ttl, starts, failures, first = run_script(
+                self.client,
+                self._claim,
+                self._keys(handler, event_id, task_id),
+                [
+                    task_id,
+                    lease,
+                    int(lease_seconds * 1000),
+                    "1" if use_inbox else "0",
+                    now + lease_seconds,
+                    alive_prefix(self.prefix),
+                ],
+            )
         return Claim(
             status=_text(status),
             holder=_text(holder),
@@ -253,21 +270,39 @@ class Inbox:
         Returns False, committing nothing, when ``lease`` is no longer the delivery's: another
         copy took it over (this process was presumed dead) or already succeeded, and its
         record and effects count, so these are dropped rather than applied twice.
+
+        Raises :class:`StoreUnavailable` when Redis cannot be reached, keeping ``effects``
+        queued, so that a call made again once it is back commits them (the script is safe to
+        send twice; a transaction whose reply was lost finds its own record and returns False).
         """
         keys = self._keys(handler, event_id, task_id)
         if effects is None or not effects.command_stack:
             # One script call: about half the cost of a MULTI pipeline on this hot path.
-            return bool(
-                run_script(
-                    self.client,
-                    self._succeed,
-                    keys,
-                    [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000), lease],
+            with store_errors():
+                return bool(
+                    run_script(
+                        self.client,
+                        self._succeed,
+                        keys,
+                        [task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000), lease],
+                    )
                 )
-            )
+        with store_errors():
+            committed = self._succeed_with(keys, task_id, lease, use_inbox, ttl_seconds, effects)
+        effects.reset()
+        return committed
+
+    def _succeed_with(
+        self,
+        keys: list[str],
+        task_id: str,
+        lease: str,
+        use_inbox: bool,
+        ttl_seconds: float,
+        effects: redis.client.Pipeline,
+    ) -> bool:
         inbox, state, ledger, due = keys
         commands = list(effects.command_stack)
-        effects.reset()
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -293,7 +328,7 @@ class Inbox:
 
     def forget(self, task_id: str) -> None:
         """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""
-        with self.client.pipeline(transaction=True) as pipe:
+        with store_errors(), self.client.pipeline(transaction=True) as pipe:
             pipe.delete(f"{self.prefix}delivery:{task_id}")
             pipe.hdel(self.ledger_key, task_id)
             pipe.zrem(self.due_key, task_id)
@@ -312,21 +347,22 @@ class Inbox:
     ) -> int:
         """End a run that is retried (``forget=False``) or given up (``forget=True``)."""
         now = time.time()
-        return int(
-            run_script(
-                self.client,
-                self._release,
-                self._keys(handler, event_id, task_id),
-                [
-                    task_id,
-                    lease,
-                    "1" if failed else "0",
-                    now,
-                    now + next_due_in,
-                    "1" if forget else "0",
-                ],
+        with store_errors():
+            return int(
+                run_script(
+                    self.client,
+                    self._release,
+                    self._keys(handler, event_id, task_id),
+                    [
+                        task_id,
+                        lease,
+                        "1" if failed else "0",
+                        now,
+                        now + next_due_in,
+                        "1" if forget else "0",
+                    ],
+                )
             )
-        )
 
     def sweep(
         self,
@@ -401,13 +437,16 @@ class LedgerInbox:
         self._touch = client.register_script(TOUCH_LUA)
 
     def _settle(self, task_id: str) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
+        with store_errors(), self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.ledger_key, task_id)
             pipe.zrem(self.due_key, task_id)
             pipe.execute()
 
     def _due(self, task_id: str, due_at: float) -> None:
-        run_script(self.client, self._touch, [self.ledger_key, self.due_key], [task_id, due_at])
+        with store_errors():
+            run_script(
+                self.client, self._touch, [self.ledger_key, self.due_key], [task_id, due_at]
+            )
 
     def process_token(self) -> str:
         return self.inbox.process_token()

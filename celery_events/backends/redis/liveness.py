@@ -79,6 +79,20 @@ class _Liveness:
                     self._thread.start()
         return self.token
 
+    def abandon(self) -> str:
+        """Give up this process's token for a new one and return it: the old alive key is no
+        longer renewed, so :data:`ALIVE_TTL` later the reaper puts back whatever the old
+        token holds, as if this process had died (see :func:`abandon_token`)."""
+        with self._lock:
+            self.token = uuid.uuid4().hex
+            targets = list(self._targets.values())
+        for client, key_prefix in targets:
+            try:
+                self._renew_one(client, key_prefix)
+            except Exception:  # Redis unreachable: the renewal thread writes it when it is back
+                pass
+        return self.token
+
     def _renew_one(self, client: redis.Redis, key_prefix: str) -> None:
         # The value is for people looking; only the key's existence counts.
         client.set(
@@ -104,6 +118,14 @@ os.register_at_fork(after_in_child=liveness.after_fork)
 def keep_alive(client: redis.Redis, key_prefix: str) -> str:
     """This process's token, with its alive key kept in ``client``'s Redis (see module doc)."""
     return liveness.keep_alive(client, key_prefix)
+
+
+def abandon_token() -> str:
+    """Hand what this process holds over to the reaper, as if it had died: for a holder that
+    could not put its unacked messages back itself (its broker connection was lost, the
+    restore failed) and whose consumer drops them. This process goes on under a new token;
+    an unacked message it still finishes is put back too and skipped by the inbox."""
+    return liveness.abandon()
 
 
 # Puts the Redis messages held by dead worker processes back on their queues, at the head (where

@@ -51,7 +51,9 @@ class BrokerQueues:
         url = first_broker_url(app.conf.broker_url)
         options = app.conf.broker_transport_options or {}
         return cls(
-            _redis.connect(url, timeout, use_ssl=app.conf.broker_use_ssl),
+            _redis.connect(
+                url, timeout, use_ssl=app.conf.broker_use_ssl, transport_options=options
+            ),
             key_prefix=options.get("global_keyprefix", ""),
             unacked_key=options.get("unacked_key", "unacked"),
         )

@@ -17,29 +17,23 @@ Keys under the bus's ``key_prefix`` (``celery_events:`` by default):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from ...errors import describe
 from ..base import DeadLetterRecords, StateStore, StoreError
+from .client import store_error, store_errors
 from .inbox import Inbox, LedgerInbox
 
 __all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "LedgerState"]
 
 
 def _failed(exc: redis.RedisError, fix: str | None = None) -> StoreError:
-    return StoreError(describe(exc), fix)
+    return store_error(exc, fix)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise _failed(exc) from exc
+_translated = store_errors
 
 
 class RedisRegistry:

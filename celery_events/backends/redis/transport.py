@@ -15,7 +15,9 @@ it pops before kombu sees it:
   of a delivery that passes is decoded once, with plain JSON, and handed to Celery decoded.
 
 Messages on the user's other queues that pass the first check go to Celery unchanged. The bus
-installs this transport on workers of Redis-brokered apps (``broker_transport``).
+installs this transport on workers of Redis-brokered apps (``broker_transport``), and its
+Sentinel variant (:class:`SentinelTransport`, kombu's Sentinel channel with the same
+screening) on workers of ``sentinel://`` apps.
 
 Its :class:`QoS` also records, with each unacked message, which worker process holds it and
 where it goes back, so that the messages of a worker killed outright are put back on their
@@ -37,7 +39,7 @@ from kombu.utils.json import dumps
 from ... import _buses, _plainjson
 from ...deadletters import Reason, new_letter
 from . import screening as _screening
-from .liveness import ALIVE_TTL, HeldNames, held_names, restore_record
+from .liveness import ALIVE_TTL, HeldNames, abandon_token, held_names, restore_record
 from .screening import Unreadable
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,29 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
             virtual.QoS.append(self, message, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put this channel's unacked messages back on their queues (kombu's), or, when that
+        fails, hand them to the reaper.
+
+        kombu restores them when the channel closes, also after its connection was lost; a
+        restore that fails then (Redis unreachable, a Sentinel failover under way) would leave
+        them in ``unacked``, held by a process that is alive but no longer has them, until
+        the visibility timeout (an hour by default). Giving up the process's token instead
+        lets the reaper put them back :data:`~.liveness.ALIVE_TTL` seconds later.
+        """
+        try:
+            super().restore_unacked(client)
+        except Exception as exc:  # whatever stopped kombu's restore, the reaper takes over
+            abandon_token()
+            log.warning(
+                "celery-events: could not put %d unacknowledged message(s) back on their"
+                " queues (%s); they go back within %.0f s, once this process's old token"
+                " expires",
+                len(self._delivered),
+                exc,
+                ALIVE_TTL,
+            )
+
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
         holder = self._holder()
@@ -230,6 +255,20 @@ class Channel(kombu_redis.Channel):
 
     Message = Message
     QoS = QoS
+
+    def close(self) -> None:
+        # kombu reads the reply of a BRPOP in flight first, and a lost connection makes that
+        # raise out of close() before the channel is closed: the consumer's second close, once
+        # the transport has dropped its connection details, then fails with AttributeError, an
+        # "Unrecoverable error" that stops the worker consuming. The reply is lost either way.
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except Empty:
+                pass
+            except self.connection_errors as exc:
+                log.warning("celery-events: the broker connection was lost mid-read: %s", exc)
+        super().close()
 
     def _receive_item(self, queue: str, item: bytes) -> dict[str, Any] | None:
         try:
@@ -279,3 +318,14 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (it finds the primary through the sentinels, again after a
+    failover) with the screening and holder records of :class:`Channel`."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel

@@ -12,23 +12,29 @@ messages of worker processes that died (``liveness.py``).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
 from ... import _plainjson
 from ...deadletters import DeadLetter, Reason, new_letter
 from ...errors import ConfigurationError
+from .. import broker_url_of
 from ..base import ServiceBus
+from .client import is_sentinel_url
 from .inbox import Inbox
 from .liveness import Reaper, keep_alive
 from .screening import VISIBILITY_MARGIN, needed_visibility_timeout
 
 __all__ = [
+    "SENTINEL_TRANSPORT",
     "TRANSPORT",
     "RedisRecovery",
     "Sweeper",
@@ -40,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRANSPORT = "celery_events.backends.redis.transport:Transport"
+#: The same over kombu's Sentinel channel, for ``sentinel://`` brokers.
+SENTINEL_TRANSPORT = "celery_events.backends.redis.transport:SentinelTransport"
 #: The transport's path before the backends moved (apps may have set it themselves).
 OLD_TRANSPORT = "celery_events._transport:Transport"
 CELERY_DEFAULT_PREFETCH = 4
@@ -52,14 +60,18 @@ def configure_worker(bus: ServiceBus) -> None:
     ``visibility_timeout`` is too short for the bus's handlers.
     """
     conf = bus.app.conf
+    sentinel = is_sentinel_url(broker_url_of(bus.app))
+    ours = SENTINEL_TRANSPORT if sentinel else TRANSPORT
     if not conf.broker_transport or conf.broker_transport == OLD_TRANSPORT:
-        conf.broker_transport = TRANSPORT
-    elif conf.broker_transport != TRANSPORT:
+        conf.broker_transport = ours
+    elif conf.broker_transport != ours:
         log.warning(
             "celery-events: broker_transport is %r, so unreadable items on event queues are not"
             " screened and can stop the worker",
             conf.broker_transport,
         )
+    if sentinel and conf.broker_failover_strategy is None:
+        conf.broker_failover_strategy = stay_on_sentinels
     options = dict(conf.broker_transport_options or {})
     if options.get("visibility_timeout") is None:
         options["visibility_timeout"] = max(3600.0, needed_visibility_timeout(bus))
@@ -67,6 +79,22 @@ def configure_worker(bus: ServiceBus) -> None:
     if conf.worker_prefetch_multiplier == CELERY_DEFAULT_PREFETCH:
         conf.worker_prefetch_multiplier = 1
     check_visibility_timeout(bus)
+
+
+def stay_on_sentinels(urls: Sequence[str]) -> Iterator[str]:
+    """kombu's fail-over strategy (``broker_failover_strategy``) for a ``sentinel://`` broker.
+
+    A broker URL lists one ``sentinel://`` URL per sentinel, which kombu also takes as
+    fail-over alternates: after a connection error it switches to the next one, and
+    ``Connection.switch`` takes the transport from that URL's scheme again, dropping
+    ``broker_transport`` (kombu 5.7 says so in a comment there), so the worker would consume
+    through kombu's own, unscreened Sentinel transport after the first failover. Nothing is
+    gained by switching: every connection asks all the sentinels (the channel reads them from
+    the URL list, which a switch keeps). So this names the first sentinel's host each time,
+    not a URL, and kombu keeps the transport and the rest of the URL's parameters.
+    """
+    first = str(urls[0]) if urls else ""
+    return itertools.repeat(urlsplit(first).hostname or "127.0.0.1")
 
 
 def check_visibility_timeout(bus: ServiceBus) -> None:

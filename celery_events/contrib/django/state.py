@@ -23,6 +23,12 @@ kept beside this inbox by the backend; ``bus.redis_effects()`` is not available
 (``transactional_effects`` is off: the inbox record is not in Redis). The database must lock rows
 (``select_for_update``): PostgreSQL (the reference), MySQL, MariaDB or Oracle; SQLite is refused
 (system check ``celery_events.E006``).
+
+Every failed call raises :class:`~celery_events.backends.base.StoreUnavailable` (the
+database could not be reached: ``OperationalError``, ``InterfaceError``) or
+:class:`~celery_events.backends.base.StoreError` (any other ``DatabaseError``), its connection
+closed so the next call opens a fresh one; the worker waits for the database, then hands the
+delivery back, and never acknowledges it unhandled (``celery_events/_outage.py``).
 """
 
 from __future__ import annotations
@@ -38,12 +44,11 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery.exceptions import Reject
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from ...backends.base import Claim, StoreError
+from ...backends.base import Claim, StoreError, StoreUnavailable
 from ...errors import ConfigurationError, describe
 
 __all__ = [
@@ -63,9 +68,6 @@ ALIVE_TTL = 12.0
 RENEW_INTERVAL = 2.0
 #: Seconds between two deletions of expired rows by a process's renewal thread.
 PURGE_INTERVAL = 300.0
-#: Seconds a worker waits before it hands back a delivery it could not claim (database down).
-UNAVAILABLE_BACKOFF = 1.0
-
 Alias = str | Callable[[], str]
 
 
@@ -83,11 +85,25 @@ def check_database(using: str) -> None:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(using: str | None = None) -> Iterator[None]:
+    """Turn the database's errors into store errors: :class:`StoreUnavailable` for a database
+    that cannot be reached (``OperationalError``, ``InterfaceError``: a later try may succeed),
+    :class:`StoreError` for the rest. With ``using``, a failed call's connection is closed, so
+    the next call opens a fresh one instead of finding it broken."""
     try:
         yield
+    except (OperationalError, InterfaceError) as exc:
+        _drop_connection(using)
+        raise StoreUnavailable(describe(exc)) from exc
     except DatabaseError as exc:
+        _drop_connection(using)
         raise StoreError(describe(exc)) from exc
+
+
+def _drop_connection(using: str | None) -> None:
+    # Inside a caller's transaction the connection is the caller's to handle.
+    if using is not None and not connections[using].in_atomic_block:
+        connections[using].close()
 
 
 def _after(now: datetime, seconds: float) -> datetime:
@@ -204,7 +220,9 @@ class DatabaseInbox:
 
     def process_token(self) -> str:
         """This process's token, its row kept alive; leases name it."""
-        return _liveness.keep_alive(self.using)
+        using = self.using
+        with _translated(using):
+            return _liveness.keep_alive(using)
 
     def new_effects(self) -> None:
         """None: ``bus.redis_effects()`` needs the Redis state store."""
@@ -256,13 +274,14 @@ class DatabaseInbox:
     ) -> Claim:
         """Take the delivery's lease, unless it is done or a live process holds it.
 
-        A database that cannot be reached hands the delivery back to the broker (after
-        :data:`UNAVAILABLE_BACKOFF` seconds) instead of failing it: it was not run.
+        A database that cannot be reached raises :class:`StoreUnavailable`; the worker waits
+        for it and never acknowledges the delivery meanwhile. The same ``lease`` asked again
+        (a commit whose reply was lost) finds its own row and counts no second start.
         """
         from .models import DeliveryLease, WorkerProcess
 
         using = self.using
-        try:
+        with _translated(using):
             with transaction.atomic(using=using):
                 now: datetime | None = None
                 row = None
@@ -272,7 +291,11 @@ class DatabaseInbox:
                     assert now is not None
                     if row.state == DeliveryLease.DONE and row.expires_at > now:
                         return Claim("done")
-                    if row.state == DeliveryLease.LEASE and row.expires_at > now:
+                    if (
+                        row.state == DeliveryLease.LEASE
+                        and row.expires_at > now
+                        and row.lease != lease
+                    ):
                         alive = (
                             WorkerProcess.objects.using(using)
                             .filter(token=row.process)
@@ -285,7 +308,8 @@ class DatabaseInbox:
                             return Claim("busy", holder=row.lease, holder_ttl_ms=_ms(ttl))
                 record = self._locked_record(using, task_id, now or timezone.now())
                 record_now = now or timezone.now()
-                record.starts += 1
+                if row is None or row.lease != lease or row.state != DeliveryLease.LEASE:
+                    record.starts += 1
                 record.expires_at = _after(record_now, lease_seconds * 4 + 86400)
                 record.save(update_fields=["starts", "expires_at"])
                 if row is not None:
@@ -300,16 +324,6 @@ class DatabaseInbox:
                     failures=record.failures,
                     first_failed_at=record.first_failed_at,
                 )
-        except DatabaseError as exc:
-            log.warning(
-                "celery-events: could not claim delivery %s in the database (%s); handing it"
-                " back to the broker",
-                task_id,
-                describe(exc),
-            )
-            connections[using].close()
-            time.sleep(UNAVAILABLE_BACKOFF)
-            raise Reject(f"the state store's database is unavailable: {describe(exc)}", requeue=True) from exc
 
     def succeed(
         self,
@@ -326,7 +340,7 @@ class DatabaseInbox:
         from .models import DeliveryLease, DeliveryRecord
 
         using = self.using
-        with _translated(), transaction.atomic(using=using):
+        with _translated(using), transaction.atomic(using=using):
             if use_inbox:
                 row = self._locked_lease(using, handler, event_id)
                 if (
@@ -361,7 +375,7 @@ class DatabaseInbox:
         from .models import DeliveryLease, DeliveryRecord
 
         using = self.using
-        try:
+        with _translated(using):
             with transaction.atomic(using=using):
                 DeliveryLease.objects.using(using).filter(
                     handler=handler, event_id=event_id, state=DeliveryLease.LEASE, lease=lease
@@ -377,24 +391,14 @@ class DatabaseInbox:
                         record.first_failed_at = time.time()
                 record.save(update_fields=["starts", "failures", "first_failed_at"])
                 return int(record.failures)
-        except DatabaseError as exc:
-            # Raising would fail the task, and Celery would ack it: hand it back instead (its
-            # lease, still ours, makes the next copy wait for it to expire, then run).
-            log.warning(
-                "celery-events: could not release delivery %s in the database (%s); handing it"
-                " back to the broker",
-                task_id,
-                describe(exc),
-            )
-            connections[using].close()
-            raise Reject(f"the state store's database is unavailable: {describe(exc)}", requeue=True) from exc
 
     def forget(self, task_id: str) -> None:
         """Drop a delivery's bookkeeping (it was dead-lettered before it could be claimed)."""
         from .models import DeliveryRecord
 
-        with _translated():
-            DeliveryRecord.objects.using(self.using).filter(task_id=task_id).delete()
+        using = self.using
+        with _translated(using):
+            DeliveryRecord.objects.using(using).filter(task_id=task_id).delete()
 
 
 def _process_of(lease: str) -> str:
@@ -426,8 +430,8 @@ class DatabaseDeadLetters:
     def add(self, id: str, record: str, score: float) -> None:
         from .models import DeadLetterRecord
 
-        with _translated():
-            rows = self._rows()
+        rows = self._rows()
+        with _translated(rows.db):
             DeadLetterRecord.objects.using(rows.db).update_or_create(
                 service=self.service, letter_id=id, defaults={"record": record, "score": score}
             )

@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import redis
 
@@ -45,3 +46,17 @@ if os.environ.get("CELERY_EVENTS_TEST_STATE") == "database":
         if client.exists(f"test:fail:{event.id}"):
             raise RuntimeError(f"crate {event.data.get('crate')} cannot be packed")
         record("warehouse.pack", event)
+
+
+# Only in workers of a fleet without Redis (test_rabbitmq_database.py): the effect is a row in
+# the database, and the test's notes are files, so that nothing here needs a Redis.
+if os.environ.get("CELERY_EVENTS_TEST_NO_REDIS") == "1":
+
+    @bus.subscribe("parcel.#", max_retries=2, retry_backoff=0.2, retry_jitter=False)
+    def stow(event: Event) -> None:
+        notes = Path(os.environ["CELERY_EVENTS_TEST_NOTES"])
+        with open(notes / f"{event.id}.runs", "a") as runs:
+            runs.write(f"{os.getpid()}\n")
+        if (notes / f"{event.id}.fail").exists():
+            raise RuntimeError(f"parcel {event.data['parcel']} cannot be stowed")
+        Shipment.objects.create(order_id=event.data["parcel"], event_id=event.id)

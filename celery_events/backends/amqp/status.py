@@ -1,0 +1,211 @@
+"""Reading RabbitMQ's queues without consuming (``celery eventbus status``).
+
+What RabbitMQ 3.10 tells, and where:
+
+- *waiting*: a passive ``queue.declare`` over AMQP answers the queue's ready messages
+  (``message_count``) at once, for every queue type; a queue not declared yet waits nothing;
+- *in flight*: the management plugin's HTTP API (``GET /api/queues/{vhost}``) gives each
+  queue's ``messages_unacknowledged`` (delivered to a consumer, not acked yet). AMQP has no
+  way to ask;
+- *oldest waiting*: for classic queues the API gives ``head_message_timestamp``, the AMQP
+  ``timestamp`` property (whole seconds) of the message at the head, when publishers set it;
+  the age is now minus that (measured on 3.10: the head may be a message delivered and not
+  acked yet, so the age is that of the oldest message not acked). Quorum queues do not report it in 3.10 (rabbitmq-server#6813):
+  their ``oldest_entry_timestamp`` is an internal Ra command, and ``rabbitmq-queues peek``
+  runs on a node with its Erlang cookie only. Reading the head with ``basic.get`` and
+  requeueing it would raise its ``x-delivery-count`` (measured: 0 then 1) and bring it closer
+  to the delivery limit that dead-letters poison messages, so it is never done: the age of a
+  quorum queue's oldest waiting delivery is None (unknown).
+
+The management API's numbers are the broker's statistics, refreshed every
+``collect_statistics_interval`` (5 s by default): in flight and the head timestamp may be
+that old. When the API cannot be reached, the reader raises
+:class:`~celery_events.errors.BrokerError` saying so (``status`` exits as for an unreachable
+broker).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ...errors import BrokerError, describe
+from .. import without_password
+
+__all__ = ["AmqpQueues", "default_management_url", "vhost_of"]
+
+#: The management plugin's default port.
+MANAGEMENT_PORT = 15672
+
+
+def vhost_of(broker_url: str) -> str:
+    """The virtual host a broker URL names (``amqp://h//`` and ``amqp://h/`` are ``/``)."""
+    path = urllib.parse.urlsplit(broker_url).path
+    vhost = path[1:] if path.startswith("/") else path
+    return urllib.parse.unquote(vhost) or "/"
+
+
+def default_management_url(broker_url: str) -> str:
+    """The management API next to a broker: its host, port 15672, its user and password
+    (``amqps://`` brokers get ``https://``)."""
+    parts = urllib.parse.urlsplit(broker_url)
+    scheme = "https" if parts.scheme == "amqps" else "http"
+    user = urllib.parse.unquote(parts.username) if parts.username else "guest"
+    password = urllib.parse.unquote(parts.password) if parts.password else "guest"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return f"{scheme}://{credentials}@{host}:{MANAGEMENT_PORT}"
+
+
+class AmqpQueues:
+    """Reads RabbitMQ's queues over AMQP (counts) and the management API (in flight, age).
+
+    >>> queues = AmqpQueues("amqp://guest:guest@localhost//", "http://guest:guest@localhost:15672")  # doctest: +SKIP
+    >>> queues.waiting("events.orders")                               # doctest: +SKIP
+    (3, 12.0)
+    """
+
+    def __init__(
+        self, broker_url: str, management_url: str, *, timeout: float = 5.0, ssl: Any = None
+    ) -> None:
+        self.broker_url = broker_url
+        self.vhost = vhost_of(broker_url)
+        self.timeout = timeout
+        self.ssl = ssl
+        parts = urllib.parse.urlsplit(management_url)
+        self._auth = None
+        if parts.username is not None:
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self._auth = "Basic " + base64.b64encode(pair.encode()).decode()
+        netloc = parts.hostname or "localhost"
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        self.api = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.management_url = without_password(management_url)
+        self._connection: Any = None
+        self._queues: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def from_app(cls, app: Any, management_url: str | None, timeout: float) -> AmqpQueues:
+        """The reader of ``app``'s broker (its first URL), with the management API at
+        ``management_url`` (the ``management_url`` setting) or next to the broker."""
+        from .. import broker_url_of
+
+        url = broker_url_of(app)
+        return cls(
+            url,
+            management_url or default_management_url(url),
+            timeout=timeout,
+            ssl=app.conf.broker_use_ssl,
+        )
+
+    def waiting(self, queue: str, now: float | None = None) -> tuple[int, float | None]:
+        """Ready messages in ``queue`` and the age of the head one (classic queues only)."""
+        count = self._ready(queue)
+        if count == 0:
+            return 0, None
+        info = self._all_queues().get(queue, {})
+        stamp = info.get("head_message_timestamp")
+        if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
+            return count, None
+        now = time.time() if now is None else now
+        return count, max(0.0, now - float(stamp))
+
+    def in_flight(self) -> dict[str, int]:
+        """Per queue, messages delivered to consumers and not acked (the API's statistics)."""
+        return {
+            name: int(info.get("messages_unacknowledged") or 0)
+            for name, info in self._all_queues(fresh=True).items()
+            if info.get("messages_unacknowledged")
+        }
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    # -- AMQP ------------------------------------------------------------------------------
+
+    def _ready(self, queue: str) -> int:
+        import amqp
+
+        try:
+            if self._connection is None:
+                connection = _kombu_connection()(
+                    self.broker_url, connect_timeout=self.timeout, ssl=self.ssl
+                )
+                connection.ensure_connection(
+                    max_retries=len(connection.alt) or 1, timeout=self.timeout
+                )
+                self._connection = connection
+            channel = self._connection.connection.channel()
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+            except amqp.exceptions.NotFound:
+                # Its subscriber has not declared it yet; the broker closed the channel.
+                return 0
+            channel.close()
+            return int(declared.message_count)
+        except Exception as exc:  # kombu and py-amqp raise many kinds
+            self.close()
+            raise BrokerError(
+                f"Could not read queue {queue!r} on the RabbitMQ broker"
+                f" {without_password(self.broker_url)}: {describe(exc)}. Check that the broker is"
+                " reachable."
+            ) from exc
+
+    # -- the management API ----------------------------------------------------------------
+
+    def _all_queues(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        if self._queues is None or fresh:
+            vhost = urllib.parse.quote(self.vhost, safe="")
+            columns = "name,type,messages_ready,messages_unacknowledged,head_message_timestamp"
+            listed = self._get(f"/api/queues/{vhost}?columns={columns}")
+            if not isinstance(listed, list):
+                raise self._unreadable(f"it answered {type(listed).__name__}, not a list of queues")
+            self._queues = {str(q.get("name")): q for q in listed if isinstance(q, dict)}
+        return self._queues
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(self.api + path, headers={"Accept": "application/json"})
+        if self._auth is not None:
+            request.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise self._unreadable(
+                    f"it refused the user (HTTP {exc.code}); the user needs the monitoring tag"
+                    " (rabbitmqctl set_user_tags <user> monitoring)"
+                ) from exc
+            raise self._unreadable(f"HTTP {exc.code} {exc.reason}") from exc
+        except (OSError, ValueError) as exc:
+            raise self._unreadable(describe(exc)) from exc
+
+    def _unreadable(self, reason: str) -> BrokerError:
+        return BrokerError(
+            f"Could not read the RabbitMQ management API at {self.management_url}: {reason}. It"
+            " tells the deliveries in flight and the age of the oldest waiting one: enable the"
+            " plugin (rabbitmq-plugins enable rabbitmq_management), or set management_url to"
+            " where it listens."
+        )
+
+
+def _kombu_connection() -> Any:
+    """kombu's Connection class (kombu's API is untyped; imported when first needed)."""
+    from kombu.connection import Connection
+
+    return Connection
