@@ -67,6 +67,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import describe
@@ -351,15 +352,7 @@ class AmqpRegistry:
                 no_ack=False,
                 arguments={"x-stream-offset": "last"},
             )
-            deadline = time.monotonic() + wait
-            while not found:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    raw.drain_events(timeout=min(left, 0.1))
-                except TimeoutError:
-                    pass
+            _drain_until(raw, lambda: bool(found), wait)
             probe.basic_cancel(tag)
         finally:
             probe.close()
@@ -377,12 +370,7 @@ class AmqpRegistry:
                 no_ack=False,
                 arguments={"x-stream-offset": "first"},
             )
-            deadline = time.monotonic() + self.timeout
-            while not found and time.monotonic() < deadline:
-                try:
-                    raw.drain_events(timeout=0.1)
-                except TimeoutError:
-                    pass
+            _drain_until(raw, lambda: bool(found), self.timeout)
         finally:
             probe.close()
         if not found:
@@ -394,19 +382,14 @@ class AmqpRegistry:
         return found[0]
 
     def _wait_for(self, offset: int) -> None:
-        deadline = time.monotonic() + self.timeout
-        while self._applied < offset:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StoreError(
-                    f"the registry stream {self.stream!r} on RabbitMQ did not send its records"
-                    f" up to offset {offset} within {self.timeout} s (got to {self._applied})",
-                    None,
-                )
-            try:
-                self._connection.connection.drain_events(timeout=min(left, 0.1))
-            except TimeoutError:
-                pass
+        if not _drain_until(
+            self._connection.connection, lambda: self._applied >= offset, self.timeout
+        ):
+            raise StoreError(
+                f"the registry stream {self.stream!r} on RabbitMQ did not send its records"
+                f" up to offset {offset} within {self.timeout} s (got to {self._applied})",
+                None,
+            )
         self._read_pushed()
 
     def _read_pushed(self) -> None:
@@ -485,19 +468,16 @@ class AmqpRegistry:
             self._publisher.basic_publish(
                 message, exchange="", routing_key=self.stream, confirm_timeout=self.timeout
             )
-            deadline = time.monotonic() + self.timeout
-            while read_back and id not in self._read_ids:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StoreError(
-                        f"the registry stream {self.stream!r} on RabbitMQ took the change but"
-                        f" did not send it back within {self.timeout} s",
-                        None,
-                    )
-                try:
-                    self._connection.connection.drain_events(timeout=min(left, 0.1))
-                except TimeoutError:
-                    pass
+            if read_back and not _drain_until(
+                self._connection.connection,
+                lambda: self._read_ids is not None and id in self._read_ids,
+                self.timeout,
+            ):
+                raise StoreError(
+                    f"the registry stream {self.stream!r} on RabbitMQ took the change but"
+                    f" did not send it back within {self.timeout} s",
+                    None,
+                )
         finally:
             self._read_ids = None
 
@@ -611,3 +591,18 @@ def _kombu_connection() -> Any:
     from kombu.connection import Connection
 
     return Connection
+
+
+def _drain_until(connection: Any, done: Callable[[], bool], timeout: float) -> bool:
+    """Handle ``connection``'s incoming frames (its consumers' callbacks) until ``done()`` or
+    ``timeout`` seconds have passed; whether ``done()`` came true."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            connection.drain_events(timeout=min(left, 0.1))
+        except TimeoutError:
+            pass
+    return True
