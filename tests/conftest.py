@@ -15,6 +15,7 @@ from .harness import (
     Worker,
     rabbitmq_server_binary,
     redis_server_binary,
+    stop_workers,
 )
 from .rabbitmq_cluster import RabbitMQCluster, cluster
 
@@ -108,12 +109,7 @@ def start_worker(
         return worker.wait_ready() if ready else worker
 
     yield start
-    for worker in started:
-        worker.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        for worker in started:
-            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
+    stop_workers(started, request)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import redis
 
@@ -332,3 +332,13 @@ class Worker:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
+
+
+def stop_workers(workers: list[Worker], request: Any) -> None:
+    """Stop ``workers``; after a failed test (``request``'s), print their logs."""
+    for worker in workers:
+        worker.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for worker in workers:
+            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")

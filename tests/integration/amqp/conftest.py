@@ -15,7 +15,7 @@ import pytest
 from kombu import Connection
 
 from ...conftest import WORKER_ARGS
-from ...harness import RabbitMQServer, Worker
+from ...harness import RabbitMQServer, Worker, stop_workers
 
 
 @dataclass
@@ -102,9 +102,4 @@ def start_rabbit_worker(
         return worker.wait_ready() if ready else worker
 
     yield start
-    for worker in started:
-        worker.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        for worker in started:
-            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
+    stop_workers(started, request)

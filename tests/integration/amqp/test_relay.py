@@ -26,7 +26,7 @@ from celery_events.backends.amqp.relay import ROUTE_HEADER, intake_name
 from celery_events.backends.amqp.topology import Topology
 
 from ...conftest import WORKER_ARGS
-from ...harness import ROOT, Worker, wait_until
+from ...harness import ROOT, Worker, stop_workers, wait_until
 from .conftest import Rabbit
 
 INTAKE = intake_name(Topology("celery_events:"))
@@ -79,12 +79,7 @@ def start_fan_worker(
         return worker.wait_ready() if ready else worker
 
     yield start
-    for worker in started:
-        worker.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        for worker in started:
-            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
+    stop_workers(started, request)
 
 
 def _publisher(rabbit: Rabbit, above: int | None) -> EventBus:

@@ -14,7 +14,7 @@ from celery import Celery
 from celery_events import EventBus
 
 from ...conftest import WORKER_ARGS
-from ...harness import Worker
+from ...harness import Worker, stop_workers
 from ...sentinel_harness import MASTER_NAME, SENTINEL_OPTIONS, SentinelTopology
 
 # The effects list of tests/services/sentinel_orders.py (importing it needs its broker).
@@ -39,12 +39,7 @@ def start_sentinel_worker(
         return worker.wait_ready() if ready else worker
 
     yield start
-    for worker in started:
-        worker.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        for worker in started:
-            print(f"----- log of worker {worker.module} -----\n{worker.log()[-20000:]}")
+    stop_workers(started, request)
 
 
 @pytest.fixture
