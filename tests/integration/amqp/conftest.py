@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from celery import Celery
 from kombu import Connection
+
+from celery_events import EventBus
 
 from ...conftest import WORKER_ARGS
 from ...harness import RabbitMQServer, Worker, stop_workers
@@ -103,3 +107,16 @@ def start_rabbit_worker(
 
     yield start
     stop_workers(started, request)
+
+
+def records(client: redis.Redis, key: str) -> list[dict[str, object]]:
+    """The JSON records a test service pushed on ``key`` (its effects, its runs)."""
+    return [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+
+
+@pytest.fixture
+def publisher(rabbit: Rabbit) -> Iterator[EventBus]:
+    """A publishing service, ``shop``, on the test's RabbitMQ, registry and state on Redis."""
+    bus = EventBus(Celery("shop", broker=rabbit.url), service="shop", registry_url=rabbit.state_url)
+    yield bus
+    bus.close()

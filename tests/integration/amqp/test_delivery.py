@@ -3,10 +3,8 @@ native delayed delivery), a poison message and a foreign task become dead letter
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 import redis
 from celery import Celery
 from kombu import Connection
@@ -15,18 +13,7 @@ from celery_events import EventBus
 from celery_events.backends.amqp.topology import retry_token
 
 from ...harness import Worker, wait_until
-from .conftest import Rabbit
-
-
-def _records(client: redis.Redis, key: str) -> list[dict[str, object]]:
-    return [json.loads(raw) for raw in client.lrange(key, 0, -1)]
-
-
-@pytest.fixture
-def publisher(rabbit: Rabbit) -> Iterator[EventBus]:
-    bus = EventBus(Celery("shop", broker=rabbit.url), service="shop", registry_url=rabbit.state_url)
-    yield bus
-    bus.close()
+from .conftest import Rabbit, records
 
 
 def _dead(rabbit: Rabbit, service: str) -> list[object]:
@@ -47,12 +34,12 @@ def test_a_retry_goes_to_its_own_queue_only(
     # When one event is published
     result = publisher.publish("shop.thing", {"fail": 2})
     ids = {d.handler: d.task_id for d in result.deliveries}
-    wait_until(lambda: len(_records(redis_client, "test:effects")) == 2, timeout=30,
+    wait_until(lambda: len(records(redis_client, "test:effects")) == 2, timeout=30,
                what="both handlers' effects")
     # Then each handler ran exactly three times (no retry reached the other's queue), all
     # under its delivery's task id, and its retries came through the retry exchange with its
     # own queue's token
-    runs = _records(redis_client, "test:runs")
+    runs = records(redis_client, "test:runs")
     for handler, queue in (("alpha.seen", "events.alpha.seen"), ("beta.seen", "events.beta.seen")):
         mine = [r for r in runs if r["handler"] == handler]
         assert len(mine) == 3, runs
@@ -63,7 +50,7 @@ def test_a_retry_goes_to_its_own_queue_only(
         for retry in mine[1:]:
             assert retry["exchange"] == "celery_events.retry"
             assert retry["routing_key"] == retry_token(queue)
-    assert sorted(str(e["handler"]) for e in _records(redis_client, "test:effects")) == [
+    assert sorted(str(e["handler"]) for e in records(redis_client, "test:effects")) == [
         "alpha.seen", "beta.seen"
     ]
 
@@ -74,10 +61,10 @@ def test_a_long_retry_on_quorum_waits_in_rabbitmq(
     # Given a handler that asks to be retried in 3 s
     start_rabbit_worker(RABBIT_SERVICE="alpha")
     publisher.publish("shop.thing", {"later": 3})
-    wait_until(lambda: _records(redis_client, "test:effects"), timeout=30, what="the effect")
+    wait_until(lambda: records(redis_client, "test:effects"), timeout=30, what="the effect")
     # Then its retry came back through Celery's native delayed delivery (the TTL queues of
     # celery_delayed_*), to this queue alone, after at least 3 s
-    first, second = _records(redis_client, "test:runs")
+    first, second = records(redis_client, "test:runs")
     assert second["exchange"] == "celery_delayed_delivery"
     assert str(second["routing_key"]).endswith("." + retry_token("events.alpha.seen"))
     assert float(str(second["t"])) - float(str(first["t"])) >= 3.0
@@ -100,7 +87,7 @@ def test_a_message_that_kills_its_worker_becomes_a_dead_letter(
     assert letter.reason == "too_many_deliveries"  # type: ignore[attr-defined]
     assert letter.task_id == task_id  # type: ignore[attr-defined]
     assert letter.handler == "alpha.seen"  # type: ignore[attr-defined]
-    assert _records(redis_client, "test:effects") == []
+    assert records(redis_client, "test:effects") == []
 
 
 def test_a_foreign_task_on_an_event_queue_is_dead_lettered_not_run(
@@ -133,8 +120,8 @@ def test_a_foreign_task_on_an_event_queue_is_dead_lettered_not_run(
     assert {letter.reason for letter in letters} == {"unknown_handler"}  # type: ignore[attr-defined]
     assert {letter.queue for letter in letters} == {"events.alpha.seen"}  # type: ignore[attr-defined]
     assert {letter.task_id for letter in letters} == {"foreign-alpha.orders", "foreign-evil.task"}  # type: ignore[attr-defined]
-    assert _records(redis_client, "test:runs") == []
-    assert _records(redis_client, "test:effects") == []
+    assert records(redis_client, "test:runs") == []
+    assert records(redis_client, "test:effects") == []
 
 
 def test_a_dead_letter_replays_to_its_handlers_queue_alone(
@@ -159,8 +146,8 @@ def test_a_dead_letter_replays_to_its_handlers_queue_alone(
     ops.dead_letters.replay(letter.id)  # type: ignore[attr-defined]
     ops.close()
     # Then alpha.seen runs once more and takes effect; beta's handler does not run again
-    wait_until(lambda: _records(redis_client, "test:effects"), timeout=30, what="the effect")
-    runs = _records(redis_client, "test:runs")
+    wait_until(lambda: records(redis_client, "test:effects"), timeout=30, what="the effect")
+    runs = records(redis_client, "test:runs")
     assert len([r for r in runs if r["handler"] == "alpha.seen"]) == 5
     assert len([r for r in runs if r["handler"] == "beta.seen"]) == 4
-    assert [e["handler"] for e in _records(redis_client, "test:effects")] == ["alpha.seen"]
+    assert [e["handler"] for e in records(redis_client, "test:effects")] == ["alpha.seen"]

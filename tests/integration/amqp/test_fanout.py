@@ -3,8 +3,7 @@ turned into each handler's delivery (own task id, retries, inbox, dead letter) b
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -13,18 +12,7 @@ from celery import Celery
 from celery_events import EventBus, PublishError
 
 from ...harness import Worker, wait_until
-from .conftest import Rabbit
-
-
-def _records(client: redis.Redis, key: str) -> list[dict[str, object]]:
-    return [json.loads(raw) for raw in client.lrange(key, 0, -1)]
-
-
-@pytest.fixture
-def publisher(rabbit: Rabbit) -> Iterator[EventBus]:
-    bus = EventBus(Celery("shop", broker=rabbit.url), service="shop", registry_url=rabbit.state_url)
-    yield bus
-    bus.close()
+from .conftest import Rabbit, records
 
 
 def test_each_handler_gets_its_own_delivery_from_one_message(
@@ -42,9 +30,9 @@ def test_each_handler_gets_its_own_delivery_from_one_message(
     reported = {d.handler: d.task_id for d in result.deliveries}
     assert set(reported) == {"alpha.seen", "alpha.orders", "beta.seen", "beta.orders"}
     assert len(set(reported.values())) == 4
-    wait_until(lambda: len(_records(redis_client, "test:effects")) == 4, timeout=20,
+    wait_until(lambda: len(records(redis_client, "test:effects")) == 4, timeout=20,
                what="four effects")
-    effects = _records(redis_client, "test:effects")
+    effects = records(redis_client, "test:effects")
     assert {e["handler"]: e["task_id"] for e in effects} == reported
     # And each handler has its own quorum queue, bound to the events exchange
     queues = rabbit.queues()
