@@ -4,6 +4,8 @@ fails over to the next node."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -39,10 +41,15 @@ def test_a_publish_while_the_node_is_down_is_a_typed_publish_error(
     )
     try:
         publisher.publish("shop.order.created", {"n": 1})
-        rabbit.server.kill()
-        # When it publishes: a typed error after publish_timeout. The message went into a
-        # socket whose peer was gone: from here it may have been queued (the same id resent
-        # would dedupe), and the error says so
+        # A node that stops answering (frozen, as a hung host): the publish is written but
+        # never confirmed. (A killed node's socket is reset: whether the write fails at once
+        # or after it went out depends on when the reset arrives, so it cannot stand for a
+        # lost confirm.)
+        assert rabbit.server.process is not None
+        os.killpg(rabbit.server.process.pid, signal.SIGSTOP)
+        # When it publishes: a typed error after publish_timeout. The message was written
+        # and not confirmed: from here it may have been queued (the same id resent would
+        # dedupe), and the error says so
         began = time.monotonic()
         with pytest.raises(PublishError, match="publish_timeout \\(5 s\\)") as raised:
             publisher.publish("shop.order.created", {"n": 2})
@@ -58,6 +65,9 @@ def test_a_publish_while_the_node_is_down_is_a_typed_publish_error(
             fresh.publish("shop.order.created", {"n": 0})
         fresh.close()
     finally:
+        if rabbit.server.process is not None:
+            os.killpg(rabbit.server.process.pid, signal.SIGCONT)
+        rabbit.server.kill()
         publisher.close()
 
 
