@@ -17,19 +17,23 @@ from .errors import (
     BrokerError,
     CeleryEventsError,
     ConfigurationError,
+    DeliveryRefused,
     EventTooLarge,
     InvalidEnvelope,
     InvalidEventData,
     InvalidEventName,
     InvalidPattern,
+    InvalidSignature,
     NoSubscribersError,
     NotReplicatedError,
     PoisonMessageError,
     PublishError,
+    PublishNotAllowed,
     PublishRefused,
     RegistryError,
+    SubscriptionNotAllowed,
 )
-from .middleware import HandlerCall, Middleware, PublishCall
+from .middleware import HandlerCall, Middleware, PublishCall, Receipt
 from .outcomes import Reject, Retry
 from .registry import Registry, Subscription
 from .settings import Settings
@@ -53,6 +57,7 @@ __all__ = [
     "Middleware",
     "PublishCall",
     "HandlerCall",
+    "Receipt",
     # steering a delivery from a handler
     "Retry",
     "Reject",
@@ -71,6 +76,10 @@ __all__ = [
     "PublishError",
     "NotReplicatedError",
     "PublishRefused",
+    "PublishNotAllowed",
+    "SubscriptionNotAllowed",
+    "DeliveryRefused",
+    "InvalidSignature",
     "RegistryError",
     "BrokerError",
     "PoisonMessageError",

@@ -33,8 +33,14 @@ from ._outage import abandoned, hand_back_countdown, outages, ride_out
 from .backends.base import Claim, Inbox, StoreError, lease_value
 from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
-from .errors import ConfigurationError, InvalidEnvelope, PoisonMessageError, RegistryError
-from .middleware.base import SKIPPED, HandlerCall
+from .errors import (
+    ConfigurationError,
+    DeliveryRefused,
+    InvalidEnvelope,
+    PoisonMessageError,
+    RegistryError,
+)
+from .middleware.base import SKIPPED, HandlerCall, Receipt
 from .middleware.chain import MiddlewareChain
 from .outcomes import Reject, Retry
 from .settings import Settings
@@ -331,6 +337,9 @@ class _Run:
         except InvalidEnvelope as exc:
             self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
             raise
+        chain = self.bus.middleware
+        if chain.receive_hooks:
+            event = self._received(chain, envelope, event)
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
         # elsewhere waits while this process lives, and takes over once it died.
@@ -368,7 +377,6 @@ class _Run:
             )
             abandoned.discard(holder)
             claim = take()
-        chain = self.bus.middleware
         if claim.status == "done":
             log.info(
                 "celery-events: %s already handled event %s; delivery %s skipped",
@@ -494,6 +502,32 @@ class _Run:
                 handler.task_name,
             )
 
+    def _received(self, chain: MiddlewareChain, envelope: Any, event: Event) -> Event:
+        """The event the receive hooks hand on; a refused delivery is dead-lettered (before
+        the inbox is asked: nothing is claimed, and the handler never runs), then raises."""
+        receipt = Receipt(
+            envelope, event, self.handler.task_name, self.queue, self.task_id, self.bus.service
+        )
+        error: Exception
+        try:
+            return chain.run_receive(receipt).event
+        except DeliveryRefused as exc:
+            reason, error = exc.reason, exc
+            trace: str | bool | None = None
+            log.warning(
+                "celery-events: delivery %s of event %s to %s refused (%s): %s",
+                self.task_id, event.id, self.handler.task_name, reason, exc,
+            )
+        except Exception as exc:
+            reason, error, trace = Reason.REJECTED, exc, traceback.format_exc()
+            log.exception(
+                "celery-events: a receive hook raised on delivery %s of event %s to %s; it is"
+                " dead-lettered",
+                self.task_id, event.id, self.handler.task_name,
+            )
+        self._dead(reason, error, envelope, attempts=1, event_id=event.id, trace=trace)
+        raise error
+
     def refuse_arguments(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         """Dead-letter a delivery called with anything but one envelope, and raise."""
         error = InvalidEnvelope(
@@ -617,7 +651,10 @@ class _Run:
             service=self.bus.service,
             reason=reason,
             error=exc,
-            traceback=traceback.format_exc() if trace is True else None,
+            traceback=(
+                trace if isinstance(trace, str)
+                else traceback.format_exc() if trace is True else None
+            ),
             handler=self.handler.task_name,
             envelope=envelope if isinstance(envelope, dict) else {"invalid": repr(envelope)},
             attempts=attempts,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from . import _buses, _worker
+from . import _buses, _worker, trust
 from ._delivery import (
     Handler,
     HandlerFunc,
@@ -81,7 +81,11 @@ class EventBus:
         self._state = state
         self.service = validate_service_name(service)
         self.settings = Settings.from_options(settings)
-        self._publisher = Publisher(self, middleware)
+        # The trust middleware (signing, scopes, encrypted fields) is innermost: it signs
+        # what every other middleware made, and is the first to check a delivery.
+        self._publisher = Publisher(
+            self, [*middleware, *trust.middleware_for(self.service, self.settings)]
+        )
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
         self._backend: Backend | None = None

@@ -56,6 +56,11 @@ class Reason:
     UNKNOWN_HANDLER = "unknown_handler"
     #: The stored record itself could not be read; its text is kept in ``raw``.
     UNREADABLE_RECORD = "unreadable_record"
+    #: The envelope's signature was missing, unreadable, made with an unknown key or by
+    #: another service than its source, did not match, or was older than the window.
+    INVALID_SIGNATURE = "invalid_signature"
+    #: The event's (verified) source may not publish its name to this service (scopes).
+    NOT_ALLOWED = "not_allowed"
 
 
 #: The format of the dead-letter records this version writes (the ``format`` field). Records

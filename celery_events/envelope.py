@@ -44,6 +44,8 @@ __all__ = [
     "DATACONTENTTYPE",
     "encode_data",
     "check_ids",
+    "signing_input",
+    "SIGNATURE_ATTRIBUTES",
 ]
 
 SPECVERSION = "1.0"
@@ -317,6 +319,32 @@ class Event:
             envelope["id"], name, envelope["data"], envelope["source"], time, correlation_id,
             causation_id, SPECVERSION, extensions, subject, dataschema,
         )
+
+
+#: The extension attributes that hold an event's signature, and so are not signed.
+SIGNATURE_ATTRIBUTES = frozenset({"signature", "signaturekeyid"})
+
+
+def signing_input(envelope: dict[str, Any]) -> bytes:
+    """The canonical bytes an envelope's signature covers: every member of the envelope (the
+    ``id``, ``type``, ``source``, ``time``, the data, ``subject``, ``dataschema``, the ids of
+    its correlation and every extension attribute) but the signature's own and those set to
+    ``null``, as JSON with sorted keys, no spaces and UTF-8 text.
+
+    Computed from the envelope as it travels (``Event.to_envelope()`` on the way out, the
+    received JSON object on the way in), so that a receiver checks exactly what arrived.
+
+    >>> signing_input({"id": "1", "type": "a.b", "data": {"b": 1, "a": "é"}, "signature": "x"})
+    b'{"data":{"a":"\xc3\xa9","b":1},"id":"1","type":"a.b"}'
+    """
+    signed = {
+        key: value
+        for key, value in envelope.items()
+        if value is not None and key not in SIGNATURE_ATTRIBUTES
+    }
+    return json.dumps(
+        signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def _check_content_type(value: object) -> None:

@@ -18,6 +18,10 @@ __all__ = [
     "PublishError",
     "NotReplicatedError",
     "PublishRefused",
+    "PublishNotAllowed",
+    "SubscriptionNotAllowed",
+    "DeliveryRefused",
+    "InvalidSignature",
     "RegistryError",
     "BrokerError",
 ]
@@ -105,6 +109,36 @@ class NotReplicatedError(PublishError):
 class PublishRefused(CeleryEventsError):
     """A middleware refused to publish the event (a permission, a schema, a signing key);
     nothing was sent. Middleware raise it, or a subclass, with a message saying why."""
+
+
+class PublishNotAllowed(PublishRefused):
+    """This service may not publish the event's name (the ``publish_scopes`` or
+    ``protected_names`` setting); nothing was sent."""
+
+
+class SubscriptionNotAllowed(ConfigurationError):
+    """This service may not subscribe to a pattern (the ``subscribe_scopes`` or
+    ``protected_names`` setting); raised by ``@bus.subscribe``, ``bus.register()`` and at worker
+    start, which then does not start."""
+
+
+class DeliveryRefused(CeleryEventsError):
+    """A receive hook refused a delivery before its handler could run: the delivery is
+    dead-lettered at once with :attr:`reason` and the handler never runs.
+
+    Raised by middleware (see :meth:`~celery_events.Middleware.receive`), with a reason such
+    as ``"invalid_signature"`` and a message saying what was wrong.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        #: The dead letter's reason (:class:`~celery_events.deadletters.Reason`).
+        self.reason = reason
+
+
+class InvalidSignature(CeleryEventsError):
+    """A signature is missing, unreadable, made with an unknown key, made by another service
+    than the event's source, or does not match what it signs."""
 
 
 class PoisonMessageError(CeleryEventsError):

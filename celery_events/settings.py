@@ -175,6 +175,28 @@ class Settings:
     #: :class:`~celery_events.backends.base.Capabilities` fields, such as ``"atomic_fanout"``);
     #: a backend lacking one is a ConfigurationError when it is made, never a downgrade.
     require: tuple[str, ...] = ()
+    # -- trust (see celery_events/trust and the README's "Security") ------------------------
+    #: This service's signing key: the path of its ``{service}.{key_id}.key`` (Ed25519) or
+    #: ``.hmac`` file, or ``{"key_id": ..., "key": text}``; ``None``: it does not sign.
+    signing_key: Any = None
+    #: The verification keys of the services this one trusts: a directory of ``.pub`` and
+    #: ``.hmac`` files, a list of files and directories, or ``{service: {key_id: text}}``.
+    trusted_keys: Any = None
+    #: Whether a delivery must carry a valid signature to run; ``None``: yes when
+    #: ``trusted_keys`` is set.
+    require_signatures: bool | None = None
+    #: The oldest a signed event may be (from its ``time``) when it is received, in seconds.
+    signature_max_age: float = 7 * 24 * 3600.0
+    #: Which services may publish which names: ``{service: [pattern, ...]}``; ``None``: any.
+    publish_scopes: Any = None
+    #: Which services may subscribe to which names: ``{service: [pattern, ...]}``; ``None``: any.
+    subscribe_scopes: Any = None
+    #: Patterns of names that only services granted them in the scopes may publish or
+    #: subscribe to.
+    protected_names: tuple[str, ...] = ()
+    #: The keys sensitive fields are encrypted with: a directory of ``{key_id}.aes`` files or
+    #: ``{key_id: base64 key}``, the first of which encrypts; ``None``: fields stay clear.
+    encryption_keys: Any = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -193,6 +215,10 @@ class Settings:
             options = {**options, "require": tuple(require)}
         elif isinstance(require, (set, frozenset)):
             options = {**options, "require": tuple(sorted(require))}
+        for name in ("protected_names",):
+            value = options.get(name)
+            if isinstance(value, (list, set, frozenset)):
+                options = {**options, name: tuple(sorted(value) if not isinstance(value, list) else value)}
         settings = replace(cls(), **options)
         settings.validate()
         return settings
@@ -212,6 +238,7 @@ class Settings:
             "wait_for_replicas_timeout",
             "state_outage_wait",
             "broker_consumer_timeout",
+            "signature_max_age",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -332,6 +359,18 @@ class Settings:
             raise ConfigurationError(
                 f"The setting require names {unknown[0]!r}, which is not a capability.{hint}"
                 f" The capabilities are {', '.join(known)}."
+            )
+        if self.require_signatures is not None and not isinstance(self.require_signatures, bool):
+            raise ConfigurationError(
+                "The setting require_signatures must be True, False or None (required when"
+                " trusted_keys is set)."
+            )
+        if isinstance(self.protected_names, str) or not isinstance(
+            self.protected_names, tuple
+        ):
+            raise ConfigurationError(
+                "The setting protected_names must be a list of event name patterns such as"
+                f" ['payments.#'], not {shown(self.protected_names)}."
             )
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigurationError("The setting key_prefix must be a non-empty string.")

@@ -9,6 +9,7 @@ from .base import (
     Middleware,
     PublishCall,
     PublishNext,
+    Receipt,
 )
 from .chain import MiddlewareChain
 
@@ -19,6 +20,7 @@ __all__ = [
     "HandlerCall",
     "PublishNext",
     "HandleNext",
+    "Receipt",
     "SKIPPED",
     "PUBLISH",
     "REPLAY",

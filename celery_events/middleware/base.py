@@ -11,6 +11,13 @@ what was overridden.
   :class:`~celery_events.PublishResult` without calling ``call_next`` now (it is sent later,
   as Django's publish-on-commit and outbox do). It may pass on a changed call, such as one
   whose event carries more extension attributes.
+- :meth:`Middleware.receive` looks at one delivery as it comes off the queue, before the
+  inbox is asked and before anything else runs: it checks what arrived (a signature, a
+  permission) and may hand on another event (decrypted data). It raises
+  :class:`~celery_events.DeliveryRefused` to dead-letter the delivery at once with a reason;
+  the handler never runs and nothing is claimed. Receive hooks run innermost first, the
+  mirror of publishing: what the innermost publish scope did last (signing) is undone
+  first (verified).
 - :meth:`Middleware.handle` wraps one delivery's handler call in the worker (after the inbox
   let it run, before its outcome is recorded): an app context, a database transaction, a
   signature check, a span. It returns what ``call_next`` returns, or :data:`SKIPPED` when the
@@ -42,6 +49,7 @@ __all__ = [
     "Middleware",
     "PublishCall",
     "HandlerCall",
+    "Receipt",
     "PublishNext",
     "HandleNext",
     "SKIPPED",
@@ -137,6 +145,32 @@ class HandlerCall:
     atomic: bool = False
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """One delivery as it comes off the queue, as a receive hook sees it."""
+
+    #: The envelope exactly as it was received (a JSON object); never changed by a hook, and
+    #: what a dead letter keeps.
+    envelope: dict[str, Any]
+    #: The event the handler is to get: read from :attr:`envelope`, or as an earlier hook
+    #: changed it (decrypted data).
+    event: Event
+    #: The handler's Celery task name, ``{service}.{name}``.
+    handler: str
+    #: The queue the delivery came from.
+    queue: str
+    #: The Celery task id of the delivery.
+    task_id: str
+    #: The subscribing service.
+    service: str
+
+    def with_event(self, event: Event) -> Receipt:
+        """This receipt with ``event`` for the handler instead (the envelope stays)."""
+        if not isinstance(event, Event):
+            raise TypeError(f"Receipt.with_event takes an Event, not {type(event).__name__}.")
+        return replace(self, event=event)
+
+
 PublishNext = Callable[[PublishCall], PublishResult]
 HandleNext = Callable[[HandlerCall], Any]
 
@@ -162,6 +196,13 @@ class Middleware:
         """Wrap one event's publish: call ``call_next`` (possibly with a changed call), raise
         to refuse, or return a deferred result."""
         return call_next(call)
+
+    def receive(self, receipt: Receipt) -> Receipt:
+        """Look at one delivery before the inbox and the handler: return ``receipt`` (or
+        ``receipt.with_event(...)``), or raise :class:`~celery_events.DeliveryRefused` to
+        dead-letter it unrun. Any other exception dead-letters it too (reason
+        ``"rejected"``), logged with its traceback."""
+        return receipt
 
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         """Wrap one handler call in the worker: return ``call_next(call)``'s result, or

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..results import PublishResult
-from .base import HandleNext, HandlerCall, Middleware, PublishCall, PublishNext
+from .base import HandleNext, HandlerCall, Middleware, PublishCall, PublishNext, Receipt
 
 if TYPE_CHECKING:
     from ..deadletters import DeadLetter
@@ -67,6 +67,10 @@ class MiddlewareChain:
             publish = partial(item.publish, call_next=publish or self._terminal)
         #: The composed publish scopes, called with a :class:`PublishCall`; ``None`` if none.
         self.publish_scope: PublishNext | None = publish
+        #: The receive hooks, innermost first (the mirror of publishing); empty if none.
+        self.receive_hooks: tuple[Callable[[Receipt], Receipt], ...] = tuple(
+            m.receive for m in reversed(items) if _overrides(m, "receive")
+        )
         handlers = tuple(m for m in items if _overrides(m, "handle"))
         #: The handle scopes in order, outermost first; ``None`` if none.
         self.handle_scope: tuple[Middleware, ...] | None = handlers or None
@@ -119,6 +123,18 @@ class MiddlewareChain:
         """Send ``call`` through the publish scopes (or straight to the send, without any)."""
         scope = self.publish_scope
         return scope(call) if scope is not None else self._terminal(call)
+
+    def run_receive(self, receipt: Receipt) -> Receipt:
+        """Pass ``receipt`` through the receive hooks, innermost first; each may refuse it
+        (:class:`~celery_events.DeliveryRefused`) or hand on a changed event."""
+        for hook in self.receive_hooks:
+            receipt = hook(receipt)
+            if not isinstance(receipt, Receipt):
+                raise TypeError(
+                    f"The receive hook {hook!r} returned {type(receipt).__name__}; a receive"
+                    " hook returns the receipt it was given, or receipt.with_event(...)."
+                )
+        return receipt
 
     def run_handle(self, call: HandlerCall, terminal: Callable[[HandlerCall], Any]) -> Any:
         """Run ``terminal`` (the handler call) inside the handle scopes, outermost first."""
