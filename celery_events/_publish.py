@@ -15,7 +15,7 @@ With no publish middleware the path calls the send directly: an empty chain adds
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -70,10 +70,18 @@ class PublishHost(Protocol):
 class Publisher:
     """The publish path of one bus, with its middleware chain built once."""
 
-    def __init__(self, host: PublishHost, middleware: Iterable[Middleware] = ()) -> None:
+    def __init__(
+        self,
+        host: PublishHost,
+        middleware: Iterable[Middleware] = (),
+        allowed: Callable[[list[Subscription]], list[Subscription]] | None = None,
+    ) -> None:
         self.host = host
         self.settings = host.settings
         self.chain = MiddlewareChain(middleware, self._send_call)
+        #: Keeps the registry's subscriptions this service's scopes allow (``None``: all, at
+        #: no cost): a stranger's registration to a name it may not subscribe to gets nothing.
+        self.allowed = allowed
 
     # -- making and validating events ---------------------------------------------------
 
@@ -191,9 +199,11 @@ class Publisher:
 
     def _match(self, name: str) -> list[Subscription]:
         try:
-            return self.host.registry.match(name)
+            found = self.host.registry.match(name)
         except RegistryError as exc:
             raise PublishError(f"Could not publish {name!r}: {exc}") from exc
+        allowed = self.allowed
+        return found if allowed is None or not found else allowed(found)
 
     @staticmethod
     def _nobody(name: str) -> NoSubscribersError:
