@@ -15,7 +15,7 @@ With no publish middleware the path calls the send directly: an empty chain adds
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -46,6 +46,16 @@ class _Registry(Protocol):
     def match(self, name: str) -> list[Subscription]: ...
 
 
+class ScopeGuard(Protocol):
+    """What the publish path asks of the service's scopes (celery_events.trust.scopes)."""
+
+    def check_publish(self, event: Event) -> None:
+        """Raise :class:`~celery_events.PublishNotAllowed` if ``event`` may not be sent."""
+
+    def allowed(self, subscriptions: list[Subscription]) -> list[Subscription]:
+        """The subscriptions of ``subscriptions`` the scopes let receive deliveries."""
+
+
 class PublishHost(Protocol):
     """What the publish path needs from its bus (the bus is the composition root)."""
 
@@ -74,14 +84,13 @@ class Publisher:
         self,
         host: PublishHost,
         middleware: Iterable[Middleware] = (),
-        allowed: Callable[[list[Subscription]], list[Subscription]] | None = None,
+        scopes: ScopeGuard | None = None,
     ) -> None:
         self.host = host
         self.settings = host.settings
         self.chain = MiddlewareChain(middleware, self._send_call)
-        #: Keeps the registry's subscriptions this service's scopes allow (``None``: all, at
-        #: no cost): a stranger's registration to a name it may not subscribe to gets nothing.
-        self.allowed = allowed
+        #: This service's publish and subscribe scopes (``None``: none, at no cost).
+        self.scopes = scopes
 
     # -- making and validating events ---------------------------------------------------
 
@@ -147,6 +156,11 @@ class Publisher:
             if require_subscribers is None
             else bool(require_subscribers)
         )
+        if self.scopes is not None:
+            # Before any middleware: a publish the scopes refuse raises in the caller, never
+            # later from a commit hook or an outbox relay (the Scopes middleware checks
+            # again at send time what middleware may have changed).
+            self.scopes.check_publish(event)
         if self.chain.publish_scope is None:
             return self._send(event, data_json, required, None)
         return self.chain.run_publish(
@@ -202,8 +216,8 @@ class Publisher:
             found = self.host.registry.match(name)
         except RegistryError as exc:
             raise PublishError(f"Could not publish {name!r}: {exc}") from exc
-        allowed = self.allowed
-        return found if allowed is None or not found else allowed(found)
+        scopes = self.scopes
+        return found if scopes is None or not found else scopes.allowed(found)
 
     @staticmethod
     def _nobody(name: str) -> NoSubscribersError:

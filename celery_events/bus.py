@@ -42,7 +42,7 @@ from .names import validate_pattern
 from .registry import Registry, Subscription, queue_arguments
 from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
-from .trust.scopes import Policy, SubscriptionFilter, policy_for
+from .trust.scopes import Policy, PublishGuard, Scopes, policy_for
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
 
@@ -89,7 +89,7 @@ class EventBus:
         self._publisher = Publisher(
             self,
             [*middleware, *trust.middleware_for(self.service, self.settings)],
-            None if self._policy is None else SubscriptionFilter(self._policy),
+            None if self._policy is None else PublishGuard(Scopes(self.service, self._policy)),
         )
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()

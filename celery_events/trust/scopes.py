@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..deadletters import Reason
+from ..envelope import Event
 from ..errors import DeliveryRefused, PublishNotAllowed, SubscriptionNotAllowed
 from ..middleware.base import REPLAY, Middleware, PublishCall, PublishNext, Receipt
 from ..names import Matcher, _canonical
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from ..registry import Subscription
     from ..settings import Settings
 
-__all__ = ["Policy", "Scopes", "policy_for", "refused_subscription"]
+__all__ = ["Policy", "Scopes", "PublishGuard", "policy_for", "refused_subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,18 @@ class Scopes(Middleware):
         self.service = service
         self.policy = policy
 
+    def check_publish(self, event: Event) -> None:
+        """Raise :class:`~celery_events.PublishNotAllowed` unless this service (and the
+        event's source, if another) may publish ``event``'s name."""
+        for publisher in {self.service, event.source}:
+            reason = self.policy.publish_refusal(publisher, event.name)
+            if reason is not None:
+                raise PublishNotAllowed(
+                    f"Event {event.name!r} was not published: {reason}. Add a pattern"
+                    f" covering it to publish_scopes[{publisher!r}] in the settings of service"
+                    f" {self.service!r}, or publish another name. Nothing was sent."
+                )
+
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         event = call.event
         policy = self.policy
@@ -247,14 +260,9 @@ class Scopes(Middleware):
                     f" {self.service!r} if {source!r} should publish it. Nothing was sent."
                 )
             return call_next(call)
-        for publisher in {self.service, event.source}:
-            reason = policy.publish_refusal(publisher, event.name)
-            if reason is not None:
-                raise PublishNotAllowed(
-                    f"Event {event.name!r} was not published: {reason}. Add a pattern"
-                    f" covering it to publish_scopes[{publisher!r}] in the settings of service"
-                    f" {self.service!r}, or publish another name. Nothing was sent."
-                )
+        # Checked before the chain too (the publish path); again here for what the
+        # middleware outside this one may have changed.
+        self.check_publish(event)
         return call_next(call)
 
     def receive(self, receipt: Receipt) -> Receipt:
@@ -273,15 +281,19 @@ class Scopes(Middleware):
         return receipt
 
 
-class SubscriptionFilter:
-    """Drops, on the publisher, the registry subscriptions its policy forbids, logging each
-    (service, pattern) once. Its decisions are memoised per (service, pattern)."""
+class PublishGuard:
+    """The scopes as the publish path of one service uses them: its publishes are checked
+    before any middleware, and the registry subscriptions its policy forbids are dropped
+    (each (service, pattern) logged once; decisions memoised per (service, pattern))."""
 
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
+    def __init__(self, scopes: Scopes) -> None:
+        self.check_publish = scopes.check_publish
+        self.policy = scopes.policy
         self._allowed: dict[tuple[str, str], bool] = {}
 
-    def __call__(self, subscriptions: list[Subscription]) -> list[Subscription]:
+    def allowed(self, subscriptions: list[Subscription]) -> list[Subscription]:
+        """The subscriptions of ``subscriptions`` whose service may subscribe to their
+        pattern, by this service's policy."""
         allowed = self._allowed
         kept = []
         for s in subscriptions:

@@ -15,10 +15,13 @@ from celery_events import (
     ConfigurationError,
     Event,
     EventBus,
+    Middleware,
     PublishNotAllowed,
+    PublishResult,
     SubscriptionNotAllowed,
 )
 from celery_events.backends import memory
+from celery_events.middleware import PublishCall, PublishNext
 from celery_events.names import pattern_matches
 from celery_events.settings import Settings
 from celery_events.testing import HandlerRunner
@@ -300,3 +303,39 @@ def test_a_delivery_from_a_service_not_allowed_to_publish_it_is_dead_lettered() 
     genuine = Event.create("payments.refund.created", {"amount": 100}, source="payments")
     assert [r.status for r in HandlerRunner().run(ledger, genuine)] == ["succeeded"]
     assert len(ran) == 1
+    # And the refused delivery cannot be replayed into the handler: the letter is kept
+    with pytest.raises(PublishNotAllowed, match="cannot be replayed"):
+        ledger.dead_letters.replay(letter.id)
+    assert [kept.id for kept in ledger.dead_letters.list()] == [letter.id]
+
+
+class Deferring(Middleware):
+    """Puts every publish aside, as publish-on-commit and the outbox do."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+        self.seen.append(call.event.name)
+        return PublishResult(call.event, deferred=True)
+
+
+def test_a_refused_publish_raises_before_any_middleware_can_defer_it() -> None:
+    # Given a publisher whose middleware defers (a commit hook, an outbox)
+    deferring = Deferring()
+    app = Celery("shop", broker="memory://", set_as_current=False)
+    shop = EventBus(app, service="shop", middleware=[deferring], **SCOPED)
+    # Then a refused name raises in the caller, never later in a relay
+    with pytest.raises(PublishNotAllowed):
+        shop.publish("payments.refund.created", {"id": 1})
+    assert deferring.seen == []
+    assert shop.publish("order.created", {"id": 1}).deferred
+    assert deferring.seen == ["order.created"]
+
+
+def test_an_event_claiming_another_source_is_checked_for_both() -> None:
+    payments = make_bus("payments", **SCOPED)
+    forged = Event.create("order.created", {"id": 1}, source="shop")
+    # shop may publish order.*, but payments, which sends it, may not
+    with pytest.raises(PublishNotAllowed, match="'payments'"):
+        payments.publish_event(forged)
