@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ..deadletters import Reason
@@ -159,6 +160,12 @@ class Policy:
     _subscribe: _Side = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Copies, read-only: a policy cannot be changed through the dicts it was made from.
+        for name in ("publish_scopes", "subscribe_scopes"):
+            scopes = getattr(self, name)
+            if scopes is not None:
+                frozen = MappingProxyType({s: tuple(ps) for s, ps in scopes.items()})
+                object.__setattr__(self, name, frozen)
         protected = tuple(self.protected_names)
         object.__setattr__(self, "protected_names", protected)
         object.__setattr__(self, "_publish", _Side(PUBLISH_SCOPES, self.publish_scopes, protected))

@@ -131,6 +131,14 @@ def test_protected_names_alone_protect_them_from_every_service() -> None:
 def test_a_policy_is_immutable() -> None:
     with pytest.raises(AttributeError):
         policy().protected_names = ()  # type: ignore[misc]
+    scopes = {"shop": ["order.*"]}
+    made = Policy(scopes)
+    scopes["shop"].append("payments.#")
+    scopes["evil"] = ["#"]
+    assert not made.may_publish("shop", "payments.refunded")
+    assert dict(made.publish_scopes or {}) == {"shop": ("order.*",)}
+    with pytest.raises(TypeError):
+        made.publish_scopes["evil"] = ("#",)  # type: ignore[index]
 
 
 def test_scopes_is_the_outermost_trust_middleware() -> None:
