@@ -20,16 +20,23 @@ The rules, after Dapr's pub/sub scopes (``publishingScopes``, ``subscriptionScop
 - subscribing is the same with ``subscribe_scopes``. A subscription *pattern* is allowed only
   if every name it can match is allowed: ``payments.#`` against a scope ``["payments.refund.*"]``
   is refused (it would match ``payments.created``), ``payments.refund.*`` against a scope
-  ``["payments.#"]`` is allowed. The check is made once, when the service registers and when
-  its worker starts, never per delivery, and the refusal names an example name that is not
-  allowed.
+  ``["payments.#"]`` is allowed. Decided exactly (an automaton search over the patterns'
+  words), once per (service, pattern), and the refusal names an example name that is not
+  allowed. A stranger's ``#`` is therefore refused whenever any name is protected: an audit
+  service that wants every name is listed with ``["#"]``.
 
 Where it is enforced:
 
-- at publish (:class:`Scopes`, a publish scope): :class:`~celery_events.PublishNotAllowed`,
-  nothing sent;
+- at publish: :class:`~celery_events.PublishNotAllowed`, nothing sent. Checked by the
+  publish path before any middleware (so a refusal reaches the caller, never a commit hook or
+  an outbox relay), and again by the :class:`Scopes` publish scope at send time; a replay is
+  checked against its event's source. Both this service and the event's ``source``, if
+  another, must be allowed;
 - at ``bus.register()`` and worker start: :class:`~celery_events.SubscriptionNotAllowed`; the
-  worker exits with status 1 before it consumes or says "ready";
+  worker exits with status 1 before it consumes or says "ready". ``@bus.subscribe`` does not
+  raise: it runs on import in every process that imports the handler (a web process, a
+  shell, ``manage.py check``), which subscribes nothing until it registers or consumes;
+  ``bus.check_subscriptions()`` checks at any time;
 - on the publisher, against the registry: a subscription whose service may not subscribe to
   its pattern (by the publisher's policy) gets no delivery (logged once);
 - on receipt (:meth:`Scopes.receive`): a delivery whose source may not publish its name, or
