@@ -46,6 +46,16 @@ class _Registry(Protocol):
     def match(self, name: str) -> list[Subscription]: ...
 
 
+class ScopeGuard(Protocol):
+    """What the publish path asks of the service's scopes (celery_events.trust.scopes)."""
+
+    def check_publish(self, event: Event) -> None:
+        """Raise :class:`~celery_events.PublishNotAllowed` if ``event`` may not be sent."""
+
+    def allowed(self, subscriptions: list[Subscription]) -> list[Subscription]:
+        """The subscriptions of ``subscriptions`` the scopes let receive deliveries."""
+
+
 class PublishHost(Protocol):
     """What the publish path needs from its bus (the bus is the composition root)."""
 
@@ -70,10 +80,17 @@ class PublishHost(Protocol):
 class Publisher:
     """The publish path of one bus, with its middleware chain built once."""
 
-    def __init__(self, host: PublishHost, middleware: Iterable[Middleware] = ()) -> None:
+    def __init__(
+        self,
+        host: PublishHost,
+        middleware: Iterable[Middleware] = (),
+        scopes: ScopeGuard | None = None,
+    ) -> None:
         self.host = host
         self.settings = host.settings
         self.chain = MiddlewareChain(middleware, self._send_call)
+        #: This service's publish and subscribe scopes (``None``: none, at no cost).
+        self.scopes = scopes
 
     # -- making and validating events ---------------------------------------------------
 
@@ -139,6 +156,11 @@ class Publisher:
             if require_subscribers is None
             else bool(require_subscribers)
         )
+        if self.scopes is not None:
+            # Before any middleware: a publish the scopes refuse raises in the caller, never
+            # later from a commit hook or an outbox relay (the Scopes middleware checks
+            # again at send time what middleware may have changed).
+            self.scopes.check_publish(event)
         if self.chain.publish_scope is None:
             return self._send(event, data_json, required, None)
         return self.chain.run_publish(
@@ -191,9 +213,11 @@ class Publisher:
 
     def _match(self, name: str) -> list[Subscription]:
         try:
-            return self.host.registry.match(name)
+            found = self.host.registry.match(name)
         except RegistryError as exc:
             raise PublishError(f"Could not publish {name!r}: {exc}") from exc
+        scopes = self.scopes
+        return found if scopes is None or not found else scopes.allowed(found)
 
     @staticmethod
     def _nobody(name: str) -> NoSubscribersError:

@@ -5,8 +5,8 @@ Before the worker is built (``celeryd_init``): the backend's transport prepares 
 timeout), handler retries' task-sent events are named like their deliveries, and the start-up
 check bootstep is added. After it is built, before it consumes (``celeryd_after_setup``): add
 the service's event queues. The bootstep then, before the worker consumes or says "ready",
-checks the bus (what the backend's transport refuses, atomic handlers without a transaction
-runner, a registry it cannot reach, a capability the service requires and the backend lacks)
+checks the bus (a handler its own scopes forbid, what the backend's transport refuses, atomic
+handlers without a transaction runner, a registry it cannot reach, a capability the service requires and the backend lacks)
 and records the service's subscriptions; if any of that fails, the worker logs one error saying
 what to fix and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's
 exception, so a check in a signal receiver cannot stop a worker; a bootstep's ``SystemExit``
@@ -72,6 +72,8 @@ class WorkerBus(ServiceBus, Protocol):
 
     def register(self) -> Sequence[object]: ...
 
+    def check_subscriptions(self) -> None: ...
+
 
 def _bus(app: Any) -> WorkerBus | None:
     return cast("WorkerBus | None", _buses.for_app(app))
@@ -85,6 +87,9 @@ def check_worker(bus: WorkerBus) -> None:
     """
     # Made now so that a broker with no registry of its own (and no registry_url), or without
     # a capability the service requires, stops here.
+    # The service's own scopes first: a handler it may not subscribe to is a configuration
+    # error whatever the broker says (and is checked again by register()).
+    bus.check_subscriptions()
     backend = bus.backend
     check_required(backend.name, backend.capabilities, bus.settings.require)
     if bus.handlers:

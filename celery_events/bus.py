@@ -42,6 +42,7 @@ from .names import validate_pattern
 from .registry import Registry, Subscription, queue_arguments
 from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
+from .trust.scopes import Policy, PublishGuard, Scopes, policy_for
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
 
@@ -83,8 +84,12 @@ class EventBus:
         self.settings = Settings.from_options(settings)
         # The trust middleware (signing, scopes, encrypted fields) is innermost: it signs
         # what every other middleware made, and is the first to check a delivery.
+        # The scopes come from this service's own settings, never from the registry.
+        self._policy = policy_for(self.settings)
         self._publisher = Publisher(
-            self, [*middleware, *trust.middleware_for(self.service, self.settings)]
+            self,
+            [*middleware, *trust.middleware_for(self.service, self.settings)],
+            None if self._policy is None else PublishGuard(Scopes(self.service, self._policy)),
         )
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
@@ -286,9 +291,26 @@ class EventBus:
 
         Workers do this when they start; call it from deploy scripts and tests.
         """
+        self.check_subscriptions()
         subscriptions = self.subscriptions()
         self.registry.register(self.service, subscriptions)
         return subscriptions
+
+    @property
+    def scope_policy(self) -> Policy | None:
+        """Who may publish and subscribe to which names, from this service's own settings
+        (``publish_scopes``, ``subscribe_scopes``, ``protected_names``); ``None`` when none is
+        set."""
+        return self._policy
+
+    def check_subscriptions(self) -> None:
+        """Raise :class:`SubscriptionNotAllowed` if this service's scopes forbid one of its
+        handlers' patterns. :meth:`register` and the worker's start-up check call it: a worker
+        with such a handler does not start."""
+        if self._policy is not None:
+            self._policy.check_subscriptions(
+                self.service, (h.pattern for h in self._handlers.values())
+            )
 
     # -- publishing -------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from .errors import (
     describe,
 )
 from .status import read_status
+from .trust.scopes import refused_subscription
 
 __all__ = ["eventbus", "ExitCode"]
 
@@ -159,6 +160,8 @@ def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> Non
         found = bus.registry.subscriptions()
     if service is not None:
         found = [s for s in found if s.service == service]
+    # Subscriptions this service's scopes refuse get no delivery from it (why, or None).
+    refused = {id(s): refused_subscription(bus.scope_policy, s) for s in found}
     if as_json:
         _echo_json(
             [
@@ -168,20 +171,27 @@ def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> Non
                     "handler": s.handler,
                     "queue": s.queue,
                     "registered_at": s.registered_at,
+                    "refused": refused[id(s)],
                 }
                 for s in found
             ]
         )
     elif found:
+        shown_refused = any(refused.values())
         click.echo(
             render_table(
-                ["pattern", "service", "handler", "queue", "registered"],
+                ["pattern", "service", "handler", "queue", "registered"]
+                + (["scopes"] if shown_refused else []),
                 [
                     (s.pattern, s.service, s.handler, s.queue, _when(s.registered_at))
+                    + (("refused" if refused[id(s)] else "",) if shown_refused else ())
                     for s in found
                 ],
             )
         )
+        for s in found:
+            if refused[id(s)]:
+                click.echo(f"refused: {s.handler} ({s.pattern}): {refused[id(s)]}", err=True)
     else:
         click.echo("No subscriptions" + (f" of service {service!r}." if service else "."), err=True)
     if not found:

@@ -12,12 +12,14 @@ import math
 import re
 import string
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._plainjson import DEFAULT_MAX_DEPTH
 from .backends.capabilities import Capabilities
-from .errors import ConfigurationError, shown
+from .errors import ConfigurationError, InvalidPattern, shown
+from .names import validate_pattern
 
 __all__ = ["Settings", "validate_service_name", "is_seconds"]
 
@@ -32,6 +34,36 @@ def validate_service_name(service: object) -> str:
             " digits, '_' or '-', such as 'orders'."
         )
     return service
+
+
+def _check_scopes(setting: str, scopes: object) -> None:
+    """Refuse a ``publish_scopes`` or ``subscribe_scopes`` value that is not ``None`` or
+    ``{service: [pattern, ...]}``, naming the bad part."""
+    example = "{'payments': ['payments.#'], 'orders': ['order.*']}"
+    if scopes is None:
+        return
+    if not isinstance(scopes, Mapping):
+        raise ConfigurationError(
+            f"The setting {setting} must be a dict of service names to lists of event name"
+            f" patterns, such as {example}, or None; not {shown(scopes)}."
+        )
+    for service, patterns in scopes.items():
+        try:
+            validate_service_name(service)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"The setting {setting} has the key {shown(service)}: {exc}") from None
+        if not isinstance(patterns, tuple):
+            raise ConfigurationError(
+                f"The setting {setting}[{service!r}] must be a list of event name patterns, such"
+                f" as ['payments.#'] ([] for none at all), not {shown(patterns)}."
+            )
+        for pattern in patterns:
+            try:
+                validate_pattern(pattern)
+            except InvalidPattern as exc:
+                raise ConfigurationError(
+                    f"The setting {setting}[{service!r}] holds {shown(pattern)}: {exc}"
+                ) from None
 
 
 #: URL schemes a registry (and state) Redis may have: one server, or a primary its sentinels
@@ -187,12 +219,15 @@ class Settings:
     require_signatures: bool | None = None
     #: The oldest a signed event may be (from its ``time``) when it is received, in seconds.
     signature_max_age: float = 7 * 24 * 3600.0
-    #: Which services may publish which names: ``{service: [pattern, ...]}``; ``None``: any.
+    #: Which services may publish which names: ``{service: [pattern, ...]}``. A listed service
+    #: may publish only names its patterns match; one not listed, any but a protected name;
+    #: ``None``: no service is listed. (See celery_events/trust/scopes.py.)
     publish_scopes: Any = None
-    #: Which services may subscribe to which names: ``{service: [pattern, ...]}``; ``None``: any.
+    #: Which services may subscribe to which names, as ``publish_scopes``: a subscription
+    #: pattern is allowed only if every name it can match is.
     subscribe_scopes: Any = None
-    #: Patterns of names that only services granted them in the scopes may publish or
-    #: subscribe to.
+    #: Patterns of names that only services granted them (listed in the scopes, with a
+    #: pattern matching the name) may publish or subscribe to.
     protected_names: tuple[str, ...] = ()
     #: The keys sensitive fields are encrypted with: a directory of ``{key_id}.aes`` files or
     #: ``{key_id: base64 key}``, the first of which encrypts; ``None``: fields stay clear.
@@ -219,6 +254,17 @@ class Settings:
             value = options.get(name)
             if isinstance(value, (list, set, frozenset)):
                 options = {**options, name: tuple(sorted(value) if not isinstance(value, list) else value)}
+        for name in ("publish_scopes", "subscribe_scopes"):
+            value = options.get(name)
+            if isinstance(value, Mapping):
+                # Lists become tuples: the policy is immutable. Bad entries are kept as they
+                # are, for validate() to name.
+                options = {
+                    **options,
+                    name: {
+                        k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()
+                    },
+                }
         settings = replace(cls(), **options)
         settings.validate()
         return settings
@@ -372,5 +418,12 @@ class Settings:
                 "The setting protected_names must be a list of event name patterns such as"
                 f" ['payments.#'], not {shown(self.protected_names)}."
             )
+        for pattern in self.protected_names:
+            try:
+                validate_pattern(pattern)
+            except InvalidPattern as exc:
+                raise ConfigurationError(f"The setting protected_names holds {shown(pattern)}: {exc}") from None
+        for name in ("publish_scopes", "subscribe_scopes"):
+            _check_scopes(name, getattr(self, name))
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigurationError("The setting key_prefix must be a non-empty string.")

@@ -59,5 +59,12 @@ def keyring_for(service: str, settings: Settings) -> Keyring | None:
 def middleware_for(service: str, settings: Settings) -> list[Middleware]:
     """The trust middleware the settings of ``service`` ask for, outermost first; empty when
     no trust setting is set."""
+    from .scopes import Scopes, policy_for
+
     found: list[Middleware] = []
+    policy = policy_for(settings)
+    if policy is not None:
+        # Outermost of the trust middleware: a refused publish costs no encryption or
+        # signature; on receipt it runs last, on the verified (and decrypted) event.
+        found.append(Scopes(service, policy))
     return found
