@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigurationError
 from .keys import (
     ED25519,
     HMAC_SHA256,
@@ -60,4 +61,15 @@ def middleware_for(service: str, settings: Settings) -> list[Middleware]:
     """The trust middleware the settings of ``service`` ask for, outermost first; empty when
     no trust setting is set."""
     found: list[Middleware] = []
+    if settings.encryption_key_id is not None and settings.encryption_keys is None:
+        raise ConfigurationError(
+            f"The setting encryption_key_id is {settings.encryption_key_id!r} but"
+            " encryption_keys is not set; give the keys (a directory of {key_id}.aes files)."
+        )
+    if settings.encryption_keys is not None:
+        from .sensitive import SensitiveFields, load_encryption_keys
+
+        found.append(
+            SensitiveFields(load_encryption_keys(settings.encryption_keys, settings.encryption_key_id))
+        )
     return found
