@@ -6,10 +6,10 @@ Apart from :mod:`.sensitive` because it uses the message builder's repr, which u
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from .. import _plainjson
 from .._messages import fast_saferepr
 from .fields import MASK, mask_envelope
 
@@ -17,18 +17,23 @@ __all__ = ["masking_strategy"]
 
 
 
-def masking_strategy(paths: tuple[str, ...]) -> Callable[..., Any]:
+class masking_strategy:  # noqa: N801 - used as Celery's Task.Strategy, a factory
     """A Celery task ``Strategy`` that masks ``paths`` (a subscriber's ``sensitive=``) and the
     envelope's own sensitive fields in each delivery's ``argsrepr`` header before Celery makes
     its Request: Celery's "received" and failure log lines, its ``task-received`` event (what
     Flower shows), ``celery inspect`` and the handler's retries all read that header.
 
-    Only handlers with ``sensitive=`` get it: others pay nothing.
+    Only handlers with ``sensitive=`` get it: others pay nothing. (An object, not a function:
+    a function in the task class would be bound as a method.)
     """
 
-    def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+
+    def __call__(self, task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
         from celery.worker.strategy import default
 
+        paths = self.paths
         handle = default(task, app, consumer, **kwargs)
         maxsize = app.amqp.argsrepr_maxsize
         maxlevels = app.conf.task_repr_maxlevels
@@ -37,7 +42,11 @@ def masking_strategy(paths: tuple[str, ...]) -> Callable[..., Any]:
             headers = message.headers
             if isinstance(headers, dict):
                 try:
-                    arguments = json.loads(message.body)[0]
+                    # The screening transport hands on the body it decoded already.
+                    payload = message.body
+                    if isinstance(payload, (str, bytes)):
+                        payload = _plainjson.loads(payload)
+                    arguments = payload[0]
                     masked = [
                         mask_envelope(item, paths) if type(item) is dict else item
                         for item in arguments
@@ -50,5 +59,3 @@ def masking_strategy(paths: tuple[str, ...]) -> Callable[..., Any]:
             return handle(message, body, *args, **options)
 
         return task_message_handler
-
-    return strategy
