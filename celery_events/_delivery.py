@@ -194,6 +194,8 @@ def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
         # services' apps in tests and monoliths.
         "shared": False,
     }
+    # What `celery inspect reserved` lists of a delivery is its (masked) argument text.
+    options["Request"] = "celery_events.trust._request:MaskedRequest"
     if handler.sensitive:
         # Masks the argument text Celery's worker logs and sends to Flower.
         options["Strategy"] = masking_strategy(handler.sensitive)

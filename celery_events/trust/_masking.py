@@ -59,3 +59,4 @@ class masking_strategy:  # noqa: N801 - used as Celery's Task.Strategy, a factor
             return handle(message, body, *args, **options)
 
         return task_message_handler
+

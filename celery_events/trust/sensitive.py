@@ -174,6 +174,9 @@ class EncryptionKeys:
                 " eventbus keys generate --aes`) or an entry {key_id: base64 key}."
             )
         aesgcm = _aesgcm()
+        from cryptography.exceptions import InvalidTag
+
+        self._invalid_tag = InvalidTag
         self._ciphers = {key_id: aesgcm(raw) for key_id, raw in keys.items()}
         chosen = max(keys) if encrypting is None else encrypting
         if chosen not in self._ciphers:
@@ -218,11 +221,9 @@ class EncryptionKeys:
             raise ValueError("its ciphertext is not base64") from None
         if len(raw) < _NONCE_BYTES + 16:
             raise ValueError("its ciphertext is too short")
-        from cryptography.exceptions import InvalidTag
-
         try:
             plain = cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], self._aad(event_id, where))
-        except InvalidTag:
+        except self._invalid_tag:
             raise ValueError(
                 f"its ciphertext does not verify with the key {key_id!r} for this event and"
                 " field (changed, or moved from another event or field)"
@@ -234,14 +235,12 @@ def load_encryption_keys(spec: object, encrypting: object = None) -> EncryptionK
     """The keys of the ``encryption_keys`` setting: a directory of ``{key_id}.aes`` files, one
     such file, a list of files and directories, or a mapping ``{key_id: base64 key}``;
     ``encrypting`` is the ``encryption_key_id`` setting (None: the greatest key id)."""
-    if encrypting is not None:
-        _check_key_id(encrypting, "The setting encryption_key_id")
+    chosen = None if encrypting is None else _check_key_id(encrypting, "The setting encryption_key_id")
     keys: dict[str, bytes] = {}
     if isinstance(spec, Mapping):
         for key_id, text in spec.items():
-            _check_key_id(key_id, "The setting encryption_keys")
-            keys[key_id] = _key_bytes(text, f"{key_id!r}")
-        return EncryptionKeys(keys, encrypting)  # type: ignore[arg-type]
+            keys[_check_key_id(key_id, "The setting encryption_keys")] = _key_bytes(text, f"{key_id!r}")
+        return EncryptionKeys(keys, chosen)
     items = [spec] if isinstance(spec, (str, os.PathLike)) else spec
     if not isinstance(items, (list, tuple)):
         raise ConfigurationError(
@@ -273,7 +272,7 @@ def load_encryption_keys(spec: object, encrypting: object = None) -> EncryptionK
                     f"Cannot read the encryption key file {str(file)!r}: {exc}."
                 ) from None
             keys[key_id] = _key_bytes(text, str(file))
-    return EncryptionKeys(keys, encrypting)  # type: ignore[arg-type]
+    return EncryptionKeys(keys, chosen)
 
 
 # -- the middleware ----------------------------------------------------------------------

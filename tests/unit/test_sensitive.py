@@ -311,3 +311,20 @@ def test_encryption_counts_against_max_event_size(buses: list[EventBus]) -> None
     with pytest.raises(EventTooLarge):
         small.publish("user.registered", {"email": "x" * 120})
     assert waiting(mailer) == []
+
+
+def test_celery_inspect_lists_a_waiting_delivery_by_its_masked_argument_text(
+    buses: list[EventBus],
+) -> None:
+    from kombu.utils.imports import symbol_by_name
+
+    shop, mailer, _ = shop_and_mailer(buses)
+    shop.publish("user.registered", DATA)
+    task = mailer.app.tasks["mailer.append"]
+    with mailer.app.connection_for_read() as connection:
+        message = connection.default_channel.basic_get(mailer.default_queue)
+        request = symbol_by_name(task.Request)(message, app=mailer.app, task=task)
+        # What `celery inspect reserved` and `scheduled` return of it (they call info())
+        shown = request.info()
+        message.requeue()
+    assert EMAIL not in str(shown["args"]) and MASK in shown["args"]
