@@ -44,6 +44,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -344,7 +345,5 @@ def refuse_encrypted(event: Event, envelope: Mapping[str, Any]) -> None:
 
 
 def _with_data(event: Event, data: dict[str, Any]) -> Event:
-    from dataclasses import replace
-
     return replace(event, data=data)
 
