@@ -12,6 +12,7 @@ from ._delivery import Handler, RetryPolicy
 from .backends.base import Backend, Capabilities
 from .bus import Delivery, EventBus, PublishResult, bus_for
 from .deadletters import DeadLetter, DeadLetterNotFound, DeadLetterStore, ReplayError
+from .declarations import Declaration
 from .envelope import Event
 from .errors import (
     BrokerError,
@@ -45,6 +46,7 @@ __all__ = [
     "Event",
     "PublishResult",
     "Delivery",
+    "Declaration",
     "Subscription",
     "Registry",
     "Settings",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigurationError
 from .keys import (
     ED25519,
     HMAC_SHA256,
@@ -61,10 +62,23 @@ def middleware_for(service: str, settings: Settings) -> list[Middleware]:
     no trust setting is set."""
     from .scopes import Scopes, policy_for
 
+    if settings.encryption_key_id is not None and settings.encryption_keys is None:
+        raise ConfigurationError(
+            f"The setting encryption_key_id is {settings.encryption_key_id!r} but"
+            " encryption_keys is not set; give the keys (a directory of {key_id}.aes files)."
+        )
     found: list[Middleware] = []
     policy = policy_for(settings)
     if policy is not None:
         # Outermost of the trust middleware: a refused publish costs no encryption or
         # signature; on receipt it runs last, on the verified (and decrypted) event.
         found.append(Scopes(service, policy))
+    if settings.encryption_keys is not None:
+        from .sensitive import SensitiveFields, load_encryption_keys
+
+        found.append(
+            SensitiveFields(
+                load_encryption_keys(settings.encryption_keys, settings.encryption_key_id)
+            )
+        )
     return found

@@ -10,6 +10,7 @@ key, task id, attempt) in ``test:runs``; a handler that took effect notes it in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -33,6 +34,8 @@ bus = EventBus(
     retry_backoff_max=float(os.environ.get("RABBIT_BACKOFF_MAX", "5")),
     retry_jitter=False,
     max_deliveries=2,
+    # RABBIT_KEYS: a directory of {key_id}.aes files (tests/integration/amqp/test_sensitive.py).
+    encryption_keys=os.environ.get("RABBIT_KEYS") or None,
 )
 notes = redis.Redis.from_url(STATE)
 
@@ -69,7 +72,11 @@ def seen(event: Event) -> None:
         raise Retry(delay=float(event.data["later"]))
     if event.data.get("poison"):
         os._exit(1)  # the pool process dies mid-handler, every time
-    note("test:effects", f"{SERVICE}.seen", event)
+    # What the handler got of a sensitive field, as a digest (never the value itself).
+    got = {"email": hashlib.sha256(event.data["email"].encode()).hexdigest()} if (
+        "email" in event.data
+    ) else {}
+    note("test:effects", f"{SERVICE}.seen", event, **got)
 
 
 @bus.subscribe("shop.order.*")
