@@ -40,6 +40,8 @@ SHARED_KEYS = {
     "version": "make every publisher reload the registry (costs reads, changes nothing)",
     "published": "add or change entries of the event catalog (what `catalog` shows only)",
     "delivery:*": "reset or inflate another service's retry and poison counters",
+    "holders, held:*": "remove or add the records of which process holds which unacked message"
+    " (the ledger's sweeper sends a delivery that is lost that way again)",
     "alive:*": "delete a live process's alive key, so that another copy takes over its lease"
     " (the handler may run twice; the inbox still skips it once done)",
     "unacked*": "remove kombu's unacked records (the ledger's sweeper sends such deliveries"
@@ -105,7 +107,7 @@ def service_rules(
     # sub-queues of each, and the binding set the worker declares for each.
     for queue in access.queues:
         q = g + _glob(queue)
-        rules += [f"~{q}", f"~{q}{_PRIORITY_SEP}*", f"~{g}_kombu.binding.{_glob(queue)}"]
+        rules += [f"~{q}", f"~{q}{_PRIORITY_SEP}*", *_bindings(g, _glob(queue))]
     # Its own registry record (written at worker start), ledger, dead letters and inbox.
     rules += [
         f"~{p}registry:{service}",
@@ -113,6 +115,8 @@ def service_rules(
         f"~{p}ledger:{service}:due",
         f"~{p}dead:{service}",
         f"~{p}dead:{service}:index",
+        # The lock that keeps one sweeper of its ledger running at a time.
+        f"~{p}sweeper:{service}",
     ]
     rules += [f"~{p}inbox:{_glob(handler)}:*" for handler in access.handlers]
     # Shared keys this layout cannot split per service (see SHARED_KEYS): the registry's
@@ -124,13 +128,23 @@ def service_rules(
         f"~{p}published",
         f"~{p}delivery:*",
         f"~{p}alive:*",
+        # Which process holds each unacked message (transport.py, liveness.py), for kombu's
+        # unacked records of the same Redis.
+        f"~{g}{p}holders",
+        f"~{g}{p}held:*",
         f"~{g}unacked",
         f"~{g}unacked_index",
         f"~{g}unacked_mutex",
-        f"~{g}_kombu.binding.celery.pidbox",
-        f"~{g}_kombu.binding.reply.celery.pidbox",
-        f"~{g}_kombu.binding.celeryev",
-        f"~{g}*.reply.celery.pidbox",
+        # kombu's binding tables of the exchanges every app shares: Celery's default direct
+        # exchange (the event queues are bound to it) and the remote-control ones.
+        *_bindings(g, "celery"),
+        f"~{g}_kombu.binding_deadlines",
+        *_bindings(g, "celery.pidbox"),
+        *_bindings(g, "reply.celery.pidbox"),
+        *_bindings(g, "celeryev"),
+        # Each worker's remote-control queue and the reply queues of inspect commands.
+        f"~{g}*.celery.pidbox",
+        f"~{g}*.celery.pidbox{_PRIORITY_SEP}*",
     ]
     # Reading the registry: every record, the index, and the hash of the layout before.
     rules += [f"%R~{p}registry:*", f"%R~{p}services", f"%R~{p}subscriptions"]
@@ -144,6 +158,11 @@ def service_rules(
     rules.append(f"(+sadd %W~{p}services)")
     rules.append("(" + " ".join(["+lpush", "+hsetnx", "+zadd", "+type", *targets, f"%W~{p}ledger:*"]) + ")")
     return rules
+
+
+def _bindings(g: str, exchange: str) -> list[str]:
+    """kombu's binding tables of ``exchange`` (kombu 5.7 keeps a permanent one beside each)."""
+    return [f"~{g}_kombu.binding.{exchange}", f"~{g}_kombu.binding_permanent.{exchange}"]
 
 
 def flower_rules(*, global_keyprefix: str = "", db: int = 0) -> list[str]:
@@ -173,10 +192,10 @@ def flower_rules(*, global_keyprefix: str = "", db: int = 0) -> list[str]:
         "+exists",
         "+info",
         f"%R~{g}*",
-        f"~{g}_kombu.binding.celeryev",
-        f"~{g}_kombu.binding.reply.celery.pidbox",
+        *_bindings(g, "celeryev"),
+        *_bindings(g, "reply.celery.pidbox"),
+        *_bindings(g, "celery.pidbox"),
         f"~{g}*.reply.celery.pidbox",
-        f"~{g}_kombu.binding.celery.pidbox",
         f"&{g}/{db}.celeryev/*",
         f"&{g}/{db}.celery.pidbox",
     ]
@@ -211,7 +230,8 @@ def accesses(
     handlers: dict[str, set[str]] = {}
     for service, handler, queue in subscriptions:
         queues.setdefault(service, set()).add(queue)
-        handlers.setdefault(service, set()).add(handler)
+        if handler:
+            handlers.setdefault(service, set()).add(handler)
     wanted = list(services) or sorted(queues)
     pattern = default_queue.format(service="*")
     found = []

@@ -230,6 +230,17 @@ def acl(ctx: click.Context, services: tuple[str, ...], password: str, as_aclfile
     if bus.service in services or not services:
         # The -A app's own handlers count even before its worker registered them.
         triples += [(bus.service, h.task_name, h.queue) for h in bus.handlers]
+        # Its worker consumes the app's default queue too. Celery's own default, 'celery',
+        # is shared by every app that keeps it: any service could then take the others'
+        # plain tasks, so give each app a task_default_queue of its own.
+        default = str(bus.app.conf.task_default_queue or "celery")
+        triples.append((bus.service, "", default))
+        if default == "celery":
+            click.echo(
+                f"note: service {bus.service!r} uses Celery's default queue 'celery', which"
+                " every app that keeps it shares: set task_default_queue to a queue of its own.",
+                err=True,
+            )
     options = bus.app.conf.broker_transport_options or {}
     prefix = str(options.get("global_keyprefix", ""))
     db = _db_of(bus)
