@@ -4,11 +4,11 @@ Each service gets one Redis user whose rules let it do what a service of the bus
 little else:
 
 - **its own keys, fully**: its queues (and kombu's priority sub-queues of them), kombu's
-  binding set of each, its registry record, its lost-delivery ledger, its dead letters and
-  the inbox records of its handlers;
-- **other services' queues and ledgers, append only**: a Redis 7 selector allowing only
-  ``LPUSH`` (queues), ``HSETNX`` and ``ZADD`` (ledgers) and ``TYPE`` with write-only key rights
-  (``%W~``). The fan-out script takes those keys in ARGV (see ``backends/redis/fanout.py``), so
+  binding set of each, its registry record, its lost-delivery ledger and sweeper lock, its
+  dead letters and the inbox records of its handlers;
+- **other services' queues and ledgers, append only**: Redis 7 selectors allowing only
+  ``LPUSH`` on queues, ``HSETNX`` on ledgers and ``ZADD`` on their due sets (and ``TYPE``), with
+  write-only key rights (``%W~``). The fan-out script takes those keys in ARGV (see ``backends/redis/fanout.py``), so
   each command in it is checked on its own and the script asks the ACL before its first write:
   a refused publish writes nothing. A service can therefore append a delivery, real or forged,
   to a subscriber's queue (signed events make the subscriber dead-letter a forged one), and
@@ -65,6 +65,8 @@ class ServiceAccess:
     handlers: tuple[str, ...] = ()
     #: Queues of other services it publishes to that ``queue_pattern`` does not cover.
     other_queues: tuple[str, ...] = field(default=())
+    #: The services it publishes to (whose ledgers its publishes append to).
+    subscribers: tuple[str, ...] = field(default=())
 
 
 def _glob(text: str) -> str:
@@ -118,7 +120,9 @@ def service_rules(
         # The lock that keeps one sweeper of its ledger running at a time.
         f"~{p}sweeper:{service}",
     ]
-    rules += [f"~{p}inbox:{_glob(handler)}:*" for handler in access.handlers]
+    # Its handlers' inbox records: a handler's task name is "{service}.{name}", and a service
+    # name has no '.', so this matches its handlers and no other service's.
+    rules.append(f"~{p}inbox:{service}.*")
     # Shared keys this layout cannot split per service (see SHARED_KEYS): the registry's
     # version token and the catalog (written with every registration and first publish of a
     # name), the delivery bookkeeping and alive keys (inbox.py, liveness.py), kombu's unacked
@@ -154,9 +158,17 @@ def service_rules(
     # another), and deliveries with their ledger entries. Nothing here can read, pop, delete,
     # trim or overwrite: LPUSH and HSETNX only add, ZADD may also move a due time (see the
     # README's threat model).
-    targets = [f"%W~{g}{queue_pattern}", *(f"%W~{g}{_glob(q)}" for q in access.other_queues)]
+    # Each command has a selector of its own, on keys of the one type it makes: a selector
+    # that allowed HSETNX on a queue key, or LPUSH on a ledger key, would let a service create
+    # a key of the wrong type where another's is missing, and every publish to that service
+    # would then fail. So the ledgers are named one by one (a pattern 'ledger:*' would also
+    # match the due sets 'ledger:*:due'): print the rules again when a service is added.
+    queues = [f"%W~{g}{queue_pattern}", *(f"%W~{g}{_glob(q)}" for q in access.other_queues)]
+    subscribers = sorted({*access.subscribers, access.service})
     rules.append(f"(+sadd %W~{p}services)")
-    rules.append("(" + " ".join(["+lpush", "+hsetnx", "+zadd", "+type", *targets, f"%W~{p}ledger:*"]) + ")")
+    rules.append("(" + " ".join(["+lpush", "+type", *queues]) + ")")
+    rules.append("(" + " ".join(["+hsetnx", "+type", *(f"%W~{p}ledger:{_glob(s)}" for s in subscribers)]) + ")")
+    rules.append("(" + " ".join(["+zadd", "+type", *(f"%W~{p}ledger:{_glob(s)}:due" for s in subscribers)]) + ")")
     return rules
 
 
@@ -241,7 +253,13 @@ def accesses(
             {q for s, qs in queues.items() if s != service for q in qs if not _fnmatch(q, pattern)}
         )
         found.append(
-            ServiceAccess(service, tuple(sorted(own)), tuple(sorted(handlers.get(service, ()))), tuple(others))
+            ServiceAccess(
+                service,
+                tuple(sorted(own)),
+                tuple(sorted(handlers.get(service, ()))),
+                tuple(others),
+                tuple(sorted({*queues, *wanted})),
+            )
         )
     return found
 

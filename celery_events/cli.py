@@ -247,12 +247,6 @@ def acl(ctx: click.Context, services: tuple[str, ...], password: str, as_aclfile
     line = rules.aclfile_line if as_aclfile else rules.setuser_line
     template = bus.settings.queue_template
     for access in rules.accesses(triples, services, default_queue=template):
-        if not access.handlers:
-            click.echo(
-                f"note: service {access.service!r} has no subscription in the registry: its user"
-                " gets no inbox rights; register it (celery eventbus register) and print again.",
-                err=True,
-            )
         click.echo(
             line(
                 access.service,

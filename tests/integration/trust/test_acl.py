@@ -151,6 +151,11 @@ def test_a_restricted_service_cannot_touch_another_services_record_queue_or_stat
         ("HSET", "celery_events:ledger:orders", "t1", "forged"),
         ("HGETALL", "celery_events:ledger:orders"),
         ("DEL", "celery_events:ledger:orders:due"),
+        # keys of the wrong type where another's are missing (every publish to it would fail)
+        ("LPUSH", "celery_events:ledger:orders", "x"),
+        ("HSETNX", "celery_events:ledger:orders:due", "x", "y"),
+        ("ZADD", "celery_events:ledger:orders", "1", "x"),
+        ("HSETNX", "events.orders", "x", "y"),
         ("SET", "celery_events:inbox:orders.welcome:e2", "done"),
         ("DEL", "celery_events:inbox:orders.welcome:e1"),
         ("HSET", "celery_events:dead:orders", "d2", "forged"),
