@@ -49,9 +49,9 @@ SHARED_KEYS = {
     "pidbox": "send or answer remote-control commands as any worker (Celery's own pidbox)",
 }
 
-# The characters a kombu priority sub-queue adds to a queue's name (kombu's Redis transport
-# joins them with this separator), written as redis-cli and aclfile lines spell bytes.
-_PRIORITY_SEP = "\\x06\\x16"
+# What a kombu priority sub-queue adds to a queue's name (kombu's Redis transport joins them
+# with this separator); lines spell it "\x06\x16" (see _quoted).
+_PRIORITY_SEP = "\x06\x16"
 # Commands that affect every service at once: refused to services even though they name no key.
 _DENIED = ("-@dangerous", "-script|flush", "-script|kill", "-function")
 
@@ -81,11 +81,19 @@ def _glob(text: str) -> str:
 
 
 def _quoted(rule: str) -> str:
-    """A rule as one argument of a redis-cli or aclfile line (double quotes, \\x escapes)."""
-    if all(c.isalnum() or c in "~%&+-@|:._/*()<>=#^!$," for c in rule) and "\\" not in rule:
+    """A rule as one argument of a redis-cli or aclfile line: as it is when it is plain, else in
+    double quotes, where both read ``\\\\``, ``\\"`` and ``\\xHH`` as one character."""
+    if all((c.isascii() and c.isalnum()) or c in "~%&+-@|:._/*<>=#^!$," for c in rule):
         return rule
-    escaped = rule.replace('"', '\\"')
-    return f'"{escaped}"'
+    out = []
+    for char in rule:
+        if char in '\\"':
+            out.append("\\" + char)
+        elif char.isprintable() and ord(char) < 128:
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8"))
+    return '"' + "".join(out) + '"'
 
 
 def service_rules(

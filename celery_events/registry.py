@@ -354,6 +354,12 @@ class Registry:
         registered_at = float(record["registered_at"])
         if not self.require_signatures or self.keyring is None:
             return tuple(subscriptions), registered_at
+        if not record.get("signature"):
+            raise _BadRecord(
+                "it is not signed, and this service believes only signed records (it has"
+                " trusted_keys; require_signatures). Give that service its signing_key and"
+                " restart its worker."
+            )
         try:
             self.keyring.verify(
                 service,
