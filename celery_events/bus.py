@@ -512,10 +512,18 @@ class EventBus:
             store = self.backend.registry
             with self._lock:
                 if self._registry is None:
+                    settings = self.settings
+                    # Records are signed with this service's key and, when it trusts keys,
+                    # only validly signed ones are believed (see registry.py).
+                    required = settings.require_signatures
+                    if required is None:
+                        required = settings.trusted_keys is not None
                     self._registry = Registry(
                         store,
-                        refresh_interval=self.settings.registry_refresh_interval,
-                        max_staleness=self.settings.registry_max_staleness,
+                        refresh_interval=settings.registry_refresh_interval,
+                        max_staleness=settings.registry_max_staleness,
+                        keyring=trust.keyring_for(self.service, settings),
+                        require_signatures=required,
                     )
         return self._registry
 

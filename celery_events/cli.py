@@ -158,25 +158,46 @@ def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> Non
     bus = _bus(ctx)
     with _translated_errors(bus):
         found = bus.registry.subscriptions()
+        ignored = bus.registry.ignored()
     if service is not None:
         found = [s for s in found if s.service == service]
+        ignored = [r for r in ignored if r.service == service]
     # Subscriptions this service's scopes refuse get no delivery from it (why, or None).
     refused = {id(s): refused_subscription(bus.scope_policy, s) for s in found}
     if as_json:
-        _echo_json(
-            [
-                {
-                    "pattern": s.pattern,
-                    "service": s.service,
-                    "handler": s.handler,
-                    "queue": s.queue,
-                    "registered_at": s.registered_at,
-                    "refused": refused[id(s)],
-                }
-                for s in found
-            ]
+        rows: list[dict[str, Any]] = [
+            {
+                "pattern": s.pattern,
+                "service": s.service,
+                "handler": s.handler,
+                "queue": s.queue,
+                "registered_at": s.registered_at,
+                "refused": refused[id(s)],
+            }
+            for s in found
+        ]
+        # A record publishers do not believe (see registry.py) is listed with its reason.
+        rows += [
+            {
+                "service": r.service,
+                "ignored": r.reason,
+                "registered_at": r.registered_at,
+                "using_registered_at": r.using_registered_at,
+            }
+            for r in ignored
+        ]
+        _echo_json(rows)
+        if not found:
+            ctx.exit(ExitCode.NOT_FOUND)
+        return
+    if ignored:
+        click.echo(
+            render_table(
+                ["ignored record of", "registered", "reason"],
+                [(r.service, _when(r.registered_at or 0.0), r.reason) for r in ignored],
+            )
         )
-    elif found:
+    if found:
         shown_refused = any(refused.values())
         click.echo(
             render_table(
@@ -196,6 +217,86 @@ def subscriptions(ctx: click.Context, service: str | None, as_json: bool) -> Non
         click.echo("No subscriptions" + (f" of service {service!r}." if service else "."), err=True)
     if not found:
         ctx.exit(ExitCode.NOT_FOUND)
+
+
+@eventbus.command(cls=CeleryCommand)
+@click.option("--service", "services", multiple=True, help="Print this service's user (repeatable); default: every service in the registry.")
+@click.option("--password", default="CHANGE-ME", show_default=True, help="The password each line sets (the same for every user: edit them).")
+@click.option("--aclfile", "as_aclfile", is_flag=True, help="Print aclfile lines (user ...) instead of ACL SETUSER commands.")
+@click.pass_context
+def acl(ctx: click.Context, services: tuple[str, ...], password: str, as_aclfile: bool) -> None:
+    """Print least-privilege Redis ACL users: one per service, Flower's and the operator's.
+
+    Pipe the output into redis-cli (as an admin user), then give each service the broker URL
+    redis://SERVICE:PASSWORD@host:port/db. Run 'migrate-registry' first on a registry written
+    by an older version. See celery_events/acl.py for the reason of each rule.
+    """
+    from . import acl as rules
+
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        found = bus.registry.subscriptions()
+    triples = [(s.service, s.handler, s.queue) for s in found]
+    if bus.service in services or not services:
+        # The -A app's own handlers count even before its worker registered them.
+        triples += [(bus.service, h.task_name, h.queue) for h in bus.handlers]
+        # Its worker consumes the app's default queue too. Celery's own default, 'celery',
+        # is shared by every app that keeps it: any service could then take the others'
+        # plain tasks, so give each app a task_default_queue of its own.
+        default = str(bus.app.conf.task_default_queue or "celery")
+        triples.append((bus.service, "", default))
+        if default == "celery":
+            click.echo(
+                f"note: service {bus.service!r} uses Celery's default queue 'celery', which"
+                " every app that keeps it shares: set task_default_queue to a queue of its own.",
+                err=True,
+            )
+    options = bus.app.conf.broker_transport_options or {}
+    prefix = str(options.get("global_keyprefix", ""))
+    db = _db_of(bus)
+    line = rules.aclfile_line if as_aclfile else rules.setuser_line
+    template = bus.settings.queue_template
+    for access in rules.accesses(triples, services, default_queue=template):
+        click.echo(
+            line(
+                access.service,
+                password,
+                rules.service_rules(
+                    access,
+                    key_prefix=bus.settings.key_prefix,
+                    queue_pattern=template.format(service="*"),
+                    global_keyprefix=prefix,
+                    db=db,
+                ),
+            )
+        )
+    click.echo(line("flower", password, rules.flower_rules(global_keyprefix=prefix, db=db)))
+    click.echo(line("eventbus-operator", password, rules.operator_rules()))
+
+
+def _db_of(bus: EventBus) -> int:
+    from urllib.parse import urlparse
+
+    path = urlparse(first_broker_url(bus.app.conf.broker_url)).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+@eventbus.command(name="migrate-registry", cls=CeleryCommand)
+@click.pass_context
+def migrate_registry(ctx: click.Context) -> None:
+    """Move registry records of the layout before (one hash) to one key per service.
+
+    Run once, as a user that may write every record, before confining services by ACLs.
+    Publishers of this version read both layouts; older ones read only the old hash, so
+    upgrade every publisher before migrating.
+    """
+    bus = _bus(ctx)
+    with _translated_errors(bus):
+        moved = bus.registry.store.migrate()
+    if moved:
+        click.echo(f"Moved the records of {len(moved)} service(s): {', '.join(moved)}.")
+    else:
+        click.echo("Nothing to move: no record of the layout before.")
 
 
 @eventbus.command(cls=CeleryCommand)

@@ -6,6 +6,18 @@ holding that service's whole set of subscriptions, so that re-registering a serv
 its set in one atomic write, and a version token replaced with every write, which publishers
 poll to notice changes.
 
+Signed records: a service with a signing key signs its record (over
+:func:`record_signing_input`: its name, ``registered_at`` and its subscriptions) and puts the key
+id and signature in it (``keyid``, ``signature``). A registry that requires signatures (the
+service has ``trusted_keys``) ignores a record that is unsigned, badly signed, signed with
+another service's key, or older than one it already saw for that service (an old record written
+back), logs it once per distinct record, and lists it in :meth:`Registry.ignored`. While a
+service's current record is ignored (or was deleted), a registry that saw a valid one for it keeps
+using the newest valid one, so an overwrite cannot make it drop or redirect that service's
+deliveries; a fresh process that never saw one has nothing to use for that service until the
+service registers again, which is why the registry's keys should also be confined by Redis ACLs
+(``celery eventbus acl``): then no other service can overwrite or delete the record at all.
+
 Publishers keep a cached, pattern-matched view. A background thread checks ``version`` every
 ``registry_refresh_interval`` seconds, so a publish in the steady state makes no registry round
 trip, and a view older than ``registry_max_staleness`` is reloaded before it is used: a new
@@ -22,14 +34,28 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _plainjson
 from .backends.base import RegistryStore, StoreError
-from .errors import InvalidPattern, RegistryError, describe, shown
+from .errors import (
+    ConfigurationError,
+    InvalidPattern,
+    InvalidSignature,
+    RegistryError,
+    describe,
+    shown,
+)
 from .names import Matcher, validate_pattern
 
-__all__ = ["Subscription", "Registry", "queue_arguments"]
+if TYPE_CHECKING:
+    from .trust.keys import Keyring
+
+__all__ = ["Subscription", "Registry", "IgnoredRecord", "queue_arguments", "record_signing_input"]
+
+#: Put before the canonical record, so that a record's signature can never be taken for the
+#: signature of anything else a service signs (an event's envelope).
+RECORD_SIGNING_CONTEXT = b"celery-events registry record 1\n"
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +99,42 @@ def queue_arguments(arguments: dict[str, Any] | None) -> tuple[tuple[str, Any], 
     return tuple(sorted((arguments or {}).items()))
 
 
+def record_signing_input(service: str, registered_at: float, entries: list[Any]) -> bytes:
+    """The bytes a registry record's signature covers: the service it is the record of, its
+    ``registered_at`` and its subscriptions (every member of every entry), as canonical JSON
+    (sorted keys, compact, UTF-8) after :data:`RECORD_SIGNING_CONTEXT`."""
+    canonical = json.dumps(
+        {"service": service, "registered_at": registered_at, "subscriptions": entries},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return RECORD_SIGNING_CONTEXT + canonical.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class IgnoredRecord:
+    """A service's registry record that publishers do not use, and why."""
+
+    service: str
+    #: A full sentence: what is wrong with it.
+    reason: str
+    #: Its ``registered_at``, when it has a readable one.
+    registered_at: float | None = None
+    #: When the subscriptions used for ``service`` instead come from the newest valid record
+    #: seen by this process: that record's ``registered_at``; else None (none are used).
+    using_registered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Valid:
+    """The newest valid record seen for one service."""
+
+    registered_at: float
+    subscriptions: tuple[Subscription, ...]
+
+
 @dataclass(frozen=True)
 class _View:
     version: bytes | None
@@ -97,8 +159,19 @@ class Registry:
         *,
         refresh_interval: float = 0.25,
         max_staleness: float = 1.0,
+        keyring: Keyring | None = None,
+        require_signatures: bool = False,
     ) -> None:
+        """``keyring`` signs the records this registry writes (when it has a signing key) and,
+        with ``require_signatures``, checks the records it reads."""
+        if require_signatures and keyring is None:
+            raise ConfigurationError(
+                "A registry that requires signatures needs the keys to check them with: set"
+                " trusted_keys (or require_signatures=False)."
+            )
         self.store = store
+        self.keyring = keyring
+        self.require_signatures = require_signatures
         self._refresh_interval = refresh_interval
         self._max_staleness = max_staleness
         self._view: _View | None = None
@@ -108,31 +181,66 @@ class Registry:
         self._watcher_pid = 0
         self._closed = threading.Event()
         # The bad record last reported per service, so that one is logged once, not on every
-        # reload of the view.
+        # reload of the view (b"" for a record that went missing).
         self._reported: dict[str, bytes] = {}
+        self._ignored: tuple[IgnoredRecord, ...] = ()
+        # With require_signatures: the newest valid record seen per service, used while the
+        # stored one is ignored, and the bar a replayed older record must clear.
+        self._valid: dict[str, _Valid] = {}
 
     # -- writing ---------------------------------------------------------------------------
 
     def register(self, service: str, subscriptions: Iterable[Subscription]) -> None:
-        """Replace ``service``'s subscriptions with ``subscriptions``, atomically."""
+        """Replace ``service``'s subscriptions with ``subscriptions``, atomically; signed when
+        the keyring has a signing key (which must be ``service``'s)."""
         entries = [s.to_json() for s in subscriptions]
-        record = {"registered_at": time.time(), "subscriptions": entries}
-        try:
-            self.store.write(service, json.dumps(record))
-        except StoreError as exc:
-            fix = exc.fix or "Check that Redis is reachable at the registry URL."
-            raise RegistryError(
-                f"Could not record the subscriptions of service {service!r} in the registry:"
-                f" {describe(exc)}. Nothing was recorded. {fix}"
-            ) from exc
+        self._write(service, entries)
         log.info(
             "celery-events: recorded %d subscription(s) of service %r",
             len(entries),
             service,
         )
 
+    def encode(self, service: str, entries: list[dict[str, Any]], registered_at: float) -> str:
+        """The record text of ``service`` with subscription ``entries`` (as
+        :meth:`Subscription.to_json` gives them), signed when the keyring can sign."""
+        record: dict[str, Any] = {"registered_at": registered_at, "subscriptions": entries}
+        signing = None if self.keyring is None else self.keyring.signing_key
+        if signing is not None:
+            if signing.service != service:
+                raise ConfigurationError(
+                    f"The signing key {signing.service}/{signing.key_id} is not a key of service"
+                    f" {service!r}: a service signs only its own registry record. Register"
+                    f" {service!r} from its own configuration."
+                )
+            key_id, signature = self.keyring.sign(  # type: ignore[union-attr]
+                record_signing_input(service, registered_at, entries)
+            )
+            record["keyid"] = key_id
+            record["signature"] = signature
+        return json.dumps(record)
+
+    def _write(self, service: str, entries: list[dict[str, Any]]) -> None:
+        text = self.encode(service, entries, time.time())
+        try:
+            self.store.write(service, text)
+        except StoreError as exc:
+            fix = exc.fix or "Check that Redis is reachable at the registry URL."
+            raise RegistryError(
+                f"Could not record the subscriptions of service {service!r} in the registry:"
+                f" {describe(exc)}. Nothing was recorded. {fix}"
+            ) from exc
+
     def unregister(self, service: str) -> None:
-        """Remove every subscription of ``service``; its queued deliveries stay queued."""
+        """Remove every subscription of ``service``; its queued deliveries stay queued.
+
+        With a signing key this writes a signed record of no subscriptions instead of deleting
+        the record: publishers that require signatures take a deleted record for tampering
+        (and keep using the last valid one they saw), but believe a signed empty one.
+        """
+        if self.keyring is not None and self.keyring.signing_key is not None:
+            self._write(service, [])
+            return
         try:
             self.store.remove(service)
         except StoreError as exc:
@@ -142,7 +250,12 @@ class Registry:
 
     def subscriptions(self) -> list[Subscription]:
         """Read every subscription of every service straight from the store (no cache)."""
-        return list(self._load()[1])
+        with self._lock:
+            return list(self._load()[1])
+
+    def ignored(self) -> list[IgnoredRecord]:
+        """The records the last read of the store ignored (see the module's docstring)."""
+        return list(self._ignored)
 
     def match(self, name: str) -> list[Subscription]:
         """Return the subscriptions matching event ``name`` from a view at most
@@ -173,33 +286,98 @@ class Registry:
             return view
 
     def _load(self) -> tuple[bytes | None, tuple[Subscription, ...]]:
+        # The services whose records must be read even if the store's index lost them: every
+        # service with a trusted key, and every one seen valid here.
+        known = set(self._valid)
+        if self.require_signatures and self.keyring is not None:
+            known.update(self.keyring.services())
         try:
-            version, records = self.store.load()
+            version, records = self.store.load(sorted(known))
         except StoreError as exc:
             raise RegistryError(f"Could not read the subscription registry: {describe(exc)}.") from exc
         return version, tuple(self._decode(records))
 
     def _decode(self, records: dict[bytes, bytes]) -> Iterable[Subscription]:
-        """Every subscription of every readable record; a bad record skips its service only."""
+        """Every subscription of every usable record; a bad record skips its service only."""
         bad: dict[str, bytes] = {}
-        for service_raw, raw in sorted(records.items()):
-            service = service_raw.decode("utf-8", "backslashreplace")
+        ignored: list[IgnoredRecord] = []
+        found: list[Subscription] = []
+        texts = {k.decode("utf-8", "backslashreplace"): v for k, v in records.items()}
+        # A service seen valid whose record is gone: with signatures required, a deletion
+        # is as unproven as an overwrite (a signed unregister writes an empty record).
+        missing = set(self._valid) - set(texts) if self.require_signatures else set()
+        for service in sorted(set(texts) | missing):
+            raw = texts.get(service)
             try:
-                found = _decode_record(service, raw)
+                if raw is None:
+                    raise _BadRecord("it was deleted without a signed record replacing it.")
+                subscriptions, registered_at = self._check(service, raw)
             except _BadRecord as exc:
-                # One service's corrupt record must not stop every publisher.
-                bad[service] = raw
-                if self._reported.get(service) != raw:
+                # One service's bad record must not stop every publisher.
+                bad[service] = raw or b""
+                valid = self._valid.get(service)
+                if valid is None:
+                    outcome = (
+                        " Its subscriptions are ignored until it registers again (restart its"
+                        " worker, or call bus.register())."
+                    )
+                else:
+                    outcome = (
+                        " The newest valid record seen here (registered at"
+                        f" {_iso(valid.registered_at)}) is used instead."
+                    )
+                    found.extend(valid.subscriptions)
+                ignored.append(
+                    IgnoredRecord(
+                        service,
+                        str(exc),
+                        _registered_at(raw),
+                        None if valid is None else valid.registered_at,
+                    )
+                )
+                if self._reported.get(service) != (raw or b""):
                     log.error(
-                        "celery-events: skipping the registry record of service %r: %s Its"
-                        " subscriptions are ignored until it registers again (restart its"
-                        " worker, or call bus.register()).",
+                        "celery-events: ignoring the registry record of service %r: %s%s",
                         service,
                         exc,
+                        outcome,
                     )
                 continue
-            yield from found
+            found.extend(subscriptions)
         self._reported = bad
+        self._ignored = tuple(ignored)
+        return found
+
+    def _check(self, service: str, raw: bytes) -> tuple[tuple[Subscription, ...], float]:
+        """The subscriptions of a usable record, or :class:`_BadRecord` saying why not."""
+        record, subscriptions = _parse_record(service, raw)
+        registered_at = float(record["registered_at"])
+        if not self.require_signatures or self.keyring is None:
+            return tuple(subscriptions), registered_at
+        if not record.get("signature"):
+            raise _BadRecord(
+                "it is not signed, and this service believes only signed records (it has"
+                " trusted_keys; require_signatures). Give that service its signing_key and"
+                " restart its worker."
+            )
+        try:
+            self.keyring.verify(
+                service,
+                record.get("keyid"),
+                record_signing_input(service, record["registered_at"], record["subscriptions"]),
+                record.get("signature"),
+            )
+        except InvalidSignature as exc:
+            text = str(exc).replace("The event's", "Its").replace("The event", "It")
+            raise _BadRecord(f"its signature is refused: {text}") from None
+        valid = self._valid.get(service)
+        if valid is not None and registered_at < valid.registered_at:
+            raise _BadRecord(
+                f"it was registered at {_iso(registered_at)}, before the record of"
+                f" {_iso(valid.registered_at)} already seen: an older record written back."
+            )
+        self._valid[service] = _Valid(registered_at, tuple(subscriptions))
+        return tuple(subscriptions), registered_at
 
     # -- the watcher -----------------------------------------------------------------------
 
@@ -269,8 +447,29 @@ class _BadRecord(ValueError):
     """A registry record that is not what :meth:`Registry.register` writes."""
 
 
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _registered_at(raw: bytes | None) -> float | None:
+    try:
+        record = _plainjson.loads(raw) if raw else None
+    except ValueError:
+        return None
+    value = record.get("registered_at") if isinstance(record, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _decode_record(service: str, raw: bytes) -> list[Subscription]:
     """The subscriptions of one service's record; raise :class:`_BadRecord` naming the problem."""
+    return _parse_record(service, raw)[1]
+
+
+def _parse_record(service: str, raw: bytes) -> tuple[dict[str, Any], list[Subscription]]:
+    """One service's record and its subscriptions; raise :class:`_BadRecord` naming the
+    problem."""
     try:
         record = _plainjson.loads(raw)
     except ValueError as exc:  # also bytes that are not UTF-8
@@ -321,6 +520,6 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
                 queue_arguments=queue_arguments(arguments),
             )
         )
-    return found
+    return record, found
 
 

@@ -394,8 +394,10 @@ class RegistryStore(Protocol):
 
     def version(self) -> bytes | None: ...
 
-    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
-        """The version token and every service's record, read together."""
+    def load(self, known: Sequence[str] = ()) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The version token and every service's record, read together; the records of the
+        ``known`` services are read even where the store's own list of services lacks them
+        (a store whose list anyone may edit, such as the Redis one's index)."""
         ...
 
     def record_published(self, field: str, value: str) -> None:
@@ -404,6 +406,10 @@ class RegistryStore(Protocol):
 
     def published(self) -> list[str]:
         """Every catalog field recorded by :meth:`record_published` (or by the transport)."""
+        ...
+
+    def migrate(self) -> list[str]:
+        """Move records kept in an older layout to the current one; return their services."""
         ...
 
     def close(self) -> None: ...

@@ -290,13 +290,17 @@ class MemoryRegistry:
     def version(self) -> bytes | None:
         return self.space.version
 
-    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+    def load(self, known: Sequence[str] = ()) -> tuple[bytes | None, dict[bytes, bytes]]:
         with self.space.lock:
             return self.space.version, {k.encode(): v for k, v in self.space.records.items()}
 
     def record_published(self, field: str, value: str) -> None:
         with self.space.lock:
             self.space.published[field] = value
+
+    def migrate(self) -> list[str]:
+        """Nothing to move: a memory space has one layout."""
+        return []
 
     def published(self) -> list[str]:
         with self.space.lock:

@@ -180,16 +180,16 @@ def test_a_retried_publish_that_fails_keeps_what_the_first_attempt_wrote(
 def test_a_registration_the_user_may_not_finish_writes_nothing(
     acl_user, redis_client: redis.Redis
 ) -> None:
-    # Given a user that may write the subscriptions hash but not the version key
-    url = acl_user("orders", "%R~*", "~celery_events:subscriptions", "+@all", "&*")
+    # Given a user that may write its record but not the version key
+    url = acl_user("orders", "%R~*", "~celery_events:registry:orders", "~celery_events:services", "+@all", "&*")
     bus = EventBus(Celery("orders", broker=url), service="orders")
     try:
-        with pytest.raises(RegistryError, match=r"no permissions.*Nothing was recorded.*'~\*'"):
+        with pytest.raises(RegistryError, match=r"no permissions.*Nothing was recorded.*celery eventbus acl"):
             bus.registry.register("orders", SUBSCRIPTIONS[:1])
     finally:
         bus.close()
     # Then the transaction was discarded whole
-    assert redis_client.hgetall("celery_events:subscriptions") == {}
+    assert redis_client.keys("celery_events:registry:*") == []
 
 
 BUSY_LUA = """

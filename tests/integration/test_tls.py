@@ -166,7 +166,7 @@ def test_a_registry_on_its_own_tls_url_is_written_and_read(
         assert [s.handler for s in bus.registry.subscriptions()] == ["orders.a"]
     finally:
         bus.close()
-    assert tls_redis.client().hexists("celery_events:subscriptions", "orders")
+    assert tls_redis.client().exists("celery_events:registry:orders")
 
 
 def tls_app(url: str, use_ssl: dict[str, object] | None) -> Celery:

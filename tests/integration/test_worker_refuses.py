@@ -46,7 +46,7 @@ def test_a_worker_that_cannot_record_its_subscriptions_exits(
         redis_client.execute_command("ACL", "DELUSER", "reader")
     assert "Could not record the subscriptions of service 'checked'" in log
     assert "no permissions" in log
-    assert redis_client.hgetall("celery_events:subscriptions") == {}
+    assert redis_client.keys("celery_events:registry:*") == []
 
 
 def test_a_worker_whose_registry_is_unreachable_exits(
@@ -74,7 +74,7 @@ def test_a_worker_whose_backend_lacks_a_required_capability_exits(
     # Then its worker refuses to start, naming what is missing, and records nothing
     log = refused(worker)
     assert "requires native_delivery_limit, which the redis backend does not provide" in log
-    assert redis_client.hgetall("celery_events:subscriptions") == {}
+    assert redis_client.keys("celery_events:registry:*") == []
 
 
 def test_a_worker_whose_visibility_timeout_is_too_short_exits(
@@ -96,7 +96,7 @@ def test_a_correctly_configured_worker_still_starts_and_registers(
 ) -> None:
     worker = start_worker(SERVICE)
     assert "the worker cannot start" not in worker.log()
-    assert redis_client.hexists("celery_events:subscriptions", "checked")
+    assert redis_client.exists("celery_events:registry:checked")
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import describe
@@ -175,7 +175,7 @@ class AmqpRegistry:
             self._run(self._read_pushed)
             return None if self._applied < 0 else str(self._applied).encode()
 
-    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+    def load(self, known: Sequence[str] = ()) -> tuple[bytes | None, dict[bytes, bytes]]:
         with self._lock:
             self._run(self._read_pushed)
             version = None if self._applied < 0 else str(self._applied).encode()
@@ -194,6 +194,10 @@ class AmqpRegistry:
         with self._lock:
             self._run(self._read_pushed)
             return list(self._published)
+
+    def migrate(self) -> list[str]:
+        """Nothing to move: the stream has one layout."""
+        return []
 
     def close(self) -> None:
         with self._lock:

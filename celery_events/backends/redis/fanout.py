@@ -25,11 +25,15 @@ from .worker import check_visibility_timeout, configure_worker
 
 log = logging.getLogger(__name__)
 
-# KEYS: n queue lists, then (with the ledger) n pairs of ledger hash and due set, then
-#       (optionally) the catalog hash.
-# ARGV: n, ledger on ('1'/'0'), the time of publishing, the event id, n payloads, n task ids,
-#       n handler task names, the task-event channel, the number m of task events, m event
-#       payloads, then (optionally) the catalog field and value.
+# KEYS: none: every key is in ARGV. A Redis ACL checks the keys an EVALSHA declares with the
+#       rights of a read-write command, so declaring the subscribers' queues and ledgers would
+#       need read rights on them; undeclared, each command in the script is checked on its own,
+#       so a publisher needs only the right to append (LPUSH, HSETNX, ZADD) to them (see
+#       celery_events/acl.py). Redis Cluster, which needs declared keys, is not supported.
+# ARGV: n, ledger on ('1'/'0'), the time of publishing, the event id, n queue keys, n payloads,
+#       n task ids, n handler task names, then (with the ledger) n ledger hashes and n due
+#       sets, then the task-event channel, the number m of task events, m event payloads, then
+#       the catalog hash ('' for none), field and value.
 # The ledger records (the fields of _inbox.ledger_entry) are encoded here by Redis's cjson:
 # Redis copies every script argument into Lua, at about 1.5 µs per KB, so sending each payload
 # once, not also inside its record, is what keeps a publish to ten subscribers fast.
@@ -38,26 +42,65 @@ log = logging.getLogger(__name__)
 #
 # All or nothing: Redis runs a script atomically but does not roll back the writes made before
 # a command that fails (a Redis 7 ACL user without channel rights fails on PUBLISH, after the
-# pushes). So every write goes through redis.pcall, and the first failure undoes the earlier
-# writes in reverse order before returning the error. No other client runs in between, so LPOP
-# takes back exactly the message LPUSH put at the head. The ledger is written with HSETNX and
-# ZADD NX: a field or member that is already there belongs to the same delivery (a publish
-# retried after a lost reply repeats its task ids) and is kept as it is, so an undo removes
-# only what this call added, without reading anything first. The PUBLISHes, which cannot be
-# undone, come last, once every write has succeeded.
+# pushes). So before the first write the script asks the ACL (redis.acl_check_cmd, Redis 7)
+# whether every command it will run is allowed, and checks every key's type; a refusal
+# returns before anything is written (an undo could not be relied on here: a user that may
+# only append to a queue may not LPOP it). Every write still goes through redis.pcall, and a
+# failure that no check foresaw undoes the earlier writes in reverse order before returning
+# the error. No other client runs in between, so LPOP takes back exactly the message LPUSH put
+# at the head. The ledger is written with HSETNX and ZADD NX: a field or member that is
+# already there belongs to the same delivery (a publish retried after a lost reply repeats
+# its task ids) and is kept as it is, so an undo removes only what this call added, without
+# reading anything first. The PUBLISHes, which cannot be undone, come last.
 _FANOUT_LUA = """
 local n = tonumber(ARGV[1])
-for i = 1, n do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind ~= 'none' and kind ~= 'list' then
-    return redis.error_reply('WRONGTYPE queue key ' .. KEYS[i] .. ' holds a ' .. kind)
+local ledger = ARGV[2] == '1'
+local Q, P, T, H = 4, 4 + n, 4 + 2 * n, 4 + 3 * n
+local L, D, at = 4 + 4 * n, 4 + 5 * n, 5 + 4 * n
+if ledger then at = 5 + 6 * n end
+local channel, m = ARGV[at], tonumber(ARGV[at + 1])
+local catalog_key = ARGV[at + 2 + m]
+local catalog_field, catalog_value = ARGV[at + 3 + m], ARGV[at + 4 + m]
+local function refused(command, key)
+  return redis.error_reply('NOPERM this user has no permissions to run ' .. command ..
+                           ' on ' .. key .. ', so no delivery was sent')
+end
+local function expect(key, wanted)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' and kind ~= wanted then
+    return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. kind ..
+                             ', not a ' .. wanted)
   end
+  return nil
+end
+local allowed = redis.acl_check_cmd
+for i = 1, n do
+  local queue = ARGV[Q + i]
+  if allowed and not allowed('LPUSH', queue, 'x') then return refused('LPUSH', queue) end
+  local wrong = expect(queue, 'list')
+  if wrong then return wrong end
+  if ledger then
+    local entries, due = ARGV[L + i], ARGV[D + i]
+    if allowed and not allowed('HSETNX', entries, 'x', 'x') then return refused('HSETNX', entries) end
+    if allowed and not allowed('ZADD', due, 'NX', '0', 'x') then return refused('ZADD', due) end
+    wrong = expect(entries, 'hash') or expect(due, 'zset')
+    if wrong then return wrong end
+  end
+end
+if catalog_key ~= '' then
+  if allowed and not allowed('HSET', catalog_key, 'x', 'x') then return refused('HSET', catalog_key) end
+  local wrong = expect(catalog_key, 'hash')
+  if wrong then return wrong end
+end
+if m > 0 and allowed and not allowed('PUBLISH', channel, 'x') then
+  return redis.error_reply('NOPERM this user has no permissions to publish to the channel ' ..
+                           channel .. ', so no delivery was sent')
 end
 local pushed, recorded = 0, 0
 local added_entry, added_due = {}, {}
-local catalog_key, catalog_field, catalog_old = nil, nil, nil
+local catalog_old, catalog_set = nil, false
 local function rollback(reply)
-  if catalog_key then
+  if catalog_set then
     if catalog_old then
       redis.pcall('HSET', catalog_key, catalog_field, catalog_old)
     else
@@ -65,11 +108,11 @@ local function rollback(reply)
     end
   end
   for i = recorded, 1, -1 do
-    if added_due[i] then redis.pcall('ZREM', KEYS[n + 2 * i], ARGV[4 + n + i]) end
-    if added_entry[i] then redis.pcall('HDEL', KEYS[n + 2 * i - 1], ARGV[4 + n + i]) end
+    if added_due[i] then redis.pcall('ZREM', ARGV[D + i], ARGV[T + i]) end
+    if added_entry[i] then redis.pcall('HDEL', ARGV[L + i], ARGV[T + i]) end
   end
   for i = pushed, 1, -1 do
-    redis.pcall('LPOP', KEYS[i])
+    redis.pcall('LPOP', ARGV[Q + i])
   end
   return redis.error_reply(reply['err'])
 end
@@ -77,38 +120,32 @@ local function failed(reply)
   return type(reply) == 'table' and reply['err'] ~= nil
 end
 for i = 1, n do
-  local reply = redis.pcall('LPUSH', KEYS[i], ARGV[4 + i])
+  local reply = redis.pcall('LPUSH', ARGV[Q + i], ARGV[P + i])
   if failed(reply) then return rollback(reply) end
   pushed = i
 end
-local used_keys = n
-if ARGV[2] == '1' then
+if ledger then
   for i = 1, n do
-    local task_id = ARGV[4 + n + i]
-    local entry = cjson.encode({q = KEYS[i], m = ARGV[4 + i], e = ARGV[4],
-                                h = ARGV[4 + 2 * n + i], r = 0})
-    local reply = redis.pcall('HSETNX', KEYS[n + 2 * i - 1], task_id, entry)
+    local task_id = ARGV[T + i]
+    local entry = cjson.encode({q = ARGV[Q + i], m = ARGV[P + i], e = ARGV[4],
+                                h = ARGV[H + i], r = 0})
+    local reply = redis.pcall('HSETNX', ARGV[L + i], task_id, entry)
     if failed(reply) then return rollback(reply) end
     added_entry[i] = reply == 1
     recorded = i
-    reply = redis.pcall('ZADD', KEYS[n + 2 * i], 'NX', ARGV[3], task_id)
+    reply = redis.pcall('ZADD', ARGV[D + i], 'NX', ARGV[3], task_id)
     if failed(reply) then return rollback(reply) end
     added_due[i] = reply == 1
   end
-  used_keys = 3 * n
 end
-local at = 5 + 3 * n
-local m = tonumber(ARGV[at + 1])
-if #KEYS > used_keys then
+if catalog_key ~= '' then
   -- Once per name and process: reading the old value first costs little here.
-  local key, field = KEYS[used_keys + 1], ARGV[at + 2 + m]
-  local old = redis.pcall('HGET', key, field)
+  local old = redis.pcall('HGET', catalog_key, catalog_field)
   if failed(old) then return rollback(old) end
-  local reply = redis.pcall('HSET', key, field, ARGV[at + 3 + m])
+  local reply = redis.pcall('HSET', catalog_key, catalog_field, catalog_value)
   if failed(reply) then return rollback(reply) end
-  catalog_key, catalog_field, catalog_old = key, field, old
+  catalog_old, catalog_set = old, true
 end
-local channel = ARGV[at]
 for j = 1, m do
   local reply = redis.pcall('PUBLISH', channel, ARGV[at + 1 + j])
   if failed(reply) then return rollback(reply) end
@@ -204,7 +241,6 @@ class RedisFanout:
             return
         self._signals.before(messages)
         prefix = self.key_prefix
-        keys = [prefix + m.queue for m in messages]
         ledger = self.ledger_prefix
         args: list[str | int | float] = [
             len(messages),
@@ -212,15 +248,14 @@ class RedisFanout:
             time.time(),
             messages[0].event_id,
         ]
+        args.extend([prefix + m.queue for m in messages])
         args.extend([redis_payload(m) for m in messages])
         args.extend([m.task_id for m in messages])
         args.extend([m.task_name for m in messages])
         if ledger is not None:
             # The ledger keeps each delivery's message until it is handled (see _inbox.py).
-            for message in messages:
-                base = f"{ledger}ledger:{message.service}"
-                keys.append(base)
-                keys.append(base + ":due")
+            args.extend([f"{ledger}ledger:{m.service}" for m in messages])
+            args.extend([f"{ledger}ledger:{m.service}:due" for m in messages])
         events = self._sent_events
         if events is not None and events.enabled:
             args.append(events.channel)
@@ -230,8 +265,11 @@ class RedisFanout:
             args.append("")
             args.append(0)
         if catalog is not None and self.catalog_key is not None:
-            keys.append(self.catalog_key)
+            args.append(self.catalog_key)
             args.extend(catalog)
+        else:
+            args.extend(("", "", ""))
+        keys: list[str] = []
         acknowledged = self._run(keys, args)
         self._signals.after(messages)
         if acknowledged < self.wait_for_replicas:

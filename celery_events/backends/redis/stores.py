@@ -2,8 +2,17 @@
 
 Keys under the bus's ``key_prefix`` (``celery_events:`` by default):
 
-- ``subscriptions``: a hash from service name to that service's whole set of subscriptions,
-  so that re-registering a service replaces its set in one atomic write;
+- ``registry:{service}``: that service's whole set of subscriptions (its record, see
+  ``registry.py``), so that re-registering a service replaces its set in one atomic write, and
+  so that a Redis ACL can let each service write its own record and no other's (one hash field
+  per service, the layout before, cannot be confined by an ACL);
+- ``services``: the set of services that wrote a record, which readers list; ACLs let services
+  only add to it (``SADD``), and a publisher that requires signatures reads the record of every
+  service it has a key of whatever the set says;
+- ``subscriptions``: the hash of records of the layout before (service name -> record), still
+  read for every service that has no ``registry:{service}`` key, so that a publisher of this
+  version reads the records of subscribers not yet upgraded; ``celery eventbus migrate-registry``
+  moves them to their own keys and deletes it (do that before confining services by ACLs);
 - ``version``: a random token replaced with every write, which publishers poll to notice
   changes (a token, not a counter, so that a Redis that lost its data and counts again from
   zero can never look unchanged);
@@ -41,36 +50,68 @@ class RedisRegistry:
 
     def __init__(self, client: redis.Redis, key_prefix: str = "celery_events:") -> None:
         self.client = client
+        self.key_prefix = key_prefix
+        #: The hash of records of the layout before (read only where no record key exists).
         self.subscriptions_key = f"{key_prefix}subscriptions"
+        self.services_key = f"{key_prefix}services"
         self.version_key = f"{key_prefix}version"
         self.published_key = f"{key_prefix}published"
 
-    def _write_fix(self, exc: redis.RedisError) -> str | None:
+    def record_key(self, service: str) -> str:
+        """The key of ``service``'s record."""
+        return f"{self.key_prefix}registry:{service}"
+
+    def _write_fix(self, exc: redis.RedisError, service: str) -> str | None:
         if isinstance(exc, redis.exceptions.NoPermissionError) or "permission" in str(exc):
             return (
-                "The registry's Redis user may not write it: grant write rights on"
-                f" {self.subscriptions_key} and {self.version_key} (ACL SETUSER <user>"
-                " '~*', or the bus's key_prefix), or use a registry_url whose user may."
+                f"The registry's Redis user may not write the record of service {service!r}:"
+                f" grant it write rights on {self.record_key(service)} and {self.version_key}"
+                f" and SADD on {self.services_key} (celery eventbus acl prints the rules), or"
+                " use a registry_url whose user may. Under those rules a service may write"
+                " only its own record."
             )
         return None
 
     def write(self, service: str, record: str) -> None:
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.subscriptions_key, service, record)
+                pipe.set(self.record_key(service), record)
+                pipe.sadd(self.services_key, service)
                 pipe.set(self.version_key, uuid.uuid4().hex)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise _failed(exc, self._write_fix(exc)) from exc
+            raise _failed(exc, self._write_fix(exc, service)) from exc
 
     def remove(self, service: str) -> None:
         try:
             with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.record_key(service))
+                # Else the record of the layout before would be read again in its place.
                 pipe.hdel(self.subscriptions_key, service)
+                pipe.srem(self.services_key, service)
                 pipe.set(self.version_key, uuid.uuid4().hex)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise _failed(exc, self._write_fix(exc)) from exc
+            raise _failed(exc, self._write_fix(exc, service)) from exc
+
+    def migrate(self) -> list[str]:
+        """Move the records of the layout before to their own keys (a record key already
+        there is newer and is kept), then delete the old hash; return the services moved."""
+        try:
+            old: dict[Any, Any] = self.client.hgetall(self.subscriptions_key)
+            moved = []
+            with self.client.pipeline(transaction=True) as pipe:
+                for field, record in sorted(old.items()):
+                    service = _text(field)
+                    pipe.set(self.record_key(service), record, nx=True)
+                    pipe.sadd(self.services_key, service)
+                    moved.append(service)
+                pipe.delete(self.subscriptions_key)
+                pipe.set(self.version_key, uuid.uuid4().hex)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise _failed(exc) from exc
+        return moved
 
     def version(self) -> bytes | None:
         try:
@@ -79,14 +120,25 @@ class RedisRegistry:
             raise _failed(exc) from exc
         return version if version is None or isinstance(version, bytes) else str(version).encode()
 
-    def load(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+    def load(self, known: Sequence[str] = ()) -> tuple[bytes | None, dict[bytes, bytes]]:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.get(self.version_key)
+                pipe.smembers(self.services_key)
                 pipe.hgetall(self.subscriptions_key)
-                version, records = pipe.execute()
+                version, listed, legacy = pipe.execute()
+            # The version was read first: a write after it changes it, and the next check
+            # reloads, so the records read below are never taken for an older version's.
+            services = sorted({_text(s) for s in listed} | {_text(f) for f in legacy} | set(known))
+            raws = self.client.mget([self.record_key(s) for s in services]) if services else []
         except redis.RedisError as exc:
             raise _failed(exc) from exc
+        records: dict[bytes, bytes] = {}
+        for service, raw in zip(services, raws, strict=True):
+            if raw is None:
+                raw = legacy.get(service.encode())
+            if raw is not None:
+                records[service.encode()] = _bytes(raw)
         return version, records
 
     def record_published(self, field: str, value: str) -> None:

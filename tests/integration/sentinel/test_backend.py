@@ -139,9 +139,9 @@ def test_registry_url_may_be_sentinel(
     bus.subscribe("order.placed", name="noted")(lambda event: None)
     try:
         bus.register()
-        records = sentinel_topology.primary_client().hgetall("celery_events:subscriptions")
-        assert service.encode() in records
-        assert json.loads(records[service.encode()])
+        record = sentinel_topology.primary_client().get(f"celery_events:registry:{service}")
+        assert record is not None
+        assert json.loads(record)
         assert MASTER_NAME in bus.backend.description or "sentinel://" in bus.backend.description
     finally:
         bus.close()
