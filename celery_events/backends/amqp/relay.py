@@ -443,7 +443,9 @@ class RelayStep(bootsteps.StartStopStep):  # type: ignore[misc]
     before the consumer, so the worker says ready only once the relay consumes."""
 
     label = "celery-events relay"
-    requires = ("celery.worker.components:Pool",)
+    # After the start-up check: a misconfigured worker stops before the relay connects (which
+    # could wait out its timeout first and hide the reason).
+    requires = ("celery.worker.components:Pool", "celery_events._worker:StartupCheck")
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
