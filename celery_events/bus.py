@@ -83,9 +83,11 @@ class EventBus:
         self.settings = Settings.from_options(settings)
         # The trust middleware (signing, scopes, encrypted fields) is innermost: it signs
         # what every other middleware made, and is the first to check a delivery.
-        self._publisher = Publisher(
-            self, [*middleware, *trust.middleware_for(self.service, self.settings)]
-        )
+        guards = trust.middleware_for(self.service, self.settings)
+        self._publisher = Publisher(self, [*middleware, *guards])
+        # A dead letter the trust middleware would refuse to replay is refused before any of
+        # a batch is sent.
+        self._replay_check = trust.replay_check(guards)
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.RLock()
         self._backend: Backend | None = None
@@ -479,6 +481,7 @@ class EventBus:
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
                         route=self._replay_queue,
+                        check=self._replay_check,
                     )
         return self._dead_letters
 
