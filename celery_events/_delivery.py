@@ -44,6 +44,9 @@ from .middleware.base import SKIPPED, HandlerCall, Receipt
 from .middleware.chain import MiddlewareChain
 from .outcomes import Reject, Retry
 from .settings import Settings
+from .trust._masking import masking_strategy
+from .trust.fields import SENSITIVE
+from .trust.sensitive import refuse_encrypted
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class Handler:
     atomic: bool = False
     time_limit: float = 300.0
     task_options: dict[str, Any] = field(default_factory=dict)
+    #: Dotted paths of the data this worker masks in argument texts (``sensitive=``).
+    sensitive: tuple[str, ...] = ()
 
     @property
     def lease_seconds(self) -> float:
@@ -189,6 +194,9 @@ def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
         # services' apps in tests and monoliths.
         "shared": False,
     }
+    if handler.sensitive:
+        # Masks the argument text Celery's worker logs and sends to Flower.
+        options["Strategy"] = masking_strategy(handler.sensitive)
     options.update(handler.task_options)
     task: Task = app.task(**options)(deliver)
     return task
@@ -293,6 +301,9 @@ class _Run:
         self.started = time.monotonic()
         #: This run's inbox lease, once it may be in the store.
         self.lease: str | None = None
+        #: Whether the delivery's argument text is masked (sensitive fields), so that its
+        #: retries keep it.
+        self.masked = bool(handler.sensitive)
 
     def _time_left(self) -> float:
         """Seconds this run may still wait before its time limit ends it."""
@@ -338,7 +349,11 @@ class _Run:
             self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
             raise
         chain = self.bus.middleware
-        if chain.receive_hooks:
+        # Fields the publisher declared sensitive: checked (decrypted), and kept masked.
+        sensitive = isinstance(envelope, dict) and SENSITIVE in envelope
+        if sensitive:
+            self.masked = True
+        if chain.receive_hooks or sensitive:
             event = self._received(chain, envelope, event)
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
@@ -510,7 +525,12 @@ class _Run:
         )
         error: Exception
         try:
-            return chain.run_receive(receipt).event
+            handed = chain.run_receive(receipt).event
+            if handed is event and SENSITIVE in envelope:
+                # No hook decrypted anything: a field still encrypted is refused, never
+                # handed to the handler as its ciphertext.
+                refuse_encrypted(event, envelope)
+            return handed
         except DeliveryRefused as exc:
             reason, error = exc.reason, exc
             trace: str | bool | None = None
@@ -623,6 +643,11 @@ class _Run:
         # the event name, and the retry would reach every subscriber again.
         countdown, route = self.bus._retry_route(self.handler, countdown)
         try:
+            shown = getattr(self.task.request, "argsrepr", None) if self.masked else None
+            if isinstance(shown, str):
+                # Celery's retry makes its argument text from the arguments (the clear
+                # fields); it keeps this delivery's masked one instead.
+                route = {**route, "argsrepr": shown}
             self.task.retry(countdown=countdown, exc=exc, max_retries=None, **route)
         except CeleryRetry:
             raise

@@ -28,6 +28,8 @@ from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
 from kombu.entity import DELIVERY_MODES
 
+from .trust.fields import SENSITIVE, mask_envelope
+
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED)
 _dumps = json.dumps
@@ -291,7 +293,10 @@ class MessageBuilder:
         """Build one message per ``(task_name, queue, shown_name, service)`` target."""
         if not targets:
             return []
-        argsrepr = fast_saferepr([envelope], self._argsrepr_maxsize, self._maxlevels)
+        # Once per event: what worker logs, task events and Flower show of every delivery,
+        # with the publisher's sensitive fields masked.
+        shown = mask_envelope(envelope) if SENSITIVE in envelope else envelope
+        argsrepr = fast_saferepr([shown], self._argsrepr_maxsize, self._maxlevels)
         origin = self._current_origin()
         reply_to = self.app.thread_oid
         middle = (

@@ -36,6 +36,7 @@ from .names import validate_name
 from .registry import Subscription
 from .results import Delivery, PublishResult
 from .settings import Settings
+from .trust.fields import SENSITIVE
 
 __all__ = ["Publisher"]
 
@@ -74,6 +75,10 @@ class Publisher:
         self.host = host
         self.settings = host.settings
         self.chain = MiddlewareChain(middleware, self._send_call)
+        #: The sensitive paths of the names this service declared, comma-separated, by name
+        #: (``bus.declare``): each event of such a name carries them as its ``sensitive``
+        #: extension attribute. Empty (and never looked at) when nothing is sensitive.
+        self.sensitive: dict[str, str] = {}
 
     # -- making and validating events ---------------------------------------------------
 
@@ -104,6 +109,8 @@ class Publisher:
         if cause is not None:
             correlation_id = correlation_id or cause.correlation_id
             causation_id = causation_id or cause.id
+        if self.sensitive:
+            extensions = self._sensitive_extensions(name, extensions)
         event = Event.create(
             name,
             data,  # type: ignore[arg-type]
@@ -126,7 +133,28 @@ class Publisher:
                 f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
             )
         event.validate()
+        if self.sensitive and event.name in self.sensitive:
+            declared = self._sensitive_extensions(event.name, event.extensions)
+            if declared is not event.extensions:
+                event = event.with_extensions(declared)
         return event, self.encode(event)
+
+    def _sensitive_extensions(
+        self, name: str, extensions: Mapping[str, ExtensionValue] | None
+    ) -> Mapping[str, ExtensionValue] | None:
+        # The declared paths of ``name``, with any the event already names (a middleware's or
+        # an earlier publish's), as its ``sensitive`` attribute.
+        declared = self.sensitive.get(name)
+        if declared is None:
+            return extensions
+        given = (extensions or {}).get(SENSITIVE)
+        if given == declared:
+            return extensions
+        if isinstance(given, str) and given:
+            paths = given.split(",")
+            paths += [p for p in declared.split(",") if p not in paths]
+            declared = ",".join(paths)
+        return {**(extensions or {}), SENSITIVE: declared}
 
     # -- publishing ---------------------------------------------------------------------
 

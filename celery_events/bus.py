@@ -30,6 +30,7 @@ from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
 from .backends.base import Backend, Inbox, StateStore, Transport, check_required
 from .deadletters import DeadLetterStore, ReplayError
+from .declarations import Declaration
 from .envelope import Event, ExtensionValue
 from .errors import (
     CeleryEventsError,
@@ -38,10 +39,11 @@ from .errors import (
     InvalidEventData,
 )
 from .middleware import Middleware, MiddlewareChain
-from .names import validate_pattern
+from .names import validate_name, validate_pattern
 from .registry import Registry, Subscription, queue_arguments
 from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
+from .trust.fields import check_paths
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
 
@@ -89,6 +91,7 @@ class EventBus:
         # a batch is sent.
         self._replay_check = trust.replay_check(guards)
         self._handlers: dict[str, Handler] = {}
+        self._declarations: dict[str, Declaration] = {}
         self._lock = threading.RLock()
         self._backend: Backend | None = None
         self._transport: Transport | None = None
@@ -131,6 +134,7 @@ class EventBus:
         inbox: bool = True,
         atomic: bool = False,
         time_limit: float | None = None,
+        sensitive: Iterable[str] = (),
         **task_options: Any,
     ) -> Callable[[F], F]:
         """Subscribe the decorated function to events whose name matches ``pattern``.
@@ -145,8 +149,12 @@ class EventBus:
         ``dont_retry_for``; then the delivery becomes a dead letter. Defaults come from the
         bus settings. ``inbox=False`` turns off skipping of already handled deliveries.
         ``atomic=True`` runs the handler in a database transaction that records the delivery
-        (needs the Django integration). ``time_limit`` is the hard limit in seconds. Other
-        keywords are Celery task options (``rate_limit``, ``soft_time_limit``, ...).
+        (needs the Django integration). ``time_limit`` is the hard limit in seconds.
+        ``sensitive`` names fields of the data (dotted paths, such as ``"address.street"``)
+        that this worker masks as ``"***"`` wherever it shows a delivery's arguments (its log
+        lines, Flower, its retries), whatever the publisher declared; encryption is the
+        publisher's declaration's (:meth:`declare`). Other keywords are Celery task options
+        (``rate_limit``, ``soft_time_limit``, ...).
         The function is returned unchanged, so it can still be called directly in tests.
 
         >>> @bus.subscribe("user.*", max_retries=3, dont_retry_for=(KeyError,))  # doctest: +SKIP
@@ -167,6 +175,7 @@ class EventBus:
             dont_retry_for=_exception_types("dont_retry_for", dont_retry_for),
         )
         _check_policy(pattern, policy)
+        masked = check_paths(sensitive, f"@bus.subscribe({pattern!r})")
         limit = settings.handler_time_limit if time_limit is None else time_limit
         if not is_seconds(limit):
             raise ConfigurationError(
@@ -208,12 +217,45 @@ class EventBus:
                     atomic=bool(atomic),
                     time_limit=float(limit),
                     task_options=dict(task_options),
+                    sensitive=masked,
                 )
                 register_task(self.app, self, handler)
                 self._handlers[task_name] = handler
             return func
 
         return decorator
+
+    def declare(self, name: str, *, sensitive: Iterable[str] = ()) -> Declaration:
+        """Declare that this service publishes ``name``, and what is sensitive in its data.
+
+        ``sensitive`` lists fields of the data as dotted paths (``"email"``,
+        ``"address.street"``; through a list, the path applies to each item). Every event of
+        ``name`` this bus publishes carries them (its ``sensitive`` extension attribute): every
+        subscriber's worker shows them as ``"***"`` (Flower, Celery's log lines), and, when
+        this service has ``encryption_keys``, they are encrypted before the event is sent and
+        decrypted for each handler. Declare a name once, at import time; declaring it again
+        the same way is allowed, differently a :class:`ConfigurationError`.
+
+        >>> bus.declare("user.registered", sensitive=["email", "address.street"])  # doctest: +SKIP
+        """
+        validate_name(name)
+        declaration = Declaration(name, check_paths(sensitive, f"bus.declare({name!r})"))
+        with self._lock:
+            existing = self._declarations.get(name)
+            if existing is not None and existing != declaration:
+                raise ConfigurationError(
+                    f"{name!r} is already declared as {existing!r}; declare each event name"
+                    " once, with all its fields."
+                )
+            self._declarations[name] = declaration
+            if declaration.sensitive:
+                self._publisher.sensitive[name] = ",".join(declaration.sensitive)
+        return declaration
+
+    @property
+    def declarations(self) -> dict[str, Declaration]:
+        """The event names this service declared (:meth:`declare`), by name."""
+        return dict(self._declarations)
 
     @property
     def default_queue(self) -> str:

@@ -61,6 +61,10 @@ class Reason:
     INVALID_SIGNATURE = "invalid_signature"
     #: The event's (verified) source may not publish its name to this service (scopes).
     NOT_ALLOWED = "not_allowed"
+    #: A sensitive field of the event could not be decrypted: encrypted with a key this
+    #: service does not have (or it has no ``encryption_keys``), or its ciphertext was changed
+    #: or moved from another event or field. Replay it once the key is there.
+    UNDECRYPTABLE = "undecryptable"
 
 
 #: The format of the dead-letter records this version writes (the ``format`` field). Records

@@ -194,9 +194,14 @@ class Settings:
     #: Patterns of names that only services granted them in the scopes may publish or
     #: subscribe to.
     protected_names: tuple[str, ...] = ()
-    #: The keys sensitive fields are encrypted with: a directory of ``{key_id}.aes`` files or
-    #: ``{key_id: base64 key}``, the first of which encrypts; ``None``: fields stay clear.
+    #: The keys sensitive fields are encrypted and decrypted with: a directory of
+    #: ``{key_id}.aes`` files, a list of such files and directories, or ``{key_id: base64
+    #: key}``; ``None``: this service neither encrypts nor decrypts (fields stay clear, and a
+    #: delivery with an encrypted field is dead-lettered ``undecryptable``).
     encryption_keys: Any = None
+    #: The id of the key in ``encryption_keys`` that encrypts; ``None``: the greatest id (with
+    #: ids made by ``celery eventbus keys generate --aes``, the newest). Every key decrypts.
+    encryption_key_id: str | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:

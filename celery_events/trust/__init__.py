@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigurationError
 from .keys import (
     ED25519,
     HMAC_SHA256,
@@ -65,6 +66,17 @@ def middleware_for(service: str, settings: Settings) -> list[Middleware]:
     from .signing import Signing
 
     found: list[Middleware] = []
+    if settings.encryption_key_id is not None and settings.encryption_keys is None:
+        raise ConfigurationError(
+            f"The setting encryption_key_id is {settings.encryption_key_id!r} but"
+            " encryption_keys is not set; give the keys (a directory of {key_id}.aes files)."
+        )
+    if settings.encryption_keys is not None:
+        from .sensitive import SensitiveFields, load_encryption_keys
+
+        found.append(
+            SensitiveFields(load_encryption_keys(settings.encryption_keys, settings.encryption_key_id))
+        )
     signing = Signing.from_settings(service, settings)
     if signing is not None:
         found.append(signing)
