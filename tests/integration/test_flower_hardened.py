@@ -21,7 +21,7 @@ from celery import Celery
 from celery_events import EventBus
 from celery_events.trust.keys import generate_ed25519, new_key_id
 
-from ..flower_harness import PASSWORD, USER, Flower
+from ..flower_harness import PASSWORD, USER, Flower, chromium, chromium_binary
 from ..harness import ROOT, wait_until
 from .conftest import effects
 
@@ -60,6 +60,15 @@ def command_lines(pid: int) -> list[str]:
         except (OSError, IndexError):
             continue
     return lines
+
+
+def hears_workers(flower: Flower) -> None:
+    """Wait until Flower receives a worker's heartbeat: its event receiver is consuming, so
+    the task events sent from now on reach it (its health check answers before that)."""
+    wait_until(
+        lambda: "flower_worker_online{" in flower.call("GET", "/metrics")[1],
+        timeout=30, interval=0.2, what="Flower hearing a worker's heartbeat",
+    )
 
 
 def run_flower(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -230,3 +239,40 @@ def test_a_delivery_forged_through_flower_is_dead_lettered_by_a_signing_subscrib
     assert letter.event_id == "forged-through-flower"
     assert letter.attempts == 1
     assert effects(redis_client) == []
+
+
+def test_the_hardened_flower_shows_sensitive_fields_masked_in_a_browser(
+    start_flower: Callable[..., Flower], start_worker: Callable[..., Any],
+    publisher: EventBus, tmp_path: Path,
+) -> None:
+    binary = chromium_binary()
+    if binary is None:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    # Given a publisher that declares the e-mail address of order.created sensitive
+    publisher.declare("order.created", sensitive=["email"])
+    start_worker(BILLING)
+    flower = start_flower(env={"FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"})
+    hears_workers(flower)
+    (delivery,) = publisher.publish(
+        "order.created", {"order_id": 7, "email": "ada@example.com"}
+    ).deliveries
+    wait_until(
+        lambda: flower.tasks().get(delivery.task_id, {}).get("state") == "SUCCESS",
+        timeout=30, interval=0.2, what="the delivery's success in Flower",
+    )
+
+    # When a logged-in user opens the delivery's page and the task list in a real browser
+    budget = "--virtual-time-budget=10000"
+    base = f"http://{USER}:{PASSWORD}@127.0.0.1:{flower.port}"
+    page = chromium(binary, tmp_path / "profile-task", budget, "--dump-dom", f"{base}/task/{delivery.task_id}")
+    rows = chromium(binary, tmp_path / "profile-list", budget, "--dump-dom", f"{base}/tasks")
+
+    # Then the delivery is there, its e-mail address as *** and nowhere in clear
+    assert "order.created → billing.charge" in page
+    assert delivery.task_id in rows
+    assert "***" in page
+    assert "ada@example.com" not in page and "ada@example.com" not in rows
