@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 
 from celery import bootsteps, signals
 
-from . import _buses
+from . import _buses, trust
 from .backends.base import Backend, Recovery, ServiceBus, check_required
 from .errors import CeleryEventsError, ConfigurationError
 
@@ -97,6 +97,7 @@ def check_worker(bus: WorkerBus) -> None:
         # (RabbitMQ given none) says so here, not at the first delivery.
         _ = bus.inbox
     backend.transport.check_worker(bus)
+    trust.check_worker(bus)
     atomic = [h.task_name for h in bus.handlers if h.atomic]
     if atomic and not bus.middleware.transactional:
         raise ConfigurationError(

@@ -88,11 +88,15 @@ class EventBus:
         # what every other middleware made, and is the first to check a delivery.
         # The scopes come from this service's own settings, never from the registry.
         self._policy = policy_for(self.settings)
+        guards = trust.middleware_for(self.service, self.settings)
         self._publisher = Publisher(
             self,
-            [*middleware, *trust.middleware_for(self.service, self.settings)],
+            [*middleware, *guards],
             None if self._policy is None else PublishGuard(Scopes(self.service, self._policy)),
         )
+        # A dead letter the trust middleware would refuse to replay is refused before any of
+        # a batch is sent.
+        self._replay_check = trust.replay_check(guards)
         self._handlers: dict[str, Handler] = {}
         self._declarations: dict[str, Declaration] = {}
         self._lock = threading.RLock()
@@ -551,6 +555,7 @@ class EventBus:
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
                         route=self._replay_queue,
+                        check=self._replay_check,
                     )
         return self._dead_letters
 

@@ -39,6 +39,7 @@ from .backends import first_broker_url, without_password
 from .backends.base import StoreError
 from .bus import EventBus, bus_for
 from .catalog import Catalog
+from .contrib.flower import flower as _hardened_flower
 from .deadletters import DeadLetter, DeadLetterNotFound, Reason
 from .errors import (
     BrokerError,
@@ -142,7 +143,7 @@ def _echo_json(value: Any) -> None:
 @click.pass_context
 def eventbus(ctx: click.Context) -> None:
     """Operate the event bus of the app given with -A: subscriptions, catalog, publish,
-    status, dead letters.
+    status, dead letters, a hardened Flower.
 
     Exit codes: 0 done, 1 nothing found or matched, 2 bad usage, 3 broker or registry
     unreachable.
@@ -733,3 +734,8 @@ def _age(seconds: float | None) -> str:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+# `celery eventbus flower`: Flower with credentials kept off the command line (its body is in
+# contrib/flower.py, which imports Flower only when it runs).
+eventbus.add_command(_hardened_flower)

@@ -236,6 +236,9 @@ Indexed = list[tuple[str, float]]
 Resender = Callable[[dict[str, Any], str, str], str]
 #: The queue of a handler the service subscribes; raises :class:`ReplayError` for any other.
 Router = Callable[[str], str]
+#: Checks an envelope before it is replayed; raises :class:`ReplayError` when no subscriber
+#: would take it now (a signed event older than ``signature_max_age``).
+ReplayCheck = Callable[[dict[str, Any]], None]
 
 
 class DeadLetterStore:
@@ -257,12 +260,14 @@ class DeadLetterStore:
         limit: int | None = None,
         resend: Resender | None = None,
         route: Router | None = None,
+        check: ReplayCheck | None = None,
     ) -> None:
         self.records = records
         self.service = service
         self.limit = limit
         self._resend = resend
         self._route = route
+        self._check = check
 
     def add(self, letter: DeadLetter) -> DeadLetter:
         """Store ``letter`` durably (both keys in one transaction)."""
@@ -385,6 +390,11 @@ class DeadLetterStore:
                 f"Dead letter {letter.id} cannot be replayed: its envelope is not a valid event"
                 f" ({exc}); {how}."
             ) from exc
+        if self._check is not None:
+            try:
+                self._check(letter.envelope)
+            except ReplayError as exc:
+                raise ReplayError(f"Dead letter {letter.id} cannot be replayed: {exc}") from exc
         if self._route is None:
             raise ReplayError(
                 "This dead-letter store was made without the subscriptions of its service, so it"

@@ -342,9 +342,11 @@ def signing_input(envelope: dict[str, Any]) -> bytes:
         for key, value in envelope.items()
         if value is not None and key not in SIGNATURE_ATTRIBUTES
     }
+    # A lone surrogate (JSON's "\\ud800", which Python reads as such) has no UTF-8 form;
+    # "surrogatepass" encodes it the same way on both sides rather than failing.
     return json.dumps(
         signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    ).encode("utf-8", "surrogatepass")
 
 
 def _check_content_type(value: object) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "NotReplicatedError",
     "PublishRefused",
     "PublishNotAllowed",
+    "ForeignSourceRefused",
     "SubscriptionNotAllowed",
     "DeliveryRefused",
     "InvalidSignature",
@@ -114,6 +115,11 @@ class PublishRefused(CeleryEventsError):
 class PublishNotAllowed(PublishRefused):
     """This service may not publish the event's name (the ``publish_scopes`` or
     ``protected_names`` setting); nothing was sent."""
+
+
+class ForeignSourceRefused(PublishRefused):
+    """The event's ``source`` is another service, and this service signs events: it signs
+    only as itself, so it sends no event in another's name; nothing was sent."""
 
 
 class SubscriptionNotAllowed(ConfigurationError):

@@ -12,6 +12,7 @@ logs) in one temporary directory that is removed at the end (kept with --keep, o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE))
 
 from demo_runner import http  # noqa: E402
 from demo_runner.flower import Flower  # noqa: E402
+from demo_runner.keys import ensure_keys  # noqa: E402
 from demo_runner.operate import APPS, CLI_APP, Operator  # noqa: E402
 from demo_runner.processes import STOP_SIGNALS, Process, Supervisor  # noqa: E402
 from demo_runner.progress import Progress  # noqa: E402
@@ -128,7 +130,6 @@ def service_specs(demo: Demo, ports: dict[str, int]) -> list[Spec]:
         )
         for service, celery_app in APPS.items()
     ]
-    user, password = demo.flower.auth
     specs += [
         Spec(
             "users-web",
@@ -151,9 +152,13 @@ def service_specs(demo: Demo, ports: dict[str, int]) -> list[Spec]:
         Spec(
             "flower",
             f"Flower {demo.flower.url}",
+            # The bus's hardened Flower: the password is read from a file (never on a command
+            # line, which `ps` shows everyone), /metrics needs it, and Flower is read-only (no
+            # task sending, no worker control). No -A: Flower holds no service's key.
             python(
-                "-m", "celery", "--broker", demo.redis_url, "flower", "--address=127.0.0.1",
-                f"--port={ports['flower']}", f"--basic-auth={user}:{password}",
+                "-m", "celery", "--broker", demo.redis_url, "eventbus", "flower",
+                "--address=127.0.0.1", f"--port={ports['flower']}",
+                f"--basic-auth-file={demo.flower.auth_file}",
             ),
             # Ready once it hears every worker's heartbeat: then it records every delivery.
             lambda: demo.flower.workers_online() >= set(APPS),
@@ -167,6 +172,8 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     data = work / "data"
     for folder in (supervisor.log_dir, data, work / "redis"):
         folder.mkdir(parents=True, exist_ok=True)
+    # Each service's own Ed25519 key, and every service's public key (trust_config.py).
+    keys = ensure_keys(data / "keys")
     binary, where = find_redis_server(redis_choice)
     ports = {name: free_port() for name in ("redis", "users-web", "orders-web", "flower")}
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
@@ -175,6 +182,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
         PYTHONUNBUFFERED="1",
         CELERY_BROKER_URL=redis_url,
         DEMO_DATA_DIR=str(data),
+        DEMO_KEYS_DIR=str(keys),
     )
     demo = Demo(
         work,
@@ -182,7 +190,11 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
         redis_url,
         users_url=f"http://127.0.0.1:{ports['users-web']}",
         orders_url=f"http://127.0.0.1:{ports['orders-web']}",
-        flower=Flower(f"http://127.0.0.1:{ports['flower']}", ("demo", secrets.token_urlsafe(9))),
+        flower=Flower(
+            f"http://127.0.0.1:{ports['flower']}",
+            ("demo", secrets.token_urlsafe(9)),
+            auth_file=work / "flower-users",
+        ),
         operator=Operator(HERE, supervisor.env),
     )
     redis = Spec(
@@ -234,6 +246,10 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
         retries = f", {stats.retries} retries" if stats.retries else ""
         print(f"    {handler:<34} {stats.total:>3}  ({states}{retries})")
     print(f"  retries               {deliveries.retries}")
+    keys = demo.work / "data" / "keys"
+    print(f"  signing               on: Ed25519, each service its own key ({keys})")
+    print(f"  scopes                {_scopes_state()}")
+    print("  sensitive             user.registered's email and name show as *** (Flower, logs)")
     for args, ok in (
         (("catalog",), (0,)),
         (("status",), (0,)),
@@ -243,9 +259,18 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
         print(demo.operator.text(*args, ok=ok))
 
 
+def _scopes_state() -> str:
+    if importlib.util.find_spec("celery_events.trust.scopes") is None:
+        return "set in trust_config.py, not enforced by this celery-events"
+    return "on: user.# and order.# protected; see trust_config.py"
+
+
 def print_addresses(demo: Demo) -> None:
     user, password = demo.flower.auth
-    print(f"\nFlower      {demo.flower.url}   (user {user}, password {password})")
+    print(
+        f"\nFlower      {demo.flower.url}   (user {user}, password {password}; read-only,"
+        f" password file {demo.flower.auth_file})"
+    )
     print(f"Users API   {demo.users_url}/users")
     print(f"Orders API  {demo.orders_url}/orders/")
     print(f"Redis       {demo.redis_url}")

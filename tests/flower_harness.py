@@ -32,18 +32,25 @@ CHROMIUM_FLAGS = [
 
 
 class Flower:
-    """`celery -A <module> flower` on a free loopback port, with basic auth."""
+    """`celery -A <module> flower` on a free loopback port, with basic auth.
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path, args: list[str]) -> None:
+    ``hardened=True`` runs `celery -A <module> eventbus flower` instead, with no credentials on
+    its command line: ``env`` (``FLOWER_BASIC_AUTH``) or ``args`` (``--basic-auth-file``) give them.
+    """
+
+    def __init__(
+        self, module: str, env: dict[str, str], log_dir: Path, args: list[str],
+        hardened: bool = False,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"flower-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
+        command = ["eventbus", "flower"] if hardened else ["flower", f"--basic-auth={USER}:{PASSWORD}"]
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", module, "flower",
-                "--address=127.0.0.1", f"--port={self.port}",
-                f"--basic-auth={USER}:{PASSWORD}", *args,
+                sys.executable, "-m", "celery", "-A", module, *command,
+                "--address=127.0.0.1", f"--port={self.port}", *args,
             ],
             cwd=ROOT,
             env=env,
@@ -83,6 +90,19 @@ class Flower:
                 return int(response.status)
         except HTTPError as exc:
             return int(exc.code)
+
+    def call(
+        self, method: str, path: str, body: Any = None, auth: bool = True
+    ) -> tuple[int, str]:
+        """``(status, text)`` of an HTTP call, as the logged-in user unless ``auth`` is False."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {**(self._auth if auth else {}), "Content-Type": "application/json"}
+        request = Request(f"{self.url}{path}", data=data, headers=headers, method=method)
+        try:
+            with urlopen(request, timeout=10) as response:
+                return int(response.status), response.read().decode(errors="replace")
+        except HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")
 
     def tasks(self, **params: Any) -> dict[str, dict[str, Any]]:
         return dict(self.get("/api/tasks", **params))

@@ -205,7 +205,10 @@ class HandlerRunner:
             return
         state.status = DEAD_LETTERED
         state.reason = letter.reason
-        if letter.reason not in ("invalid_envelope", "too_many_deliveries"):
+        # Refused before it ran (unreadable, poison, a bad signature, a source not allowed).
+        if letter.reason not in (
+            "invalid_envelope", "too_many_deliveries", "invalid_signature", "not_allowed"
+        ):
             state.attempts += 1
 
 

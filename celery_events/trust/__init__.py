@@ -14,7 +14,8 @@ its settings and puts it innermost on its chain (:func:`middleware_for`), so tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from .keys import (
@@ -45,6 +46,8 @@ __all__ = [
     "load_trusted_keys",
     "keyring_for",
     "middleware_for",
+    "replay_check",
+    "check_worker",
 ]
 
 
@@ -61,6 +64,7 @@ def middleware_for(service: str, settings: Settings) -> list[Middleware]:
     """The trust middleware the settings of ``service`` ask for, outermost first; empty when
     no trust setting is set."""
     from .scopes import Scopes, policy_for
+    from .signing import Signing
 
     if settings.encryption_key_id is not None and settings.encryption_keys is None:
         raise ConfigurationError(
@@ -81,4 +85,37 @@ def middleware_for(service: str, settings: Settings) -> list[Middleware]:
                 load_encryption_keys(settings.encryption_keys, settings.encryption_key_id)
             )
         )
+    signing = Signing.from_settings(service, settings)
+    if signing is not None:
+        found.append(signing)
     return found
+
+
+def replay_check(middleware: Iterable[Middleware]) -> Callable[[dict[str, Any]], None] | None:
+    """What checks a dead letter's envelope before a replay sends it (a signed event too old
+    for any subscriber to take), raising :class:`~celery_events.ReplayError`; None if nothing
+    in ``middleware`` has such a check."""
+    from ..deadletters import ReplayError
+    from .signing import Signing
+
+    checks = [m for m in middleware if isinstance(m, Signing)]
+    if not checks:
+        return None
+
+    def check(envelope: dict[str, Any]) -> None:
+        for signing in checks:
+            problem = signing.replay_problem(envelope)
+            if problem is not None:
+                raise ReplayError(problem)
+
+    return check
+
+
+def check_worker(bus: Any) -> None:
+    """Raise :class:`~celery_events.ConfigurationError` if the trust settings of ``bus`` do
+    not fit its handlers (run before its worker consumes)."""
+    from .signing import Signing
+
+    for middleware in bus.middleware.middleware:
+        if isinstance(middleware, Signing):
+            middleware.check_handlers(bus.handlers)

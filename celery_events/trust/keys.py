@@ -95,6 +95,19 @@ class VerificationKey:
     algorithm: str
     _material: Any = field(repr=False, compare=False)
 
+    def fingerprint(self) -> str:
+        """A short digest that names the key without showing it: SHA-256 of the raw public
+        key (Ed25519) or of the secret (HMAC), its first 16 bytes in hex, colon-separated."""
+        if self.algorithm == HMAC_SHA256:
+            raw = b"celery-events hmac key\0" + self._material
+        else:
+            serialization, _ = _crypto()
+            raw = self._material.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is this key's signature of ``message``."""
         if self.algorithm == HMAC_SHA256:
@@ -132,6 +145,14 @@ class SigningKey:
         )
 
 
+def _same_key(a: VerificationKey, b: VerificationKey) -> bool:
+    if a.algorithm != b.algorithm:
+        return False
+    if a.algorithm == HMAC_SHA256:
+        return hmac.compare_digest(a._material, b._material)
+    return bool(a.fingerprint() == b.fingerprint())
+
+
 class Keyring:
     """The keys one service works with: its own signing key (if it signs) and the
     verification keys of every service it trusts, several per service during a rotation.
@@ -150,9 +171,15 @@ class Keyring:
             keys[(key.service, key.key_id)] = key
         if signing_key is not None:
             # A service always trusts its own key (its replays, its own registry record).
-            keys.setdefault(
-                (signing_key.service, signing_key.key_id), signing_key.verification_key()
-            )
+            own = signing_key.verification_key()
+            found = keys.setdefault((signing_key.service, signing_key.key_id), own)
+            if found is not own and not _same_key(found, own):
+                raise ConfigurationError(
+                    f"The trusted key {signing_key.service}/{signing_key.key_id} is not the"
+                    " public key of the signing key of the same id: the service's own"
+                    " events would fail their check. Trust the .pub file generated with the"
+                    " signing key."
+                )
         self._keys = keys
         self._owners: dict[str, list[str]] = {}
         for service, key_id in keys:
@@ -271,8 +298,30 @@ def _check_names(service: object, key_id: object, where: str) -> None:
         )
 
 
-def _private_key(service: str, key_id: str, text: bytes, where: str) -> SigningKey:
-    if text.lstrip().startswith(_HMAC_PREFIX.encode()) or not text.lstrip().startswith(b"-----"):
+def _is_secret(text: bytes, kind: str | None, where: str) -> bool:
+    """Whether ``text`` is a shared secret (else PEM); a file's kind (``key``, ``pub``,
+    ``hmac``) must match what it holds, so a secret is never taken for a key or the reverse."""
+    stripped = text.lstrip()
+    secret = stripped.startswith(_HMAC_PREFIX.encode()) or not stripped.startswith(b"-----")
+    if kind == "hmac" and not secret:
+        raise ConfigurationError(
+            f"The file {where} is named .hmac but holds PEM; a .hmac file holds a base64"
+            " shared secret (celery eventbus keys generate --hmac writes one)."
+        )
+    if kind in ("key", "pub") and secret:
+        what = "an Ed25519 private key" if kind == "key" else "an Ed25519 public key"
+        raise ConfigurationError(
+            f"The file {where} is named .{kind} but does not hold PEM; a .{kind} file holds"
+            f" {what} (celery eventbus keys generate writes one), a shared secret goes in a"
+            " .hmac file."
+        )
+    return secret
+
+
+def _private_key(
+    service: str, key_id: str, text: bytes, where: str, kind: str | None = None
+) -> SigningKey:
+    if _is_secret(text, kind, where):
         body = text.decode("ascii", "replace").strip()
         body = body[len(_HMAC_PREFIX):] if body.startswith(_HMAC_PREFIX) else body
         return SigningKey(service, key_id, HMAC_SHA256, _secret(body, where))
@@ -289,9 +338,11 @@ def _private_key(service: str, key_id: str, text: bytes, where: str) -> SigningK
     return SigningKey(service, key_id, ED25519, key)
 
 
-def _public_key(service: str, key_id: str, text: bytes, where: str) -> VerificationKey:
+def _public_key(
+    service: str, key_id: str, text: bytes, where: str, kind: str | None = None
+) -> VerificationKey:
     stripped = text.lstrip()
-    if stripped.startswith(_HMAC_PREFIX.encode()) or not stripped.startswith(b"-----"):
+    if _is_secret(text, kind, where):
         body = text.decode("ascii", "replace").strip()
         body = body[len(_HMAC_PREFIX):] if body.startswith(_HMAC_PREFIX) else body
         return VerificationKey(service, key_id, HMAC_SHA256, _secret(body, where))
@@ -352,7 +403,9 @@ def load_signing_key(service: str, spec: object) -> SigningKey:
             f"The signing key file {str(path)!r} is a key of service {match['service']!r}, not"
             f" of {service!r}: each service signs with its own key."
         )
-    return _private_key(service, match["key_id"], _read(path, "signing key file"), repr(str(path)))
+    return _private_key(
+        service, match["key_id"], _read(path, "signing key file"), repr(str(path)), match["kind"]
+    )
 
 
 def load_trusted_keys(spec: object) -> list[VerificationKey]:
@@ -389,9 +442,20 @@ def load_trusted_keys(spec: object) -> list[VerificationKey]:
             )
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if _FILE_RE.match(p.name))
-            keys.extend(
-                _load_file(p) for p in files if _FILE_RE.match(p.name)["kind"] != "key"  # type: ignore[index]
+            for file in sorted(path.iterdir()):
+                if file.suffix not in (".pub", ".hmac"):
+                    continue  # private keys (.key), notes, anything else
+                if not _FILE_RE.match(file.name):
+                    raise ConfigurationError(
+                        f"The trusted key file {str(file)!r} must be named"
+                        " <service>.<key id>.pub or <service>.<key id>.hmac, with the"
+                        " service's name in lowercase; rename or remove it."
+                    )
+                keys.append(_load_file(file))
+        elif not path.exists():
+            raise ConfigurationError(
+                f"The trusted_keys setting names {str(path)!r}, which does not exist; give a"
+                " directory of .pub and .hmac files, or a list of such files."
             )
         else:
             keys.append(_load_file(path))
@@ -406,5 +470,9 @@ def _load_file(path: Path) -> VerificationKey:
             " Ed25519 public key) or <service>.<key id>.hmac (a shared secret)."
         )
     return _public_key(
-        match["service"], match["key_id"], _read(path, "trusted key file"), repr(str(path))
+        match["service"],
+        match["key_id"],
+        _read(path, "trusted key file"),
+        repr(str(path)),
+        match["kind"],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import http
@@ -37,14 +38,24 @@ class Deliveries:
 
 
 class Flower:
-    def __init__(self, url: str, auth: tuple[str, str]) -> None:
+    """The demo's Flower: ``celery eventbus flower`` with its password in ``auth_file``."""
+
+    def __init__(self, url: str, auth: tuple[str, str], auth_file: Path) -> None:
         self.url = url
         self.auth = auth
+        self.auth_file = auth_file
+        # Only its owner may read it; Flower reads it at start (--basic-auth-file).
+        auth_file.touch(mode=0o600)
+        auth_file.write_text(f"{auth[0]}:{auth[1]}\n")
+
+    def metrics_status_without_auth(self) -> int:
+        status, _ = http.call("GET", f"{self.url}/metrics", timeout=5)
+        return status
 
     def workers_online(self) -> set[str]:
-        """Workers whose heartbeats Flower receives (from its open /metrics page)."""
+        """Workers whose heartbeats Flower receives (from its /metrics page)."""
         try:
-            status, text = http.call("GET", f"{self.url}/metrics", timeout=2)
+            status, text = http.call("GET", f"{self.url}/metrics", auth=self.auth, timeout=2)
         except OSError:
             return set()
         if status != 200 or not isinstance(text, str):

@@ -140,6 +140,23 @@ class Scenario:
         self.record(
             expect("the flaky mail relay's retries show in Flower", self._retries_ok)
         )
+        self.record(
+            expect(
+                "Flower shows every user.registered with its email and name as ***",
+                self._masked_in_flower,
+            )
+        )
+        self.record(
+            expect("every delivery Flower shows carries its publisher's signature", self._signed)
+        )
+        status = self.flower.metrics_status_without_auth()
+        self.record(
+            Check(
+                "Flower's /metrics refuses a request without the password",
+                status == 401,
+                f"HTTP {status}",
+            )
+        )
 
         leaver_id = self.users[LEAVER][0] if LEAVER in self.users else 0
         status, body = http.call("DELETE", f"{self.users_url}/users/{leaver_id}")
@@ -235,6 +252,30 @@ class Scenario:
         done = stats.states.get("SUCCESS", 0)
         detail = f"{stats.retries} retries (expected {expected}), {done} succeeded"
         return stats.retries == expected and done == len(self.users), detail
+
+    def _signed(self) -> tuple[bool, str]:
+        deliveries = [
+            str(t.get("args")) for t in self.flower.tasks().values()
+            if "'specversion'" in str(t.get("args"))
+        ]
+        signed = [a for a in deliveries if "'signature': '" in a and "'signaturekeyid': '" in a]
+        return bool(deliveries) and len(signed) == len(deliveries), (
+            f"{len(signed)} of {len(deliveries)} signed"
+        )
+
+    def _masked_in_flower(self) -> tuple[bool, str]:
+        tasks = self.flower.tasks()
+        registered = [
+            str(t.get("args")) for t in tasks.values() if "'user.registered'" in str(t.get("args"))
+        ]
+        expected = len(self.users) * len(SUBSCRIBERS_OF_REGISTERED)
+        masked = [a for a in registered if "'email': '***'" in a and "'name': '***'" in a]
+        shown = json.dumps(tasks)
+        leaked = [email for email, name in PEOPLE if email in shown or name in shown]
+        detail = f"{len(masked)} of {expected} deliveries masked"
+        if leaked:
+            detail += f"; Flower shows {', '.join(leaked)}"
+        return len(masked) == expected and not leaked, detail
 
     def _audit_ok(self) -> tuple[bool, str]:
         seen = {line["event_id"] for line in self.sent("audit")}

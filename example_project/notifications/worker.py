@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from trust_config import trust_settings
 
 from celery_events import Event, EventBus
 
@@ -37,7 +38,9 @@ SENT_LOG = DATA_DIR / "notifications.jsonl"
 SMS_GATEWAY_FLAG = DATA_DIR / "sms-gateway-up"
 
 app = Celery("notifications", broker=BROKER_URL)
-bus = EventBus(app, service="notifications")
+# Signed events and scopes on (trust_config.py): a delivery whose signature or scope does not
+# check out is a dead letter before any handler here runs.
+bus = EventBus(app, service="notifications", **trust_settings("notifications"))
 
 
 class MailRelayTimeout(ConnectionError):

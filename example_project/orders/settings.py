@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trust_config import trust_settings
+
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -37,6 +39,8 @@ CELERY_EVENTS = {
     "outbox": True,
     "relay_in_worker": True,
     "relay_interval": 0.2,
+    # Signed events and scopes on (trust_config.py).
+    **trust_settings("orders"),
 }
 # SQLite cannot skip locked rows, which only matters with several relays; this service runs
 # one, in its worker.

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from trust_config import trust_settings
 
 from celery_events import PublishError, PublishResult
 
@@ -42,11 +43,16 @@ def _database() -> Path:
 def create_app() -> Flask:
     app = Flask("users")
     app.config["USERS_DATABASE"] = DATA_DIR / "users.sqlite3"
-    app.config["CELERY_EVENTS"] = {"service": "users"}
+    # Signed events and scopes on (trust_config.py): the bus signs each event with the users
+    # service's own key and checks every delivery's signature and scope before its handler.
+    app.config["CELERY_EVENTS"] = {"service": "users", **trust_settings("users")}
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     # Flask's Celery recipe keeps the Celery app in app.extensions["celery"].
     app.extensions["celery"] = Celery("users", broker=broker)
     events.init_app(app)
+    # The e-mail address and the name are personal data: every worker shows them as "***"
+    # (its log lines, Flower's task rows and its retries).
+    events.bus_for(app).declare("user.registered", sensitive=["email", "name"])
 
     @app.post("/users")
     def register() -> ResponseReturnValue:

@@ -126,6 +126,12 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
         assert f"$ celery -A notifications.worker eventbus {command}" in out
     assert "✓ orders handled each user.registered once (database inbox)" in out
     assert "Flower      http://127.0.0.1:" in out and "password" in out
+    # Signing, scopes and sensitive fields are on, and checked through Flower
+    assert "  signing               on: Ed25519, each service its own key" in out
+    assert "  scopes                " in out
+    assert "✓ Flower shows every user.registered with its email and name as ***: 8 of 8" in out
+    assert "✓ every delivery Flower shows carries its publisher's signature" in out
+    assert "✓ Flower's /metrics refuses a request without the password: HTTP 401" in out
     assert "Stopped 7 process(es)." in out
     # And no process it started is left, nor its temporary files
     assert "Files kept" not in out
@@ -137,6 +143,11 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     demo = Demo()
     demo.wait_for_line("press Ctrl-C to stop it all")
     assert len(processes_with(demo.mark)) >= 7
+    # (and Flower's password, which it prints, is on no command line: `ps` shows those to all)
+    found = re.search(r"\(user demo, password (\S+);", demo.output)
+    assert found, demo.output
+    assert not any(found.group(1) in line for line in processes_with(demo.mark))
+    assert any("eventbus flower" in line for line in processes_with(demo.mark))
 
     # When the user presses Ctrl-C
     demo.process.send_signal(signal.SIGINT)
