@@ -622,3 +622,9 @@ def _age(seconds: float | None) -> str:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+# `celery eventbus keys ...` (celery_events/cli_keys.py): no app or broker needed.
+from .cli_keys import keys as _keys  # noqa: E402
+
+eventbus.add_command(_keys)

@@ -185,12 +185,14 @@ class Signing(Middleware):
                 " itself, so it was not sent. Publish it from that service, or leave out"
                 " source (bus.new_event makes an event of this service)."
             )
-        message = signing_input(_signed_envelope(event, call.data_json))
+        envelope = _signed_envelope(event, call.data_json)
         signed = event.with_extensions(
-            signature=b64encode(key.sign(message)), signaturekeyid=key.key_id
+            signature=b64encode(key.sign(signing_input(envelope))), signaturekeyid=key.key_id
         )
-        # The data is unchanged (the same object): nothing to encode or check again.
-        return call_next(replace(call, event=signed))
+        # The event goes on with the data as signed (parsed from data_json, which is still its
+        # JSON): a transport that encodes the event's dict again (kombu's) sends the same, and
+        # a caller that changes its dict later changes nothing that was signed.
+        return call_next(replace(call, event=replace(signed, data=envelope["data"])))
 
     def replay_problem(self, envelope: dict[str, Any]) -> str | None:
         """Why a replay of ``envelope`` would be refused by every subscriber checking
