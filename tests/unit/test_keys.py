@@ -252,3 +252,14 @@ def test_the_keys_command_writes_private_files_0600_and_shows_fingerprints(tmp_p
 def _signed(ring: Keyring) -> tuple[str, bytes, str]:
     key_id, signature = ring.sign(MESSAGE)
     return key_id, MESSAGE, signature
+
+
+def test_a_key_id_used_by_two_services_still_names_the_signer(tmp_path: Path) -> None:
+    # Key ids are chosen per service: orders and payments both call theirs "v1"
+    orders_key, _ = write_pair(tmp_path, "orders", "v1")
+    write_pair(tmp_path, "payments", "v1")
+    subscriber = Keyring(None, load_trusted_keys(str(tmp_path)))
+    key_id, signature = Keyring(load_signing_key("orders", str(orders_key))).sign(MESSAGE)
+    with pytest.raises(InvalidSignature, match="signed with key 'v1' of orders"):
+        subscriber.verify("payments", key_id, MESSAGE, signature)
+    subscriber.verify("orders", key_id, MESSAGE, signature)
