@@ -33,6 +33,8 @@ bus = EventBus(
     retry_backoff_max=float(os.environ.get("RABBIT_BACKOFF_MAX", "5")),
     retry_jitter=False,
     max_deliveries=2,
+    # RABBIT_TRUSTED: a trusted_keys directory (signed events, tests/integration/amqp/test_signing.py).
+    **({"trusted_keys": os.environ["RABBIT_TRUSTED"]} if os.environ.get("RABBIT_TRUSTED") else {}),
 )
 notes = redis.Redis.from_url(STATE)
 
