@@ -393,3 +393,31 @@ def test_capture_sees_signed_events_and_signing_is_one_middleware(keys: Path) ->
     assert published[0].extensions["signaturekeyid"] == "k1"
     assert make_bus("plain").middleware.publish_scope is None  # signing off: nothing added
     assert make_bus("plain2").middleware.receive_hooks == ()
+
+
+def test_an_event_kept_aside_unsigned_and_relayed_later_is_signed_when_sent(keys: Path) -> None:
+    # As the Django outbox does: its middleware (outside the signing one) stores the event as
+    # JSON, and the relay sends it later with publish_event, through the whole chain.
+    from celery_events import Middleware, PublishCall, PublishResult
+
+    stored: list[str] = []
+
+    class Outbox(Middleware):
+        relaying = False
+
+        def publish(self, call: PublishCall, call_next: Any) -> PublishResult:
+            if self.relaying:
+                return call_next(call)
+            stored.append(json.dumps(call.event.to_envelope()))
+            return PublishResult(call.event)
+
+    outbox = Outbox()
+    seen: list[Event] = []
+    billing = subscriber(keys, seen)
+    shop = make_bus("shop", signing_key=str(keys / "shop.k1.key"), middleware=[outbox])
+    shop.publish("order.placed", {"n": 1})
+    assert "signature" not in json.loads(stored[0])  # kept aside before it was signed
+    outbox.relaying = True
+    shop.publish_event(Event.from_envelope(json.loads(stored[0])))
+    assert [r.status for r in HandlerRunner().work(billing)] == ["succeeded", "succeeded"]
+    assert seen[0].extensions["signaturekeyid"] == "k1"
