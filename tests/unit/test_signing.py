@@ -421,3 +421,35 @@ def test_an_event_kept_aside_unsigned_and_relayed_later_is_signed_when_sent(keys
     shop.publish_event(Event.from_envelope(json.loads(stored[0])))
     assert [r.status for r in HandlerRunner().work(billing)] == ["succeeded", "succeeded"]
     assert seen[0].extensions["signaturekeyid"] == "k1"
+
+
+def test_one_event_to_two_handlers_is_checked_once_and_odd_signature_values_are_refused(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Event] = []
+    billing = subscriber(keys, seen)
+    (signing,) = billing.middleware
+    assert isinstance(signing, Signing)
+    checks: list[str] = []
+    verify = signing.keyring.verify
+
+    def counted(*args: Any) -> None:
+        checks.append(str(args[0]))
+        verify(*args)
+
+    monkeypatch.setattr(signing.keyring, "verify", counted)
+    signer(keys, "shop").publish("order.placed", {"n": 1})
+    assert [r.status for r in HandlerRunner().work(billing)] == ["succeeded", "succeeded"]
+    assert checks == ["shop"]
+    # A signature or key id that is not a string is refused like any bad signature
+    for odd in ({"signature": ["x"], "signaturekeyid": "k1"}, {"signature": "x", "signaturekeyid": {"a": 1}}):
+        envelope = {**Event.create("order.placed", {}, source="shop").to_envelope(), **odd}
+        # The screening of real transports refuses such extension values earlier; the hook
+        # itself must not fail on them either.
+        from celery_events.errors import DeliveryRefused
+        from celery_events.middleware.base import Receipt
+
+        receipt = Receipt(envelope, Event.create("order.placed", {}, source="shop"), "h", "q", "t", "billing")
+        with pytest.raises(DeliveryRefused) as caught:
+            signing.receive(receipt)
+        assert caught.value.reason == "invalid_signature"
