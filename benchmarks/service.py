@@ -26,6 +26,8 @@ STATE = os.environ.get("BENCH_STATE")
 if STATE:
     app.conf.broker_transport_options = {"confirm_publish": True}
     bus = EventBus(app, service="bench", registry_url=STATE)
+elif os.environ.get("BENCH_TRUSTED"):  # checks signatures (benchmarks/signing.py)
+    bus = EventBus(app, service="bench", trusted_keys=os.environ["BENCH_TRUSTED"])
 else:  # as every version of the bus (``--baseline``) is built
     bus = EventBus(app, service="bench")
 

@@ -739,3 +739,8 @@ def _age(seconds: float | None) -> str:
 # `celery eventbus flower`: Flower with credentials kept off the command line (its body is in
 # contrib/flower.py, which imports Flower only when it runs).
 eventbus.add_command(_hardened_flower)
+
+# `celery eventbus keys ...` (celery_events/cli_keys.py): no app or broker needed.
+from .cli_keys import keys as _keys  # noqa: E402
+
+eventbus.add_command(_keys)

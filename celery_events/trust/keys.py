@@ -236,6 +236,14 @@ class Keyring:
         except ValueError as exc:
             raise InvalidSignature(f"The event's signature is unreadable: {exc}.") from None
         if not key.verify(message, raw):
+            # Key ids are chosen per service and may repeat across services ("v1"): name the
+            # service whose key of that id made the signature, if one did.
+            for owner in self._owners.get(key_id, ()):
+                if owner != service and self._keys[(owner, key_id)].verify(message, raw):
+                    raise InvalidSignature(
+                        f"The event's source is {service!r} but it is signed with key"
+                        f" {key_id!r} of {owner}: a service signs only as itself."
+                    )
             raise InvalidSignature(
                 f"The event's signature does not match its content for key {service}/{key_id}:"
                 " it was changed after it was signed, or signed with another key."

@@ -40,6 +40,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._attributes import Extensions, check_attributes
 from ..deadletters import Reason, ReplayError
 from ..envelope import Event, signing_input
 from ..errors import (
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: How far in the future an event's ``time`` may be, in seconds, for clocks that differ.
 CLOCK_SKEW = 300.0
+#: How many verified signatures a process remembers (the same event to several handlers).
+VERIFIED_CACHE = 1024
 
 
 def _signed_envelope(event: Event, data_json: str | None) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class Signing(Middleware):
         self.clock_skew = float(clock_skew)
         self._services = keyring.services()
         self._warned_unsigned = False
+        self._verified: dict[tuple[Any, Any, bytes], None] = {}
 
     @classmethod
     def from_settings(cls, service: str, settings: Settings) -> Signing | None:
@@ -185,11 +189,18 @@ class Signing(Middleware):
                 " itself, so it was not sent. Publish it from that service, or leave out"
                 " source (bus.new_event makes an event of this service)."
             )
-        message = signing_input(_signed_envelope(event, call.data_json))
-        signed = event.with_extensions(
-            signature=b64encode(key.sign(message)), signaturekeyid=key.key_id
-        )
-        # The data is unchanged (the same object): nothing to encode or check again.
+        envelope = _signed_envelope(event, call.data_json)
+        extensions = {
+            **event.extensions,
+            "signature": b64encode(key.sign(signing_input(envelope))),
+            "signaturekeyid": key.key_id,
+        }
+        # The envelope's attributes must still fit their size limit with the signature.
+        check_attributes(extensions, event.subject, event.dataschema)
+        # The event goes on with the data as signed (parsed from data_json, which is still its
+        # JSON): a transport that encodes the event's dict again (kombu's) sends the same, and
+        # a caller that changes its dict later changes nothing that was signed.
+        signed = replace(event, extensions=Extensions(extensions), data=envelope["data"])
         return call_next(replace(call, event=signed))
 
     def replay_problem(self, envelope: dict[str, Any]) -> str | None:
@@ -231,10 +242,21 @@ class Signing(Middleware):
             message = signing_input(envelope)
         except (TypeError, ValueError) as exc:
             raise self._refused(f"the envelope cannot be put in canonical form ({exc})") from None
-        try:
-            self.keyring.verify(source, envelope.get("signaturekeyid"), message, signature)
-        except InvalidSignature as exc:
-            raise self._refused(str(exc)) from None
+        key_id = envelope.get("signaturekeyid")
+        # Only strings are remembered: anything else (a list from a forged envelope) is not
+        # hashable, and is refused by the check below.
+        seen = (key_id, signature, message)
+        if not (isinstance(key_id, str) and isinstance(signature, str)) or seen not in self._verified:
+            try:
+                self.keyring.verify(source, key_id, message, signature)
+            except InvalidSignature as exc:
+                raise self._refused(str(exc)) from None
+            # The deliveries of one event to this service's other handlers (and its retries)
+            # carry the same bytes: checked once per process. Bounded, and cleared at once
+            # rather than evicted one by one, which needs no lock between pool threads.
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[seen] = None
         age = time.time() - receipt.event.time.timestamp()
         if age > self.max_age:
             raise self._refused(

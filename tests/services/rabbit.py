@@ -36,6 +36,8 @@ bus = EventBus(
     max_deliveries=2,
     # RABBIT_KEYS: a directory of {key_id}.aes files (tests/integration/amqp/test_sensitive.py).
     encryption_keys=os.environ.get("RABBIT_KEYS") or None,
+    # RABBIT_TRUSTED: a trusted_keys directory (signed events, tests/integration/amqp/test_signing.py).
+    **({"trusted_keys": os.environ["RABBIT_TRUSTED"]} if os.environ.get("RABBIT_TRUSTED") else {}),
 )
 notes = redis.Redis.from_url(STATE)
 
