@@ -44,7 +44,7 @@ from .registry import Registry, Subscription, queue_arguments
 from .results import Delivery, PublishResult
 from .settings import Settings, is_seconds, validate_service_name
 from .trust.fields import check_paths
-from .trust.scopes import Policy, PublishGuard, Scopes, policy_for
+from .trust.scopes import Policy
 
 __all__ = ["EventBus", "PublishResult", "Delivery"]
 
@@ -84,19 +84,17 @@ class EventBus:
         self._state = state
         self.service = validate_service_name(service)
         self.settings = Settings.from_options(settings)
-        # The trust middleware (signing, scopes, encrypted fields) is innermost: it signs
-        # what every other middleware made, and is the first to check a delivery.
-        # The scopes come from this service's own settings, never from the registry.
-        self._policy = policy_for(self.settings)
-        guards = trust.middleware_for(self.service, self.settings)
+        # The trust middleware (scopes, encrypted fields, signing) is innermost: it signs
+        # what every other middleware made, and is the first to check a delivery. It comes
+        # from this service's own settings, never from the registry.
+        self._trust = trust.trust_for(self.service, self.settings)
+        self._policy = self._trust.policy
         self._publisher = Publisher(
-            self,
-            [*middleware, *guards],
-            None if self._policy is None else PublishGuard(Scopes(self.service, self._policy)),
+            self, [*middleware, *self._trust.middleware], self._trust.guard
         )
         # A dead letter the trust middleware would refuse to replay is refused before any of
         # a batch is sent.
-        self._replay_check = trust.replay_check(guards)
+        self._replay_check = self._trust.replay_check
         self._handlers: dict[str, Handler] = {}
         self._declarations: dict[str, Declaration] = {}
         self._lock = threading.RLock()
@@ -517,17 +515,14 @@ class EventBus:
             with self._lock:
                 if self._registry is None:
                     settings = self.settings
-                    # Records are signed with this service's key and, when it trusts keys,
-                    # only validly signed ones are believed (see registry.py).
-                    required = settings.require_signatures
-                    if required is None:
-                        required = settings.trusted_keys is not None
+                    # Records are signed with this service's key and, when it requires
+                    # signatures, only validly signed ones are believed (see registry.py).
                     self._registry = Registry(
                         store,
                         refresh_interval=settings.registry_refresh_interval,
                         max_staleness=settings.registry_max_staleness,
-                        keyring=trust.keyring_for(self.service, settings),
-                        require_signatures=required,
+                        keyring=self._trust.keyring,
+                        require_signatures=self._trust.require_signatures,
                     )
         return self._registry
 

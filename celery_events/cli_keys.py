@@ -64,10 +64,14 @@ def keys() -> None:
 
 
 @keys.command(name="generate")
-@click.option("--service", required=True, help="The service the key signs for.")
+@click.option("--service", help="The service the key signs for (not with --aes).")
 @click.option(
     "--hmac", "use_hmac", is_flag=True,
     help="A shared secret (HMAC-SHA256) instead of an Ed25519 key pair.",
+)
+@click.option(
+    "--aes", "use_aes", is_flag=True,
+    help="An AES-256 key for sensitive fields (encryption_keys), shared by a trust group.",
 )
 @click.option("--key-id", help="The key's id (default: today's date and a random suffix).")
 @click.option(
@@ -76,9 +80,16 @@ def keys() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def generate(
-    service: str, use_hmac: bool, key_id: str | None, out: Path, as_json: bool
+    service: str | None, use_hmac: bool, use_aes: bool, key_id: str | None, out: Path,
+    as_json: bool,
 ) -> None:
-    """Write a new signing key of SERVICE: .key (private, 0600) and .pub, or one .hmac."""
+    """Write a new signing key of SERVICE: .key (private, 0600) and .pub, or one .hmac; or,
+    with --aes, a new {key_id}.aes encryption key (0600)."""
+    if use_aes:
+        _generate_aes(service, use_hmac, key_id, out, as_json)
+        return
+    if service is None:
+        raise _Usage("Name the service the key signs for: --service NAME (or --aes).")
     try:
         validate_service_name(service)
     except ConfigurationError as exc:
@@ -130,6 +141,36 @@ def generate(
             " trusted_keys directory of each service that hears from it."
         )
     click.echo(f"Key id {key_id}, {algorithm}, fingerprint {fingerprint}.")
+
+
+def _generate_aes(
+    service: str | None, use_hmac: bool, key_id: str | None, out: Path, as_json: bool
+) -> None:
+    from .trust.sensitive import write_aes_key
+
+    if service is not None or use_hmac:
+        raise _Usage(
+            "--aes makes an encryption key shared by every service of a trust group: it takes"
+            " no --service and no --hmac."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_aes_key(out, key_id)
+    except FileExistsError:
+        raise _Usage(f"{out / (str(key_id) + '.aes')} exists already; choose another --key-id.") from None
+    except ConfigurationError as exc:
+        raise _Usage(str(exc)) from exc
+    except OSError as exc:
+        raise _Usage(f"Cannot write to {out}: {exc.strerror or exc}.") from None
+    new_id = path.name[: -len(".aes")]
+    if as_json:
+        click.echo(json.dumps({"key_id": new_id, "algorithm": "aes-256-gcm", "key": str(path)}, indent=2))
+        return
+    click.echo(f"Wrote the encryption key {path} (mode 0600), key id {new_id}.")
+    click.echo(
+        "Add it to the encryption_keys directory of every service that publishes or handles"
+        " the sensitive events; keep it secret: whoever holds it reads those fields."
+    )
 
 
 @keys.command(name="show")

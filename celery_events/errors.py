@@ -6,6 +6,8 @@ the bad value and says what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CeleryEventsError",
     "ConfigurationError",
@@ -136,10 +138,19 @@ class DeliveryRefused(CeleryEventsError):
     as ``"invalid_signature"`` and a message saying what was wrong.
     """
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str = "rejected") -> None:
         super().__init__(message)
         #: The dead letter's reason (:class:`~celery_events.deadletters.Reason`).
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Celery and Flower rebuild a task's exception from its type and args (and a prefork
+        # pool pickles it): keep the reason across that.
+        return (_refused, (str(self), self.reason))
+
+
+def _refused(message: str, reason: str) -> DeliveryRefused:
+    return DeliveryRefused(message, reason=reason)
 
 
 class InvalidSignature(CeleryEventsError):

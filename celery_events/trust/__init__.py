@@ -15,6 +15,7 @@ its settings and puts it innermost on its chain (:func:`middleware_for`), so tha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
@@ -33,6 +34,7 @@ from .keys import (
 if TYPE_CHECKING:
     from ..middleware.base import Middleware
     from ..settings import Settings
+    from .scopes import Policy, PublishGuard
 
 __all__ = [
     "ED25519",
@@ -44,11 +46,51 @@ __all__ = [
     "generate_hmac",
     "load_signing_key",
     "load_trusted_keys",
+    "Trust",
+    "trust_for",
     "keyring_for",
     "middleware_for",
     "replay_check",
     "check_worker",
 ]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the trust settings of one service make, built once with its bus
+    (:func:`trust_for`)."""
+
+    #: The trust middleware, outermost first (the bus puts it innermost on its chain).
+    middleware: list[Middleware]
+    #: The scopes (``None``: none set).
+    policy: Policy | None
+    #: The publish path's scope check and registry filter (``None``: no scopes).
+    guard: PublishGuard | None
+    #: The keys that sign and check events and registry records (``None``: signing off).
+    keyring: Keyring | None
+    #: Whether unsigned deliveries and registry records are refused.
+    require_signatures: bool
+    #: Checks a dead letter's envelope before a replay sends it (``None``: nothing to check).
+    replay_check: Callable[[dict[str, Any]], None] | None
+
+
+def trust_for(service: str, settings: Settings) -> Trust:
+    """Build everything the trust settings of ``service`` ask for, loading each key once;
+    raises :class:`~celery_events.ConfigurationError` for settings that cannot work."""
+    from .scopes import PublishGuard, Scopes
+    from .signing import Signing
+
+    middleware = middleware_for(service, settings)
+    scopes = next((m for m in middleware if isinstance(m, Scopes)), None)
+    signing = next((m for m in middleware if isinstance(m, Signing)), None)
+    return Trust(
+        middleware=middleware,
+        policy=None if scopes is None else scopes.policy,
+        guard=None if scopes is None else PublishGuard(scopes),
+        keyring=None if signing is None else signing.keyring,
+        require_signatures=signing is not None and signing.require,
+        replay_check=replay_check(middleware),
+    )
 
 
 def keyring_for(service: str, settings: Settings) -> Keyring | None:

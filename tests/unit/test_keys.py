@@ -263,3 +263,28 @@ def test_a_key_id_used_by_two_services_still_names_the_signer(tmp_path: Path) ->
     with pytest.raises(InvalidSignature, match="signed with key 'v1' of orders"):
         subscriber.verify("payments", key_id, MESSAGE, signature)
     subscriber.verify("orders", key_id, MESSAGE, signature)
+
+
+def test_the_keys_command_writes_an_encryption_key_its_services_load(tmp_path: Path) -> None:
+    from celery_events.trust.sensitive import load_encryption_keys
+
+    runner = CliRunner()
+    out = tmp_path / "aes"
+    made = runner.invoke(keys_command, ["generate", "--aes", "--key-id", "k1", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE(os.stat(out / "k1.aes").st_mode) == 0o600
+    newer = runner.invoke(keys_command, ["generate", "--aes", "--out", str(out), "--json"])
+    assert newer.exit_code == 0, newer.output
+
+    # Both keys decrypt; the newest (greatest id) encrypts
+    keys = load_encryption_keys(str(out))
+    assert len(keys.key_ids) == 2
+    sealed = keys.encrypt("ada@example.org", "event-1", "email")
+    assert keys.decrypt(sealed, "event-1", "email") == "ada@example.org"
+
+    again = runner.invoke(keys_command, ["generate", "--aes", "--key-id", "k1", "--out", str(out)])
+    assert again.exit_code == 2 and "exists already" in again.output
+    mixed = runner.invoke(keys_command, ["generate", "--aes", "--service", "orders", "--out", str(out)])
+    assert mixed.exit_code == 2 and "no --service" in mixed.output
+    missing = runner.invoke(keys_command, ["generate", "--out", str(out)])
+    assert missing.exit_code == 2 and "--service NAME" in missing.output

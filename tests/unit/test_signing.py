@@ -453,3 +453,15 @@ def test_one_event_to_two_handlers_is_checked_once_and_odd_signature_values_are_
         with pytest.raises(DeliveryRefused) as caught:
             signing.receive(receipt)
         assert caught.value.reason == "invalid_signature"
+
+
+def test_a_refusal_keeps_its_reason_when_celery_rebuilds_or_pickles_it() -> None:
+    import pickle
+
+    from celery_events import DeliveryRefused
+
+    refused = DeliveryRefused("The event is not signed.", reason="invalid_signature")
+    again = pickle.loads(pickle.dumps(refused))
+    assert (str(again), again.reason) == ("The event is not signed.", "invalid_signature")
+    # Celery rebuilds a failed task's exception from its type and message alone
+    assert DeliveryRefused(*refused.args).reason == "rejected"
