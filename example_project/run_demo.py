@@ -12,7 +12,6 @@ logs) in one temporary directory that is removed at the end (kept with --keep, o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import secrets
@@ -249,7 +248,10 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
     keys = demo.work / "data" / "keys"
     print(f"  signing               on: Ed25519, each service its own key ({keys})")
     print(f"  scopes                {_scopes_state()}")
-    print("  sensitive             user.registered's email and name show as *** (Flower, logs)")
+    print(
+        "  sensitive             user.registered's email and name: *** in Flower and logs,"
+        " AES-GCM ciphertext in Redis and dead letters"
+    )
     for args, ok in (
         (("catalog",), (0,)),
         (("status",), (0,)),
@@ -260,8 +262,6 @@ def print_summary(demo: Demo, scenario: Scenario) -> None:
 
 
 def _scopes_state() -> str:
-    if importlib.util.find_spec("celery_events.trust.scopes") is None:
-        return "set in trust_config.py, not enforced by this celery-events"
     return "on: user.# and order.# protected; see trust_config.py"
 
 
@@ -348,7 +348,8 @@ def play(demo: Demo, once: bool) -> bool:
     """Drive the scenario, print its summary (and with ``once``, replay); True if all passed."""
     print()
     scenario = Scenario(
-        demo.users_url, demo.orders_url, demo.work / "data", demo.flower, demo.operator
+        demo.users_url, demo.orders_url, demo.work / "data", demo.flower, demo.operator,
+        redis_url=demo.redis_url,
     )
     scenario.run()
     print_summary(demo, scenario)

@@ -8,6 +8,9 @@ never read from the shared registry, which anyone with broker access could write
 - **Signing**: each service signs what it publishes with its own Ed25519 key
   (``keys/{service}/{service}.{key id}.key``) and trusts the public keys in ``keys/public``, so
   every delivery must carry a valid signature of the service named in its ``source``.
+- **Encryption**: the fields ``users`` declares sensitive (the e-mail address and the name of
+  ``user.registered``) are encrypted with the key in ``keys/aes``, which the three services
+  share, so Redis, Flower and dead letters never hold them in clear.
 - **Scopes**: who may publish and subscribe to what. ``user.*`` and ``order.*`` names are
   protected: a service not listed here may neither publish nor subscribe to them.
 """
@@ -47,11 +50,12 @@ def signing_key(service: str) -> Path:
 
 
 def trust_settings(service: str) -> dict[str, Any]:
-    """The bus settings that turn signing and scopes on for ``service``."""
+    """The bus settings that turn signing, scopes and encryption on for ``service``."""
     return {
         "signing_key": str(signing_key(service)),
         "trusted_keys": str(KEYS_DIR / "public"),
         "publish_scopes": PUBLISH_SCOPES,
         "subscribe_scopes": SUBSCRIBE_SCOPES,
         "protected_names": PROTECTED_NAMES,
+        "encryption_keys": str(KEYS_DIR / "aes"),
     }

@@ -1,4 +1,5 @@
-"""Each demo service's Ed25519 key pair, made once in a keys directory.
+"""Each demo service's Ed25519 key pair, and their shared encryption key, made once in a keys
+directory.
 
     python -m demo_runner.keys var/keys           # what the Procfile runs before each service
 
@@ -6,6 +7,8 @@ Layout (what ``trust_config.py`` reads)::
 
     keys/public/{service}.{key id}.pub            every service's public key: trusted by all
     keys/{service}/{service}.{key id}.key         the service's private key (mode 600)
+    keys/aes/{key id}.aes                         the key sensitive fields are encrypted with,
+                                                  shared by the three services (mode 600)
 
 The keys are made in a temporary directory renamed into place, so that processes started
 together (the Procfile's) agree on one set: the first rename wins, the others use its keys.
@@ -21,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from celery_events.trust.keys import generate_ed25519, new_key_id
+from celery_events.trust.sensitive import write_aes_key
 
 SERVICES = ("users", "orders", "notifications")
 
@@ -41,6 +45,8 @@ def ensure_keys(keys_dir: Path, services: Iterable[str] = SERVICES) -> Path:
             private.touch(mode=0o600)
             private.write_bytes(private_pem)
             (draft / "public" / f"{service}.{key_id}.pub").write_bytes(public_pem)
+        (draft / "aes").mkdir(mode=0o700)
+        write_aes_key(draft / "aes")
         try:
             os.rename(draft, keys_dir)
         except OSError:

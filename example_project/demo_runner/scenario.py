@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ class Scenario:
     flower: Flower
     operator: Operator
     say: Callable[[str], None] = print
+    #: The demo's Redis, read to check that it holds no sensitive value in clear.
+    redis_url: str | None = None
     #: email -> (user id, id of its user.registered event)
     users: dict[str, tuple[int, str]] = field(default_factory=dict)
     deleted_event: str | None = None
@@ -149,6 +153,13 @@ class Scenario:
         self.record(
             expect("every delivery Flower shows carries its publisher's signature", self._signed)
         )
+        if self.redis_url is not None:
+            self.record(
+                Check(
+                    "Redis holds no e-mail address or name in clear (encrypted fields)",
+                    *self._clear_in_redis(),
+                )
+            )
         status = self.flower.metrics_status_without_auth()
         self.record(
             Check(
@@ -277,6 +288,23 @@ class Scenario:
             detail += f"; Flower shows {', '.join(leaked)}"
         return len(masked) == expected and not leaked, detail
 
+    def _clear_in_redis(self) -> tuple[bool, str]:
+        import redis
+
+        client = redis.Redis.from_url(str(self.redis_url))
+        try:
+            stored = b"\n".join(_key_contents(client, key) for key in client.scan_iter(count=1000))
+        finally:
+            client.close()
+        # kombu keeps a message's body base64-encoded inside its JSON: read those too.
+        text = stored + b"\n".join(
+            base64.b64decode(body) for body in re.findall(rb'"body": ?"([A-Za-z0-9+/=]{16,})"', stored)
+        )
+        leaked = [email for email, name in PEOPLE if email.encode() in text or name.encode() in text]
+        return not leaked, (
+            f"{len(stored)} bytes read" + (f"; in clear: {', '.join(leaked)}" if leaked else "")
+        )
+
     def _audit_ok(self) -> tuple[bool, str]:
         seen = {line["event_id"] for line in self.sent("audit")}
         expected = {event_id for _, event_id in self.users.values()}
@@ -307,3 +335,19 @@ class Scenario:
     def _sms_sent(self) -> tuple[bool, str]:
         sms = [line for line in self.sent("sms") if line["event_id"] == self.deleted_event]
         return len(sms) == 1, f"{len(sms)} SMS for event {str(self.deleted_event)[:8]}…"
+
+
+def _key_contents(client: Any, key: bytes) -> bytes:
+    """Everything a Redis key holds, as bytes (lists, hashes, sets, sorted sets, strings)."""
+    kind = client.type(key)
+    if kind == b"string":
+        return client.get(key) or b""
+    if kind == b"list":
+        return b"\n".join(client.lrange(key, 0, -1))
+    if kind == b"hash":
+        return b"\n".join(k + b"=" + v for k, v in client.hgetall(key).items())
+    if kind == b"set":
+        return b"\n".join(client.smembers(key))
+    if kind == b"zset":
+        return b"\n".join(client.zrange(key, 0, -1))
+    return b""

@@ -131,6 +131,7 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     assert "  scopes                " in out
     assert "✓ Flower shows every user.registered with its email and name as ***: 8 of 8" in out
     assert "✓ every delivery Flower shows carries its publisher's signature" in out
+    assert "✓ Redis holds no e-mail address or name in clear (encrypted fields)" in out
     assert "✓ Flower's /metrics refuses a request without the password: HTTP 401" in out
     assert "Stopped 7 process(es)." in out
     # And no process it started is left, nor its temporary files
