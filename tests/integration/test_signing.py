@@ -35,11 +35,12 @@ QUEUE = "events.ledger"
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    """Key pairs of payments and intruder; trusted/ holds both public keys (the intruder is a
-    service the ledger hears from too: trusted for its own events, not for payments')."""
+    """Key pairs of payments, intruder and ledger; trusted/ holds every public key (the
+    intruder is a service the ledger hears from too: trusted for its own events, not for
+    payments'; the ledger signs its registry record)."""
     trusted = tmp_path / "trusted"
     trusted.mkdir()
-    for service in ("payments", "intruder"):
+    for service in ("payments", "intruder", "ledger"):
         private, public = generate_ed25519()
         (tmp_path / f"{service}.k1.key").write_bytes(private)
         (trusted / f"{service}.k1.pub").write_bytes(public)
@@ -65,7 +66,10 @@ def runs(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def ledger_env(keys: Path, **extra: str) -> dict[str, str]:
-    return {"SIGNED_TRUSTED": str(keys / "trusted"), **extra}
+    return {
+        "SIGNED_TRUSTED": str(keys / "trusted"), "SIGNED_KEY": str(keys / "ledger.k1.key"),
+        **extra,
+    }
 
 
 def view(buses: Callable[..., EventBus], keys: Path, **settings: Any) -> EventBus:

@@ -1,6 +1,8 @@
 """A subscriber, ``ledger``, that checks signatures (tests/integration/test_signing.py).
 
-``SIGNED_TRUSTED`` is its trusted_keys directory (unset: signing off), ``SIGNED_MAX_AGE`` its
+``SIGNED_TRUSTED`` is its trusted_keys directory (unset: signing off), ``SIGNED_KEY`` its own
+signing_key (it signs its registry record, which publishers that check signatures believe only
+signed), ``SIGNED_MAX_AGE`` its
 signature_max_age, ``SIGNED_REQUIRE`` its require_signatures (``0``/``1``; unset: the default).
 Every run of its handler is noted in ``test:runs`` with the envelope's signature; a run that
 took effect is recorded in ``test:effects``. The handler fails while ``test:broken`` is set,
@@ -25,6 +27,8 @@ BROKEN_KEY = "test:broken"
 settings: dict[str, object] = {}
 if os.environ.get("SIGNED_TRUSTED"):
     settings["trusted_keys"] = os.environ["SIGNED_TRUSTED"]
+if os.environ.get("SIGNED_KEY"):
+    settings["signing_key"] = os.environ["SIGNED_KEY"]
 if os.environ.get("SIGNED_MAX_AGE"):
     settings["signature_max_age"] = float(os.environ["SIGNED_MAX_AGE"])
 if os.environ.get("SIGNED_REQUIRE"):
