@@ -344,9 +344,13 @@ def signing_input(envelope: dict[str, Any]) -> bytes:
     }
     # A lone surrogate (JSON's "\\ud800", which Python reads as such) has no UTF-8 form;
     # "surrogatepass" encodes it the same way on both sides rather than failing.
-    return json.dumps(
-        signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8", "surrogatepass")
+    return _CANONICAL.encode(signed).encode("utf-8", "surrogatepass")
+
+
+# Made once: json.dumps with options builds a new encoder on every call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def _check_content_type(value: object) -> None:
