@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
+
+import pytest
 
 from .harness import ROOT, free_port, wait_until
 
@@ -123,6 +126,18 @@ class Flower:
 
 def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_or_skip() -> str:
+    """The Chromium binary; without one the test is skipped, or fails in CI (which installs
+    it), so that a browser check never passes unrun there."""
+    binary = chromium_binary()
+    if binary is None:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
 
 
 def chromium(binary: str, profile: Path, *args: str, timeout: float = 60.0) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from celery_events import EventBus
 
-from ..flower_harness import Flower, chromium, chromium_binary
+from ..flower_harness import Flower, chromium, chromium_or_skip
 from ..harness import ROOT, wait_until
 
 BILLING = "tests.services.billing"
@@ -179,12 +179,7 @@ def test_flower_answers_401_without_the_password(flower: Flower) -> None:
 def test_the_flower_task_list_shows_deliveries_in_a_browser(
     start_worker: Callable[..., Any], flower: Flower, publisher: EventBus, tmp_path: Path
 ) -> None:
-    binary = chromium_binary()
-    if binary is None:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = chromium_or_skip()
 
     # Given deliveries that succeeded and failed, as Flower reports them
     start_worker(BILLING)

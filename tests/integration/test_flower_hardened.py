@@ -21,7 +21,7 @@ from celery import Celery
 from celery_events import EventBus
 from celery_events.trust.keys import generate_ed25519, new_key_id
 
-from ..flower_harness import PASSWORD, USER, Flower, chromium, chromium_binary
+from ..flower_harness import PASSWORD, USER, Flower, chromium, chromium_or_skip
 from ..harness import ROOT, wait_until
 from .conftest import effects
 
@@ -245,12 +245,7 @@ def test_the_hardened_flower_shows_sensitive_fields_masked_in_a_browser(
     start_flower: Callable[..., Flower], start_worker: Callable[..., Any],
     publisher: EventBus, tmp_path: Path,
 ) -> None:
-    binary = chromium_binary()
-    if binary is None:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = chromium_or_skip()
 
     # Given a publisher that declares the e-mail address of order.created sensitive
     publisher.declare("order.created", sensitive=["email"])
