@@ -42,7 +42,7 @@ class AllDeadLetters:
             service,
             resend=partial(self._resend, service=service),
             route=partial(self._route, service=service),
-            check=self.bus._replay_check,
+            check=self.bus._trust.replay_check,
         )
 
     def _resend(self, envelope: dict[str, object], handler: str, queue: str, *, service: str) -> str:

@@ -88,13 +88,9 @@ class EventBus:
         # what every other middleware made, and is the first to check a delivery. It comes
         # from this service's own settings, never from the registry.
         self._trust = trust.trust_for(self.service, self.settings)
-        self._policy = self._trust.policy
         self._publisher = Publisher(
             self, [*middleware, *self._trust.middleware], self._trust.guard
         )
-        # A dead letter the trust middleware would refuse to replay is refused before any of
-        # a batch is sent.
-        self._replay_check = self._trust.replay_check
         self._handlers: dict[str, Handler] = {}
         self._declarations: dict[str, Declaration] = {}
         self._lock = threading.RLock()
@@ -345,14 +341,15 @@ class EventBus:
         """Who may publish and subscribe to which names, from this service's own settings
         (``publish_scopes``, ``subscribe_scopes``, ``protected_names``); ``None`` when none is
         set."""
-        return self._policy
+        return self._trust.policy
 
     def check_subscriptions(self) -> None:
         """Raise :class:`SubscriptionNotAllowed` if this service's scopes forbid one of its
         handlers' patterns. :meth:`register` and the worker's start-up check call it: a worker
         with such a handler does not start."""
-        if self._policy is not None:
-            self._policy.check_subscriptions(
+        policy = self._trust.policy
+        if policy is not None:
+            policy.check_subscriptions(
                 self.service, (h.pattern for h in self._handlers.values())
             )
 
@@ -550,7 +547,9 @@ class EventBus:
                         limit=self.settings.dead_letter_limit,
                         resend=self._resend,
                         route=self._replay_queue,
-                        check=self._replay_check,
+                        # A dead letter the trust middleware would refuse (a signed event too
+                        # old) is refused before any of a batch is sent.
+                        check=self._trust.replay_check,
                     )
         return self._dead_letters
 

@@ -301,9 +301,12 @@ def generate_hmac() -> bytes:
 # -- loading -----------------------------------------------------------------------------
 
 
-def _secret(text: str, where: str) -> bytes:
+def _secret(text: bytes, where: str) -> bytes:
+    """The shared secret a ``.hmac`` file (or an inline ``hmac:`` text) holds."""
+    body = text.decode("ascii", "replace").strip()
+    body = body[len(_HMAC_PREFIX):] if body.startswith(_HMAC_PREFIX) else body
     try:
-        secret = b64decode(text.strip())
+        secret = b64decode(body.strip())
     except ValueError as exc:
         raise ConfigurationError(f"The shared secret {where} is not base64: {exc}.") from None
     if len(secret) < MIN_SECRET_BYTES:
@@ -348,9 +351,7 @@ def _private_key(
     service: str, key_id: str, text: bytes, where: str, kind: str | None = None
 ) -> SigningKey:
     if _is_secret(text, kind, where):
-        body = text.decode("ascii", "replace").strip()
-        body = body[len(_HMAC_PREFIX):] if body.startswith(_HMAC_PREFIX) else body
-        return SigningKey(service, key_id, HMAC_SHA256, _secret(body, where))
+        return SigningKey(service, key_id, HMAC_SHA256, _secret(text, where))
     serialization, ed25519 = _crypto()
     try:
         key = serialization.load_pem_private_key(text, password=None)
@@ -369,9 +370,7 @@ def _public_key(
 ) -> VerificationKey:
     stripped = text.lstrip()
     if _is_secret(text, kind, where):
-        body = text.decode("ascii", "replace").strip()
-        body = body[len(_HMAC_PREFIX):] if body.startswith(_HMAC_PREFIX) else body
-        return VerificationKey(service, key_id, HMAC_SHA256, _secret(body, where))
+        return VerificationKey(service, key_id, HMAC_SHA256, _secret(text, where))
     serialization, ed25519 = _crypto()
     if b"PRIVATE KEY" in stripped[:64]:
         raise ConfigurationError(
