@@ -19,8 +19,10 @@ from .errors import (
     CeleryEventsError,
     ConfigurationError,
     DeliveryRefused,
+    EventNotDeclared,
     EventTooLarge,
     ForeignSourceRefused,
+    IncompatibleSchema,
     InvalidEnvelope,
     InvalidEventData,
     InvalidEventName,
@@ -33,11 +35,12 @@ from .errors import (
     PublishNotAllowed,
     PublishRefused,
     RegistryError,
+    SchemaError,
     SubscriptionNotAllowed,
 )
 from .middleware import HandlerCall, Middleware, PublishCall, Receipt
 from .outcomes import Reject, Retry
-from .registry import Registry, Subscription
+from .registry import RegisteredDeclaration, Registry, Subscription
 from .settings import Settings
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "Delivery",
     "Declaration",
     "Subscription",
+    "RegisteredDeclaration",
     "Registry",
     "Settings",
     "Handler",
@@ -74,6 +78,7 @@ __all__ = [
     "InvalidPattern",
     "InvalidEventData",
     "EventTooLarge",
+    "SchemaError",
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
@@ -82,6 +87,8 @@ __all__ = [
     "PublishNotAllowed",
     "ForeignSourceRefused",
     "SubscriptionNotAllowed",
+    "EventNotDeclared",
+    "IncompatibleSchema",
     "DeliveryRefused",
     "InvalidSignature",
     "RegistryError",

@@ -31,6 +31,7 @@ from celery.exceptions import Retry as CeleryRetry
 
 from ._outage import abandoned, hand_back_countdown, outages, ride_out
 from .backends.base import Claim, Inbox, StoreError, lease_value
+from .contracts.schemas import Schema
 from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
 from .errors import (
@@ -133,6 +134,10 @@ class Handler:
     task_options: dict[str, Any] = field(default_factory=dict)
     #: Dotted paths of the data this worker masks in argument texts (``sensitive=``).
     sensitive: tuple[str, ...] = ()
+    #: The versions of the matching events it accepts (``versions=``); empty: every one.
+    versions: tuple[int, ...] = ()
+    #: The schema it accepts itself (``schema=``, or its pydantic parameter's), or ``None``.
+    accepts: Schema | None = None
 
     @property
     def lease_seconds(self) -> float:

@@ -23,8 +23,10 @@ from celery import Celery
 from ._delivery import current_event
 from ._messages import TaskMessage, build_messages, encode_body
 from .backends.base import Transport
+from .declarations import Declaration
 from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
+    EventNotDeclared,
     InvalidEnvelope,
     NoSubscribersError,
     PublishError,
@@ -96,6 +98,9 @@ class Publisher:
         #: (``bus.declare``): each event of such a name carries them as its ``sensitive``
         #: extension attribute. Empty (and never looked at) when nothing is sensitive.
         self.sensitive: dict[str, str] = {}
+        #: This service's declarations (``bus.declare``), by name, then version (``None``:
+        #: one without a schema). Empty (and never looked at) while nothing is declared.
+        self.declared: dict[str, dict[int | None, Declaration]] = {}
 
     # -- making and validating events ---------------------------------------------------
 
@@ -113,9 +118,23 @@ class Publisher:
         extensions: Mapping[str, ExtensionValue] | None = None,
         subject: str | None = None,
         dataschema: str | None = None,
+        version: int | None = None,
     ) -> tuple[Event, str]:
-        """A new event from this service, validated, and its data's JSON."""
+        """A new event from this service, validated, and its data's JSON.
+
+        For a declared name, ``version`` picks the declaration (default: the highest
+        version) whose ``dataschema`` the event carries.
+        """
         validate_name(name)
+        if self.declared or version is not None or self.settings.require_declarations:
+            declaration = self.declaration(name, version)
+            if declaration is not None and declaration.dataschema is not None:
+                if dataschema is not None and dataschema != declaration.dataschema:
+                    raise InvalidEnvelope(
+                        f"{name!r} is declared with dataschema {declaration.dataschema!r}; an"
+                        f" event of it cannot carry {dataschema!r}. Leave dataschema out."
+                    )
+                dataschema = declaration.dataschema
         # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
         # replaced, and a non-string id would make every subscriber dead-letter the event.
         check_ids(correlation_id=correlation_id, causation_id=causation_id)
@@ -141,6 +160,40 @@ class Publisher:
             dataschema=dataschema,
         )
         return event, data_json
+
+    def declaration(self, name: str, version: int | None) -> Declaration | None:
+        """This service's declaration of ``name`` at ``version`` (``None``: the highest
+        declared); ``None`` for an undeclared name this service may publish.
+
+        Raises :class:`EventNotDeclared` for a version it did not declare, or for an undeclared
+        name when the ``require_declarations`` setting is on.
+        """
+        versions = self.declared.get(name)
+        if not versions:
+            if self.settings.require_declarations:
+                raise EventNotDeclared(
+                    f"{name!r} is not declared by service {self.host.service!r}, and it publishes"
+                    " only declared events (require_declarations). Declare it:"
+                    f" bus.declare({name!r}, schema=...)."
+                )
+            if version is not None:
+                raise EventNotDeclared(
+                    f"{name!r} version {version} is not declared by service"
+                    f" {self.host.service!r}; declare it first: bus.declare({name!r},"
+                    f" schema=..., version={version})."
+                )
+            return None
+        if version is None:
+            return versions[max(versions, key=lambda v: v or 0)]
+        found = versions.get(version)
+        if found is None:
+            known = ", ".join(str(v) for v in sorted(v for v in versions if v is not None))
+            raise EventNotDeclared(
+                f"{name!r} version {version} is not declared by service {self.host.service!r}"
+                f" (it declares {'version ' + known if known else 'no version'}); declare it"
+                f" first: bus.declare({name!r}, schema=..., version={version})."
+            )
+        return found
 
     def checked(self, event: object) -> tuple[Event, str]:
         """``event`` if it is an :class:`Event` that can be sent as it is, and its data's JSON."""

@@ -29,8 +29,9 @@ from ._publish import Publisher
 from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
 from .backends.base import Backend, Inbox, StateStore, Transport, check_required
+from .contracts.schemas import schema_from
 from .deadletters import DeadLetterStore, ReplayError
-from .declarations import Declaration
+from .declarations import COMPATIBILITY_MODES, Declaration
 from .envelope import Event, ExtensionValue
 from .errors import (
     CeleryEventsError,
@@ -92,7 +93,8 @@ class EventBus:
             self, [*middleware, *self._trust.middleware], self._trust.guard
         )
         self._handlers: dict[str, Handler] = {}
-        self._declarations: dict[str, Declaration] = {}
+        # By name, then version (None: a declaration without a schema).
+        self._declarations: dict[str, dict[int | None, Declaration]] = {}
         self._lock = threading.RLock()
         self._backend: Backend | None = None
         self._transport: Transport | None = None
@@ -136,6 +138,8 @@ class EventBus:
         atomic: bool = False,
         time_limit: float | None = None,
         sensitive: Iterable[str] = (),
+        versions: Iterable[int] | None = None,
+        schema: Any = None,
         **task_options: Any,
     ) -> Callable[[F], F]:
         """Subscribe the decorated function to events whose name matches ``pattern``.
@@ -154,7 +158,13 @@ class EventBus:
         ``sensitive`` names fields of the data (dotted paths, such as ``"address.street"``)
         that this worker masks as ``"***"`` wherever it shows a delivery's arguments (its log
         lines, Flower, its retries), whatever the publisher declared; encryption is the
-        publisher's declaration's (:meth:`declare`). Other keywords are Celery task options
+        publisher's declaration's (:meth:`declare`).
+        ``versions`` lists the versions of the matching events the handler accepts (default:
+        every version): during a migration to a new version, each handler gets the version it
+        accepts. ``schema`` (a JSON Schema or a pydantic model) is what the handler itself
+        accepts; a delivery whose data breaks it is dead-lettered ``schema_mismatch`` unrun. A
+        handler whose parameter is annotated with a pydantic model gets ``event.data`` parsed
+        into it, and accepts that model's schema. Other keywords are Celery task options
         (``rate_limit``, ``soft_time_limit``, ...).
         The function is returned unchanged, so it can still be called directly in tests.
 
@@ -177,6 +187,8 @@ class EventBus:
         )
         _check_policy(pattern, policy)
         masked = check_paths(sensitive, f"@bus.subscribe({pattern!r})")
+        accepted = _versions(versions, f"@bus.subscribe({pattern!r})")
+        accepts = None if schema is None else schema_from(schema, f"@bus.subscribe({pattern!r})")
         limit = settings.handler_time_limit if time_limit is None else time_limit
         if not is_seconds(limit):
             raise ConfigurationError(
@@ -219,6 +231,8 @@ class EventBus:
                     time_limit=float(limit),
                     task_options=dict(task_options),
                     sensitive=masked,
+                    versions=accepted,
+                    accepts=accepts,
                 )
                 register_task(self.app, self, handler)
                 self._handlers[task_name] = handler
@@ -226,37 +240,97 @@ class EventBus:
 
         return decorator
 
-    def declare(self, name: str, *, sensitive: Iterable[str] = ()) -> Declaration:
-        """Declare that this service publishes ``name``, and what is sensitive in its data.
+    def declare(
+        self,
+        name: str,
+        *,
+        schema: Any = None,
+        version: int | None = None,
+        compatibility: str = "BACKWARD",
+        dataschema: str | None = None,
+        sensitive: Iterable[str] = (),
+    ) -> Declaration:
+        """Declare that this service publishes ``name``: its schema, version and sensitive
+        fields.
+
+        ``schema`` is a JSON Schema (draft 2020-12, a dict) or a pydantic v2 model class: each
+        event of the name is validated against it when it is published
+        (:class:`SchemaError`, nothing sent) and when it is received (dead letter
+        ``schema_mismatch``). ``version`` (default 1 with a schema) is the contract's
+        version: a new schema of the same version must keep ``compatibility`` with the ones
+        registered before it (``BACKWARD``, the default; ``FORWARD``, ``FULL``, their
+        ``_TRANSITIVE`` forms, or ``NONE``), checked when the service registers; a breaking
+        change is a new version, declared beside the old one while subscribers move. Events
+        carry ``dataschema`` (default ``urn:celery-events:schema:{name}:{version}``).
 
         ``sensitive`` lists fields of the data as dotted paths (``"email"``,
         ``"address.street"``; through a list, the path applies to each item). Every event of
         ``name`` this bus publishes carries them (its ``sensitive`` extension attribute): every
         subscriber's worker shows them as ``"***"`` (Flower, Celery's log lines), and, when
         this service has ``encryption_keys``, they are encrypted before the event is sent and
-        decrypted for each handler. Declare a name once, at import time; declaring it again
-        the same way is allowed, differently a :class:`ConfigurationError`.
+        decrypted for each handler.
 
+        Declare each name and version once, at import time; declaring it again the same way
+        is allowed, differently a :class:`ConfigurationError`.
+
+        >>> bus.declare("order.created", schema=OrderCreated, version=2)  # doctest: +SKIP
         >>> bus.declare("user.registered", sensitive=["email", "address.street"])  # doctest: +SKIP
         """
         validate_name(name)
-        declaration = Declaration(name, check_paths(sensitive, f"bus.declare({name!r})"))
+        where = f"bus.declare({name!r})"
+        found = None if schema is None else schema_from(schema, where)
+        if version is None and found is not None:
+            version = 1
+        if version is not None:
+            (version,) = _versions([version], where)
+        if compatibility not in COMPATIBILITY_MODES:
+            raise ConfigurationError(
+                f"{where}: compatibility={compatibility!r} is not a mode; use one of"
+                f" {', '.join(COMPATIBILITY_MODES)}."
+            )
+        if dataschema is not None and version is None:
+            raise ConfigurationError(f"{where}: a dataschema names a version; give version=.")
+        if dataschema is not None:
+            # Checked as the envelope will check it.
+            Event.create(name, {}, source=self.service, dataschema=dataschema)
+        declaration = Declaration(
+            name,
+            check_paths(sensitive, where),
+            schema=found,
+            version=version,
+            compatibility=compatibility,
+            uri=dataschema,
+            fingerprint=None if found is None else found.fingerprint,
+        )
         with self._lock:
-            existing = self._declarations.get(name)
+            versions = self._declarations.get(name, {})
+            existing = versions.get(version)
             if existing is not None and existing != declaration:
                 raise ConfigurationError(
-                    f"{name!r} is already declared as {existing!r}; declare each event name"
-                    " once, with all its fields."
+                    f"{name!r}{'' if version is None else f' version {version}'} is already"
+                    f" declared as {existing!r}; declare each event name and version once, with"
+                    " all its fields."
                 )
-            self._declarations[name] = declaration
-            if declaration.sensitive:
-                self._publisher.sensitive[name] = ",".join(declaration.sensitive)
+            if versions and (version is None) != (None in versions):
+                raise ConfigurationError(
+                    f"{where}: {name!r} is declared both with and without a version; give every"
+                    " declaration of a name a version (and a schema), or none."
+                )
+            self._declarations[name] = {**versions, version: declaration}
+            paths = [p for d in self._declarations[name].values() for p in d.sensitive]
+            if paths:
+                self._publisher.sensitive[name] = ",".join(dict.fromkeys(paths))
+            self._publisher.declared[name] = self._declarations[name]
         return declaration
 
     @property
-    def declarations(self) -> dict[str, Declaration]:
-        """The event names this service declared (:meth:`declare`), by name."""
-        return dict(self._declarations)
+    def declarations(self) -> list[Declaration]:
+        """The event names and versions this service declared (:meth:`declare`), sorted by
+        name and version."""
+        return sorted(
+            (d for versions in self._declarations.values() for d in versions.values()),
+            key=lambda d: (d.name, d.version or 0),
+        )
 
     @property
     def default_queue(self) -> str:
@@ -291,14 +365,11 @@ class EventBus:
         """This service's subscriptions, as :meth:`register` records them (on RabbitMQ, each
         handler's own queue and the arguments it is declared with)."""
         topology = self.backend.topology
-        if topology is None:
-            return [
-                Subscription(h.pattern, self.service, h.task_name, h.queue)
-                for h in self._handlers.values()
-            ]
         subscriptions = []
         for h in self._handlers.values():
-            queue, arguments = topology.queue_of(h.queue, h.task_name, self.service)
+            queue, arguments = h.queue, None
+            if topology is not None:
+                queue, arguments = topology.queue_of(h.queue, h.task_name, self.service)
             subscriptions.append(
                 Subscription(
                     h.pattern,
@@ -306,6 +377,8 @@ class EventBus:
                     h.task_name,
                     queue,
                     queue_arguments=queue_arguments(arguments),
+                    versions=h.versions,
+                    accepts=None if h.accepts is None else h.accepts.document,
                 )
             )
         return subscriptions
@@ -366,6 +439,7 @@ class EventBus:
         extensions: Mapping[str, ExtensionValue] | None = None,
         subject: str | None = None,
         dataschema: str | None = None,
+        version: int | None = None,
     ) -> PublishResult:
         """Publish event ``name`` with ``data`` (a JSON object) to every matching subscription.
 
@@ -379,6 +453,12 @@ class EventBus:
         lowercase alphanumeric names, string, integer or boolean values) and ``subject`` and
         ``dataschema`` the optional CloudEvents attributes; every handler sees them as
         ``event.extensions``, ``event.subject`` and ``event.dataschema``.
+
+        For a declared name (:meth:`declare`), ``data`` may also be an instance of its
+        pydantic model; ``version`` picks one of its declared versions (default: the
+        highest), whose schema the data must meet (:class:`SchemaError`) and whose
+        ``dataschema`` the event carries; only subscriptions accepting that version get it.
+        With ``require_declarations``, an undeclared name raises :class:`EventNotDeclared`.
 
         Raises :class:`InvalidEventName`, :class:`InvalidEventData` (data that is not a JSON
         object, nests deeper than ``max_event_depth``, has a key that is not a string or a
@@ -396,7 +476,7 @@ class EventBus:
         """
         publisher = self._publisher
         event, data_json = publisher.make_event(
-            name, data, correlation_id, causation_id, extensions, subject, dataschema
+            name, data, correlation_id, causation_id, extensions, subject, dataschema, version
         )
         return publisher.publish(event, data_json, require_subscribers)
 
@@ -410,6 +490,7 @@ class EventBus:
         extensions: Mapping[str, ExtensionValue] | None = None,
         subject: str | None = None,
         dataschema: str | None = None,
+        version: int | None = None,
     ) -> Event:
         """Validate ``name`` and ``data`` and make the event :meth:`publish` would send.
 
@@ -420,7 +501,7 @@ class EventBus:
         >>> bus.publish_event(event)                                  # doctest: +SKIP
         """
         return self._publisher.make_event(
-            name, data, correlation_id, causation_id, extensions, subject, dataschema
+            name, data, correlation_id, causation_id, extensions, subject, dataschema, version
         )[0]
 
     def publish_event(
@@ -660,6 +741,21 @@ def _exception_types(option: str, value: object) -> tuple[type[BaseException], .
                 f"{option} must be an exception class or a tuple of them, not {value!r}."
             )
     return types
+
+
+def _versions(value: Iterable[int] | None, where: str) -> tuple[int, ...]:
+    """``value`` as sorted, distinct versions (whole numbers from 1); ``None``: every one."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, int) else list(value)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise ConfigurationError(
+                f"{where}: a version is a whole number from 1, not {item!r}."
+            )
+    if not items:
+        raise ConfigurationError(f"{where}: versions=[] accepts nothing; omit it to accept every version.")
+    return tuple(sorted(set(items)))
 
 
 def _check_policy(pattern: str, policy: RetryPolicy) -> None:

@@ -65,6 +65,10 @@ class Reason:
     #: service does not have (or it has no ``encryption_keys``), or its ciphertext was changed
     #: or moved from another event or field. Replay it once the key is there.
     UNDECRYPTABLE = "undecryptable"
+    #: The event's data broke the schema it was received under (the declaration its
+    #: ``dataschema`` names, or the handler's own model), or its version is not one the
+    #: handler accepts.
+    SCHEMA_MISMATCH = "schema_mismatch"
 
 
 #: The format of the dead-letter records this version writes (the ``format`` field). Records

@@ -67,6 +67,29 @@ class EventTooLarge(InvalidEventData):
     """The encoded event is larger than the ``max_event_size`` setting."""
 
 
+class SchemaError(InvalidEventData):
+    """Event data breaks the schema its name was declared with (``bus.declare(name,
+    schema=...)``); raised in the publisher, before anything is sent.
+
+    :attr:`path` names where in the data (``"items[0].price"``; ``""`` for the data itself) and
+    :attr:`rule` the schema keyword it breaks (``"type"``, ``"required"``, ``"maximum"``...).
+    """
+
+    def __init__(self, message: str, *, path: str = "", rule: str = "") -> None:
+        super().__init__(message)
+        #: Where in the data the first error is, as a dotted path with ``[n]`` for list items.
+        self.path = path
+        #: The JSON Schema keyword (or pydantic error type) that the data breaks.
+        self.rule = rule
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_schema_error, (str(self), self.path, self.rule))
+
+
+def _schema_error(message: str, path: str, rule: str) -> SchemaError:
+    return SchemaError(message, path=path, rule=rule)
+
+
 class InvalidEnvelope(CeleryEventsError, ValueError):
     """An envelope is not a valid CloudEvents 1.0 event of ours.
 
@@ -122,6 +145,23 @@ class PublishNotAllowed(PublishRefused):
 class ForeignSourceRefused(PublishRefused):
     """The event's ``source`` is another service, and this service signs events: it signs
     only as itself, so it sends no event in another's name; nothing was sent."""
+
+
+class EventNotDeclared(PublishRefused):
+    """This service publishes a name (or a version of it) it did not declare, and it refuses
+    undeclared events (the ``require_declarations`` setting) or the version asked for is not
+    one it declared; nothing was sent."""
+
+
+class IncompatibleSchema(ConfigurationError):
+    """A declaration breaks the schemas already registered for its name and version under the
+    name's compatibility mode; raised by ``bus.register()``, ``celery eventbus register`` and at
+    worker start (which then does not start). :attr:`changes` lists what breaks."""
+
+    def __init__(self, message: str, changes: Any = ()) -> None:
+        super().__init__(message)
+        #: The breaking changes (:class:`~celery_events.contracts.Change`), in order.
+        self.changes = tuple(changes)
 
 
 class SubscriptionNotAllowed(ConfigurationError):

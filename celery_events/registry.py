@@ -33,25 +33,34 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _plainjson
 from .backends.base import RegistryStore, StoreError
+from .declarations import COMPATIBILITY_MODES, dataschema_uri
 from .errors import (
     ConfigurationError,
+    InvalidEventName,
     InvalidPattern,
     InvalidSignature,
     RegistryError,
     describe,
     shown,
 )
-from .names import Matcher, validate_pattern
+from .names import Matcher, validate_name, validate_pattern
 
 if TYPE_CHECKING:
     from .trust.keys import Keyring
 
-__all__ = ["Subscription", "Registry", "IgnoredRecord", "queue_arguments", "record_signing_input"]
+__all__ = [
+    "Subscription",
+    "RegisteredDeclaration",
+    "Registry",
+    "IgnoredRecord",
+    "queue_arguments",
+    "record_signing_input",
+]
 
 #: Put before the canonical record, so that a record's signature can never be taken for the
 #: signature of anything else a service signs (an event's envelope).
@@ -79,11 +88,22 @@ class Subscription:
     #: that a publisher declaring a missing queue declares it identically; empty where the
     #: backend has none. Readers from before this field ignore it in the record.
     queue_arguments: tuple[tuple[str, str | int | bool], ...] = ()
+    #: The versions of the matching events the handler accepts (``@bus.subscribe(...,
+    #: versions=[...])``), sorted; empty: every version. An event without a version (its
+    #: name undeclared) goes to every matching subscription.
+    versions: tuple[int, ...] = ()
+    #: The JSON Schema the handler itself accepts (its pydantic parameter, or ``schema=``),
+    #: or ``None``.
+    accepts: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def arguments(self) -> dict[str, str | int | bool]:
         """:attr:`queue_arguments` as a dict."""
         return dict(self.queue_arguments)
+
+    def accepts_version(self, version: int | None) -> bool:
+        """Whether this subscription gets an event of ``version`` (``None``: unversioned)."""
+        return version is None or not self.versions or version in self.versions
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -91,6 +111,54 @@ class Subscription:
         }
         if self.queue_arguments:
             entry["arguments"] = dict(self.queue_arguments)
+        if self.versions:
+            entry["versions"] = list(self.versions)
+        if self.accepts is not None:
+            entry["schema"] = self.accepts
+        return entry
+
+
+@dataclass(frozen=True)
+class RegisteredDeclaration:
+    """One event name and version a service declared, as its registry record holds it."""
+
+    #: The declaring (publishing) service.
+    service: str
+    name: str
+    #: Its version, or ``None`` for a declaration without a schema.
+    version: int | None
+    #: Its current JSON Schema document, or ``None``.
+    schema: dict[str, Any] | None = field(default=None, compare=False)
+    #: Its compatibility mode (one of ``celery_events.declarations.COMPATIBILITY_MODES``).
+    compatibility: str = "BACKWARD"
+    #: The ``dataschema`` URI its events carry.
+    dataschema: str | None = None
+    #: The schemas this service registered for this name and version before the current one,
+    #: oldest first (what the transitive compatibility modes check against).
+    history: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    sensitive: tuple[str, ...] = ()
+    #: When the service recorded it (Unix time).
+    registered_at: float = 0.0
+
+    @property
+    def schemas(self) -> tuple[dict[str, Any], ...]:
+        """Every schema registered for this name and version by this service, oldest first,
+        the current one last."""
+        return self.history if self.schema is None else (*self.history, self.schema)
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name}
+        if self.version is not None:
+            entry["version"] = self.version
+        if self.schema is not None:
+            entry["schema"] = self.schema
+            entry["compatibility"] = self.compatibility
+        if self.dataschema is not None:
+            entry["dataschema"] = self.dataschema
+        if self.history:
+            entry["history"] = list(self.history)
+        if self.sensitive:
+            entry["sensitive"] = list(self.sensitive)
         return entry
 
 
@@ -99,12 +167,20 @@ def queue_arguments(arguments: dict[str, Any] | None) -> tuple[tuple[str, Any], 
     return tuple(sorted((arguments or {}).items()))
 
 
-def record_signing_input(service: str, registered_at: float, entries: list[Any]) -> bytes:
+def record_signing_input(
+    service: str, registered_at: float, entries: list[Any], declarations: list[Any] | None = None
+) -> bytes:
     """The bytes a registry record's signature covers: the service it is the record of, its
-    ``registered_at`` and its subscriptions (every member of every entry), as canonical JSON
-    (sorted keys, compact, UTF-8) after :data:`RECORD_SIGNING_CONTEXT`."""
+    ``registered_at``, its subscriptions and its declarations (every member of every entry;
+    a record without declarations signs none), as canonical JSON (sorted keys, compact, UTF-8)
+    after :data:`RECORD_SIGNING_CONTEXT`."""
+    signed: dict[str, Any] = {
+        "service": service, "registered_at": registered_at, "subscriptions": entries
+    }
+    if declarations is not None:
+        signed["declarations"] = declarations
     canonical = json.dumps(
-        {"service": service, "registered_at": registered_at, "subscriptions": entries},
+        signed,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -133,6 +209,16 @@ class _Valid:
 
     registered_at: float
     subscriptions: tuple[Subscription, ...]
+    declarations: tuple[RegisteredDeclaration, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Records:
+    """What one read of the store found usable."""
+
+    version: bytes | None
+    subscriptions: tuple[Subscription, ...]
+    declarations: tuple[RegisteredDeclaration, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +226,8 @@ class _View:
     version: bytes | None
     subscriptions: tuple[Subscription, ...]
     matcher: Matcher[Subscription]
+    #: Every registered declaration, by event name.
+    declared: dict[str, tuple[RegisteredDeclaration, ...]]
 
 
 class Registry:
@@ -190,21 +278,40 @@ class Registry:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def register(self, service: str, subscriptions: Iterable[Subscription]) -> None:
-        """Replace ``service``'s subscriptions with ``subscriptions``, atomically; signed when
-        the keyring has a signing key (which must be ``service``'s)."""
+    def register(
+        self,
+        service: str,
+        subscriptions: Iterable[Subscription],
+        declarations: Iterable[RegisteredDeclaration] = (),
+    ) -> None:
+        """Replace ``service``'s subscriptions and declarations with these, atomically; signed
+        when the keyring has a signing key (which must be ``service``'s)."""
         entries = [s.to_json() for s in subscriptions]
-        self._write(service, entries)
+        declared = [d.to_json() for d in declarations]
+        self._write(service, entries, declared)
         log.info(
-            "celery-events: recorded %d subscription(s) of service %r",
+            "celery-events: recorded %d subscription(s) and %d declaration(s) of service %r",
             len(entries),
+            len(declared),
             service,
         )
 
-    def encode(self, service: str, entries: list[dict[str, Any]], registered_at: float) -> str:
+    def encode(
+        self,
+        service: str,
+        entries: list[dict[str, Any]],
+        registered_at: float,
+        declarations: list[dict[str, Any]] | None = None,
+    ) -> str:
         """The record text of ``service`` with subscription ``entries`` (as
-        :meth:`Subscription.to_json` gives them), signed when the keyring can sign."""
+        :meth:`Subscription.to_json` gives them) and ``declarations`` (as
+        :meth:`RegisteredDeclaration.to_json` gives them; none: the record has no
+        ``declarations`` member), signed when the keyring can sign."""
         record: dict[str, Any] = {"registered_at": registered_at, "subscriptions": entries}
+        if declarations:
+            record["declarations"] = declarations
+        else:
+            declarations = None
         signing = None if self.keyring is None else self.keyring.signing_key
         if signing is not None:
             if signing.service != service:
@@ -214,14 +321,19 @@ class Registry:
                     f" {service!r} from its own configuration."
                 )
             key_id, signature = self.keyring.sign(  # type: ignore[union-attr]
-                record_signing_input(service, registered_at, entries)
+                record_signing_input(service, registered_at, entries, declarations)
             )
             record["keyid"] = key_id
             record["signature"] = signature
         return json.dumps(record)
 
-    def _write(self, service: str, entries: list[dict[str, Any]]) -> None:
-        text = self.encode(service, entries, time.time())
+    def _write(
+        self,
+        service: str,
+        entries: list[dict[str, Any]],
+        declarations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        text = self.encode(service, entries, time.time(), declarations)
         try:
             self.store.write(service, text)
         except StoreError as exc:
@@ -251,7 +363,18 @@ class Registry:
     def subscriptions(self) -> list[Subscription]:
         """Read every subscription of every service straight from the store (no cache)."""
         with self._lock:
-            return list(self._load()[1])
+            return list(self._load().subscriptions)
+
+    def declarations(self) -> list[RegisteredDeclaration]:
+        """Read every declaration of every service straight from the store (no cache), sorted
+        by name, version and service."""
+        with self._lock:
+            return list(self._load().declarations)
+
+    def declared(self, name: str) -> tuple[RegisteredDeclaration, ...]:
+        """The registered declarations of event ``name`` (every version, every service), from
+        a view at most ``registry_max_staleness`` seconds old."""
+        return self._fresh_view().declared.get(name, ())
 
     def ignored(self) -> list[IgnoredRecord]:
         """The records the last read of the store ignored (see the module's docstring)."""
@@ -260,11 +383,14 @@ class Registry:
     def match(self, name: str) -> list[Subscription]:
         """Return the subscriptions matching event ``name`` from a view at most
         ``registry_max_staleness`` seconds old."""
+        return self._fresh_view().matcher.match(name)
+
+    def _fresh_view(self) -> _View:
         self._ensure_watcher()
         view = self._view
         if view is None or time.monotonic() - self._checked_at > self._max_staleness:
             view = self.refresh()
-        return view.matcher.match(name)
+        return view
 
     def refresh(self) -> _View:
         """Check the registry's version now and reload the view if it changed."""
@@ -274,8 +400,16 @@ class Registry:
                 version = self.store.version()
                 view = self._view
                 if view is None or version != view.version:
-                    version, subscriptions = self._load()
-                    view = _View(version, subscriptions, Matcher((s.pattern, s) for s in subscriptions))
+                    found = self._load()
+                    declared: dict[str, list[RegisteredDeclaration]] = {}
+                    for declaration in found.declarations:
+                        declared.setdefault(declaration.name, []).append(declaration)
+                    view = _View(
+                        found.version,
+                        found.subscriptions,
+                        Matcher((s.pattern, s) for s in found.subscriptions),
+                        {name: tuple(items) for name, items in declared.items()},
+                    )
                     self._view = view
             except StoreError as exc:
                 fix = exc.fix or "Check that Redis is reachable at the registry URL."
@@ -285,7 +419,7 @@ class Registry:
             self._checked_at = checked
             return view
 
-    def _load(self) -> tuple[bytes | None, tuple[Subscription, ...]]:
+    def _load(self) -> _Records:
         # The services whose records must be read even if the store's index lost them: every
         # service with a trusted key, and every one seen valid here.
         known = set(self._valid)
@@ -295,13 +429,19 @@ class Registry:
             version, records = self.store.load(sorted(known))
         except StoreError as exc:
             raise RegistryError(f"Could not read the subscription registry: {describe(exc)}.") from exc
-        return version, tuple(self._decode(records))
+        subscriptions, declarations = self._decode(records)
+        declarations.sort(key=lambda d: (d.name, d.version or 0, d.service))
+        return _Records(version, tuple(subscriptions), tuple(declarations))
 
-    def _decode(self, records: dict[bytes, bytes]) -> Iterable[Subscription]:
-        """Every subscription of every usable record; a bad record skips its service only."""
+    def _decode(
+        self, records: dict[bytes, bytes]
+    ) -> tuple[list[Subscription], list[RegisteredDeclaration]]:
+        """Every subscription and declaration of every usable record; a bad record skips its
+        service only."""
         bad: dict[str, bytes] = {}
         ignored: list[IgnoredRecord] = []
         found: list[Subscription] = []
+        declared: list[RegisteredDeclaration] = []
         texts = {k.decode("utf-8", "backslashreplace"): v for k, v in records.items()}
         # A service seen valid whose record is gone: with signatures required, a deletion
         # is as unproven as an overwrite (a signed unregister writes an empty record).
@@ -311,7 +451,7 @@ class Registry:
             try:
                 if raw is None:
                     raise _BadRecord("it was deleted without a signed record replacing it.")
-                subscriptions, registered_at = self._check(service, raw)
+                subscriptions, declarations = self._check(service, raw)
             except _BadRecord as exc:
                 # One service's bad record must not stop every publisher.
                 bad[service] = raw or b""
@@ -327,6 +467,7 @@ class Registry:
                         f" {_iso(valid.registered_at)}) is used instead."
                     )
                     found.extend(valid.subscriptions)
+                    declared.extend(valid.declarations)
                 ignored.append(
                     IgnoredRecord(
                         service,
@@ -344,16 +485,20 @@ class Registry:
                     )
                 continue
             found.extend(subscriptions)
+            declared.extend(declarations)
         self._reported = bad
         self._ignored = tuple(ignored)
-        return found
+        return found, declared
 
-    def _check(self, service: str, raw: bytes) -> tuple[tuple[Subscription, ...], float]:
-        """The subscriptions of a usable record, or :class:`_BadRecord` saying why not."""
-        record, subscriptions = _parse_record(service, raw)
+    def _check(
+        self, service: str, raw: bytes
+    ) -> tuple[tuple[Subscription, ...], tuple[RegisteredDeclaration, ...]]:
+        """The subscriptions and declarations of a usable record, or :class:`_BadRecord`
+        saying why not."""
+        record, subscriptions, declarations = _parse_record(service, raw)
         registered_at = float(record["registered_at"])
         if not self.require_signatures or self.keyring is None:
-            return tuple(subscriptions), registered_at
+            return tuple(subscriptions), tuple(declarations)
         if not record.get("signature"):
             raise _BadRecord(
                 "it is not signed, and this service believes only signed records (it has"
@@ -364,7 +509,12 @@ class Registry:
             self.keyring.verify(
                 service,
                 record.get("keyid"),
-                record_signing_input(service, record["registered_at"], record["subscriptions"]),
+                record_signing_input(
+                    service,
+                    record["registered_at"],
+                    record["subscriptions"],
+                    record["declarations"] if "declarations" in record else None,
+                ),
                 record.get("signature"),
             )
         except InvalidSignature as exc:
@@ -376,8 +526,8 @@ class Registry:
                 f"it was registered at {_iso(registered_at)}, before the record of"
                 f" {_iso(valid.registered_at)} already seen: an older record written back."
             )
-        self._valid[service] = _Valid(registered_at, tuple(subscriptions))
-        return tuple(subscriptions), registered_at
+        self._valid[service] = _Valid(registered_at, tuple(subscriptions), tuple(declarations))
+        return tuple(subscriptions), tuple(declarations)
 
     # -- the watcher -----------------------------------------------------------------------
 
@@ -467,9 +617,11 @@ def _decode_record(service: str, raw: bytes) -> list[Subscription]:
     return _parse_record(service, raw)[1]
 
 
-def _parse_record(service: str, raw: bytes) -> tuple[dict[str, Any], list[Subscription]]:
-    """One service's record and its subscriptions; raise :class:`_BadRecord` naming the
-    problem."""
+def _parse_record(
+    service: str, raw: bytes
+) -> tuple[dict[str, Any], list[Subscription], list[RegisteredDeclaration]]:
+    """One service's record, its subscriptions and its declarations; raise
+    :class:`_BadRecord` naming the problem."""
     try:
         record = _plainjson.loads(raw)
     except ValueError as exc:  # also bytes that are not UTF-8
@@ -510,6 +662,15 @@ def _parse_record(service: str, raw: bytes) -> tuple[dict[str, Any], list[Subscr
                 f"subscription {number} has arguments {shown(arguments, 80)}, not an object of"
                 " strings, numbers and booleans."
             )
+        versions = entry.get("versions", [])
+        if not isinstance(versions, list) or not all(_is_version(v) for v in versions):
+            raise _BadRecord(
+                f"subscription {number} has versions {shown(versions, 80)}, not a list of whole"
+                " numbers from 1."
+            )
+        accepts = entry.get("schema")
+        if accepts is not None and not isinstance(accepts, dict):
+            raise _BadRecord(f"subscription {number} has schema {shown(accepts, 80)}, not an object.")
         found.append(
             Subscription(
                 pattern=pattern,
@@ -518,8 +679,70 @@ def _parse_record(service: str, raw: bytes) -> tuple[dict[str, Any], list[Subscr
                 queue=fields["queue"],
                 registered_at=float(registered_at),
                 queue_arguments=queue_arguments(arguments),
+                versions=tuple(sorted(set(versions))),
+                accepts=accepts,
             )
         )
-    return record, found
+    return record, found, _parse_declarations(service, record, float(registered_at))
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _parse_declarations(
+    service: str, record: dict[str, Any], registered_at: float
+) -> list[RegisteredDeclaration]:
+    entries = record.get("declarations", [])
+    if not isinstance(entries, list):
+        raise _BadRecord(f"its declarations are {shown(entries, 80)}, not a list.")
+    found = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _BadRecord(f"declaration {number} is {shown(entry, 80)}, not an object.")
+        try:
+            name = validate_name(entry.get("name"))
+        except InvalidEventName as exc:
+            raise _BadRecord(f"declaration {number}: {exc}") from None
+        version = entry.get("version")
+        if version is not None and not _is_version(version):
+            raise _BadRecord(
+                f"declaration {number} ({name}) has version {shown(version, 40)}, not a whole"
+                " number from 1."
+            )
+        schema = entry.get("schema")
+        history = entry.get("history", [])
+        if schema is not None and not isinstance(schema, dict):
+            raise _BadRecord(f"declaration {number} ({name}) has a schema that is not an object.")
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise _BadRecord(f"declaration {number} ({name}) has a history that is not a list of schemas.")
+        compatibility = entry.get("compatibility", "BACKWARD")
+        if compatibility not in COMPATIBILITY_MODES:
+            raise _BadRecord(
+                f"declaration {number} ({name}) has compatibility {shown(compatibility, 40)}, not"
+                f" one of {', '.join(COMPATIBILITY_MODES)}."
+            )
+        dataschema = entry.get("dataschema")
+        if dataschema is None and version is not None:
+            dataschema = dataschema_uri(name, version)
+        if dataschema is not None and not isinstance(dataschema, str):
+            raise _BadRecord(f"declaration {number} ({name}) has a dataschema that is not a string.")
+        sensitive = entry.get("sensitive", [])
+        if not isinstance(sensitive, list) or not all(isinstance(p, str) for p in sensitive):
+            raise _BadRecord(f"declaration {number} ({name}) has sensitive paths that are not strings.")
+        found.append(
+            RegisteredDeclaration(
+                service=service,
+                name=name,
+                version=version,
+                schema=schema,
+                compatibility=compatibility,
+                dataschema=dataschema,
+                history=tuple(history),
+                sensitive=tuple(sensitive),
+                registered_at=registered_at,
+            )
+        )
+    return found
 
 

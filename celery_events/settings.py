@@ -237,6 +237,11 @@ class Settings:
     #: The id of the key in ``encryption_keys`` that encrypts; ``None``: the greatest id (with
     #: ids made by ``celery eventbus keys generate --aes``, the newest). Every key decrypts.
     encryption_key_id: str | None = None
+    # -- contracts (see celery_events/contracts and the README's "Event contracts") ---------
+    #: Refuse to publish names this service did not declare (``bus.declare``) with
+    #: :class:`~celery_events.EventNotDeclared`; by default an undeclared name is published
+    #: without a schema.
+    require_declarations: bool = False
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -391,7 +396,8 @@ class Settings:
                 " port 15672."
             )
         for name in (
-            "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events"
+            "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events",
+            "require_declarations",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
