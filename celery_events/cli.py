@@ -38,7 +38,7 @@ from ._table import render_table
 from .backends import first_broker_url, without_password
 from .backends.base import StoreError
 from .bus import EventBus, bus_for
-from .catalog import Catalog
+from .catalog import Catalog, version_list
 from .contrib.flower import flower as _hardened_flower
 from .deadletters import DeadLetter, DeadLetterNotFound, Reason
 from .errors import (
@@ -355,7 +355,10 @@ def catalog(ctx: click.Context, fmt: str | None, as_json: bool) -> None:
         click.echo(found.to_dot(), nl=False)
     elif found.entries:
         click.echo(
-            render_table(["event", "published by", "handler", "pattern"], _catalog_rows(found))
+            render_table(
+                ["event", "published by", "versions", "handler", "pattern", "accepts"],
+                _catalog_rows(found),
+            )
         )
     else:
         click.echo("The catalog is empty: nothing was published or subscribed yet.", err=True)
@@ -363,16 +366,23 @@ def catalog(ctx: click.Context, fmt: str | None, as_json: bool) -> None:
         ctx.exit(ExitCode.NOT_FOUND)
 
 
-def _catalog_rows(found: Catalog) -> list[tuple[str, str, str, str]]:
-    # One row per handler; an event's name and publishers only on its first row.
+def _catalog_rows(found: Catalog) -> list[tuple[str, str, str, str, str, str]]:
+    # One row per handler; an event's name, publishers and their declared versions only on
+    # its first row.
     rows = []
     for entry in found.entries:
         name, publishers = entry.name, ", ".join(entry.publishers) or "(not published yet)"
+        versions = "; ".join(
+            f"{p} {version_list(entry.versions_of(p))}"
+            for p in entry.publishers
+            if entry.versions_of(p)
+        )
         if not entry.subscriptions:
-            rows.append((name, publishers, "(no subscriber)", ""))
+            rows.append((name, publishers, versions, "(no subscriber)", "", ""))
         for sub in entry.subscriptions:
-            rows.append((name, publishers, sub.handler, sub.pattern))
-            name = publishers = ""
+            accepts = version_list(sub.versions) if sub.versions else "any"
+            rows.append((name, publishers, versions, sub.handler, sub.pattern, accepts))
+            name = publishers = versions = ""
     return rows
 
 
