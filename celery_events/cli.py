@@ -754,3 +754,8 @@ eventbus.add_command(_hardened_flower)
 from .cli_keys import keys as _keys  # noqa: E402
 
 eventbus.add_command(_keys)
+
+# `celery eventbus spec` (celery_events/cli_spec.py): the fleet as an AsyncAPI document.
+from .cli_spec import spec as _spec  # noqa: E402
+
+eventbus.add_command(_spec)

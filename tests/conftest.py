@@ -19,6 +19,9 @@ from .harness import (
 )
 from .rabbitmq_cluster import RabbitMQCluster, cluster
 
+# The official AsyncAPI 3.0.0 JSON Schema (installed with npm into .test-cache/ once).
+from .asyncapi_schema import asyncapi_schema  # noqa: F401
+
 # The Sentinel topology's fixtures (sentinel_topology, sentinel_url), for every test.
 from .sentinel_harness import sentinel_topology, sentinel_url  # noqa: F401
 
