@@ -29,6 +29,8 @@ SPECS_VERSION = "6.11.1"
 CACHE = ROOT / ".test-cache" / "npm"
 PACKAGE = Path("node_modules") / "@asyncapi" / "specs"
 SCHEMA = PACKAGE / "schemas" / "3.0.0.json"
+# In a schema, what these keywords hold is data: a "$ref" there is no reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
 
 
 def _installed_version(prefix: Path) -> str | None:
@@ -101,8 +103,9 @@ def _dangling_refs(node: Any, document: dict[str, Any]) -> list[str]:
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#") and not _resolves(ref, document):
             found.append(ref)
-        for value in node.values():
-            found.extend(_dangling_refs(value, document))
+        for key, value in node.items():
+            if key not in _DATA_KEYWORDS:
+                found.extend(_dangling_refs(value, document))
     elif isinstance(node, list):
         for item in node:
             found.extend(_dangling_refs(item, document))
