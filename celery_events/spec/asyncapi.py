@@ -74,8 +74,8 @@ _ANY_DATA: dict[str, Any] = {"type": "object"}
 class Broker:
     """The broker a fleet runs on, as the document's server describes it.
 
-    >>> Broker("amqp", "amqp://guest:secret@rabbit:5672//", exchange="celery_events")
-    ... # doctest: +SKIP
+    >>> Broker("amqp", "amqp://guest:secret@rabbit:5672//", exchange="celery_events").backend
+    'amqp'
     """
 
     #: The backend's name (``bus.backend.name``): ``redis``, ``sentinel``, ``amqp``...
@@ -356,6 +356,11 @@ class _Builder:
         }
         if subscription.versions:
             operation["x-versions"] = list(subscription.versions)
+        if subscription.accepts is not None:
+            # The schema the handler itself reads the data with (its pydantic parameter).
+            accepts = f"{subscription.handler}.accepts"
+            self.schemas.setdefault(accepts, _component_schema(subscription.accepts, accepts))
+            operation["x-accepts"] = {"$ref": f"#/components/schemas/{accepts}"}
         if self.broker.exchange is not None:
             operation["bindings"] = {"amqp": self._queue_binding(subscription)}
         self.operations[f"{subscription.handler}.receive.{key}"] = operation

@@ -168,3 +168,33 @@ def test_spec_on_rabbitmq_has_the_exchange_and_each_handler_queue(
     assert queue["name"] == "events.orders.file_invoice"
     assert queue["bindingKey"] == "invoice.#"
     assert queue["arguments"]["x-queue-type"] == "quorum"
+
+
+def test_catalog_shows_the_declared_versions_and_what_each_handler_accepts(
+    fleet: list[EventBus],
+) -> None:
+    # Given the two services registered with their declarations, nothing published yet
+    # When an operator asks for the catalog
+    table = eventbus("catalog")
+    as_json = json.loads(eventbus("catalog", "--json").stdout)
+
+    # Then the declaring services are publishers, with their versions and schema fingerprints
+    assert table.returncode == 0, table.stderr
+    events = {e["name"]: e for e in as_json["events"]}
+    registered = events["user.registered"]
+    assert registered["publishers"] == ["users"]
+    assert [(d["service"], d["version"]) for d in registered["declarations"]] == [
+        ("users", 1), ("users", 2),
+    ]
+    assert all(len(d["fingerprint"]) == 16 for d in registered["declarations"])
+    assert registered["subscribers"][0]["versions"] == [2]
+    # and the table says so in its versions and accepts columns
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["EVENT", "PUBLISHED", "BY", "VERSIONS", "HANDLER", "PATTERN", "ACCEPTS"]
+    row = next(line for line in lines if line.startswith("user.registered"))
+    assert row.split() == [
+        "user.registered", "users", "users", "v1,", "v2", "orders.welcome_order",
+        "user.registered", "v2",
+    ]
+    invoice = next(line for line in lines if line.startswith("invoice.#"))
+    assert invoice.split()[-1] == "any"

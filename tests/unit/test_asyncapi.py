@@ -3,6 +3,7 @@ and saying who publishes and receives which version of which event."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -28,6 +29,11 @@ class UserRegisteredV2(BaseModel):
     email: str
     address: Address
     previous: list[Address] = []
+
+
+class Contact(BaseModel):
+    user_id: int
+    address: Address | None = None
 
 
 V1 = {
@@ -89,6 +95,10 @@ def subscriptions(queue_arguments: tuple[tuple[str, Any], ...] = ()) -> list[Sub
         sub("refund.requested", "billing.refund"),
         sub("invoice.*.failed", "billing.dunning"),
         sub("user.registered", "legacy.import_user", versions=(1,)),
+        Subscription(
+            "user.registered", "crm", "crm.sync_contact", "events.crm",
+            queue_arguments=queue_arguments, accepts=schema_from(Contact, "test").document,
+        ),
     ]
 
 
@@ -281,6 +291,15 @@ def test_a_receive_operation_per_handler_and_channel_with_only_the_versions_it_a
     assert "mailer.order_mail.receive.order.created" in operations
     assert "billing.dunning.receive.invoice._word_.failed" in operations
     assert "mailer.order_mail.receive.order._words_" not in operations
+
+
+def test_a_handler_that_reads_the_data_with_its_own_model_shows_that_schema() -> None:
+    document = fleet()
+    sync = document["operations"]["crm.sync_contact.receive.user.registered"]
+    assert sync["x-accepts"] == {"$ref": "#/components/schemas/crm.sync_contact.accepts"}
+    contact = document["components"]["schemas"]["crm.sync_contact.accepts"]
+    assert contact["properties"]["user_id"] == {"title": "User Id", "type": "integer"}
+    assert "#/components/schemas/crm.sync_contact.accepts/$defs/Address" in json.dumps(contact)
 
 
 def test_on_redis_the_server_hides_the_password_and_has_no_amqp_bindings() -> None:
