@@ -21,7 +21,6 @@ Declared schemas live in ``components/schemas``; their local references (pydanti
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -155,8 +154,7 @@ def to_json(document: dict[str, Any]) -> str:
 def to_yaml(document: dict[str, Any]) -> str:
     """The document as YAML text; raises :class:`ConfigurationError` without PyYAML."""
     try:
-        # Imported by name: PyYAML ships no type information, and only this needs it.
-        yaml = importlib.import_module("yaml")
+        import yaml
     except ImportError:
         raise ConfigurationError(
             "YAML output needs PyYAML: pip install 'celery-events[contracts]', or ask for"
