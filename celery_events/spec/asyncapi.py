@@ -131,7 +131,7 @@ def asyncapi_document(
             "description": (
                 "Every event of the services that share this registry: who publishes which"
                 " name and version, and which handler receives it. Each message is a"
-                " CloudEvents 1.0 envelope (JSON), carried as the argument of a Celery task"
+                " CloudEvents 1.0 envelope (JSON), carried as the first argument of a Celery task"
                 " message, one per subscribing handler."
             ),
         },
@@ -241,10 +241,10 @@ class _Builder:
             if declaration.version is not None:
                 by_version.setdefault(declaration.version, []).append(declaration)
         for number, declared in sorted(by_version.items()):
-            prints = {_fingerprint(d.schema) for d in declared}
-            # Services that declared one version with different schemas get one message
-            # each (told apart by their source); otherwise the version is one message.
-            groups = [declared] if len(prints) == 1 else [[d] for d in declared]
+            kinds = {(_fingerprint(d.schema), d.dataschema) for d in declared}
+            # Services that declared one version with different schemas (or dataschema URIs)
+            # get one message each, told apart by their source; else the version is one.
+            groups = [declared] if len(kinds) == 1 else [[d] for d in declared]
             for group in groups:
                 suffix = "" if len(groups) == 1 else f".{group[0].service}"
                 key = f"{channel_key(entry.name)}.v{number}{suffix}"
