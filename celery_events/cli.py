@@ -336,7 +336,8 @@ def register(ctx: click.Context, as_json: bool) -> None:
 @_json_option
 @click.pass_context
 def catalog(ctx: click.Context, fmt: str | None, as_json: bool) -> None:
-    """List every event name published or subscribed, with its publishers and subscribers.
+    """List every event name declared, published or subscribed, with its publishers (and the
+    versions each declared) and its subscribers (and the versions each accepts).
 
     ``--json`` is ``--format json``, like every other command's ``--json``; giving it with
     another ``--format`` is an error.
@@ -361,7 +362,9 @@ def catalog(ctx: click.Context, fmt: str | None, as_json: bool) -> None:
             )
         )
     else:
-        click.echo("The catalog is empty: nothing was published or subscribed yet.", err=True)
+        click.echo(
+            "The catalog is empty: nothing was declared, published or subscribed yet.", err=True
+        )
     if not found.entries:
         ctx.exit(ExitCode.NOT_FOUND)
 
