@@ -83,7 +83,8 @@ class CatalogEntry:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every event name published or subscribed across the services sharing a registry.
+    """Every event name declared, published or subscribed across the services sharing a
+    registry.
 
     >>> catalog = Catalog.load(bus.registry)                           # doctest: +SKIP
     >>> [(e.name, e.publishers, e.subscribers) for e in catalog.entries]  # doctest: +SKIP
@@ -91,7 +92,8 @@ class Catalog:
     >>> print(catalog.to_mermaid())                                    # doctest: +SKIP
     """
 
-    #: Published names first, sorted; then subscribed patterns nobody published, sorted.
+    #: Published or declared names first, sorted; then subscribed patterns that match none of
+    #: them, sorted.
     entries: tuple[CatalogEntry, ...]
 
     @classmethod
