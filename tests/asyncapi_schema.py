@@ -94,6 +94,15 @@ def asyncapi_errors(document: dict[str, Any], schema: dict[str, Any]) -> list[st
         for error in validator.iter_errors(document)
     ]
     errors.extend(f"{ref}: points nowhere" for ref in _dangling_refs(document, document))
+    # An operation's messages must be messages of its own channel (the JSON Schema cannot
+    # say so).
+    for key, operation in document.get("operations", {}).items():
+        channel = operation["channel"]["$ref"]
+        errors.extend(
+            f"operations/{key}: {m['$ref']} is not a message of {channel}"
+            for m in operation.get("messages", [])
+            if not m["$ref"].startswith(f"{channel}/messages/")
+        )
     return errors
 
 

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from celery_events import Event, Subscription
@@ -398,3 +400,60 @@ def test_yaml_without_pyyaml_is_a_configuration_error(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "yaml", None)
     with pytest.raises(ConfigurationError, match=r"PyYAML: pip install 'celery-events\[contracts\]'"):
         to_yaml(fleet())
+
+
+WORD = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,4}", fullmatch=True)
+SERVICE = st.from_regex(r"[a-z][a-z0-9_-]{0,4}", fullmatch=True)
+NAMES = st.lists(WORD, min_size=1, max_size=3).map(".".join)
+PATTERNS = st.lists(st.one_of(WORD, st.sampled_from(["*", "#"])), min_size=1, max_size=3).map(
+    ".".join
+)
+SCHEMAS = st.sampled_from([None, V1, V2, ORDER, {}])
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> tuple[list[RegisteredDeclaration], list[Subscription]]:
+    declarations = {
+        (service, name, version): declared(service, name, version, draw(SCHEMAS))
+        for service, name, version in draw(
+            st.lists(st.tuples(SERVICE, NAMES, st.integers(1, 3)), max_size=6)
+        )
+    }
+    subscriptions = {
+        (service, handler): Subscription(
+            pattern, service, f"{service}.{handler}", f"events.{service}",
+            versions=tuple(sorted(draw(st.sets(st.integers(1, 3), max_size=2)))),
+        )
+        for service, handler, pattern in draw(
+            st.lists(st.tuples(SERVICE, WORD, PATTERNS), max_size=6)
+        )
+    }
+    return list(declarations.values()), list(subscriptions.values())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fleet=fleets(),
+    published=st.lists(st.tuples(SERVICE, NAMES), max_size=3),
+    broker=st.sampled_from([REDIS, AMQP]),
+)
+def test_any_fleet_gives_a_valid_document(
+    fleet: tuple[list[RegisteredDeclaration], list[Subscription]],
+    published: list[tuple[str, str]],
+    broker: Broker,
+    asyncapi_schema: dict[str, Any],
+) -> None:
+    declarations, subscriptions = fleet
+    document = asyncapi_document(declarations, subscriptions, backend=broker, published=published)
+    assert asyncapi_errors(document, asyncapi_schema) == []
+    # every handler is on at least one channel, every publisher sends on its names
+    receivers = {op["x-handler"] for op in document["operations"].values() if "x-handler" in op}
+    assert receivers == {s.handler for s in subscriptions}
+    senders = {
+        (op["x-service"], op["channel"]["$ref"].rsplit("/", 1)[1])
+        for op in document["operations"].values() if op["action"] == "send"
+    }
+    assert senders == {
+        (service, channel_key(name))
+        for service, name in [*published, *((d.service, d.name) for d in declarations)]
+    }
