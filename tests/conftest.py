@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+# The official AsyncAPI 3.0.0 JSON Schema (installed with npm into .test-cache/ once).
+from .asyncapi_schema import asyncapi_schema  # noqa: F401
 from .harness import (
     RabbitMQServer,
     RedisServer,
@@ -18,9 +20,6 @@ from .harness import (
     stop_workers,
 )
 from .rabbitmq_cluster import RabbitMQCluster, cluster
-
-# The official AsyncAPI 3.0.0 JSON Schema (installed with npm into .test-cache/ once).
-from .asyncapi_schema import asyncapi_schema  # noqa: F401
 
 # The Sentinel topology's fixtures (sentinel_topology, sentinel_url), for every test.
 from .sentinel_harness import sentinel_topology, sentinel_url  # noqa: F401
