@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 from celery.bin.base import CeleryCommand
 
+from ._cli_base import ExitCode, _bus, _translated_errors
 from .backends import broker_url_of
 from .bus import EventBus
 from .spec.asyncapi import ASYNCAPI_VERSION, DEFAULT_TITLE, Broker, asyncapi_document
@@ -60,9 +61,6 @@ def spec(
 ) -> None:
     """Print the AsyncAPI 3.0.0 document of every service sharing the registry: channels per
     event name, a message per declared version, send and receive operations per service."""
-    # Imported here: cli.py registers this command at its end, so cli is complete by now.
-    from .cli import ExitCode, _bus, _translated_errors
-
     bus = _bus(ctx)
     with _translated_errors(bus):
         registry = bus.registry
