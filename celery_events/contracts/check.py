@@ -31,7 +31,7 @@ from ..declarations import Declaration
 from ..errors import IncompatibleSchema
 from ..names import pattern_matches
 from ..registry import RegisteredDeclaration, Subscription
-from .compatibility import Change, check_against, reader_breaks
+from .compatibility import Change, check_against, describe, reader_breaks
 from .schemas import fingerprint_of
 
 __all__ = [
@@ -301,7 +301,7 @@ def report(found: Sequence[Breaking]) -> str:
 
         order.created v1:
           the schema breaks the one registered (by orders) under BACKWARD
-            - total: ...
+            - total: was a number and is now an integer: ... [type-narrowed]
           Declare it as version 2, or a new name, or compatibility='NONE'.
     """
     lines: list[str] = []
@@ -312,7 +312,9 @@ def report(found: Sequence[Breaking]) -> str:
         lines.append(f"{name}{'' if version is None else f' v{version}'}:")
         for item in items:
             lines.append(f"  {item.summary}")
-            lines.extend(f"    - {change}" for change in item.changes)
+            # describe()'s own heading repeats the group's, so only its change lines are kept.
+            diff = describe(item.changes, name, version).splitlines()[1:] if item.changes else []
+            lines.extend(f"  {line}" for line in diff)
             if item.fix:
                 lines.append(f"    {item.fix}")
     return "\n".join(lines)
