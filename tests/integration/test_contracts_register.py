@@ -13,7 +13,7 @@ import redis
 from celery_events.registry import RegisteredDeclaration
 
 from ..harness import Worker
-from ..services.declared import SCHEMAS
+from ..services._contracts import SCHEMAS
 from .test_cli import eventbus
 from .test_worker_refuses import refused
 

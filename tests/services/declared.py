@@ -2,11 +2,11 @@
 contracts chosen by the environment (for the register, worker start and ``check`` tests):
 
 - ``DECLARED_SCHEMAS``: comma-separated ``version:schema`` pairs of ``order.created``, each
-  schema one of :data:`SCHEMAS` (default ``1:v1``);
+  schema one of ``_contracts.SCHEMAS`` (default ``1:v1``);
 - ``DECLARED_COMPATIBILITY``: their compatibility mode (default ``BACKWARD``);
   empty: it declares nothing;
 - ``DECLARED_SUBSCRIBES``: its handler's pattern (default ``payment.settled``);
-- ``DECLARED_ACCEPTS``: the schema (of :data:`SCHEMAS`) its handler accepts, if any;
+- ``DECLARED_ACCEPTS``: the schema (of ``SCHEMAS``) its handler accepts, if any;
 - ``DECLARED_VERSIONS``: comma-separated versions its handler accepts (default: every one);
 - ``DECLARED_SERVICE``: its service name (default ``declared``).
 """
@@ -17,36 +17,8 @@ from celery import Celery
 
 from celery_events import Event, EventBus
 
+from ._contracts import SCHEMAS
 from ._effects import broker_url, record
-
-SCHEMAS = {
-    "v1": {
-        "type": "object",
-        "properties": {"order_id": {"type": "integer"}, "total": {"type": "number"}},
-        "required": ["order_id"],
-    },
-    # v1 plus an optional note: compatible with v1 in every mode.
-    "v1-noted": {
-        "type": "object",
-        "properties": {
-            "order_id": {"type": "integer"},
-            "total": {"type": "number"},
-            "note": {"type": "string"},
-        },
-        "required": ["order_id"],
-    },
-    # total narrowed to an integer: breaks v1 under BACKWARD.
-    "v1-narrowed": {
-        "type": "object",
-        "properties": {"order_id": {"type": "integer"}, "total": {"type": "integer"}},
-        "required": ["order_id"],
-    },
-    "v2": {
-        "type": "object",
-        "properties": {"order_id": {"type": "string"}, "total": {"type": "number"}},
-        "required": ["order_id", "total"],
-    },
-}
 
 service = os.environ.get("DECLARED_SERVICE", "declared")
 app = Celery(service, broker=broker_url())
