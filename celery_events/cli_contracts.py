@@ -27,6 +27,8 @@ from .backends import first_broker_url, without_password
 from .cli import ExitCode, _bus, _echo_json, _json_option, _translated_errors, eventbus
 from .contracts import check as checks
 from .contracts import snapshot
+from .declarations import Declaration
+from .registry import Subscription
 
 __all__ = ["check"]
 
@@ -55,13 +57,15 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         subscriptions = bus.subscriptions()
         if write_to is not None and against is None:
             # Writing alone checks nothing: it records what the code declares now.
-            existing = snapshot.read(write_to)[0] if write_to.exists() else []
-            recorded = checks.with_history(bus.service, declarations, existing)
-            snapshot.write(write_to, bus.service, recorded, subscriptions)
-            click.echo(
-                f"Wrote {len(recorded)} declaration(s) and {len(subscriptions)} subscription(s)"
-                f" of service {bus.service!r} to {write_to}."
-            )
+            written = _write(write_to, bus.service, declarations, subscriptions)
+            if as_json:
+                _echo_json({"service": bus.service, "written": str(write_to), **written})
+            else:
+                click.echo(
+                    f"Wrote {written['declarations']} declaration(s) and"
+                    f" {written['subscriptions']} subscription(s) of service {bus.service!r}"
+                    f" to {write_to}."
+                )
             return
         if against is None:
             registered = bus.registry.declarations()
@@ -76,13 +80,7 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
             bus.service, declarations, subscriptions, registered, registered_subscriptions
         )
         if write_to is not None and not found:
-            existing = snapshot.read(write_to)[0] if write_to.exists() else []
-            snapshot.write(
-                write_to,
-                bus.service,
-                checks.with_history(bus.service, declarations, existing),
-                subscriptions,
-            )
+            _write(write_to, bus.service, declarations, subscriptions)
     if as_json:
         _echo_json(
             {
@@ -105,6 +103,17 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         )
     if found:
         ctx.exit(ExitCode.NOT_FOUND)
+
+
+def _write(
+    path: Path, service: str, declarations: list[Declaration], subscriptions: list[Subscription]
+) -> dict[str, int]:
+    """Put ``service``'s contracts in the file ``path``, each declaration keeping the schemas
+    the file held before for it; how many of each were written."""
+    existing = snapshot.read(path)[0] if path.exists() else []
+    recorded = checks.with_history(service, declarations, existing)
+    snapshot.write(path, service, recorded, subscriptions)
+    return {"declarations": len(recorded), "subscriptions": len(subscriptions)}
 
 
 eventbus.add_command(check)

@@ -131,3 +131,23 @@ def test_a_missing_or_unreadable_contracts_file_is_bad_usage(tmp_path: Path) -> 
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert "--write FILE" in missing.stderr
     assert bad.returncode == 2 and "is not JSON" in bad.stderr
+
+
+def test_check_and_write_updates_the_file_only_when_nothing_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "contracts.json"
+    env = {"CELERY_EVENTS_TEST_BROKER": "redis://127.0.0.1:1/0"}
+    assert eventbus("check", "--write", str(path), app=DECLARED, env=env).returncode == 0
+    before = path.read_bytes()
+
+    # When a breaking change is checked against the file and written to it
+    args = ("check", "--against", str(path), "--write", str(path))
+    broken = eventbus(*args, app=DECLARED, env={**env, "DECLARED_SCHEMAS": "1:v1-narrowed"})
+    # Then nothing is written
+    assert broken.returncode == 1 and path.read_bytes() == before
+
+    # And a compatible one is written, the old schema kept as its history
+    fine = eventbus(*args, app=DECLARED, env={**env, "DECLARED_SCHEMAS": "1:v1-noted"})
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    (declared,) = json.loads(path.read_text())["services"]["declared"]["declarations"]
+    assert declared["schema"]["properties"]["note"] == {"type": "string"}
+    assert declared["history"][0]["properties"]["total"] == {"type": "number"}
