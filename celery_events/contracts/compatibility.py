@@ -327,9 +327,12 @@ class _Comparison:
         for union in ("anyOf", "oneOf"):
             if union in w:
                 base = _without(w, union)
-                found: list[Change] = []
-                for branch in w[union]:
-                    found += self.compare(_meet(base, self.resolve(branch, self.wroot)), r, path, depth)
+                branches = [_meet(base, self.resolve(branch, self.wroot)) for branch in w[union]]
+                found = self._lost_branches(branches, r, path)
+                narrowed = bool(found)
+                for branch in branches:
+                    if not narrowed or _taken(branch, r):
+                        found += self.compare(branch, r, path, depth)
                 return found
         # Then the reader's: every part of an allOf must hold, one branch of a union must.
         if "allOf" in r:
@@ -348,6 +351,23 @@ class _Comparison:
             found += self._not(w, r["not"], path)
             r = _without(r, "not")
         return found + self._simple(w, r, path, depth)
+
+    def _lost_branches(self, branches: list[Any], r: dict[str, Any], path: str) -> list[Change]:
+        """A writer's union of which the reader takes some branches' types and not others'
+        (an ``Optional`` made required) as one narrowed type, not one change a branch."""
+        lost = [branch for branch in branches if not _taken(branch, r)]
+        if not lost or len(lost) == len(branches):
+            return []
+        sent: set[str] = set()
+        for branch in branches:
+            sent |= _types(branch) or set()
+        tr = _types(r) or set()
+        sample = next(t for t in sorted(_types(lost[0]) or ()) if not _accepts(tr, t))
+        return [self.change(
+            path, "type-narrowed",
+            f"{self.say.shift(_a_types(sent), _a_types(tr))}: {self.say.refuse} an event with"
+            f" {_name(path)} {_show(_SAMPLE[sample])}",
+        )]
 
     def _covered(self, w: dict[str, Any], branches: list[Any], one: bool, path: str, depth: int) -> list[Change]:
         """Whether each document of ``w`` matches a branch (exactly one, for a oneOf)."""
@@ -634,8 +654,10 @@ class _Comparison:
                     found += self.compare(w_props[name], r_extra, where, depth)
             else:
                 # Declared by the reader only: the writer sends it as an additional property,
-                # or (open object, the leniency in the module docstring) not at all.
-                for sent in self._extra_schemas(w, name, w_extra):
+                # or (an open object, the leniency in the module docstring) not at all, unless
+                # it requires it without saying what it is.
+                extra = True if w_extra is _MISSING and name in w_required else w_extra
+                for sent in self._extra_schemas(w, name, extra):
                     found += self.compare(sent, r_props[name], where, depth)
         if self.resolve(w_extra, self.wroot) is not False:
             if self.resolve(r_extra, self.rroot) is False:
@@ -794,6 +816,17 @@ def _overlap(a: set[str], b: set[str] | None) -> bool:
     if b is None:
         return True
     return any(_accepts(b, t) for t in a) or any(_accepts(a, t) for t in b)
+
+
+def _taken(branch: Any, r: dict[str, Any]) -> bool:
+    """Whether a plain reader (a ``type``, no union) takes some of the branch's types; True
+    when either side's types are not known."""
+    if any(key in r for key in ("anyOf", "oneOf", "allOf", "$ref")):
+        return True
+    sent, tr = _types(branch), _types(r)
+    if sent is None or tr is None:
+        return True
+    return any(_accepts(tr, t) for t in sent)
 
 
 def _live(w: dict[str, Any], r: dict[str, Any]) -> set[str]:
