@@ -326,7 +326,8 @@ class _Comparison:
             return self.compare(merged, r, path, depth)
         for union in ("anyOf", "oneOf"):
             if union in w:
-                base = _without(w, union)
+                # The branch's own title names it, not the union's.
+                base = {k: v for k, v in w.items() if k != union and k not in _ANNOTATIONS}
                 branches = [_meet(base, self.resolve(branch, self.wroot)) for branch in w[union]]
                 found = self._lost_branches(branches, r, path)
                 narrowed = bool(found)
@@ -388,22 +389,43 @@ class _Comparison:
                 continue
             # Report the closest branch of the same type, so that a change inside an
             # Optional[Model] is named where it is (address.street), not as a lost branch.
-            types = _types(part)
+            # A branch apart from it (another type, another discriminator) is not near.
             near: list[list[Change]] = [
-                trials[i] for i, branch in enumerate(branches)
-                if types is None or _overlap(types, _types(self.resolve(branch, self.rroot)))
+                trials[i] for i, branch in enumerate(branches) if not self._apart(part, branch)
             ]
             if near:
                 closest: list[Change] = min(near, key=len)
                 found += closest
             else:
-                what = _a_types(types) if types is not None else "any value"
+                types = _types(part)
+                what = _a_types(types) if types is not None else "a value"
+                if isinstance(part.get("title"), str):
+                    what += f" ({part['title']})"
                 found.append(self.change(
                     path, "union-branch-uncovered",
-                    f"{self.say.shift(what, 'none of the union`s branches')}: {self.say.refuse}"
-                    f" such an event",
+                    f"may be {what} in {self.say.writing}, which no branch of the union in"
+                    f" {self.say.reading} takes: {self.say.refuse} such an event",
                 ))
         return found
+
+    def _apart(self, part: dict[str, Any], branch: Any) -> bool:
+        """Whether a reader's union branch is for other documents than the writer's ``part``:
+        other types, or another value of a property that tells them apart (``pet_type``)."""
+        branch = self.resolve(branch, self.rroot)
+        if not isinstance(branch, dict):
+            return branch is False
+        types = _types(part)
+        if types is not None and not _overlap(types, _types(branch)):
+            return True
+        w_props, r_props = part.get("properties", {}), branch.get("properties", {})
+        for name in part.get("required", []):
+            if name not in w_props or name not in r_props:
+                continue
+            told = self.resolve(r_props[name], self.rroot)
+            if isinstance(told, dict) and ("const" in told or "enum" in told):
+                if self._disjoint(w_props[name], told):
+                    return True
+        return False
 
     def _not(self, w: dict[str, Any], negated: Any, path: str) -> list[Change]:
         if "not" in w and _expanded(w["not"], self.wroot) == _expanded(negated, self.rroot):
@@ -455,6 +477,8 @@ class _Comparison:
                     " that breaks anything is not known",
                 ))
         values = self.writer_values(w)
+        if values is None and ("enum" in r or "const" in r):
+            values = _few_values(w)
         if values is not None:
             return found + self._values(values, r, path)
         if "const" in r:
@@ -816,6 +840,14 @@ def _overlap(a: set[str], b: set[str] | None) -> bool:
     if b is None:
         return True
     return any(_accepts(b, t) for t in a) or any(_accepts(a, t) for t in b)
+
+
+def _few_values(w: dict[str, Any]) -> list[Any] | None:
+    """Every value of a node whose types have few (booleans, null), to read against an enum."""
+    types = _types(w)
+    if types is None or not types <= {"boolean", "null"}:
+        return None
+    return [v for t, v in (("boolean", True), ("boolean", False), ("null", None)) if t in types]
 
 
 def _taken(branch: Any, r: dict[str, Any]) -> bool:

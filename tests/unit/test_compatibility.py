@@ -702,3 +702,55 @@ def test_generated_compatible_pairs_are_sound(pair: tuple[Any, Any], data: st.Da
     if not jsonschema.Draft202012Validator(writer).is_valid(document):
         return
     assert jsonschema.Draft202012Validator(reader).is_valid(document), (writer, reader, document)
+
+
+# -- pydantic discriminated unions ----------------------------------------------------------
+
+
+class Cat(BaseModel):
+    pet_type: Literal["cat"]
+    meows: int
+
+
+class Dog(BaseModel):
+    pet_type: Literal["dog"]
+    barks: float = Field(gt=0, le=100)
+
+
+class Lizard(BaseModel):
+    pet_type: Literal["lizard"]
+
+
+class CatV2(BaseModel):
+    pet_type: Literal["cat"]
+    meows: str
+
+
+def owner(*pets: type[BaseModel]) -> Schema:
+    from typing import Annotated, Union
+
+    from pydantic import create_model
+
+    pet = Annotated[Union[pets], Field(discriminator="pet_type")]  # noqa: UP007 - a runtime union
+    return create_model("Owner", pet=(pet, ...)).model_json_schema()
+
+
+def test_a_discriminated_union_gaining_a_branch_is_backward_compatible_only() -> None:
+    old, new = owner(Cat, Dog), owner(Cat, Dog, Lizard)
+    assert breaking_changes(old, new, "BACKWARD") == []
+    [change] = breaking_changes(old, new, "FORWARD")
+    assert (change.path, change.kind) == ("pet", "union-branch-uncovered")
+    assert change.description == (
+        "pet may be an object (Lizard) in the new schema, which no branch of the union in the"
+        " old schema takes: subscribers still on the old schema refuse such an event"
+    )
+
+
+def test_a_change_inside_one_branch_of_a_discriminated_union_is_named_there() -> None:
+    [change] = breaking_changes(owner(Cat, Dog), owner(CatV2, Dog), "BACKWARD")
+    assert (change.path, change.kind) == ("pet.meows", "type-changed")
+
+
+def test_booleans_read_against_an_enum_of_both_values() -> None:
+    assert reader_breaks({"type": "boolean"}, {"enum": [True, False]}) == []
+    assert kinds(reader_breaks({"type": ["boolean", "null"]}, {"enum": [True, False]})) == ["enum-narrowed"]
