@@ -14,7 +14,8 @@ What the answer promises: when :func:`reader_breaks` finds nothing, every docume
 the writer's schema (draft 2020-12) is valid under the reader's, with one deliberate leniency
 below. It never claims more than it can show: a keyword it does not understand
 (``if``/``then``/``else``, ``patternProperties``, ``dependentSchemas``, ``contains``...) that is
-not the same on both sides is a change of kind ``unknown-keyword-changed``, and a ``oneOf`` whose
+not the same on both sides is a change of kind ``unknown-keyword-changed`` (unless only the
+writer has it and it can only refuse documents, as ``propertyNames`` can), and a ``oneOf`` whose
 branches it cannot prove apart is one of kind ``one-of-ambiguous``. Annotations (``title``,
 ``description``, ``default``, ``examples``, ``deprecated``...) never break anything. ``format``
 is read as an assertion (a reader that adds or changes one breaks), although draft 2020-12
@@ -198,6 +199,16 @@ _UNDERSTOOD = frozenset(
         "minProperties", "maxProperties", "items", "prefixItems", "minItems", "maxItems",
         "uniqueItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
         "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "anyOf", "oneOf", "allOf", "not",
+    }
+)
+# Keywords not understood that only ever refuse documents, whatever their siblings say: a
+# writer may have them where the reader does not (its documents are then fewer, never more).
+# Not so patternProperties (it exempts names from additionalProperties) nor minContains (0
+# lifts contains).
+_ONLY_RESTRICTING = frozenset(
+    {
+        "propertyNames", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
+        "unevaluatedItems", "contains", "maxContains", "if", "then", "else",
     }
 )
 _TYPES = ("null", "boolean", "object", "array", "number", "string")
@@ -468,6 +479,10 @@ class _Comparison:
     def _simple(self, w: dict[str, Any], r: dict[str, Any], path: str, depth: int) -> list[Change]:
         found: list[Change] = []
         for keyword in sorted((w.keys() | r.keys()) - _UNDERSTOOD - _ANNOTATIONS):
+            if keyword not in r and keyword in _ONLY_RESTRICTING and not (
+                keyword == "contains" and "minContains" in w
+            ):
+                continue
             if _expanded(w.get(keyword, _MISSING), self.wroot) != _expanded(r.get(keyword, _MISSING), self.rroot):
                 found.append(self.change(
                     path, "unknown-keyword-changed",

@@ -232,6 +232,24 @@ RULES: list[tuple[str, Schema, Schema, list[str]]] = [
         ["unknown-keyword-changed"],
     ),
     (
+        "an unknown keyword that only refuses, dropped by the reader",
+        {"type": "object", "propertyNames": {"maxLength": 3}, "dependentRequired": {"a": ["b"]}},
+        {"type": "object"},
+        [],
+    ),
+    (
+        "an unknown keyword added by the reader",
+        {"type": "object"},
+        {"type": "object", "propertyNames": {"maxLength": 3}},
+        ["unknown-keyword-changed"],
+    ),
+    (
+        "an unknown keyword that exempts, dropped by the reader",
+        {"type": "object", "patternProperties": {"^x": {"type": "integer"}}, "additionalProperties": False},
+        {"type": "object", "additionalProperties": False},
+        ["unknown-keyword-changed"],
+    ),
+    (
         "an external reference changed",
         {"$ref": "https://example.com/a.json"},
         {"$ref": "https://example.com/b.json"},
@@ -561,7 +579,7 @@ def documents_of(pairs: list[tuple[Schema, Schema]]) -> st.SearchStrategy[tuple[
 
 
 SOUND = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
@@ -616,6 +634,8 @@ def _composite(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
                 "required": st.lists(st.sampled_from(NAMES), unique=True, max_size=2),
                 "additionalProperties": st.one_of(st.just(False), children),
                 "maxProperties": st.just(1),
+                "propertyNames": st.just({"maxLength": 1}),
+                "dependentRequired": st.just({"a": ["b"]}),
             },
         ),
         st.fixed_dictionaries(
