@@ -14,7 +14,8 @@ What the answer promises: when :func:`reader_breaks` finds nothing, every docume
 the writer's schema (draft 2020-12) is valid under the reader's, with one deliberate leniency
 below. It never claims more than it can show: a keyword it does not understand
 (``if``/``then``/``else``, ``patternProperties``, ``dependentSchemas``, ``contains``...) that is
-not the same on both sides is a change of kind ``unknown-keyword-changed``, and a ``oneOf`` whose
+not the same on both sides is a change of kind ``unknown-keyword-changed`` (unless only the
+writer has it and it can only refuse documents, as ``propertyNames`` can), and a ``oneOf`` whose
 branches it cannot prove apart is one of kind ``one-of-ambiguous``. Annotations (``title``,
 ``description``, ``default``, ``examples``, ``deprecated``...) never break anything. ``format``
 is read as an assertion (a reader that adds or changes one breaks), although draft 2020-12
@@ -200,6 +201,16 @@ _UNDERSTOOD = frozenset(
         "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "anyOf", "oneOf", "allOf", "not",
     }
 )
+# Keywords not understood that only ever refuse documents, whatever their siblings say: a
+# writer may have them where the reader does not (its documents are then fewer, never more).
+# Not so patternProperties (it exempts names from additionalProperties) nor minContains (0
+# lifts contains).
+_ONLY_RESTRICTING = frozenset(
+    {
+        "propertyNames", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
+        "unevaluatedItems", "contains", "maxContains", "if", "then", "else",
+    }
+)
 _TYPES = ("null", "boolean", "object", "array", "number", "string")
 _A_TYPE = {
     "null": "null",
@@ -326,10 +337,14 @@ class _Comparison:
             return self.compare(merged, r, path, depth)
         for union in ("anyOf", "oneOf"):
             if union in w:
-                base = _without(w, union)
-                found: list[Change] = []
-                for branch in w[union]:
-                    found += self.compare(_meet(base, self.resolve(branch, self.wroot)), r, path, depth)
+                # The branch's own title names it, not the union's.
+                base = {k: v for k, v in w.items() if k != union and k not in _ANNOTATIONS}
+                branches = [_meet(base, self.resolve(branch, self.wroot)) for branch in w[union]]
+                found = self._lost_branches(branches, r, path)
+                narrowed = bool(found)
+                for branch in branches:
+                    if not narrowed or _taken(branch, r):
+                        found += self.compare(branch, r, path, depth)
                 return found
         # Then the reader's: every part of an allOf must hold, one branch of a union must.
         if "allOf" in r:
@@ -348,6 +363,23 @@ class _Comparison:
             found += self._not(w, r["not"], path)
             r = _without(r, "not")
         return found + self._simple(w, r, path, depth)
+
+    def _lost_branches(self, branches: list[Any], r: dict[str, Any], path: str) -> list[Change]:
+        """A writer's union of which the reader takes some branches' types and not others'
+        (an ``Optional`` made required) as one narrowed type, not one change a branch."""
+        lost = [branch for branch in branches if not _taken(branch, r)]
+        if not lost or len(lost) == len(branches):
+            return []
+        sent: set[str] = set()
+        for branch in branches:
+            sent |= _types(branch) or set()
+        tr = _types(r) or set()
+        sample = next(t for t in sorted(_types(lost[0]) or ()) if not _accepts(tr, t))
+        return [self.change(
+            path, "type-narrowed",
+            f"{self.say.shift(_a_types(sent), _a_types(tr))}: {self.say.refuse} an event with"
+            f" {_name(path)} {_show(_SAMPLE[sample])}",
+        )]
 
     def _covered(self, w: dict[str, Any], branches: list[Any], one: bool, path: str, depth: int) -> list[Change]:
         """Whether each document of ``w`` matches a branch (exactly one, for a oneOf)."""
@@ -368,22 +400,43 @@ class _Comparison:
                 continue
             # Report the closest branch of the same type, so that a change inside an
             # Optional[Model] is named where it is (address.street), not as a lost branch.
-            types = _types(part)
+            # A branch apart from it (another type, another discriminator) is not near.
             near: list[list[Change]] = [
-                trials[i] for i, branch in enumerate(branches)
-                if types is None or _overlap(types, _types(self.resolve(branch, self.rroot)))
+                trials[i] for i, branch in enumerate(branches) if not self._apart(part, branch)
             ]
             if near:
                 closest: list[Change] = min(near, key=len)
                 found += closest
             else:
-                what = _a_types(types) if types is not None else "any value"
+                types = _types(part)
+                what = _a_types(types) if types is not None else "a value"
+                if isinstance(part.get("title"), str):
+                    what += f" ({part['title']})"
                 found.append(self.change(
                     path, "union-branch-uncovered",
-                    f"{self.say.shift(what, 'none of the union`s branches')}: {self.say.refuse}"
-                    f" such an event",
+                    f"may be {what} in {self.say.writing}, which no branch of the union in"
+                    f" {self.say.reading} takes: {self.say.refuse} such an event",
                 ))
         return found
+
+    def _apart(self, part: dict[str, Any], branch: Any) -> bool:
+        """Whether a reader's union branch is for other documents than the writer's ``part``:
+        other types, or another value of a property that tells them apart (``pet_type``)."""
+        branch = self.resolve(branch, self.rroot)
+        if not isinstance(branch, dict):
+            return branch is False
+        types = _types(part)
+        if types is not None and not _overlap(types, _types(branch)):
+            return True
+        w_props, r_props = part.get("properties", {}), branch.get("properties", {})
+        for name in part.get("required", []):
+            if name not in w_props or name not in r_props:
+                continue
+            told = self.resolve(r_props[name], self.rroot)
+            if isinstance(told, dict) and ("const" in told or "enum" in told):
+                if self._disjoint(w_props[name], told):
+                    return True
+        return False
 
     def _not(self, w: dict[str, Any], negated: Any, path: str) -> list[Change]:
         if "not" in w and _expanded(w["not"], self.wroot) == _expanded(negated, self.rroot):
@@ -426,6 +479,10 @@ class _Comparison:
     def _simple(self, w: dict[str, Any], r: dict[str, Any], path: str, depth: int) -> list[Change]:
         found: list[Change] = []
         for keyword in sorted((w.keys() | r.keys()) - _UNDERSTOOD - _ANNOTATIONS):
+            if keyword not in r and keyword in _ONLY_RESTRICTING and not (
+                keyword == "contains" and "minContains" in w
+            ):
+                continue
             if _expanded(w.get(keyword, _MISSING), self.wroot) != _expanded(r.get(keyword, _MISSING), self.rroot):
                 found.append(self.change(
                     path, "unknown-keyword-changed",
@@ -435,6 +492,8 @@ class _Comparison:
                     " that breaks anything is not known",
                 ))
         values = self.writer_values(w)
+        if values is None and ("enum" in r or "const" in r):
+            values = _few_values(w)
         if values is not None:
             return found + self._values(values, r, path)
         if "const" in r:
@@ -634,8 +693,10 @@ class _Comparison:
                     found += self.compare(w_props[name], r_extra, where, depth)
             else:
                 # Declared by the reader only: the writer sends it as an additional property,
-                # or (open object, the leniency in the module docstring) not at all.
-                for sent in self._extra_schemas(w, name, w_extra):
+                # or (an open object, the leniency in the module docstring) not at all, unless
+                # it requires it without saying what it is.
+                extra = True if w_extra is _MISSING and name in w_required else w_extra
+                for sent in self._extra_schemas(w, name, extra):
                     found += self.compare(sent, r_props[name], where, depth)
         if self.resolve(w_extra, self.wroot) is not False:
             if self.resolve(r_extra, self.rroot) is False:
@@ -794,6 +855,25 @@ def _overlap(a: set[str], b: set[str] | None) -> bool:
     if b is None:
         return True
     return any(_accepts(b, t) for t in a) or any(_accepts(a, t) for t in b)
+
+
+def _few_values(w: dict[str, Any]) -> list[Any] | None:
+    """Every value of a node whose types have few (booleans, null), to read against an enum."""
+    types = _types(w)
+    if types is None or not types <= {"boolean", "null"}:
+        return None
+    return [v for t, v in (("boolean", True), ("boolean", False), ("null", None)) if t in types]
+
+
+def _taken(branch: Any, r: dict[str, Any]) -> bool:
+    """Whether a plain reader (a ``type``, no union) takes some of the branch's types; True
+    when either side's types are not known."""
+    if any(key in r for key in ("anyOf", "oneOf", "allOf", "$ref")):
+        return True
+    sent, tr = _types(branch), _types(r)
+    if sent is None or tr is None:
+        return True
+    return any(_accepts(tr, t) for t in sent)
 
 
 def _live(w: dict[str, Any], r: dict[str, Any]) -> set[str]:
