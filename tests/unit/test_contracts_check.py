@@ -15,7 +15,9 @@ from celery import Celery
 from celery_events import Event, EventBus, IncompatibleSchema
 from celery_events.backends import memory
 from celery_events.contracts import check, snapshot
-from celery_events.registry import RegisteredDeclaration
+from celery_events.contracts.schemas import schema_from
+from celery_events.declarations import Declaration
+from celery_events.registry import RegisteredDeclaration, Subscription
 
 V1 = {
     "type": "object",
@@ -316,19 +318,14 @@ def test_a_bad_contracts_file_is_a_clear_error(tmp_path: Path, text: str | None,
 
 def _subscription(
     pattern: str, handler: str, versions: tuple[int, ...] = (), accepts: Any = None
-) -> Any:
-    from celery_events.registry import Subscription
-
+) -> Subscription:
     service = handler.split(".")[0]
     return Subscription(
         pattern, service, handler, f"events.{service}", versions=versions, accepts=accepts
     )
 
 
-def _declarations(*entries: tuple[str, dict[str, Any], int]) -> list[Any]:
-    from celery_events.contracts.schemas import schema_from
-    from celery_events.declarations import Declaration
-
+def _declarations(*entries: tuple[str, dict[str, Any], int]) -> list[Declaration]:
     found = []
     for name, document, version in entries:
         schema = schema_from(document, name)
