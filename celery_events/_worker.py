@@ -7,8 +7,9 @@ check bootstep is added. After it is built, before it consumes (``celeryd_after_
 the service's event queues. The bootstep then, before the worker consumes or says "ready",
 checks the bus (a handler its own scopes forbid, what the backend's transport refuses, atomic
 handlers without a transaction runner, a registry it cannot reach, a capability the service requires and the backend lacks)
-and records the service's subscriptions; if any of that fails, the worker logs one error saying
-what to fix and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's
+and records the service's subscriptions and declarations (refusing a declared schema that breaks
+the registered one of its version: ``IncompatibleSchema``, whose message is the diff); if any of
+that fails, the worker logs one error saying what to fix and exits with status 1. (Celery's signal dispatch logs and swallows a receiver's
 exception, so a check in a signal receiver cannot stop a worker; a bootstep's ``SystemExit``
 does.) Once it runs (``worker_ready``): the backend's recovery starts, if it has one (on Redis:
 the lost-delivery sweeper and the dead-worker reaper).

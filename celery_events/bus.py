@@ -29,6 +29,7 @@ from ._publish import Publisher
 from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
 from .backends.base import Backend, Inbox, StateStore, Transport, check_required
+from .contracts import check as contract_checks
 from .contracts.schemas import schema_from
 from .deadletters import DeadLetterStore, ReplayError
 from .declarations import COMPATIBILITY_MODES, Declaration
@@ -400,13 +401,31 @@ class EventBus:
         return topology.retry_options(handler.queue, handler.task_name, countdown)
 
     def register(self) -> list[Subscription]:
-        """Record this service's subscriptions in the registry now, replacing its old set.
+        """Record this service's subscriptions and declarations in the registry now,
+        replacing its old record.
 
-        Workers do this when they start; call it from deploy scripts and tests.
+        Each declaration with a schema is first checked against the schemas registered for
+        its name and version (by any service) under its compatibility mode: one that breaks
+        them raises :class:`IncompatibleSchema` with a readable diff, and nothing is
+        recorded. A new version is not checked against the others. Each recorded declaration
+        keeps the schemas this service registered before for its name and version, which the
+        ``_TRANSITIVE`` modes check against.
+
+        Workers do this when they start (and do not start when it fails); call it from deploy
+        scripts (``celery eventbus register``) and tests.
+
+        >>> bus.declare("order.created", schema=OrderCreated, version=2)  # doctest: +SKIP
+        >>> bus.register()                                                # doctest: +SKIP
+        [Subscription(pattern='user.registered', ...)]
         """
         self.check_subscriptions()
         subscriptions = self.subscriptions()
-        self.registry.register(self.service, subscriptions)
+        registry = self.registry
+        declarations = self.declarations
+        # Read only when there is something to check, so a plain subscriber pays nothing.
+        registered = registry.declarations() if declarations else []
+        recorded = contract_checks.to_register(self.service, declarations, registered)
+        registry.register(self.service, subscriptions, recorded)
         return subscriptions
 
     @property

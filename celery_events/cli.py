@@ -222,14 +222,18 @@ def migrate_registry(ctx: click.Context) -> None:
 @_json_option
 @click.pass_context
 def register(ctx: click.Context, as_json: bool) -> None:
-    """Record the -A app's subscriptions in the registry now, as its worker does at start.
+    """Record the -A app's subscriptions and declarations in the registry now, as its worker
+    does at start.
 
     Run it at deploy time so that events are queued for a service before its first worker
-    starts.
+    starts, and so that a process that only publishes (a web app) records what it declares.
+    A declaration whose schema breaks the registered one of its version is refused with the
+    diff (exit 2) and nothing is recorded.
     """
     bus = _bus(ctx)
     with _translated_errors(bus):
         recorded = bus.register()
+    declared = bus.declarations
     if as_json:
         _echo_json([{"pattern": s.pattern, "handler": s.handler, "queue": s.queue} for s in recorded])
         return
@@ -238,6 +242,17 @@ def register(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             render_table(
                 ["pattern", "handler", "queue"], [(s.pattern, s.handler, s.queue) for s in recorded]
+            )
+        )
+    if declared:
+        click.echo(f"Recorded {len(declared)} declaration(s) of service {bus.service!r}.")
+        click.echo(
+            render_table(
+                ["name", "version", "compatibility", "schema"],
+                [
+                    (d.name, d.version or "", d.compatibility if d.schema else "", d.fingerprint or "")
+                    for d in declared
+                ],
             )
         )
 
@@ -680,3 +695,9 @@ eventbus.add_command(_keys)
 from .cli_spec import spec as _spec  # noqa: E402
 
 eventbus.add_command(_spec)
+
+# `celery eventbus check` (celery_events/cli_contracts.py): declarations against the registry
+# or a committed file.
+from .cli_contracts import check as _check  # noqa: E402
+
+eventbus.add_command(_check)

@@ -209,7 +209,15 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
         python("-m", "django", "migrate", "--noinput", "--settings", "orders.settings"),
         lambda: supervisor.exited_ok("orders-migrate"),
     )
-    launch(supervisor, progress, [migrate], 60)
+    # The users web process only publishes: its deploy records what it declares (its
+    # contracts) with `celery eventbus register`, refused if a schema breaks the registered one.
+    register = Spec(
+        "users-register",
+        f"recording what users publishes (celery -A {APPS['users']} eventbus register)",
+        python("-m", "celery", "-A", APPS["users"], "eventbus", "register"),
+        lambda: supervisor.exited_ok("users-register"),
+    )
+    launch(supervisor, progress, [migrate, register], 60)
     supervisor.forget_finished()
     launch(supervisor, progress, service_specs(demo, ports), STARTUP_TIMEOUT)
     return demo

@@ -8,7 +8,7 @@
 Declarations themselves are :class:`~celery_events.Declaration` (``bus.declare``).
 """
 
-from .compatibility import Change, breaking_changes, check_against, reader_breaks
+from .compatibility import Change, breaking_changes, check_against, describe, reader_breaks
 from .schemas import Schema, compiled, schema_from
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "reader_breaks",
     "breaking_changes",
     "check_against",
+    "describe",
 ]

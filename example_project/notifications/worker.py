@@ -79,8 +79,18 @@ def audit_trail(event: Event) -> None:
     _record("audit", event, user_id=event.data.get("user_id"))
 
 
+#: What ``order_confirmation`` reads of an ``order.created``: ``celery eventbus check`` tells
+#: this service's CI if the orders service ever publishes something it cannot read.
+ORDER_CONFIRMATION_READS = {
+    "type": "object",
+    "properties": {"order_id": {"type": "integer"}, "user_id": {"type": "integer"}},
+    "required": ["order_id", "user_id"],
+}
+
+
 @bus.subscribe(
     "order.created",
+    schema=ORDER_CONFIRMATION_READS,
     # Each retry is a RETRY of the same delivery in Flower; short waits for the demo.
     retry_for=(MailRelayTimeout,),
     max_retries=5,

@@ -1,11 +1,28 @@
-"""The orders service's event handlers, found at start-up by the Django integration."""
+"""The orders service's event handlers, found at start-up by the Django integration, and the
+contract of the event it publishes."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from celery_events import Event
 from celery_events.contrib.django import bus
 
 from .models import Order
+
+
+class OrderCreated(BaseModel):
+    """order.created v1: an order exists (subscribers read this schema from the registry or
+    contracts.json, never this class)."""
+
+    order_id: int = Field(ge=1)
+    user_id: int = Field(ge=1)
+    kind: Literal["welcome", "regular"]
+
+
+bus.declare("order.created", schema=OrderCreated)
 
 
 @bus.subscribe("user.registered", atomic=True)

@@ -23,6 +23,7 @@ from trust_config import trust_settings
 from celery_events import PublishError, PublishResult
 
 from . import db
+from .contracts import UserDeleted, UserRegistered
 from .events import events
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
@@ -50,9 +51,12 @@ def create_app() -> Flask:
     # Flask's Celery recipe keeps the Celery app in app.extensions["celery"].
     app.extensions["celery"] = Celery("users", broker=broker)
     events.init_app(app)
-    # The e-mail address and the name are personal data: every worker shows them as "***"
-    # (its log lines, Flower's task rows and its retries).
-    events.bus_for(app).declare("user.registered", sensitive=["email", "name"])
+    # The contracts of what this service publishes (users/contracts.py). The e-mail address
+    # and the name are personal data: every worker shows them as "***" (its log lines,
+    # Flower's task rows and its retries).
+    bus = events.bus_for(app)
+    bus.declare("user.registered", schema=UserRegistered, sensitive=["email", "name"])
+    bus.declare("user.deleted", schema=UserDeleted)
 
     @app.post("/users")
     def register() -> ResponseReturnValue:

@@ -1,0 +1,129 @@
+"""Declared events: what a schema costs a publish.
+
+Three buses publish the same ten-field event to ten subscribing services (ten queues, not
+consumed), taking turns in short chunks within each repeat (as benchmarks/publish.py does): one
+with the name undeclared, one that declares it with a ten-field JSON Schema, one that declares
+it with the same fields as a pydantic model. Whatever the bus does for a declared name at
+publish (the ``dataschema`` attribute, the version's subscriptions, validation against the
+compiled schema) is in the difference. Target: declared ÷ undeclared ≤ 1.15× for the JSON
+Schema (the pydantic model's document is validated the same way; reported, no target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import BaseModel, Field
+
+from celery_events import EventBus, Subscription
+
+from ._stats import Section, Series, Target, chunked, ratios
+from .publish import FANOUT, _chunk
+
+NAME = "bench.contracts"
+DATA: dict[str, Any] = {
+    "order_id": 7,
+    "user_id": 42,
+    "email": "someone@example.com",
+    "plan": "pro",
+    "total": 19.5,
+    "currency": "EUR",
+    "items": 3,
+    "paid": True,
+    "coupon": None,
+    "note": "leave at the door",
+}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "order_id": {"type": "integer", "minimum": 1},
+        "user_id": {"type": "integer", "minimum": 1},
+        "email": {"type": "string", "maxLength": 320},
+        "plan": {"enum": ["free", "pro", "team"]},
+        "total": {"type": "number", "minimum": 0},
+        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        "items": {"type": "integer", "minimum": 0},
+        "paid": {"type": "boolean"},
+        "coupon": {"type": ["string", "null"]},
+        "note": {"type": "string"},
+    },
+    "required": ["order_id", "user_id", "email", "plan", "total", "currency", "items", "paid"],
+    "additionalProperties": False,
+}
+
+
+class Order(BaseModel):
+    """The same ten fields as :data:`SCHEMA`, as a pydantic model."""
+
+    order_id: int = Field(ge=1)
+    user_id: int = Field(ge=1)
+    email: str = Field(max_length=320)
+    plan: str
+    total: float = Field(ge=0)
+    currency: str = Field(pattern="^[A-Z]{3}$")
+    items: int = Field(ge=0)
+    paid: bool
+    coupon: str | None = None
+    note: str = ""
+
+
+def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
+    buses = {}
+    for name, schema in (("undeclared", None), ("schema", SCHEMA), ("model", Order)):
+        app = Celery(f"bench-contracts-{name}", broker=url)
+        app.conf.task_send_sent_event = False
+        bus = buses[name] = EventBus(app, service=f"contracts-{name}")
+        if schema is not None:
+            bus.declare(NAME, schema=schema)
+    registry = buses["undeclared"].registry
+    for i in range(FANOUT):
+        registry.register(f"c{i}", [Subscription(NAME, f"c{i}", f"c{i}.handle", f"events.c{i}")])
+
+    def llen() -> int:
+        return int(client.llen(f"events.c{FANOUT - 1}"))
+
+    def op(bus: EventBus) -> Callable[[], Any]:
+        return lambda: bus.publish(NAME, DATA)
+
+    plan = {
+        "publish to 10, undeclared": op(buses["undeclared"]),
+        "publish to 10, declared with a 10-field JSON Schema": op(buses["schema"]),
+        "publish to 10, declared with a 10-field pydantic model": op(buses["model"]),
+    }
+    for variant in plan.values():  # warm-up: connections, scripts, caches
+        _chunk(client, 20, variant, llen)
+    repeats, chunks = (2, 2) if smoke else (15, 25)
+    results = chunked(
+        {
+            name: ((lambda ops, v=variant: _chunk(client, ops, v, llen)), 30)
+            for name, variant in plan.items()
+        },
+        repeats,
+        chunks,
+    )
+    for bus in buses.values():
+        bus.close()
+    names = list(plan)
+    plain, declared, modelled = (results[name] for name in names)
+    section = Section(
+        title="Publish to 10 subscribers, declared with a schema and undeclared",
+        setup=(
+            "Time per published event, queues not consumed, task-sent events off; the same"
+            " ten-field data, its name undeclared or declared (`bus.declare`) with a JSON Schema"
+            " or a pydantic model of those fields."
+        ),
+        figures=[Series(name, "µs", results[name]) for name in names]
+        + [
+            Series(
+                "schema cost per event", "µs",
+                [d - p for d, p in zip(declared, plain, strict=True)],
+            ),
+            Series("pydantic-declared ÷ undeclared", "×", ratios(modelled, plain)),
+        ],
+    )
+    ratio = Series("JSON-Schema-declared publish to 10 ÷ undeclared", "×", ratios(declared, plain))
+    section.targets = [Target("14. " + ratio.name, ratio, "≤ 1.15×", ratio.median <= 1.15)]
+    return [section]
