@@ -138,6 +138,15 @@ class Handler:
     versions: tuple[int, ...] = ()
     #: The schema it accepts itself (``schema=``, or its pydantic parameter's), or ``None``.
     accepts: Schema | None = None
+    #: How it is called with an event, for a function taking a pydantic model (parsed from
+    #: the data); ``None``: ``func(event)``.
+    invoke: Callable[[Event], Any] | None = field(default=None, repr=False, compare=False)
+
+    def call(self, event: Event) -> Any:
+        """Run the function on ``event``, as a delivery does (the data parsed into its
+        model parameter, if it has one)."""
+        invoke = self.invoke
+        return self.func(event) if invoke is None else invoke(event)
 
     @property
     def lease_seconds(self) -> float:
@@ -252,10 +261,9 @@ def call_handler(
             " INSTALLED_APPS."
         )
     if call is None or chain.handle_scope is None:
-        handler.func(event)
+        handler.call(event)
         return True
-    func = handler.func
-    outcome = chain.run_handle(call, lambda c: func(c.event))
+    outcome = chain.run_handle(call, lambda c: handler.call(c.event))
     if outcome is SKIPPED:
         log.info(
             "celery-events: %s already handled event %s (database inbox); skipped",
@@ -274,6 +282,10 @@ def failure_outcome(
     into the dead letters with that :class:`~celery_events.deadletters.Reason`."""
     if isinstance(exc, Reject):
         return Reason.REJECTED, 0.0
+    if isinstance(exc, DeliveryRefused):
+        # Refused for what it carries (data its model parameter cannot parse): a retry would
+        # carry the same.
+        return exc.reason, 0.0
     if policy.should_retry(exc, failures):
         asked = exc.delay if isinstance(exc, Retry) else None
         return None, policy.delay(failures, asked)
@@ -538,6 +550,11 @@ class _Run:
                 # handed to the handler as its ciphertext.
                 refuse_encrypted(event, envelope)
             return handed
+        except RegistryError as exc:
+            # A hook that reads the registry (the declared schema) found it away: no fault of
+            # the delivery, which waits and comes back rather than being dead-lettered.
+            self._hand_back("registry", exc)
+            raise  # not reached: the hand-back raises
         except DeliveryRefused as exc:
             reason, error = exc.reason, exc
             trace: str | bool | None = None
