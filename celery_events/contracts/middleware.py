@@ -98,15 +98,16 @@ class ContractsOnReceipt(Middleware):
             version = version_in(event.name, dataschema)
         if handler.versions and version is not None and version not in handler.versions:
             raise DeliveryRefused(
-                f"{handler.task_name} accepts {versions_text(event.name, handler.versions)}"
-                f" only; event {event.id} is v{version} ({dataschema}).",
+                f"Event {event.id} refused: {handler.task_name} accepts"
+                f" {versions_text(event.name, handler.versions)} only, and the event is"
+                f" v{version} ({dataschema}).",
                 reason=Reason.SCHEMA_MISMATCH,
             )
         if schema is not None and declaration is not None:
             self._check(
                 schema,
                 event,
-                f"{event.name} v{version} data, as {declaration.service} declares it,",
+                f"{event.name} v{version} data (as {declaration.service} declares it)",
             )
 
     def _registered_schema(
@@ -136,7 +137,9 @@ class ContractsOnReceipt(Middleware):
         try:
             schema.validate(event.data, what)
         except SchemaError as exc:
-            raise DeliveryRefused(f"{exc} (event {event.id})", reason=Reason.SCHEMA_MISMATCH) from None
+            raise DeliveryRefused(
+                f"Event {event.id} refused: {exc}", reason=Reason.SCHEMA_MISMATCH
+            ) from None
 
 
 class Contracts(ContractsOnReceipt):

@@ -98,7 +98,7 @@ def parsed(schema: Schema, event: Event) -> Any:
         return schema.parse(event.data)
     except SchemaError as exc:
         raise DeliveryRefused(
-            f"{event.name} data (event {event.id}): {exc}", reason="schema_mismatch"
+            f"Event {event.id} refused: {event.name} data: {exc}", reason="schema_mismatch"
         ) from None
 
 
