@@ -37,7 +37,17 @@ if TYPE_CHECKING:
     from .._delivery import Handler
     from ..registry import RegisteredDeclaration
 
-__all__ = ["Contracts", "ContractsOnReceipt", "versions_text"]
+__all__ = ["Contracts", "ContractsOnReceipt", "VersionNotAccepted", "versions_text"]
+
+
+class VersionNotAccepted(DeliveryRefused):
+    """A delivery of a version its handler does not accept (``versions=``): dead-lettered
+    ``schema_mismatch``, unless the broker copied it to the handler's queue by name alone
+    (RabbitMQ's topic routing), when it is acked unrun: its publisher sent it to the
+    handlers accepting its version and reported only those."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.SCHEMA_MISMATCH)
 
 
 class _Registry(Protocol):
@@ -97,11 +107,10 @@ class ContractsOnReceipt(Middleware):
         if version is None:
             version = version_in(event.name, dataschema)
         if handler.versions and version is not None and version not in handler.versions:
-            raise DeliveryRefused(
+            raise VersionNotAccepted(
                 f"Event {event.id} refused: {handler.task_name} accepts"
                 f" {versions_text(event.name, handler.versions)} only, and the event is"
-                f" v{version} ({dataschema}).",
-                reason=Reason.SCHEMA_MISMATCH,
+                f" v{version} ({dataschema})."
             )
         if schema is not None and declaration is not None:
             self._check(

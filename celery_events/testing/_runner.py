@@ -132,7 +132,11 @@ class HandlerRunner:
         wanted = None if handlers is None else set(handlers)
         # A publisher sends an event of a version only to the handlers accepting it.
         dataschema = envelope.get("dataschema") if isinstance(name, str) else None
-        version = version_in(name, dataschema) if isinstance(dataschema, str) else None
+        version = (
+            version_in(name, dataschema)
+            if isinstance(name, str) and isinstance(dataschema, str)
+            else None
+        )
         chosen = [
             s for s in bus.subscriptions()
             if isinstance(name, str)
