@@ -23,6 +23,7 @@ read, the handlers' when subscribed. A delivery with nothing to check costs a di
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from ..deadletters import Reason
@@ -34,7 +35,6 @@ from ..results import PublishResult
 from .schemas import Schema, compiled
 
 if TYPE_CHECKING:
-    from .._delivery import Handler
     from ..registry import RegisteredDeclaration
 
 __all__ = ["Contracts", "ContractsOnReceipt", "VersionNotAccepted", "versions_text"]
@@ -50,6 +50,19 @@ class VersionNotAccepted(DeliveryRefused):
         super().__init__(message, reason=Reason.SCHEMA_MISMATCH)
 
 
+class Handler(Protocol):
+    """What the contracts read of a handler (``celery_events.Handler``)."""
+
+    @property
+    def task_name(self) -> str: ...
+
+    @property
+    def versions(self) -> tuple[int, ...]: ...
+
+    @property
+    def accepts(self) -> Schema | None: ...
+
+
 class _Registry(Protocol):
     def declared(self, name: str) -> tuple[RegisteredDeclaration, ...]: ...
 
@@ -58,7 +71,9 @@ class ContractsHost(Protocol):
     """What the contracts need from their bus (the bus passes itself)."""
 
     service: str
-    _handlers: dict[str, Handler]
+
+    @property
+    def _handlers(self) -> Mapping[str, Handler]: ...
 
     @property
     def registry(self) -> _Registry: ...
