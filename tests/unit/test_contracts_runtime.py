@@ -416,3 +416,20 @@ def test_publishing_refuses_a_dataschema_other_than_the_declared_one(buses) -> N
     shop.declare("order.created", schema=ORDER, version=2)
     with pytest.raises(InvalidEnvelope, match="Leave dataschema out"):
         shop.publish("order.created", order(), dataschema="https://example.com/other")
+
+
+def test_annotations_are_resolved_and_an_unresolvable_one_is_refused(buses) -> None:
+    mailer = buses("mailer")
+
+    # This module's annotations are strings (from __future__ import annotations).
+    def typed_by_name(user: UserRegistered) -> None: ...
+
+    def event_only_for_type_checkers(event: celery_events.Event) -> None: ...  # noqa: F821
+
+    def unknown(user: NotImported) -> None: ...  # noqa: F821
+
+    mailer.subscribe("user.registered")(typed_by_name)
+    mailer.subscribe("user.registered")(event_only_for_type_checkers)
+    assert [h.accepts is not None for h in mailer.handlers] == [True, False]
+    with pytest.raises(ConfigurationError, match="'NotImported' of parameter 'user' cannot be resolved"):
+        mailer.subscribe("user.registered")(unknown)
