@@ -239,8 +239,8 @@ class Publisher:
         if not versions:
             self.declaration(name, None)  # raises with require_declarations
             return event
-        if any(d.dataschema == dataschema for d in versions.values()):
-            return event
+        if None in versions or any(d.dataschema == dataschema for d in versions.values()):
+            return event  # (declared without a version: any dataschema, as bus.publish allows)
         known = ", ".join(str(d.dataschema) for d in versions.values())
         raise EventNotDeclared(
             f"Event {event.id} of {name!r} carries dataschema {dataschema!r}, which names no"

@@ -433,3 +433,15 @@ def test_annotations_are_resolved_and_an_unresolvable_one_is_refused(buses) -> N
     assert [h.accepts is not None for h in mailer.handlers] == [True, False]
     with pytest.raises(ConfigurationError, match="'NotImported' of parameter 'user' cannot be resolved"):
         mailer.subscribe("user.registered")(unknown)
+
+
+def test_a_name_declared_without_a_version_keeps_any_dataschema(buses) -> None:
+    members = buses("members")
+    members.declare("user.registered", sensitive=["email"])
+    own = Event.create(
+        "user.registered", {"email": "a@b.c"}, source="members",
+        dataschema="https://schemas.example.com/user-registered.json",
+    )
+    with capture_published(members) as published:
+        members.publish_event(own)
+    assert published[0].dataschema == own.dataschema
