@@ -445,3 +445,31 @@ def test_a_name_declared_without_a_version_keeps_any_dataschema(buses) -> None:
     with capture_published(members) as published:
         members.publish_event(own)
     assert published[0].dataschema == own.dataschema
+
+
+def test_a_schema_mismatch_is_replayed_against_the_declaration_in_force_then(buses) -> None:
+    # Given a delivery dead-lettered for breaking the registered v2 schema
+    shop = buses("shop")
+    shop.declare("order.created", schema=ORDER, version=2)
+    billing = buses("billing")
+    ran: list[Event] = []
+    billing.subscribe("order.created", name="charge")(ran.append)
+    register_declarations(shop, billing)
+    broken = Event.create(
+        "order.created", order(qty="2"), source="shop",
+        dataschema="urn:celery-events:schema:order.created:2",
+    )
+    [run] = HandlerRunner().run(billing, broken)
+    assert run.reason == "schema_mismatch"
+
+    # When the shop registers a v2 schema that allows the data, and the dead letter is replayed
+    relaxed = buses("shop2")
+    loose = {**ORDER, "properties": {**ORDER["properties"], "items": {"type": "array"}}}
+    relaxed.declare("order.created", schema=loose, version=2)
+    billing.registry.register("shop", [], declarations=relaxed.declarations)  # type: ignore[arg-type]
+    billing.registry.refresh()
+    billing.dead_letters.replay(run.task_id)
+
+    # Then the replay is judged on receipt by today's declaration, and handled
+    [replayed] = HandlerRunner().work(billing)
+    assert replayed.status == "succeeded" and [e.id for e in ran] == [broken.id]
