@@ -113,7 +113,9 @@ class ContractsOnReceipt(Middleware):
         if dataschema is not None:
             self._check_declared(handler, event, dataschema)
         if handler.accepts is not None:
-            self._check(handler.accepts, event, f"{handler.task_name} accepts {event.name} data")
+            self._check(
+                handler.accepts, event, f"{event.name} data (as {handler.task_name} accepts it)"
+            )
         return receipt
 
     def _check_declared(self, handler: Handler, event: Event, dataschema: str) -> None:
