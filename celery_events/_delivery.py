@@ -30,7 +30,8 @@ from celery.exceptions import Reject as CeleryReject
 from celery.exceptions import Retry as CeleryRetry
 
 from ._outage import abandoned, hand_back_countdown, outages, ride_out
-from .backends.base import Claim, Inbox, StoreError, lease_value
+from .backends.base import Claim, Inbox, StoreError, Transport, lease_value
+from .contracts.middleware import VersionNotAccepted
 from .contracts.schemas import Schema
 from .deadletters import DeadLetterStore, Reason, new_letter
 from .envelope import Event
@@ -138,6 +139,15 @@ class Handler:
     versions: tuple[int, ...] = ()
     #: The schema it accepts itself (``schema=``, or its pydantic parameter's), or ``None``.
     accepts: Schema | None = None
+    #: How it is called with an event, for a function taking a pydantic model (parsed from
+    #: the data); ``None``: ``func(event)``.
+    invoke: Callable[[Event], Any] | None = field(default=None, repr=False, compare=False)
+
+    def call(self, event: Event) -> Any:
+        """Run the function on ``event``, as a delivery does (the data parsed into its
+        model parameter, if it has one)."""
+        invoke = self.invoke
+        return self.func(event) if invoke is None else invoke(event)
 
     @property
     def lease_seconds(self) -> float:
@@ -161,6 +171,9 @@ class DeliveryHost(Protocol):
 
     @property
     def inbox(self) -> Inbox: ...
+
+    @property
+    def transport(self) -> Transport: ...
 
     @property
     def dead_letters(self) -> DeadLetterStore: ...
@@ -252,10 +265,9 @@ def call_handler(
             " INSTALLED_APPS."
         )
     if call is None or chain.handle_scope is None:
-        handler.func(event)
+        handler.call(event)
         return True
-    func = handler.func
-    outcome = chain.run_handle(call, lambda c: func(c.event))
+    outcome = chain.run_handle(call, lambda c: handler.call(c.event))
     if outcome is SKIPPED:
         log.info(
             "celery-events: %s already handled event %s (database inbox); skipped",
@@ -274,6 +286,10 @@ def failure_outcome(
     into the dead letters with that :class:`~celery_events.deadletters.Reason`."""
     if isinstance(exc, Reject):
         return Reason.REJECTED, 0.0
+    if isinstance(exc, DeliveryRefused):
+        # Refused for what it carries (data its model parameter cannot parse): a retry would
+        # carry the same.
+        return exc.reason, 0.0
     if policy.should_retry(exc, failures):
         asked = exc.delay if isinstance(exc, Retry) else None
         return None, policy.delay(failures, asked)
@@ -361,7 +377,10 @@ class _Run:
         if sensitive:
             self.masked = True
         if chain.receive_hooks or sensitive:
-            event = self._received(chain, envelope, event)
+            handed = self._received(chain, envelope, event)
+            if handed is None:
+                return
+            event = handed
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
         # elsewhere waits while this process lives, and takes over once it died.
@@ -524,9 +543,10 @@ class _Run:
                 handler.task_name,
             )
 
-    def _received(self, chain: MiddlewareChain, envelope: Any, event: Event) -> Event:
+    def _received(self, chain: MiddlewareChain, envelope: Any, event: Event) -> Event | None:
         """The event the receive hooks hand on; a refused delivery is dead-lettered (before
-        the inbox is asked: nothing is claimed, and the handler never runs), then raises."""
+        the inbox is asked: nothing is claimed, and the handler never runs), then raises.
+        ``None``: a copy not meant for this handler, acked unrun."""
         receipt = Receipt(
             envelope, event, self.handler.task_name, self.queue, self.task_id, self.bus.service
         )
@@ -538,7 +558,20 @@ class _Run:
                 # handed to the handler as its ciphertext.
                 refuse_encrypted(event, envelope)
             return handed
+        except RegistryError as exc:
+            # A hook that reads the registry (the declared schema) found it away: no fault of
+            # the delivery, which waits and comes back rather than being dead-lettered.
+            self._hand_back("registry", exc)
+            raise  # not reached: the hand-back raises
         except DeliveryRefused as exc:
+            if isinstance(exc, VersionNotAccepted) and self._routed_by_name(event):
+                log.info(
+                    "celery-events: delivery %s of event %s acked unrun: %s The broker copies"
+                    " an event to every queue bound to its name; its publisher sent it to the"
+                    " handlers accepting its version only",
+                    self.task_id, event.id, exc,
+                )
+                return None
             reason, error = exc.reason, exc
             trace: str | bool | None = None
             log.warning(
@@ -554,6 +587,13 @@ class _Run:
             )
         self._dead(reason, error, envelope, attempts=1, event_id=event.id, trace=trace)
         raise error
+
+    def _routed_by_name(self, event: Event) -> bool:
+        """Whether this delivery is the broker's copy of a publish, routed by the event's name
+        alone (a transport whose broker copies the one message of a publish), rather than a
+        delivery sent to this handler (a retry, a replay, every delivery on Redis)."""
+        info = self.task.request.delivery_info or {}
+        return bool(self.bus.transport.assigns_task_ids) and info.get("routing_key") == event.name
 
     def refuse_arguments(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         """Dead-letter a delivery called with anything but one envelope, and raise."""

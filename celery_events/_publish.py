@@ -14,6 +14,7 @@ With no publish middleware the path calls the send directly: an empty chain adds
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -23,7 +24,8 @@ from celery import Celery
 from ._delivery import current_event
 from ._messages import TaskMessage, build_messages, encode_body
 from .backends.base import Transport
-from .declarations import Declaration
+from .contracts.middleware import versions_text
+from .declarations import Declaration, version_in
 from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
     EventNotDeclared,
@@ -101,6 +103,9 @@ class Publisher:
         #: This service's declarations (``bus.declare``), by name, then version (``None``:
         #: one without a schema). Empty (and never looked at) while nothing is declared.
         self.declared: dict[str, dict[int | None, Declaration]] = {}
+        # (name, version, handler) of the subscriptions already logged as skipped for the
+        # versions they accept.
+        self._skipped: set[tuple[str, int, str]] = set()
 
     # -- making and validating events ---------------------------------------------------
 
@@ -135,6 +140,14 @@ class Publisher:
                         f" event of it cannot carry {dataschema!r}. Leave dataschema out."
                     )
                 dataschema = declaration.dataschema
+            model = None if declaration is None or declaration.schema is None else (
+                declaration.schema.model
+            )
+            if model is not None and isinstance(data, model):
+                # The declaration's own model: its JSON form is the data (validated against
+                # the schema's document by the Contracts middleware like any other data).
+                instance: Any = data
+                data = instance.model_dump(mode="json")
         # Before a handled event's ids fill in missing ones: 0 or False must be refused, not
         # replaced, and a non-string id would make every subscriber dead-letter the event.
         check_ids(correlation_id=correlation_id, causation_id=causation_id)
@@ -203,11 +216,51 @@ class Publisher:
                 f" {type(event).__name__}. Use bus.publish(name, data) to publish data."
             )
         event.validate()
+        if self.declared or self.settings.require_declarations:
+            event = self._declared(event)
         if self.sensitive and event.name in self.sensitive:
             declared = self._sensitive_extensions(event.name, event.extensions)
             if declared is not event.extensions:
                 event = event.with_extensions(declared)
         return event, self.encode(event)
+
+    def _declared(self, event: Event) -> Event:
+        """``event`` carrying the ``dataschema`` of the declaration it is sent under: the one
+        it names, or the name's highest version for an event that names none. Raises
+        :class:`EventNotDeclared` for an undeclared name (with ``require_declarations``) or a
+        ``dataschema`` naming no declared version."""
+        name, dataschema = event.name, event.dataschema
+        if dataschema is None:
+            declaration = self.declaration(name, None)
+            if declaration is None or declaration.dataschema is None:
+                return event
+            return dataclasses.replace(event, dataschema=declaration.dataschema)
+        versions = self.declared.get(name)
+        if not versions:
+            self.declaration(name, None)  # raises with require_declarations
+            return event
+        if None in versions or any(d.dataschema == dataschema for d in versions.values()):
+            return event  # (declared without a version: any dataschema, as bus.publish allows)
+        known = ", ".join(str(d.dataschema) for d in versions.values())
+        raise EventNotDeclared(
+            f"Event {event.id} of {name!r} carries dataschema {dataschema!r}, which names no"
+            f" version service {self.host.service!r} declares ({known}); declare that version"
+            f" (bus.declare({name!r}, schema=..., version=...)) or publish the event without"
+            " a dataschema."
+        )
+
+    def version_of(self, event: Event) -> int | None:
+        """The version ``event``'s ``dataschema`` names: a declaration's of this service, or
+        the one a default URI spells (``None``: unversioned)."""
+        dataschema = event.dataschema
+        if dataschema is None:
+            return None
+        versions = self.declared.get(event.name)
+        if versions:
+            for declaration in versions.values():
+                if declaration.dataschema == dataschema:
+                    return declaration.version
+        return version_in(event.name, dataschema)
 
     def _sensitive_extensions(
         self, name: str, extensions: Mapping[str, ExtensionValue] | None
@@ -289,8 +342,35 @@ class Publisher:
         return self._send(call.event, call.data_json, call.require_subscribers, call.targets)
 
     def _check_subscribers(self, call: PublishCall) -> None:
-        if not self._match(call.event.name):
+        if not self._receivers(call.event):
             raise self._nobody(call.event.name)
+
+    def _receivers(self, event: Event) -> list[Subscription]:
+        """The subscriptions that get ``event``: those matching its name that accept its
+        version. One matched but skipped for its versions is logged once per name, version
+        and handler: never silently left out."""
+        found = self._match(event.name)
+        if event.dataschema is None or not any(s.versions for s in found):
+            return found
+        version = self.version_of(event)
+        if version is None:
+            return found
+        receivers = []
+        for subscription in found:
+            if subscription.accepts_version(version):
+                receivers.append(subscription)
+                continue
+            key = (event.name, version, subscription.handler)
+            if key not in self._skipped:
+                self._skipped.add(key)
+                log.warning(
+                    "celery-events: %s v%d not delivered to %s: it accepts %s only",
+                    event.name,
+                    version,
+                    subscription.handler,
+                    versions_text(event.name, subscription.versions),
+                )
+        return receivers
 
     def _match(self, name: str) -> list[Subscription]:
         try:
@@ -317,7 +397,7 @@ class Publisher:
     ) -> PublishResult:
         host = self.host
         name = event.name
-        subscriptions = self._match(name) if targets is None else targets
+        subscriptions = self._receivers(event) if targets is None else targets
         if not subscriptions:
             if require_subscribers:
                 raise self._nobody(name)

@@ -30,6 +30,8 @@ from ._task_events import enable_task_events
 from .backends import backend_name, broker_url_of, capabilities_of, open_backend
 from .backends.base import Backend, Inbox, StateStore, Transport, check_required
 from .contracts import check as contract_checks
+from .contracts.middleware import Contracts, ContractsOnReceipt
+from .contracts.parameters import read_signature
 from .contracts.schemas import schema_from
 from .deadletters import DeadLetterStore, ReplayError
 from .declarations import COMPATIBILITY_MODES, Declaration
@@ -94,6 +96,9 @@ class EventBus:
             self, [*middleware, *self._trust.middleware], self._trust.guard
         )
         self._handlers: dict[str, Handler] = {}
+        # Added to the chain (outermost) by the first handler or declared schema: a bus with
+        # neither keeps an empty chain.
+        self._contracts: ContractsOnReceipt | None = None
         # By name, then version (None: a declaration without a schema).
         self._declarations: dict[str, dict[int | None, Declaration]] = {}
         self._lock = threading.RLock()
@@ -207,6 +212,7 @@ class EventBus:
                     f" and '_': @bus.subscribe({pattern!r}, name='...')."
                 )
             task_name = f"{self.service}.{handler_name}"
+            invoke, model = read_signature(func, f"@bus.subscribe({pattern!r}) of {handler_name}")
             with self._lock:
                 if task_name in self._handlers:
                     other = self._handlers[task_name].func
@@ -233,10 +239,13 @@ class EventBus:
                     task_options=dict(task_options),
                     sensitive=masked,
                     versions=accepted,
-                    accepts=accepts,
+                    accepts=accepts or model,
+                    invoke=invoke,
                 )
                 register_task(self.app, self, handler)
                 self._handlers[task_name] = handler
+                if self._contracts is None:
+                    self._use_contracts(ContractsOnReceipt(self))
             return func
 
         return decorator
@@ -322,7 +331,22 @@ class EventBus:
             if paths:
                 self._publisher.sensitive[name] = ",".join(dict.fromkeys(paths))
             self._publisher.declared[name] = self._declarations[name]
+            if found is not None:
+                contracts = self._contracts
+                if isinstance(contracts, Contracts):
+                    contracts.add(declaration)
+                else:  # made with every declaration so far, this one included
+                    self._use_contracts(Contracts(self))
         return declaration
+
+    def _use_contracts(self, contracts: ContractsOnReceipt) -> None:
+        """Put ``contracts`` on the chain as its outermost middleware, instead of the bus's
+        earlier one: checks on receipt for a bus with handlers, and at publish too once it
+        declares a schema (a bus with neither keeps an empty chain)."""
+        current = self._contracts
+        chain = self._publisher.chain
+        chain._build((contracts, *(m for m in chain.middleware if m is not current)))
+        self._contracts = contracts
 
     @property
     def declarations(self) -> list[Declaration]:

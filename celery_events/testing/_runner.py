@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..declarations import version_in
 from ..envelope import Event, encode_data
 from ..errors import ConfigurationError, InvalidEnvelope
 from ..names import pattern_matches
@@ -107,7 +108,10 @@ class HandlerRunner:
         handlers: Iterable[str] | None = None,
     ) -> list[HandlerRun]:
         """Deliver ``event`` (an :class:`Event` or an envelope) to each of ``bus``'s handlers
-        whose pattern matches it, and run those deliveries to their end.
+        whose pattern matches it (and, for an event naming a version in its ``dataschema``,
+        that accept the version, as a publisher sends it), and run those deliveries to their
+        end. Data breaking a handler's schema, or the registry's declaration of it, shows as
+        a run ``dead_lettered`` with reason ``schema_mismatch``.
 
         ``handlers`` limits the run to those task names. Returns one :class:`HandlerRun` per
         handler, in subscription order. An envelope that is not a valid event goes to the
@@ -126,10 +130,18 @@ class HandlerRunner:
             envelope = json.loads(json.dumps(event))
         name = envelope.get("type") if isinstance(envelope, dict) else None
         wanted = None if handlers is None else set(handlers)
+        # A publisher sends an event of a version only to the handlers accepting it.
+        dataschema = envelope.get("dataschema") if isinstance(name, str) else None
+        version = (
+            version_in(name, dataschema)
+            if isinstance(name, str) and isinstance(dataschema, str)
+            else None
+        )
         chosen = [
             s for s in bus.subscriptions()
             if isinstance(name, str)
             and _matches(s.pattern, name)
+            and s.accepts_version(version)
             and (wanted is None or s.handler in wanted)
         ]
         # A worker refuses to start with atomic handlers and no transaction runner; the
@@ -205,9 +217,11 @@ class HandlerRunner:
             return
         state.status = DEAD_LETTERED
         state.reason = letter.reason
-        # Refused before it ran (unreadable, poison, a bad signature, a source not allowed).
+        # Refused before it ran (unreadable, poison, a bad signature, a source not allowed,
+        # data or a version its handler does not accept).
         if letter.reason not in (
-            "invalid_envelope", "too_many_deliveries", "invalid_signature", "not_allowed"
+            "invalid_envelope", "too_many_deliveries", "invalid_signature", "not_allowed",
+            "schema_mismatch",
         ):
             state.attempts += 1
 

@@ -428,8 +428,7 @@ def test_one_event_to_two_handlers_is_checked_once_and_odd_signature_values_are_
 ) -> None:
     seen: list[Event] = []
     billing = subscriber(keys, seen)
-    (signing,) = billing.middleware
-    assert isinstance(signing, Signing)
+    [signing] = [m for m in billing.middleware if isinstance(m, Signing)]
     checks: list[str] = []
     verify = signing.keyring.verify
 
