@@ -59,7 +59,7 @@ def shop_of(buses: Callable[..., EventBus], **settings: Any) -> EventBus:
     shop = buses("shop", **settings)
     shop.declare("order.created", schema=ORDER_V1, version=1)
     shop.declare("order.created", schema=ORDER_V2, version=2)
-    shop.registry.register("shop", [], declarations=shop.declarations)  # type: ignore[arg-type]
+    shop.register()
     return shop
 
 

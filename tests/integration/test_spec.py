@@ -16,7 +16,6 @@ from celery import Celery
 from pydantic import BaseModel
 
 from celery_events import Event, EventBus
-from celery_events.registry import RegisteredDeclaration
 
 from ..asyncapi_schema import asyncapi_errors, payload_validator
 from ..harness import RabbitMQServer
@@ -38,15 +37,6 @@ class UserRegistered(BaseModel):
 def register(bus: EventBus) -> None:
     """Record the bus's subscriptions and declarations in the registry, as its worker does."""
     bus.register()
-    # Written here with the declarations, which bus.register() leaves to its caller so far.
-    declarations = [
-        RegisteredDeclaration(
-            bus.service, d.name, d.version, None if d.schema is None else d.schema.document,
-            d.compatibility, d.dataschema, sensitive=d.sensitive,
-        )
-        for d in bus.declarations
-    ]
-    bus.registry.register(bus.service, bus.subscriptions(), declarations)
 
 
 @contextmanager

@@ -46,7 +46,7 @@ def shop(rabbit: Rabbit) -> Iterator[EventBus]:
     bus = EventBus(Celery("shop", broker=rabbit.url), service="shop", registry_url=rabbit.state_url)
     bus.declare("order.created", schema=ORDER_V1, version=1)
     bus.declare("order.created", schema=ORDER_V2, version=2)
-    bus.registry.register("shop", [], declarations=bus.declarations)  # type: ignore[arg-type]
+    bus.register()
     yield bus
     bus.close()
 
