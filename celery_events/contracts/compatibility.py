@@ -47,19 +47,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..declarations import COMPATIBILITY_MODES
+
 __all__ = ["Change", "reader_breaks", "breaking_changes", "check_against", "describe"]
 
-#: The modes :func:`breaking_changes` and :func:`check_against` read (a declaration's
-#: ``compatibility``), as Confluent Schema Registry names them.
-MODES = (
-    "BACKWARD",
-    "BACKWARD_TRANSITIVE",
-    "FORWARD",
-    "FORWARD_TRANSITIVE",
-    "FULL",
-    "FULL_TRANSITIVE",
-    "NONE",
-)
 
 
 @dataclass(frozen=True)
@@ -163,15 +154,15 @@ def describe(changes: Sequence[Change], name: str, version: int | None, mode: st
 def _sign(kind: str) -> str:
     if kind.endswith(("-added", "-raised", "-closed")):
         return "+"
-    if kind.endswith(("-removed", "-narrowed", "-lowered", "-uncovered", "-refused")) or "removed" in kind:
+    if kind.endswith(("-narrowed", "-lowered", "-uncovered", "-refused")) or "-removed" in kind:
         return "-"
     return "~"
 
 
 def _mode(mode: str) -> tuple[str, bool]:
-    if mode not in MODES:
+    if mode not in COMPATIBILITY_MODES:
         raise ValueError(
-            f"{mode!r} is not a compatibility mode; use one of {', '.join(MODES)}."
+            f"{mode!r} is not a compatibility mode; use one of {', '.join(COMPATIBILITY_MODES)}."
         )
     transitive = mode.endswith("_TRANSITIVE")
     return mode.removesuffix("_TRANSITIVE"), transitive
@@ -279,7 +270,7 @@ class _Comparison:
         # Pairs of (writer, reader) nodes being compared: a recursive schema meets them again
         # and is taken as compatible there (documents are finite, so this is sound).
         self._open: set[tuple[int, int]] = set()
-        self._validators: dict[tuple[int, int], Any] = {}
+        self._validators: dict[tuple[int, bool, str], Any] = {}
 
     def changes(self) -> list[Change]:
         return _unique(self.compare(self.wroot, self.rroot, "", 0))
@@ -742,14 +733,19 @@ class _Comparison:
         ``judged=False``)."""
         from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
 
-        document: dict[str, Any] = {"allOf": [schema]}
-        for defs in ("$defs", "definitions"):
-            if isinstance(root, dict) and defs in root:
-                document[defs] = root[defs]
         try:
-            checker = Draft202012Validator(
-                document, format_checker=Draft202012Validator.FORMAT_CHECKER if judged else None
-            )
+            key = (id(root), judged, json.dumps(schema, sort_keys=True))
+            checker = self._validators.get(key)
+            if checker is None:
+                # The node, with the root's definitions for its references to resolve in.
+                document: dict[str, Any] = {"allOf": [schema]}
+                for defs in ("$defs", "definitions"):
+                    if isinstance(root, dict) and defs in root:
+                        document[defs] = root[defs]
+                # Formats are asserted for a reader, as they are everywhere in this module.
+                checker = self._validators[key] = Draft202012Validator(
+                    document, format_checker=Draft202012Validator.FORMAT_CHECKER if judged else None
+                )
             return bool(checker.is_valid(value))
         except Exception:  # a reference it cannot follow, a pattern Python cannot read...
             return not judged
