@@ -74,6 +74,10 @@ class Change:
     def __str__(self) -> str:
         return f"{self.path or '(the data)'}: {self.description}"
 
+    def to_json(self) -> dict[str, str]:
+        """The change as JSON data: ``{"path": ..., "kind": ..., "description": ...}``."""
+        return {"path": self.path, "kind": self.kind, "description": self.description}
+
 
 def reader_breaks(writer: dict[str, Any], reader: dict[str, Any]) -> list[Change]:
     """The ways a document valid under ``writer`` may be invalid under ``reader``; empty when

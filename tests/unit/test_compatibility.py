@@ -476,6 +476,16 @@ def test_describe_reads_like_a_diff() -> None:
     assert describe([], "order.created", 2) == "order.created v2: no breaking changes"
 
 
+def test_a_change_as_json_data() -> None:
+    [change] = reader_breaks({"type": "number"}, {"type": "integer"})
+    assert change.to_json() == {
+        "path": "",
+        "kind": "type-narrowed",
+        "description": "the data is a number for the writer and an integer for the reader: the"
+        " reader refuses an event with data 9.5",
+    }
+
+
 # -- soundness: nothing reported means every writer document is a reader document -----------
 
 # hypothesis-jsonschema generates no documents of a recursive schema, nor of false.
