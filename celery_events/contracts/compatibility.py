@@ -315,6 +315,9 @@ class _Comparison:
         key = (id(w), id(r))
         if key in self._open:
             return []
+        # The same schema on both sides (references followed) takes the same documents.
+        if _expanded(w, self.wroot) == _expanded(r, self.rroot):
+            return []
         if depth > _DEEPEST:
             return [self.change(path, "too-deep", f"nests deeper than {_DEEPEST} levels and was not compared")]
         self._open.add(key)
@@ -802,9 +805,9 @@ def _expanded(value: Any, root: Any, seen: tuple[str, ...] = ()) -> Any:
         if isinstance(ref, str) and ref not in seen:
             target = _pointer(root, ref)
             if target is not _MISSING:
-                rest = {k: v for k, v in value.items() if k != "$ref"}
+                rest = {k: v for k, v in value.items() if k != "$ref" and k not in _ANNOTATIONS}
                 inner = _expanded(target, root, (*seen, ref))
-                return inner if not rest else {"$ref": inner, **_expanded(rest, root, seen)}
+                return inner if not rest else {"allOf": [inner, _expanded(rest, root, seen)]}
         return {k: _expanded(v, root, seen) for k, v in value.items() if k not in _ANNOTATIONS}
     if isinstance(value, list):
         return [_expanded(v, root, seen) for v in value]
