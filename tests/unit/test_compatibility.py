@@ -486,6 +486,14 @@ def test_a_change_as_json_data() -> None:
     }
 
 
+def test_the_module_examples_hold() -> None:
+    import doctest
+
+    from celery_events.contracts import compatibility
+
+    assert doctest.testmod(compatibility).failed == 0
+
+
 # -- soundness: nothing reported means every writer document is a reader document -----------
 
 # hypothesis-jsonschema generates no documents of a recursive schema, nor of false.
