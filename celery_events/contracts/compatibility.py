@@ -497,13 +497,13 @@ class _Comparison:
         if "const" in r:
             found.append(self.change(
                 path, "const-added",
-                f"{self.say.shift('any value', 'fixed to ' + _short(r['const']))}:"
+                f"{self.say.shift(_any(w), 'fixed to ' + _short(r['const']))}:"
                 f" {self.say.refuse} any other value",
             ))
         if "enum" in r:
             found.append(self.change(
                 path, "enum-added",
-                f"{self.say.shift('any value', 'one of ' + _short(r['enum']))}:"
+                f"{self.say.shift(_any(w), 'one of ' + _short(r['enum']))}:"
                 f" {self.say.refuse} any other value",
             ))
         found += self._type(w, r, path)
@@ -858,6 +858,14 @@ def _overlap(a: set[str], b: set[str] | None) -> bool:
     if b is None:
         return True
     return any(_accepts(b, t) for t in a) or any(_accepts(a, t) for t in b)
+
+
+def _any(w: dict[str, Any]) -> str:
+    """``"any string"``, ``"any value"``: what a node without an enum may be."""
+    types = _types(w)
+    if types is None:
+        return "any value"
+    return "any " + " or ".join(sorted(types))
 
 
 def _few_values(w: dict[str, Any]) -> list[Any] | None:
