@@ -138,7 +138,7 @@ class RegisteredDeclaration:
     history: tuple[dict[str, Any], ...] = field(default=(), compare=False)
     sensitive: tuple[str, ...] = ()
     #: When the service recorded it (Unix time).
-    registered_at: float = 0.0
+    registered_at: float = field(default=0.0, compare=False)
 
     @property
     def schemas(self) -> tuple[dict[str, Any], ...]:

@@ -97,7 +97,8 @@ class Schema:
     def errors(self, data: Any) -> list[tuple[str, str, str]]:
         """Every error of ``data`` under the document as ``(path, rule, message)``, in the
         order of the data."""
-        return self._errors(data)
+        found: list[tuple[str, str, str]] = self._errors(data)
+        return found
 
     def parse(self, data: Any) -> Any:
         """``data`` as the pydantic model's instance (for a schema made from a model), after
@@ -211,8 +212,8 @@ def _compile(document: dict[str, Any]) -> tuple[Any, Any]:
     try:
         import jsonschema_rs
     except ImportError:
-        jsonschema_rs = None
-    if jsonschema_rs is not None:
+        pass
+    else:
         fast = jsonschema_rs.Draft202012Validator(document)
 
         def errors(data: Any) -> list[tuple[str, str, str]]:
