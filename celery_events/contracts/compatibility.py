@@ -738,7 +738,7 @@ class _Comparison:
         """Whether ``value`` is valid under the node ``schema`` of ``root``; when it cannot
         tell, the answer that claims no compatibility (False for a reader, True for a writer:
         ``judged=False``)."""
-        from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
+        from jsonschema import Draft202012Validator
 
         try:
             key = (id(root), judged, json.dumps(schema, sort_keys=True))
