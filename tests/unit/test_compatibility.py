@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from celery_events.contracts import Change, breaking_changes, check_against, describe, reader_breaks
 
@@ -407,8 +407,6 @@ def model_v2(**changes: Any) -> type[BaseModel]:
             del fields[name]
         else:
             fields[name] = spec
-    from pydantic import create_model
-
     return create_model("OrderV2", **fields)
 
 
@@ -783,10 +781,6 @@ class CatV2(BaseModel):
 
 
 def owner(*pets: type[BaseModel]) -> Schema:
-    from typing import Annotated, Union
-
-    from pydantic import create_model
-
     pet = Annotated[Union[pets], Field(discriminator="pet_type")]  # noqa: UP007 - a runtime union
     return create_model("Owner", pet=(pet, ...)).model_json_schema()
 
