@@ -47,19 +47,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..declarations import COMPATIBILITY_MODES
+
 __all__ = ["Change", "reader_breaks", "breaking_changes", "check_against", "describe"]
 
-#: The modes :func:`breaking_changes` and :func:`check_against` read (a declaration's
-#: ``compatibility``), as Confluent Schema Registry names them.
-MODES = (
-    "BACKWARD",
-    "BACKWARD_TRANSITIVE",
-    "FORWARD",
-    "FORWARD_TRANSITIVE",
-    "FULL",
-    "FULL_TRANSITIVE",
-    "NONE",
-)
 
 
 @dataclass(frozen=True)
@@ -82,6 +73,10 @@ class Change:
 
     def __str__(self) -> str:
         return f"{self.path or '(the data)'}: {self.description}"
+
+    def to_json(self) -> dict[str, str]:
+        """The change as JSON data: ``{"path": ..., "kind": ..., "description": ...}``."""
+        return {"path": self.path, "kind": self.kind, "description": self.description}
 
 
 def reader_breaks(writer: dict[str, Any], reader: dict[str, Any]) -> list[Change]:
@@ -163,15 +158,15 @@ def describe(changes: Sequence[Change], name: str, version: int | None, mode: st
 def _sign(kind: str) -> str:
     if kind.endswith(("-added", "-raised", "-closed")):
         return "+"
-    if kind.endswith(("-removed", "-narrowed", "-lowered", "-uncovered", "-refused")) or "removed" in kind:
+    if kind.endswith(("-narrowed", "-lowered", "-uncovered", "-refused")) or "-removed" in kind:
         return "-"
     return "~"
 
 
 def _mode(mode: str) -> tuple[str, bool]:
-    if mode not in MODES:
+    if mode not in COMPATIBILITY_MODES:
         raise ValueError(
-            f"{mode!r} is not a compatibility mode; use one of {', '.join(MODES)}."
+            f"{mode!r} is not a compatibility mode; use one of {', '.join(COMPATIBILITY_MODES)}."
         )
     transitive = mode.endswith("_TRANSITIVE")
     return mode.removesuffix("_TRANSITIVE"), transitive
@@ -279,7 +274,7 @@ class _Comparison:
         # Pairs of (writer, reader) nodes being compared: a recursive schema meets them again
         # and is taken as compatible there (documents are finite, so this is sound).
         self._open: set[tuple[int, int]] = set()
-        self._validators: dict[tuple[int, int], Any] = {}
+        self._validators: dict[tuple[int, bool, str], Any] = {}
 
     def changes(self) -> list[Change]:
         return _unique(self.compare(self.wroot, self.rroot, "", 0))
@@ -319,6 +314,9 @@ class _Comparison:
             return [self.change(path, "unknown-keyword-changed", "is not described by a JSON Schema on both sides")]
         key = (id(w), id(r))
         if key in self._open:
+            return []
+        # The same schema on both sides (references followed) takes the same documents.
+        if _expanded(w, self.wroot) == _expanded(r, self.rroot):
             return []
         if depth > _DEEPEST:
             return [self.change(path, "too-deep", f"nests deeper than {_DEEPEST} levels and was not compared")]
@@ -499,13 +497,13 @@ class _Comparison:
         if "const" in r:
             found.append(self.change(
                 path, "const-added",
-                f"{self.say.shift('any value', 'fixed to ' + _short(r['const']))}:"
+                f"{self.say.shift(_any(w), 'fixed to ' + _short(r['const']))}:"
                 f" {self.say.refuse} any other value",
             ))
         if "enum" in r:
             found.append(self.change(
                 path, "enum-added",
-                f"{self.say.shift('any value', 'one of ' + _short(r['enum']))}:"
+                f"{self.say.shift(_any(w), 'one of ' + _short(r['enum']))}:"
                 f" {self.say.refuse} any other value",
             ))
         found += self._type(w, r, path)
@@ -740,16 +738,21 @@ class _Comparison:
         """Whether ``value`` is valid under the node ``schema`` of ``root``; when it cannot
         tell, the answer that claims no compatibility (False for a reader, True for a writer:
         ``judged=False``)."""
-        from jsonschema import Draft202012Validator  # type: ignore[import-untyped, unused-ignore]
+        from jsonschema import Draft202012Validator
 
-        document: dict[str, Any] = {"allOf": [schema]}
-        for defs in ("$defs", "definitions"):
-            if isinstance(root, dict) and defs in root:
-                document[defs] = root[defs]
         try:
-            checker = Draft202012Validator(
-                document, format_checker=Draft202012Validator.FORMAT_CHECKER if judged else None
-            )
+            key = (id(root), judged, json.dumps(schema, sort_keys=True))
+            checker = self._validators.get(key)
+            if checker is None:
+                # The node, with the root's definitions for its references to resolve in.
+                document: dict[str, Any] = {"allOf": [schema]}
+                for defs in ("$defs", "definitions"):
+                    if isinstance(root, dict) and defs in root:
+                        document[defs] = root[defs]
+                # Formats are asserted for a reader, as they are everywhere in this module.
+                checker = self._validators[key] = Draft202012Validator(
+                    document, format_checker=Draft202012Validator.FORMAT_CHECKER if judged else None
+                )
             return bool(checker.is_valid(value))
         except Exception:  # a reference it cannot follow, a pattern Python cannot read...
             return not judged
@@ -802,9 +805,9 @@ def _expanded(value: Any, root: Any, seen: tuple[str, ...] = ()) -> Any:
         if isinstance(ref, str) and ref not in seen:
             target = _pointer(root, ref)
             if target is not _MISSING:
-                rest = {k: v for k, v in value.items() if k != "$ref"}
+                rest = {k: v for k, v in value.items() if k != "$ref" and k not in _ANNOTATIONS}
                 inner = _expanded(target, root, (*seen, ref))
-                return inner if not rest else {"$ref": inner, **_expanded(rest, root, seen)}
+                return inner if not rest else {"allOf": [inner, _expanded(rest, root, seen)]}
         return {k: _expanded(v, root, seen) for k, v in value.items() if k not in _ANNOTATIONS}
     if isinstance(value, list):
         return [_expanded(v, root, seen) for v in value]
@@ -855,6 +858,14 @@ def _overlap(a: set[str], b: set[str] | None) -> bool:
     if b is None:
         return True
     return any(_accepts(b, t) for t in a) or any(_accepts(a, t) for t in b)
+
+
+def _any(w: dict[str, Any]) -> str:
+    """``"any string"``, ``"any value"``: what a node without an enum may be."""
+    types = _types(w)
+    if types is None:
+        return "any value"
+    return "any " + " or ".join(sorted(types))
 
 
 def _few_values(w: dict[str, Any]) -> list[Any] | None:
