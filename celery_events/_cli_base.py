@@ -42,6 +42,9 @@ class ExitCode(IntEnum):
 
     OK = 0
     NOT_FOUND = 1
+    #: ``check`` found breaking changes (the same status as "nothing found": scripts test
+    #: for non-zero).
+    BREAKING = 1
     USAGE = 2
     UNREACHABLE = 3
 

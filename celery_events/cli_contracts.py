@@ -87,6 +87,7 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
                 "service": bus.service,
                 "against": where,
                 "checked": len(declarations),
+                "subscriptions_checked": len(subscriptions),
                 "breaking": [b.to_json() for b in found],
             }
         )
@@ -99,10 +100,11 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         )
     else:
         click.echo(
-            f"No breaking changes: {len(declarations)} declaration(s) checked against {where}."
+            f"No breaking changes: {len(declarations)} declaration(s) and"
+            f" {len(subscriptions)} subscription(s) checked against {where}."
         )
     if found:
-        ctx.exit(ExitCode.NOT_FOUND)
+        ctx.exit(ExitCode.BREAKING)
 
 
 def _write(

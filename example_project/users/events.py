@@ -6,9 +6,11 @@ They run in the worker inside the Flask app's context, so they read the app's co
 
 from __future__ import annotations
 
-from flask import current_app
+from typing import Literal
 
-from celery_events import Event
+from flask import current_app
+from pydantic import BaseModel
+
 from celery_events.contrib.flask import CeleryEvents
 
 from . import db
@@ -16,16 +18,29 @@ from . import db
 events = CeleryEvents()
 
 
+# The worker checks each order.created delivery against this model, and `celery eventbus
+# check` checks that the schema the orders service declares still fits it: the users service
+# knows order.created only by that schema, never by the orders service's code.
+class WelcomeOrder(BaseModel):
+    """What the users service reads of an order.created event."""
+
+    order_id: int
+    user_id: int
+    kind: Literal["welcome", "regular"]
+
+
 @events.subscribe("order.created")
-def remember_welcome_order(event: Event) -> None:
+def remember_welcome_order(order: WelcomeOrder) -> None:
     """Note on the user which order the orders service created to welcome them.
 
-    Idempotent: a repeated delivery writes the same value again.
+    The parameter's pydantic model gets the event's data parsed into it; data it refuses is
+    dead-lettered ``schema_mismatch`` before this runs. Idempotent: a repeated delivery writes
+    the same value again.
     """
-    if event.data.get("kind") != "welcome":
+    if order.kind != "welcome":
         return
     with db.transaction(current_app.config["USERS_DATABASE"]) as connection:
         connection.execute(
             "UPDATE users SET welcome_order_id = ? WHERE id = ?",
-            (event.data["order_id"], event.data["user_id"]),
+            (order.order_id, order.user_id),
         )

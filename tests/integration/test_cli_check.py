@@ -30,7 +30,8 @@ def test_check_passes_when_nothing_breaks(redis_url: str) -> None:
     # Then it exits 0 and says what it checked against
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == (
-        f"No breaking changes: 1 declaration(s) checked against the registry at {redis_url}."
+        f"No breaking changes: 1 declaration(s) and 1 subscription(s) checked against the"
+        f" registry at {redis_url}."
     )
 
 
@@ -114,7 +115,9 @@ def test_a_written_contracts_file_is_stable_and_checked_against(
     no_registry = {"CELERY_EVENTS_TEST_BROKER": "redis://127.0.0.1:1/0"}
     fine = eventbus("check", "--against", str(path), app=DECLARED, env=no_registry)
     assert fine.returncode == 0, fine.stdout + fine.stderr
-    assert fine.stdout.strip() == f"No breaking changes: 1 declaration(s) checked against {path}."
+    assert fine.stdout.strip() == (
+        f"No breaking changes: 1 declaration(s) and 1 subscription(s) checked against {path}."
+    )
     broken = eventbus(
         "check", "--against", str(path), app=DECLARED,
         env={**no_registry, "DECLARED_SCHEMAS": "1:v1-narrowed"},
