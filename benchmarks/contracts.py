@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 
 from celery_events import EventBus, Subscription
 
-from ._stats import Section, Series, Target, chunked, ratios
-from .publish import FANOUT, _chunk
+from ._stats import Section, Series, Target, ratios
+from .publish import FANOUT, compare_publishes
 
 NAME = "bench.contracts"
 DATA: dict[str, Any] = {
@@ -93,17 +93,7 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         "publish to 10, declared with a 10-field JSON Schema": op(buses["schema"]),
         "publish to 10, declared with a 10-field pydantic model": op(buses["model"]),
     }
-    for variant in plan.values():  # warm-up: connections, scripts, caches
-        _chunk(client, 20, variant, llen)
-    repeats, chunks = (2, 2) if smoke else (15, 25)
-    results = chunked(
-        {
-            name: ((lambda ops, v=variant: _chunk(client, ops, v, llen)), 30)
-            for name, variant in plan.items()
-        },
-        repeats,
-        chunks,
-    )
+    results = compare_publishes(client, plan, llen, smoke)
     for bus in buses.values():
         bus.close()
     names = list(plan)

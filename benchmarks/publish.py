@@ -51,6 +51,27 @@ def _chunk(client: redis.Redis, ops: int, op: Callable[[], Any], check: Callable
     return elapsed
 
 
+def compare_publishes(
+    client: redis.Redis,
+    plan: dict[str, Callable[[], Any]],
+    check: Callable[[], int],
+    smoke: bool,
+) -> dict[str, list[float]]:
+    """Seconds per publish of each variant of ``plan`` (name -> one publish), interleaved in
+    chunks of 30 after a warm-up; ``check`` counts the messages on one subscriber's queue."""
+    for variant in plan.values():  # warm-up: connections, scripts, caches
+        _chunk(client, 20, variant, check)
+    repeats, chunks = (2, 2) if smoke else (15, 25)
+    return chunked(
+        {
+            name: ((lambda ops, v=variant: _chunk(client, ops, v, check)), 30)
+            for name, variant in plan.items()
+        },
+        repeats,
+        chunks,
+    )
+
+
 def run_mode(url: str, client: redis.Redis, *, sent_events: bool, smoke: bool) -> Section:
     mode = "on" if sent_events else "off"
     app = Celery(f"bench-publisher-{mode}", broker=url)

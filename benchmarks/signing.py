@@ -22,8 +22,8 @@ from celery import Celery
 from celery_events import EventBus, Subscription
 from celery_events.trust.keys import generate_ed25519, generate_hmac
 
-from ._stats import Section, Series, Target, chunked, interleaved, ratios
-from .publish import FANOUT, _chunk
+from ._stats import Section, Series, Target, interleaved, ratios
+from .publish import FANOUT, compare_publishes
 from .workers import SUBSCRIPTIONS, drain_queued
 
 DATA = {"user_id": 7, "email": "someone@example.com", "plan": "pro"}
@@ -70,17 +70,7 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
             "publish to 10, Ed25519-signed": op(buses["signer"]),
             "publish to 10, HMAC-SHA256-signed": op(buses["hsigner"]),
         }
-        for variant in plan.values():  # warm-up: connections, scripts, caches
-            _chunk(client, 20, variant, llen)
-        repeats, chunks = (2, 2) if smoke else (15, 25)
-        results = chunked(
-            {
-                name: ((lambda ops, v=variant: _chunk(client, ops, v, llen)), 30)
-                for name, variant in plan.items()
-            },
-            repeats,
-            chunks,
-        )
+        results = compare_publishes(client, plan, llen, smoke)
         for bus in buses.values():
             bus.close()
     plain, signed = results["publish to 10, unsigned"], results["publish to 10, Ed25519-signed"]
