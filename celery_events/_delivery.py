@@ -42,7 +42,7 @@ from .errors import (
     PoisonMessageError,
     RegistryError,
 )
-from .middleware.base import SKIPPED, HandlerCall, Receipt
+from .middleware.base import SKIPPED, HandlerCall, Outcome, Receipt, Settled
 from .middleware.chain import MiddlewareChain
 from .outcomes import Reject, Retry
 from .settings import Settings
@@ -187,10 +187,7 @@ def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
 
     def deliver(self: Task, *args: object, **kwargs: object) -> None:
         drop_steering(self.request, handler.task_name)
-        run = _Run(bus, handler, self)
-        if kwargs or len(args) != 1:
-            run.refuse_arguments(args, kwargs)
-        run.run(args[0])
+        _Run(bus, handler, self).run(args, kwargs)
 
     deliver.__doc__ = handler.func.__doc__
     options: dict[str, Any] = {
@@ -327,6 +324,57 @@ class _Run:
         #: Whether the delivery's argument text is masked (sensitive fields), so that its
         #: retries keep it.
         self.masked = bool(handler.sensitive)
+        # How the run ended, for the chain's on_settled listeners (set where it is decided).
+        self.started_at = time.time()
+        self.event: Event | None = None
+        self.attempt = int(request.retries or 0) + 1
+        self.outcome: str | None = None
+        self.reason: str | None = None
+        self.error: BaseException | None = None
+        self.countdown: float | None = None
+        self.handler_started_at: float | None = None
+        self.handler_finished_at: float | None = None
+        self.redelivered = False
+
+    def _ended(
+        self,
+        outcome: str,
+        *,
+        error: BaseException | None = None,
+        reason: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        """Note how this run ends (the last note counts: a retry whose release is handed
+        back ends handed back)."""
+        self.outcome, self.error, self.reason, self.countdown = outcome, error, reason, countdown
+
+    def _settle(self, chain: MiddlewareChain, raised: BaseException | None) -> None:
+        outcome = self.outcome
+        if outcome is None:
+            outcome = Outcome.SUCCEEDED if raised is None else Outcome.FAILED
+        chain.notify(
+            chain.on_settled,
+            Settled(
+                outcome=outcome,
+                handler=self.handler.task_name,
+                queue=self.queue,
+                task_id=self.task_id,
+                service=self.bus.service,
+                event=self.event,
+                attempt=self.attempt,
+                started_at=self.started_at,
+                finished_at=time.time(),
+                handler_started_at=self.handler_started_at,
+                handler_finished_at=self.handler_finished_at,
+                error=self.error if self.error is not None else (
+                    raised if outcome == Outcome.FAILED else None
+                ),
+                reason=self.reason,
+                countdown=self.countdown,
+                hostname=self.hostname,
+                redelivered=self.redelivered,
+            ),
+        )
 
     def _time_left(self) -> float:
         """Seconds this run may still wait before its time limit ends it."""
@@ -357,13 +405,33 @@ class _Run:
     def _hand_back(self, what: str, exc: BaseException, countdown: float = 0.0) -> None:
         wait = max(countdown, hand_back_countdown(int(self.task.request.retries or 0)))
         outages.handed_back(self.task_id, what, exc, wait)
+        self._ended(Outcome.HANDED_BACK, error=exc, countdown=wait)
         if self.lease is not None:
             abandoned.add(self.lease)
         # A retry of the same task id: the broker keeps it, and nothing in the store counted
         # it as a failure or a start, so neither max_retries nor max_deliveries moves.
         self._celery_retry(countdown=wait, exc=None)
 
-    def run(self, envelope: object) -> None:
+    def run(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        """Run the delivery the task was called with (one envelope); the chain's
+        ``on_settled`` listeners hear how it ended."""
+        chain = self.bus.middleware
+        if not chain.on_settled:
+            self._start(args, kwargs)
+            return
+        try:
+            self._start(args, kwargs)
+        except BaseException as exc:
+            self._settle(chain, exc)
+            raise
+        self._settle(chain, None)
+
+    def _start(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        if kwargs or len(args) != 1:
+            self.refuse_arguments(args, kwargs)
+        self._run(args[0])
+
+    def _run(self, envelope: object) -> None:
         handler = self.handler
         inbox = self.bus.inbox
         try:
@@ -371,6 +439,7 @@ class _Run:
         except InvalidEnvelope as exc:
             self._dead(Reason.INVALID_ENVELOPE, exc, envelope, attempts=1, event_id="-")
             raise
+        self.event = event
         chain = self.bus.middleware
         # Fields the publisher declared sensitive: checked (decrypted), and kept masked.
         sensitive = isinstance(envelope, dict) and SENSITIVE in envelope
@@ -379,8 +448,9 @@ class _Run:
         if chain.receive_hooks or sensitive:
             handed = self._received(chain, envelope, event)
             if handed is None:
+                self._ended(Outcome.IGNORED)
                 return
-            event = handed
+            event = self.event = handed
 
         # The lease names this process, whose alive key it renews: a copy of this delivery
         # elsewhere waits while this process lives, and takes over once it died.
@@ -425,12 +495,14 @@ class _Run:
                 event.id,
                 self.task_id,
             )
+            self._ended(Outcome.DUPLICATE_SKIPPED)
             if chain.on_duplicate_skipped:
                 chain.notify(chain.on_duplicate_skipped, self._handler_call(event, 1))
             return
         if claim.status == "busy":
             # Come back just after the holder's alive key would expire if it died meanwhile.
             wait = max(1.0, min(claim.holder_ttl_ms / 1000.0 + 0.5, 30.0))
+            self._ended(Outcome.WAITING, countdown=wait)
             log.info(
                 "celery-events: another copy of delivery %s of event %s is running; checking"
                 " again in %.1f s",
@@ -466,16 +538,22 @@ class _Run:
 
         # Described only for a chain that looks at deliveries: none costs nothing here.
         call = None
+        self.attempt = claim.failures + max(claim.starts, 1)
+        self.redelivered = claim.starts > 1
         if chain.sees_deliveries:
-            call = self._handler_call(event, claim.failures + max(claim.starts, 1))
+            call = self._handler_call(event, self.attempt)
             if claim.starts > 1 and chain.on_redelivered:
                 chain.notify(chain.on_redelivered, call)
         effects = inbox.new_effects()
         event_token = current_event.set(event)
         effects_token = current_effects.set(effects)
+        if chain.on_settled:
+            self.handler_started_at = time.time()
         try:
             ran = call_handler(chain, handler, event, call)
         except StoreError as exc:
+            if chain.on_settled:
+                self.handler_finished_at = time.time()
             # A store the handle chain writes in (the Django database inbox of an atomic
             # handler) is away: nothing was committed, and it is no failure of the handler.
             current_effects.reset(effects_token)
@@ -492,6 +570,8 @@ class _Run:
             self._hand_back("handler's transaction", exc)
             raise  # not reached: the hand-back raises
         except Exception as exc:
+            if chain.on_settled:
+                self.handler_finished_at = time.time()
             current_effects.reset(effects_token)
             current_event.reset(event_token)
             if effects is not None:
@@ -500,8 +580,12 @@ class _Run:
                 exc, event, call, envelope, lease, claim.failures + 1, claim.first_failed_at
             )
             raise
+        if chain.on_settled:
+            self.handler_finished_at = time.time()
         current_effects.reset(effects_token)
         current_event.reset(event_token)
+        if not ran:
+            self._ended(Outcome.DUPLICATE_SKIPPED)
         if not ran and call is not None and chain.on_duplicate_skipped:
             chain.notify(chain.on_duplicate_skipped, call)
         try:
@@ -637,6 +721,7 @@ class _Run:
         handler = self.handler
         reason, countdown = failure_outcome(handler.retry, exc, failures)
         if reason is None:
+            self._ended(Outcome.RETRIED, error=exc, countdown=countdown)
             chain = self.bus.middleware
             if call is not None and chain.on_retry:
                 chain.notify(chain.on_retry, call, exc, countdown)
@@ -738,6 +823,7 @@ class _Run:
             # keeps one record.
             id=self.task_id,
         )
+        self._ended(Outcome.DEAD_LETTERED, error=exc, reason=reason)
         # Kept before anything of the delivery is forgotten: a write that fails hands the
         # delivery back with its counts, and its next run comes back here.
         dead_letters = self.bus.dead_letters

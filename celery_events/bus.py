@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from . import _buses, _worker, trust
+from . import _buses, _worker, observability, trust
 from ._delivery import (
     Handler,
     HandlerFunc,
@@ -92,8 +92,14 @@ class EventBus:
         # what every other middleware made, and is the first to check a delivery. It comes
         # from this service's own settings, never from the registry.
         self._trust = trust.trust_for(self.service, self.settings)
+        # Tracing, metrics and trace records, outermost but for the contracts' validation:
+        # their spans and records cover what the user's middleware does, and the trace
+        # context is in the event before it is deferred or signed. (Their constructors only
+        # keep the bus, which is not fully made yet.)
         self._publisher = Publisher(
-            self, [*middleware, *self._trust.middleware], self._trust.guard
+            self,
+            [*observability.middleware_for(self), *middleware, *self._trust.middleware],
+            self._trust.guard,
         )
         self._handlers: dict[str, Handler] = {}
         # Added to the chain (outermost) by the first handler or declared schema: a bus with

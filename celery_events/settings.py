@@ -242,6 +242,25 @@ class Settings:
     #: :class:`~celery_events.EventNotDeclared`; by default an undeclared name is published
     #: without a schema.
     require_declarations: bool = False
+    # -- observability (see celery_events/observability and the README's "Observability") -
+    #: OpenTelemetry spans: a ``send {event}`` producer span per publish and a ``process
+    #: {event}`` consumer span per delivery run, the context carried in the envelope
+    #: (``traceparent``, ``tracestate``). Needs the ``otel`` extra.
+    tracing: bool = False
+    #: How a ``process`` span relates to the ``send`` span of its event: ``"link"`` (a new
+    #: trace per delivery, linked to the publisher's, as the messaging conventions advise) or
+    #: ``"parent"`` (the delivery's span is a child of the send span: one trace).
+    tracing_context: str = "link"
+    #: Prometheus metrics of publishes and deliveries. Needs the ``prometheus`` extra.
+    metrics: bool = False
+    #: The port a worker serves its metrics on (``/metrics``, all its pool processes'); ``None``:
+    #: no server (the app exports the default registry itself).
+    metrics_port: int | None = None
+    #: Keep the records ``celery eventbus trace`` shows: each event, what caused it, and each
+    #: delivery's state, worker and timings, in the state store for ``trace_ttl`` seconds.
+    trace_records: bool = False
+    #: How long trace records are kept, in seconds.
+    trace_ttl: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -295,6 +314,7 @@ class Settings:
             "state_outage_wait",
             "broker_consumer_timeout",
             "signature_max_age",
+            "trace_ttl",
         ):
             value = getattr(self, name)
             if not is_seconds(value):
@@ -397,7 +417,7 @@ class Settings:
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events",
-            "require_declarations",
+            "require_declarations", "tracing", "metrics", "trace_records",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"The setting {name} must be True or False.")
@@ -416,6 +436,20 @@ class Settings:
             raise ConfigurationError(
                 f"The setting require names {unknown[0]!r}, which is not a capability.{hint}"
                 f" The capabilities are {', '.join(known)}."
+            )
+        if self.tracing_context not in ("link", "parent"):
+            raise ConfigurationError(
+                f"The setting tracing_context must be 'link' or 'parent', not"
+                f" {self.tracing_context!r}."
+            )
+        if self.metrics_port is not None and (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not 0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigurationError(
+                f"The setting metrics_port must be a port number (0 to 65535) or None, not"
+                f" {self.metrics_port!r}."
             )
         if self.require_signatures is not None and not isinstance(self.require_signatures, bool):
             raise ConfigurationError(

@@ -7,9 +7,11 @@ from .base import (
     HandleNext,
     HandlerCall,
     Middleware,
+    Outcome,
     PublishCall,
     PublishNext,
     Receipt,
+    Settled,
 )
 from .chain import MiddlewareChain
 
@@ -21,6 +23,8 @@ __all__ = [
     "PublishNext",
     "HandleNext",
     "Receipt",
+    "Settled",
+    "Outcome",
     "SKIPPED",
     "PUBLISH",
     "REPLAY",

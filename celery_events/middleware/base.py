@@ -25,6 +25,10 @@ what was overridden.
   the delivery as its handler would: :class:`~celery_events.Reject` dead-letters it at once,
   other exceptions are retried by the handler's policy.
 - ``on_*`` methods are notifications: the worker tells them what happened and goes on.
+  :meth:`Middleware.on_settled` is told how every run of every delivery ended, whatever
+  path it took (handled, retried, dead-lettered, skipped as a duplicate, refused before the
+  handler, handed back during an outage): the one place tracing, metrics and the trace
+  records need.
 
 The first middleware of the list is the outermost: its ``publish`` runs first and calls the
 second's. Features built in (Django's transactions, Flask's app context) are added after the
@@ -50,6 +54,8 @@ __all__ = [
     "PublishCall",
     "HandlerCall",
     "Receipt",
+    "Settled",
+    "Outcome",
     "PublishNext",
     "HandleNext",
     "SKIPPED",
@@ -171,6 +177,77 @@ class Receipt:
         return replace(self, event=event)
 
 
+class Outcome:
+    """How one run of one delivery ended (:attr:`Settled.outcome`)."""
+
+    #: The handler ran and its success is recorded.
+    SUCCEEDED = "succeeded"
+    #: The handler failed (or asked for a retry) and the delivery runs again after
+    #: :attr:`Settled.countdown` seconds.
+    RETRIED = "retried"
+    #: The delivery became a dead letter (:attr:`Settled.reason` says why): its handler gave
+    #: up, a receive hook refused it, its envelope was unreadable, it was a poison message.
+    DEAD_LETTERED = "dead_lettered"
+    #: The event was already handled by this handler; acked unrun.
+    DUPLICATE_SKIPPED = "duplicate_skipped"
+    #: Another copy of the delivery holds its lease; this one comes back after
+    #: :attr:`Settled.countdown` seconds (no failure counted).
+    WAITING = "waiting"
+    #: The state store was away; the delivery went back to the broker unrun (or its success
+    #: could not be recorded) and runs again (no failure counted).
+    HANDED_BACK = "handed_back"
+    #: A copy the broker routed to this handler's queue by name that is not meant for it (a
+    #: version it does not accept); acked unrun.
+    IGNORED = "ignored"
+    #: The run raised what the bus does not expect (a bug): Celery records a failure.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one run of one delivery ended, as :meth:`Middleware.on_settled` hears it."""
+
+    #: One of the :class:`Outcome` values.
+    outcome: str
+    #: The handler's Celery task name, ``{service}.{name}``.
+    handler: str
+    #: The queue the delivery came from.
+    queue: str
+    #: The Celery task id of the delivery (kept by its retries).
+    task_id: str
+    #: The subscribing service.
+    service: str
+    #: The delivered event, or ``None`` when its envelope could not be read.
+    event: Event | None
+    #: 1 for the first run of the delivery, 2 for its first retry, and so on.
+    attempt: int
+    #: When the worker began this run (Unix time).
+    started_at: float
+    #: When it ended (Unix time).
+    finished_at: float
+    #: When the handler was called, or ``None`` when it was not (a duplicate, a refusal).
+    handler_started_at: float | None = None
+    #: When the handler returned or raised, or ``None`` when it was not called.
+    handler_finished_at: float | None = None
+    #: What the handler (or the check that refused the delivery) raised, or ``None``.
+    error: BaseException | None = None
+    #: For :data:`Outcome.DEAD_LETTERED`: the dead letter's reason.
+    reason: str | None = None
+    #: For :data:`Outcome.RETRIED`, ``WAITING`` and ``HANDED_BACK``: seconds until it runs again.
+    countdown: float | None = None
+    #: The worker that ran it (Celery's ``hostname``), when known.
+    hostname: str | None = None
+    #: Whether the delivery ran before without finishing (its worker died in it).
+    redelivered: bool = False
+
+    @property
+    def handler_seconds(self) -> float | None:
+        """How long the handler ran, or ``None`` when it was not called."""
+        if self.handler_started_at is None or self.handler_finished_at is None:
+            return None
+        return self.handler_finished_at - self.handler_started_at
+
+
 PublishNext = Callable[[PublishCall], PublishResult]
 HandleNext = Callable[[HandlerCall], Any]
 
@@ -217,6 +294,11 @@ class Middleware:
 
     def on_duplicate_skipped(self, call: HandlerCall) -> None:
         """The delivery's event was already handled by this handler; it was acked unrun."""
+
+    def on_settled(self, settled: Settled) -> None:
+        """One run of one delivery ended (every run, whatever its path: see
+        :class:`Settled` and :class:`Outcome`). Called once per run, last, in the worker
+        process that ran it."""
 
     def on_redelivered(self, call: HandlerCall) -> None:
         """The delivery runs again after an earlier run died without finishing (a worker

@@ -29,6 +29,7 @@ _NOTIFICATIONS = (
     "on_dead_letter",
     "on_duplicate_skipped",
     "on_redelivered",
+    "on_settled",
     "on_worker_start",
     "on_worker_stop",
 )
@@ -84,6 +85,7 @@ class MiddlewareChain:
         self.on_redelivered = tuple(
             m.on_redelivered for m in items if _overrides(m, "on_redelivered")
         )
+        self.on_settled = tuple(m.on_settled for m in items if _overrides(m, "on_settled"))
         #: Whether anything wraps or hears of single deliveries (else the worker does not
         #: even describe them).
         self.sees_deliveries = bool(
@@ -91,6 +93,7 @@ class MiddlewareChain:
             or self.on_retry
             or self.on_duplicate_skipped
             or self.on_redelivered
+            or self.on_settled
         )
         self.on_worker_start = tuple(
             m.on_worker_start for m in items if _overrides(m, "on_worker_start")
