@@ -1,6 +1,6 @@
 """A subscriber with metrics on, serving them on the port the test names.
 
-Its handlers succeed, fail once and are retried, or reject their delivery (a dead letter), as
+Its handlers succeed (``meter.ok`` after holding its process for ``hold`` seconds), fail once and are retried, or reject their delivery (a dead letter), as
 each event's name says; ``meter.ok`` publishes a ``meter.followed`` from inside the worker, so
 the worker's own processes count publishes too. Each run is recorded in Redis (``test:meter``)
 so the test waits on the system, not on the clock.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import redis
 from celery import Celery
@@ -42,6 +43,8 @@ def note(handler: str, event: Event, what: str) -> None:
 
 @bus.subscribe("meter.ok")
 def count(event: Event) -> None:
+    # Held a moment, so that the next delivery goes to another pool process.
+    time.sleep(float(event.data.get("hold", 0)))
     bus.publish("meter.followed", {"after": event.id})
     note("count", event, "ok")
 
