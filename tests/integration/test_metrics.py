@@ -19,7 +19,6 @@ from celery_events import EventBus
 
 from ..harness import Worker, wait_until
 
-
 METERED = "tests.services.metered"
 METER_KEY = "test:meter"  # where the service records each run
 
