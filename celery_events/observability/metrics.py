@@ -168,7 +168,7 @@ class Metrics(Middleware):
     default one when ``None``) is where the series go.
 
     >>> bus = EventBus(app, service="orders", metrics=True, metrics_port=9808)  # doctest: +SKIP
-    >>> registry = CollectorRegistry()
+    >>> registry = CollectorRegistry()  # doctest: +SKIP
     >>> bus = EventBus(app, service="orders", middleware=[Metrics(registry=registry)])  # doctest: +SKIP
     """
 

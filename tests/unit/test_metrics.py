@@ -271,6 +271,49 @@ def test_a_backend_that_cannot_read_its_queues_exports_no_gauges(
     assert value(registry, "celery_events_status_errors_total") == 0
 
 
+# -- the worker's multiprocess directory ---------------------------------------------------
+
+
+@pytest.fixture
+def multiprocess_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Puts prometheus_client's value class and the environment back after the test."""
+    from prometheus_client import values
+
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
+
+
+def test_a_worker_empties_the_multiprocess_directory_it_is_given(
+    multiprocess_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import values
+
+    from celery_events.observability.metrics import _multiprocess_directory
+
+    # Given the files an earlier run of the worker left in the directory
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    (tmp_path / "notes.txt").write_text("the operator's")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert _multiprocess_directory() == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # and the series made from now on write there (prometheus_client's multiprocess mode)
+    assert values.ValueClass.__name__ == "MmapedValue"
+
+
+def test_a_worker_given_no_multiprocess_directory_makes_a_private_one(
+    multiprocess_env: None,
+) -> None:
+    import os
+
+    from celery_events.observability.metrics import _multiprocess_directory
+
+    directory = _multiprocess_directory()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == directory
+    assert Path(directory).is_dir() and "celery-events-metrics-" in directory
+    os.rmdir(directory)
+
+
 # -- the dashboard --------------------------------------------------------------------------
 
 
