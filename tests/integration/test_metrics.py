@@ -1,5 +1,5 @@
 """The worker's metrics, scraped over HTTP: a real `celery worker` (prefork with two pool
-processes, and solo) with metrics on, a real Redis, a real GET of ``/metrics`` after
+processes, solo, and threads) with metrics on, a real Redis, a real GET of ``/metrics`` after
 publishes, successes, a retry, a dead letter and a duplicate; counts are summed over the pool
 processes, and the queue gauges show a service that has no worker."""
 
@@ -66,7 +66,11 @@ def absent(redis_url: str) -> Iterator[EventBus]:
     bus.close()
 
 
-@pytest.mark.parametrize("pool", [["-P", "prefork", "-c", "2"], ["-P", "solo"]], ids=["prefork", "solo"])
+@pytest.mark.parametrize(
+    "pool",
+    [["-P", "prefork", "-c", "2"], ["-P", "solo"], ["-P", "threads", "-c", "2"]],
+    ids=["prefork", "solo", "threads"],
+)
 def test_a_scrape_of_the_worker_counts_every_outcome_across_its_pool_processes(
     pool: list[str],
     start_worker: Callable[..., Worker],
