@@ -5,8 +5,9 @@ Each record is a small JSON text in the state store's trace records
 whole conversation is one read, and shared by every service of the store:
 
 - ``e:{event id}``, written once per publish, after it was sent: the event's name, source,
-  time, correlation and causation ids, when it was published, and its deliveries
-  (``[service, handler, queue, task id]``). A deferred publish is recorded when a later pass
+  time, correlation and causation ids, the task id of the delivery whose handler published
+  it (``by``), when it was published, and its deliveries (``[service, handler, queue, task
+  id]``). A deferred publish is recorded when a later pass
   through the chain sends it (an outbox relay).
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
@@ -57,8 +58,9 @@ def _compact(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":"))
 
 
-def event_record(result: PublishResult, published_at: float) -> str:
-    """The ``e:`` record of one sent event."""
+def event_record(result: PublishResult, published_at: float, by: str | None = None) -> str:
+    """The ``e:`` record of one sent event; ``by`` is the task id of the delivery whose
+    handler published it, if one did."""
     event = result.event
     return _compact(
         {
@@ -67,6 +69,7 @@ def event_record(result: PublishResult, published_at: float) -> str:
             "time": event.time.isoformat(),
             "correlation": event.correlation_id,
             "causation": event.causation_id,
+            "by": by,
             "published": round(published_at, 6),
             "deliveries": [[d.service, d.handler, d.queue, d.task_id] for d in result.deliveries],
         }
@@ -139,7 +142,8 @@ class TraceRecords(Middleware):
                 for d in result.deliveries
             }
         else:
-            fields = {f"e:{result.event.id}": event_record(result, now)}
+            by = self._delivery()[0] if result.event.causation_id else None
+            fields = {f"e:{result.event.id}": event_record(result, now, by)}
         self._write(result.event, fields)
         return result
 
@@ -150,7 +154,7 @@ class TraceRecords(Middleware):
             "handler": call.handler,
             "state": RUNNING,
             "attempt": call.attempt,
-            "host": self._hostname(),
+            "host": self._delivery()[1],
             "handler_started": round(time.time(), 6),
         }
         self._write(call.event, {run_field(call.task_id, call.attempt): _compact(record)})
@@ -180,11 +184,15 @@ class TraceRecords(Middleware):
         field = run_field(settled.task_id, settled.attempt, settled.outcome)
         self._write(event, {field: _compact(record)})
 
-    def _hostname(self) -> str | None:
-        task = getattr(self.bus.app, "current_task", None)
+    def _delivery(self) -> tuple[str | None, str | None]:
+        """The task id and worker of the delivery this process is running, if any."""
+        task = self.bus.app.current_worker_task
         request = getattr(task, "request", None)
-        hostname = getattr(request, "hostname", None)
-        return hostname if isinstance(hostname, str) else None
+        task_id, hostname = getattr(request, "id", None), getattr(request, "hostname", None)
+        return (
+            task_id if isinstance(task_id, str) else None,
+            hostname if isinstance(hostname, str) else None,
+        )
 
 
 def _rounded(value: float | None) -> float | None:
