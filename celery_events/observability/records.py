@@ -12,7 +12,9 @@ whole conversation is one read, and shared by every service of the store:
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
   when its handler starts, then how the run ended (:class:`~celery_events.Outcome`), its
-  worker and its timings. A run whose handler did not run (a skipped duplicate, a delivery
+  worker and its timings (Unix times), its error's type and its dead letter's reason. It
+  names its event and handler (``{service}.{name}``), so that a delivery whose publish was
+  not recorded is still shown. A run whose handler did not run (a skipped duplicate, a delivery
   waiting for a lease) is kept under ``r:{task id}:{attempt}:{outcome}`` so that it never
   hides the run that did.
 
@@ -150,7 +152,6 @@ class TraceRecords(Middleware):
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         record = {
             "event": call.event.id,
-            "service": call.service,
             "handler": call.handler,
             "state": RUNNING,
             "attempt": call.attempt,
@@ -167,7 +168,6 @@ class TraceRecords(Middleware):
         error = settled.error
         record = {
             "event": event.id,
-            "service": settled.service,
             "handler": settled.handler,
             "state": settled.outcome,
             "attempt": settled.attempt,

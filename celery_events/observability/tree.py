@@ -229,8 +229,9 @@ def build(fields: dict[str, str]) -> list[EventNode]:
         if isinstance(event_id, str) and task_id not in deliveries:
             node = event(event_id)
             published = _float(record.get("replayed")) if kind == "d" else None
-            delivery(node, str(record.get("service")), str(record.get("handler")),
-                     record.get("queue"), task_id)
+            handler = str(record.get("handler"))
+            service = record.get("service") or handler.split(".")[0]  # {service}.{name}
+            delivery(node, str(service), handler, record.get("queue"), task_id)
             deliveries[task_id].published_at = published or node.published_at
     for kind, record in runs:
         if kind != "r":

@@ -194,3 +194,24 @@ def test_a_store_without_trace_records_is_a_configuration_error_before_sending()
     finally:
         bus.close()
         memory.reset()
+
+
+def test_the_django_database_and_rabbitmq_without_redis_keep_no_records() -> None:
+    from celery_events.backends.amqp import NoState
+    from celery_events.contrib.django.state import DatabaseState
+
+    with pytest.raises(ConfigurationError, match="Django database 'default' keeps no trace"):
+        DatabaseState("default").traces()
+    with pytest.raises(ConfigurationError, match="state_url='redis://"):
+        NoState().traces()
+
+
+def test_beside_a_store_the_bus_brings_records_stay_on_the_brokers_redis() -> None:
+    import redis
+
+    from celery_events.backends.redis.stores import LedgerState, RedisTraces
+
+    client = redis.Redis()  # not connected: nothing is written here
+    traces = LedgerState(memory.MemoryState(memory._space(MEMORY)), client, "app:").traces()
+    assert isinstance(traces, RedisTraces) and traces.client is client
+    assert traces.group_key("c1") == "app:trace:c1"  # shared by every service, not per service
