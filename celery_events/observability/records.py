@@ -7,8 +7,8 @@ whole conversation is one read, and shared by every service of the store:
 - ``e:{event id}``, written once per publish, after it was sent: the event's name, source,
   time, correlation and causation ids, the task id of the delivery whose handler published
   it (``by``), when it was published, and its deliveries (``[service, handler, queue, task
-  id]``). A deferred publish is recorded when a later pass
-  through the chain sends it (an outbox relay).
+  id]``). A deferred publish is recorded as ``deferred`` (no deliveries yet), and again
+  when an outbox relay sends it through the chain.
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
   when its handler starts, then how the run ended (:class:`~celery_events.Outcome`), its
@@ -60,9 +60,11 @@ def _compact(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":"))
 
 
-def event_record(result: PublishResult, published_at: float, by: str | None = None) -> str:
-    """The ``e:`` record of one sent event; ``by`` is the task id of the delivery whose
-    handler published it, if one did."""
+def event_record(
+    result: PublishResult, published_at: float, by: str | None = None, deferred: bool = False
+) -> str:
+    """The ``e:`` record of one sent (or ``deferred``) event; ``by`` is the task id of the
+    delivery whose handler published it, if one did."""
     event = result.event
     return _compact(
         {
@@ -72,6 +74,7 @@ def event_record(result: PublishResult, published_at: float, by: str | None = No
             "correlation": event.correlation_id,
             "causation": event.causation_id,
             "by": by,
+            "deferred": deferred or None,
             "published": round(published_at, 6),
             "deliveries": [[d.service, d.handler, d.queue, d.task_id] for d in result.deliveries],
         }
@@ -132,10 +135,13 @@ class TraceRecords(Middleware):
         # the caller sees before anything is sent.
         self.store()
         result = call_next(call)
-        if result.deferred:
-            return result
         now = time.time()
-        if call.origin == REPLAY:
+        if result.deferred:
+            # Sent later: an outbox relay sends it through the whole chain again, and that
+            # record replaces this one; a send after a commit passes only the middleware
+            # inside the one that deferred it, so its deliveries are known from their runs.
+            fields = {f"e:{result.event.id}": event_record(result, now, deferred=True)}
+        elif call.origin == REPLAY:
             fields = {
                 f"d:{d.task_id}": _compact(
                     {"event": result.event.id, "service": d.service, "handler": d.handler,

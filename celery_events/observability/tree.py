@@ -155,6 +155,9 @@ class EventNode:
     #: The task id of the delivery whose handler published it, when one did.
     published_by: str | None = None
     published_at: float | None = None
+    #: Whether its publish was deferred (publish on commit, the outbox) and its send not
+    #: recorded: its deliveries are those that ran.
+    deferred: bool = False
     deliveries: list[DeliveryNode] = field(default_factory=list)
     caused: list[EventNode] = field(default_factory=list)
 
@@ -218,6 +221,7 @@ def build(fields: dict[str, str]) -> list[EventNode]:
             node.correlation_id = record.get("correlation")
             node.causation_id = record.get("causation")
             node.published_by = record.get("by")
+            node.deferred = bool(record.get("deferred"))
             node.published_at = _float(record.get("published"))
             for item in record.get("deliveries") or []:
                 if isinstance(item, list) and len(item) == 4:
@@ -305,6 +309,7 @@ def to_json(node: EventNode) -> dict[str, Any]:
         "causation_id": node.causation_id,
         "published_by": node.published_by,
         "published_at": node.published_at,
+        "deferred": node.deferred,
         "recorded": node.recorded,
         "deliveries": [_delivery_json(d) for d in node.deliveries],
         "caused": [to_json(c) for c in node.caused],
@@ -323,7 +328,8 @@ def _seconds(value: float | None) -> str:
 def _event_label(node: EventNode) -> str:
     if not node.recorded:
         return f"event {node.id} (publish not recorded)"
-    return f"{node.name} {node.id} from {node.source}"
+    label = f"{node.name} {node.id} from {node.source}"
+    return label + " (deferred; its send not recorded)" if node.deferred else label
 
 
 def _state_label(d: DeliveryNode) -> str:
@@ -375,7 +381,8 @@ def render_text(nodes: list[EventNode]) -> str:
     for node in nodes:
         out.append(_event_label(node))
         if not node.deliveries and not node.caused:
-            out.append("└── (no deliveries: nothing subscribed)")
+            out.append("└── (no deliveries ran yet)" if node.deferred
+                       else "└── (no deliveries: nothing subscribed)")
         _lines(node, "", out)
     return "\n".join(out) + "\n"
 

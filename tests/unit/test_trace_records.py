@@ -215,3 +215,40 @@ def test_beside_a_store_the_bus_brings_records_stay_on_the_brokers_redis() -> No
     traces = LedgerState(memory.MemoryState(memory._space(MEMORY)), client, "app:").traces()
     assert isinstance(traces, RedisTraces) and traces.client is client
     assert traces.group_key("c1") == "app:trace:c1"  # shared by every service, not per service
+
+
+def test_a_deferred_publish_is_recorded_as_such_and_its_deliveries_as_they_run() -> None:
+    from celery_events import Middleware, PublishResult
+    from celery_events.middleware import PublishCall, PublishNext
+
+    later: list[tuple[PublishCall, PublishNext]] = []
+
+    class OnCommit(Middleware):  # as Django's publish on commit defers a publish
+        def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+            later.append((call, call_next))
+            return PublishResult(call.event, deferred=True)
+
+    orders = EventBus(Celery("orders", broker=MEMORY), service="orders", trace_records=True,
+                      middleware=[OnCommit()])
+    billing = service("billing")
+    try:
+        billing.subscribe("order.created", name="invoice")(lambda event: None)
+        billing.register()
+        # Given a publish that was deferred
+        event_id = orders.publish("order.created", {"order_id": 4}).event.id
+        text = render_text(build(orders.backend.state.traces().load(event_id)))
+        assert "(deferred; its send not recorded)" in text
+        assert "(no deliveries ran yet)" in text
+
+        # When it is sent (after the commit) and handled
+        [(call, send)] = later
+        send(call)
+        HandlerRunner().work(billing)
+
+        # Then its delivery is known from its runs
+        [delivery] = tree_of(orders, event_id)["deliveries"]  # type: ignore[misc]
+        assert (delivery["handler"], delivery["state"]) == ("billing.invoice", "succeeded")
+    finally:
+        orders.close()
+        billing.close()
+        memory.reset()
