@@ -158,10 +158,24 @@ def test_a_dead_letter_replayed_links_to_the_original_send_span(
     assert replay["links"] == [send["span_id"]]
 
 
+@pytest.fixture
+def celery_instrumented() -> Iterator[None]:
+    """opentelemetry-instrumentation-celery installed in this (the publishing) process."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    CeleryInstrumentor().instrument()
+    yield
+    CeleryInstrumentor().uninstrument()
+
+
 def test_beside_celerys_instrumentation_each_run_has_one_process_span_inside_its_run_span(
-    start_worker: Callable[..., Worker], depot: EventBus, spans_file: Path
+    start_worker: Callable[..., Worker],
+    depot: EventBus,
+    spans_file: Path,
+    celery_instrumented: None,
 ) -> None:
-    # Given a traced subscriber with opentelemetry-instrumentation-celery installed too
+    # Given a publisher and a traced subscriber with opentelemetry-instrumentation-celery
+    # installed too
     start_worker(TRACED, env={SPANS_FILE: str(spans_file), "CELERY_EVENTS_TEST_INSTRUMENT": "1"})
 
     # When the depot publishes an event whose handler fails once
@@ -176,7 +190,15 @@ def test_beside_celerys_instrumentation_each_run_has_one_process_span_inside_its
     for span in runs:
         parent = by_id[span["parent_id"]]
         assert (parent["name"], parent["kind"]) == ("run/traced.ship", "CONSUMER")
-        assert span["trace_id"] == parent["trace_id"]
         assert span["links"] == [send["span_id"]]
-    assert len({by_id[s["parent_id"]]["span_id"] for s in runs}) == 2
+    assert len({s["parent_id"] for s in runs}) == 2
     assert len([s for s in spans if s["name"] == "run/traced.ship"]) == 2
+    # And Celery's publish span of the delivery is the child of the send span, so the
+    # first run is in the publisher's trace: send -> apply_async -> run -> process
+    [apply] = [
+        s for s in spans if s["name"] == "apply_async/traced.ship" and s["pid"] == send["pid"]
+    ]
+    assert apply["parent_id"] == send["span_id"]
+    first_run = by_id[runs[0]["parent_id"]]
+    assert first_run["parent_id"] == apply["span_id"]
+    assert runs[0]["trace_id"] == send["trace_id"]
