@@ -70,8 +70,6 @@ HANDLER = "celery_events.handler"
 REASON = "celery_events.dead_letter.reason"
 #: The send span's attribute: true when the publish was deferred (publish on commit, outbox).
 DEFERRED = "celery_events.deferred"
-#: The send span's attribute: ``publish`` or ``replay``.
-ORIGIN = "celery_events.origin"
 
 # What ``messaging.system`` says for each backend.
 _SYSTEMS = {"redis": "redis", "sentinel": "redis", "amqp": "rabbitmq", "memory": "memory"}
@@ -146,11 +144,11 @@ class Tracing(Middleware):
             attributes={
                 "messaging.system": self.system,
                 "messaging.operation.type": "send",
+                # "publish", or "replay" for a dead letter sent again
                 "messaging.operation.name": call.origin,
                 "messaging.destination.name": event.name,
                 "messaging.message.id": event.id,
                 "messaging.message.conversation_id": event.correlation_id,
-                ORIGIN: call.origin,
             },
             links=_links(carried),
         )

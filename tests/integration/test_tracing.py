@@ -76,7 +76,7 @@ def send_span(path: Path, event_id: str) -> dict[str, Any]:
         s for s in read(path)
         if s["name"].startswith("send ")
         and s["attributes"]["messaging.message.id"] == event_id
-        and s["attributes"]["celery_events.origin"] == "publish"
+        and s["attributes"]["messaging.operation.name"] == "publish"
     ]
     return span
 
@@ -153,7 +153,7 @@ def test_a_dead_letter_replayed_links_to_the_original_send_span(
     # And the replay's own send span (this process) is linked to it too
     [replay] = [
         s for s in read(spans_file)
-        if s["name"] == "send parcel.sent" and s["attributes"]["celery_events.origin"] == "replay"
+        if s["name"] == "send parcel.sent" and s["attributes"]["messaging.operation.name"] == "replay"
     ]
     assert replay["links"] == [send["span_id"]]
 
