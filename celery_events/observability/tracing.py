@@ -123,7 +123,9 @@ class Tracing(Middleware):
             span, traced = self._send_started(call)
             token = otel_context.attach(trace.set_span_in_context(span))
         except Exception:
-            log.exception("celery-events: tracing could not start the send span of %s", call.event.id)
+            log.exception(
+                "celery-events: tracing could not start the send span of %s", call.event.id
+            )
             return call_next(call)
         try:
             result = call_next(traced)
@@ -176,16 +178,18 @@ class Tracing(Middleware):
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         key = (call.task_id, threading.get_ident())
         try:
-            span = self._process_started(call.event, call.queue, call.service, call.handler,
-                                         call.attempt)
+            span = self._process_started(
+                call.event, call.queue, call.service, call.handler, call.attempt
+            )
             stale = self._open.pop(key, None)
             if stale is not None:  # never settled (cannot happen): do not leak it
                 stale.end()
             self._open[key] = span
             token = otel_context.attach(trace.set_span_in_context(span))
         except Exception:
-            log.exception("celery-events: tracing could not start the process span of %s",
-                          call.task_id)
+            log.exception(
+                "celery-events: tracing could not start the process span of %s", call.task_id
+            )
             return call_next(call)
         try:
             return call_next(call)

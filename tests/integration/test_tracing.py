@@ -153,7 +153,8 @@ def test_a_dead_letter_replayed_links_to_the_original_send_span(
     # And the replay's own send span (this process) is linked to it too
     [replay] = [
         s for s in read(spans_file)
-        if s["name"] == "send parcel.sent" and s["attributes"]["messaging.operation.name"] == "replay"
+        if s["name"] == "send parcel.sent"
+        and s["attributes"]["messaging.operation.name"] == "replay"
     ]
     assert replay["links"] == [send["span_id"]]
 
