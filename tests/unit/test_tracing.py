@@ -342,3 +342,22 @@ def test_tracing_without_opentelemetry_installed_is_refused_at_bus_creation(
 
     with pytest.raises(ConfigurationError, match=r"pip install 'celery-events\[otel\]'"):
         EventBus(Celery("shop", broker=MEMORY), service="shop", tracing=True)
+
+
+@pytest.mark.parametrize(
+    ("broker", "system"),
+    [
+        ("redis://localhost:6379/0", "redis"),
+        ("sentinel://localhost:26379/0", "redis"),
+        ("amqp://guest:guest@localhost:5672//", "rabbitmq"),
+        (MEMORY, "memory"),
+    ],
+)
+def test_messaging_system_names_the_broker_behind_the_backend(broker: str, system: str) -> None:
+    app = Celery("shop", broker=broker)
+    app.conf.broker_transport_options = {"master_name": "primary"}
+    bus = EventBus(app, service="shop", tracing=True)
+    [middleware] = [m for m in bus.middleware if isinstance(m, tracing.Tracing)]
+
+    assert middleware.system == system
+    bus.close()
