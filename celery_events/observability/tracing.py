@@ -52,6 +52,7 @@ except ImportError:  # the otel extra is not installed: Tracing(bus) says so
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, Tracer
 
     from ..envelope import Event
@@ -120,8 +121,8 @@ class Tracing(Middleware):
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         try:
-            span, traced = self._send_started(call)
-            token = otel_context.attach(trace.set_span_in_context(span))
+            span, context, traced = self._send_started(call)
+            token = otel_context.attach(context)
         except Exception:
             log.exception(
                 "celery-events: tracing could not start the send span of %s", call.event.id
@@ -137,7 +138,9 @@ class Tracing(Middleware):
         _safely(_sent, span, result)
         return result
 
-    def _send_started(self, call: PublishCall) -> tuple[Span, PublishCall]:
+    def _send_started(self, call: PublishCall) -> tuple[Span, Context, PublishCall]:
+        """The send span, the context it is current in, and the call whose event carries
+        it."""
         event = call.event
         carried = self._carried(event)
         span = self._tracer.start_span(
@@ -154,13 +157,14 @@ class Tracing(Middleware):
             },
             links=_links(carried),
         )
+        context = trace.set_span_in_context(span)
         if carried is not None or not span.get_span_context().is_valid:
             # A relay or replay keeps the context of the original publish; a tracer that
             # makes no real spans (no SDK) has none to give.
-            return span, call
+            return span, context, call
         carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=trace.set_span_in_context(span))
-        return span, call.with_event(
+        self._propagator.inject(carrier, context=context)
+        return span, context, call.with_event(
             call.event.with_extensions({key: carrier.get(key) for key in _CONTEXT_KEYS})
         )
 
