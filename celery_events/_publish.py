@@ -403,7 +403,7 @@ class Publisher:
                 raise self._nobody(name)
             log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
             host._published_alone(name)
-            return PublishResult(event)
+            return self._published(PublishResult(event), targets)
         app = host.app
         parent = app.current_worker_task
         parent_id = root_id = None
@@ -429,11 +429,24 @@ class Publisher:
             message.subscription = subscription
             message.direct = direct
         host._send_messages(messages, None if direct else name)
-        return PublishResult(
-            event,
-            tuple(
-                Delivery(s.service, s.handler, s.queue, m.task_id)
-                for s, m in zip(subscriptions, messages, strict=True)
+        return self._published(
+            PublishResult(
+                event,
+                tuple(
+                    Delivery(s.service, s.handler, s.queue, m.task_id)
+                    for s, m in zip(subscriptions, messages, strict=True)
+                ),
             ),
+            targets,
         )
+
+    def _published(
+        self, result: PublishResult, targets: Sequence[Subscription] | None
+    ) -> PublishResult:
+        # Every middleware hears of each event really sent, wherever it sits on the chain: a
+        # publish deferred to a commit is sent by the scopes inside the deferring one only.
+        listeners = self.chain.on_published
+        if listeners:
+            self.chain.notify(listeners, result, PUBLISH if targets is None else REPLAY)
+        return result
 

@@ -256,6 +256,9 @@ class Settings:
     #: The port a worker serves its metrics on (``/metrics``, all its pool processes'); ``None``:
     #: no server (the app exports the default registry itself).
     metrics_port: int | None = None
+    #: The address the worker's metrics server listens on: every interface by default (a
+    #: Prometheus server scrapes it from another host); ``"127.0.0.1"`` keeps it local.
+    metrics_address: str = "0.0.0.0"
     #: Keep the records ``celery eventbus trace`` shows: each event, what caused it, and each
     #: delivery's state, worker and timings, in the state store for ``trace_ttl`` seconds.
     trace_records: bool = False
@@ -441,6 +444,16 @@ class Settings:
             raise ConfigurationError(
                 f"The setting tracing_context must be 'link' or 'parent', not"
                 f" {self.tracing_context!r}."
+            )
+        if not isinstance(self.metrics_address, str) or not self.metrics_address:
+            raise ConfigurationError(
+                f"The setting metrics_address must be an address to listen on, such as"
+                f" '127.0.0.1', not {self.metrics_address!r}."
+            )
+        if self.metrics_port is not None and not self.metrics:
+            raise ConfigurationError(
+                "The setting metrics_port serves the metrics of metrics=True; set metrics=True"
+                " too, or leave metrics_port out."
             )
         if self.metrics_port is not None and (
             isinstance(self.metrics_port, bool)

@@ -295,6 +295,13 @@ class Middleware:
     def on_duplicate_skipped(self, call: HandlerCall) -> None:
         """The delivery's event was already handled by this handler; it was acked unrun."""
 
+    def on_published(self, result: PublishResult, origin: str) -> None:
+        """An event was sent (``result.deliveries``: to whom; none when nobody subscribes),
+        in the process that sent it; ``origin`` is :data:`PUBLISH` or :data:`REPLAY`. Called
+        for every send, wherever this middleware sits: a publish deferred to a database commit
+        is sent later by the scopes inside the deferring middleware only, and is heard here
+        then (its publish scope saw ``result.deferred``)."""
+
     def on_settled(self, settled: Settled) -> None:
         """One run of one delivery ended (every run, whatever its path: see
         :class:`Settled` and :class:`Outcome`). Called once per run, last, in the worker

@@ -30,6 +30,7 @@ _NOTIFICATIONS = (
     "on_duplicate_skipped",
     "on_redelivered",
     "on_settled",
+    "on_published",
     "on_worker_start",
     "on_worker_stop",
 )
@@ -86,6 +87,9 @@ class MiddlewareChain:
             m.on_redelivered for m in items if _overrides(m, "on_redelivered")
         )
         self.on_settled = tuple(m.on_settled for m in items if _overrides(m, "on_settled"))
+        self.on_published = tuple(
+            m.on_published for m in items if _overrides(m, "on_published")
+        )
         #: Whether anything wraps or hears of single deliveries (else the worker does not
         #: even describe them).
         self.sees_deliveries = bool(

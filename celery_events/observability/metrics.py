@@ -193,10 +193,14 @@ class Metrics(Middleware):
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         result = call_next(call)
-        if call.origin == PUBLISH:
-            counter = self._s.deferred if result.deferred else self._s.published
-            counter.labels(call.event.source, call.event.name).inc()
+        if result.deferred and call.origin == PUBLISH:
+            self._s.deferred.labels(call.event.source, call.event.name).inc()
         return result
+
+    def on_published(self, result: PublishResult, origin: str) -> None:
+        # Heard for every send, the one after a commit included; a replay is no publish.
+        if origin == PUBLISH:
+            self._s.published.labels(result.event.source, result.event.name).inc()
 
     def on_settled(self, settled: Settled) -> None:
         s = self._s
@@ -358,17 +362,19 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, parent: Any) -> None:
         bus = _buses.for_app(parent.app)
         port = bus.settings.metrics_port if bus is not None else None
-        if port is None:
+        if bus is None or port is None:
             return
+        address = bus.settings.metrics_address
         try:
-            self.server = serve(bus, port)
+            self.server = serve(bus, port, address)
         except OSError as exc:
             refuse_to_start(
-                f"the metrics exporter cannot listen on port {port} ({exc.strerror or exc})."
-                " Set metrics_port to a free port, or to None to serve no metrics."
+                f"the metrics exporter cannot listen on {address} port {port}"
+                f" ({exc.strerror or exc}). Set metrics_port to a free port, or to None to"
+                " serve no metrics."
             )
         log.info(
-            "celery-events: metrics on http://0.0.0.0:%d/metrics", self.server.server_port
+            "celery-events: metrics on http://%s:%d/metrics", address, self.server.server_port
         )
 
     def stop(self, parent: Any) -> None:

@@ -7,8 +7,9 @@ whole conversation is one read, and shared by every service of the store:
 - ``e:{event id}``, written once per publish, after it was sent: the event's name, source,
   time, correlation and causation ids, the task id of the delivery whose handler published
   it (``by``), when it was published, and its deliveries (``[service, handler, queue, task
-  id]``). A deferred publish is recorded as ``deferred`` (no deliveries yet), and again
-  when an outbox relay sends it through the chain.
+  id]``). A deferred publish (on commit, into the outbox) is recorded as ``deferred`` (no
+  deliveries yet), and again when it is sent, after the commit or by the outbox relay
+  (``on_published`` hears every send).
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
   when its handler starts, then how the run ended (:class:`~celery_events.Outcome`), its
@@ -135,13 +136,16 @@ class TraceRecords(Middleware):
         # the caller sees before anything is sent.
         self.store()
         result = call_next(call)
-        now = time.time()
         if result.deferred:
-            # Sent later: an outbox relay sends it through the whole chain again, and that
-            # record replaces this one; a send after a commit passes only the middleware
-            # inside the one that deferred it, so its deliveries are known from their runs.
-            fields = {f"e:{result.event.id}": event_record(result, now, deferred=True)}
-        elif call.origin == REPLAY:
+            # Sent later (after a commit, or by an outbox relay): on_published records the
+            # send and its deliveries then, replacing this record.
+            fields = {f"e:{result.event.id}": event_record(result, time.time(), deferred=True)}
+            self._write(result.event, fields)
+        return result
+
+    def on_published(self, result: PublishResult, origin: str) -> None:
+        now = time.time()
+        if origin == REPLAY:
             fields = {
                 f"d:{d.task_id}": _compact(
                     {"event": result.event.id, "service": d.service, "handler": d.handler,
@@ -153,7 +157,6 @@ class TraceRecords(Middleware):
             by = self._delivery()[0] if result.event.causation_id else None
             fields = {f"e:{result.event.id}": event_record(result, now, by)}
         self._write(result.event, fields)
-        return result
 
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         record = {

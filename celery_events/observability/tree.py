@@ -155,8 +155,8 @@ class EventNode:
     #: The task id of the delivery whose handler published it, when one did.
     published_by: str | None = None
     published_at: float | None = None
-    #: Whether its publish was deferred (publish on commit, the outbox) and its send not
-    #: recorded: its deliveries are those that ran.
+    #: Whether its publish was deferred (publish on commit, the outbox) and not sent yet (or
+    #: its send not recorded): its deliveries are those that ran.
     deferred: bool = False
     deliveries: list[DeliveryNode] = field(default_factory=list)
     caused: list[EventNode] = field(default_factory=list)
@@ -329,7 +329,7 @@ def _event_label(node: EventNode) -> str:
     if not node.recorded:
         return f"event {node.id} (publish not recorded)"
     label = f"{node.name} {node.id} from {node.source}"
-    return label + " (deferred; its send not recorded)" if node.deferred else label
+    return label + " (deferred, not sent yet)" if node.deferred else label
 
 
 def _state_label(d: DeliveryNode) -> str:

@@ -150,7 +150,7 @@ def test_a_worker_whose_metrics_port_is_taken_refuses_to_start(
     start_worker: Callable[..., Worker],
 ) -> None:
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         worker = start_worker(
@@ -158,5 +158,5 @@ def test_a_worker_whose_metrics_port_is_taken_refuses_to_start(
         )
         assert worker.process.wait(timeout=60) == 1
     log = worker.log()
-    assert f"the metrics exporter cannot listen on port {port}" in log
+    assert f"the metrics exporter cannot listen on 127.0.0.1 port {port}" in log
     assert " ready." not in log

@@ -27,6 +27,7 @@ bus = EventBus(
     service="metered",
     metrics=True,
     metrics_port=int(os.environ["CELERY_EVENTS_TEST_METRICS_PORT"]),
+    metrics_address="127.0.0.1",
     retry_jitter=False,
     retry_backoff=0.05,
     max_retries=2,

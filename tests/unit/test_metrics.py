@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -99,6 +100,44 @@ def test_a_deferred_publish_is_counted_apart_from_the_sent_ones(registry: Collec
                  event="invoice.sent") == 1
     assert value(registry, "celery_events_published_total", service="billing",
                  event="invoice.sent") is None
+
+
+class OnCommit(Middleware):
+    """Puts every publish aside and sends it later through the rest of the chain only, as
+    Django's publish-on-commit does after the commit."""
+
+    def __init__(self) -> None:
+        self.later: list[Any] = []
+
+    def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+        self.later.append(lambda: call_next(call))
+        return PublishResult(call.event, deferred=True)
+
+
+def test_a_publish_sent_after_a_commit_is_counted_once_when_it_is_sent(
+    registry: CollectorRegistry,
+) -> None:
+    commit = OnCommit()
+    bus = EventBus(
+        Celery("billing", broker="memory://"), service="billing",
+        middleware=[Metrics(registry=registry), commit],
+    )
+    try:
+        bus.subscribe("invoice.sent", name="file")(lambda event: None)
+        bus.register()
+        assert bus.publish("invoice.sent", {}).deferred
+        assert value(registry, "celery_events_published_total", service="billing",
+                     event="invoice.sent") is None
+        # When the transaction commits, the inner scopes send it: Metrics, outside, hears it
+        [send] = commit.later
+        assert len(send().deliveries) == 1
+    finally:
+        bus.close()
+        memory.reset()
+    assert value(registry, "celery_events_published_total", service="billing",
+                 event="invoice.sent") == 1
+    assert value(registry, "celery_events_publishes_deferred_total", service="billing",
+                 event="invoice.sent") == 1
 
 
 def test_each_run_is_counted_by_outcome_with_its_duration_and_the_first_runs_lag(

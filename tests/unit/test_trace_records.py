@@ -217,7 +217,7 @@ def test_beside_a_store_the_bus_brings_records_stay_on_the_brokers_redis() -> No
     assert traces.group_key("c1") == "app:trace:c1"  # shared by every service, not per service
 
 
-def test_a_deferred_publish_is_recorded_as_such_and_its_deliveries_as_they_run() -> None:
+def test_a_deferred_publish_is_recorded_as_such_and_again_when_it_is_sent() -> None:
     from celery_events import Middleware, PublishResult
     from celery_events.middleware import PublishCall, PublishNext
 
@@ -237,15 +237,18 @@ def test_a_deferred_publish_is_recorded_as_such_and_its_deliveries_as_they_run()
         # Given a publish that was deferred
         event_id = orders.publish("order.created", {"order_id": 4}).event.id
         text = render_text(build(orders.backend.state.traces().load(event_id)))
-        assert "(deferred; its send not recorded)" in text
+        assert "(deferred, not sent yet)" in text
         assert "(no deliveries ran yet)" in text
 
-        # When it is sent (after the commit) and handled
+        # When it is sent (after the commit), its send is recorded with its delivery
         [(call, send)] = later
         send(call)
-        HandlerRunner().work(billing)
+        [delivery] = tree_of(orders, event_id)["deliveries"]  # type: ignore[misc]
+        assert (delivery["handler"], delivery["state"]) == ("billing.invoice", "waiting")
+        assert "deferred" not in render_text(build(orders.backend.state.traces().load(event_id)))
 
-        # Then its delivery is known from its runs
+        # And once handled, it succeeded
+        HandlerRunner().work(billing)
         [delivery] = tree_of(orders, event_id)["deliveries"]  # type: ignore[misc]
         assert (delivery["handler"], delivery["state"]) == ("billing.invoice", "succeeded")
     finally:
