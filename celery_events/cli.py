@@ -701,3 +701,8 @@ eventbus.add_command(_spec)
 from .cli_contracts import check as _check  # noqa: E402
 
 eventbus.add_command(_check)
+
+# `celery eventbus trace` (celery_events/cli_trace.py): an event's tree from the trace records.
+from .cli_trace import trace as _trace  # noqa: E402
+
+eventbus.add_command(_trace)

@@ -8,7 +8,8 @@ A backend is chosen from the app's broker URL (:mod:`celery_events.backends`) an
 - a :class:`Recovery` (or ``None``): the lost-delivery sweep and the dead-worker reaper, run
   by every worker of the service;
 - a :class:`StateStore`: each service's inbox and leases (:class:`Inbox`) and dead letters
-  (:class:`DeadLetterRecords`), and the transaction ``bus.redis_effects()`` joins;
+  (:class:`DeadLetterRecords`), the transaction ``bus.redis_effects()`` joins, and the trace
+  records every service shares (:class:`TraceStore`);
 - a :class:`RegistryStore`: the registry's records and its change token.
 
 Nothing here imports a broker driver, so core modules may import this one; backends import it,
@@ -51,6 +52,7 @@ __all__ = [
     "StoreUnavailable",
     "SweepResult",
     "Topology",
+    "TraceStore",
     "Transport",
     "check_required",
     "lease_value",
@@ -356,8 +358,33 @@ class DeadLetterRecords(Protocol):
     def count(self) -> int: ...
 
 
+class TraceStore(Protocol):
+    """The trace records of every service sharing the store (``celery eventbus trace``).
+
+    Records are grouped by correlation id (one conversation): one group holds fields, each a
+    small JSON text, and expires ``ttl`` seconds after its last write; each event id names
+    its group for as long. Keys are shared by all services, so any service reads the whole
+    conversation.
+    """
+
+    def write(
+        self, correlation_id: str, event_ids: Sequence[str], fields: dict[str, str], ttl: float
+    ) -> None:
+        """Set ``fields`` in ``correlation_id``'s group and make the group and ``event_ids``
+        expire ``ttl`` seconds from now, in one round trip; raise :class:`StoreError`."""
+        ...
+
+    def correlation_of(self, event_id: str) -> str | None:
+        """The correlation id of ``event_id``'s group, or None (never recorded, or expired)."""
+        ...
+
+    def load(self, correlation_id: str) -> dict[str, str]:
+        """Every field of ``correlation_id``'s group (empty when it expired)."""
+        ...
+
+
 class StateStore(Protocol):
-    """Inboxes and dead letters of every service sharing the store."""
+    """Inboxes and dead letters of every service sharing the store, and its trace records."""
 
     def inbox(self, service: str) -> Inbox: ...
 
@@ -365,6 +392,11 @@ class StateStore(Protocol):
 
     def dead_letter_services(self) -> list[str]:
         """Every service holding dead letters here."""
+        ...
+
+    def traces(self) -> TraceStore:
+        """The trace records (``trace_records``); raise
+        :class:`~celery_events.errors.ConfigurationError` where the store keeps none."""
         ...
 
     def close(self) -> None: ...

@@ -51,6 +51,10 @@ class _Space:
     deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: service -> id -> (record, score)
     dead: dict[str, dict[str, tuple[bytes, float]]] = field(default_factory=dict)
+    #: correlation id -> (trace record fields, expires at, monotonic)
+    traces: dict[str, tuple[dict[str, str], float]] = field(default_factory=dict)
+    #: event id -> (correlation id, expires at, monotonic)
+    trace_events: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 _spaces: dict[str, _Space] = {}
@@ -251,8 +255,45 @@ class _DeadLetters:
             return len(self._records())
 
 
+class _Traces:
+    """The trace records of one space, expiring as the Redis keys do."""
+
+    def __init__(self, space: _Space) -> None:
+        self.space = space
+
+    def write(
+        self, correlation_id: str, event_ids: Sequence[str], fields: dict[str, str], ttl: float
+    ) -> None:
+        expires = time.monotonic() + ttl
+        with self.space.lock:
+            group = self._group(correlation_id) or {}
+            group.update(fields)
+            self.space.traces[correlation_id] = (group, expires)
+            for event_id in event_ids:
+                self.space.trace_events[event_id] = (correlation_id, expires)
+
+    def _group(self, correlation_id: str) -> dict[str, str] | None:
+        found = self.space.traces.get(correlation_id)
+        if found is None or found[1] <= time.monotonic():
+            self.space.traces.pop(correlation_id, None)
+            return None
+        return found[0]
+
+    def correlation_of(self, event_id: str) -> str | None:
+        with self.space.lock:
+            found = self.space.trace_events.get(event_id)
+            if found is None or found[1] <= time.monotonic():
+                self.space.trace_events.pop(event_id, None)
+                return None
+            return found[0]
+
+    def load(self, correlation_id: str) -> dict[str, str]:
+        with self.space.lock:
+            return dict(self._group(correlation_id) or {})
+
+
 class MemoryState:
-    """Inboxes and dead letters of every service on one ``memory://`` space."""
+    """Inboxes, dead letters and trace records of every service on one ``memory://`` space."""
 
     def __init__(self, space: _Space) -> None:
         self.space = space
@@ -266,6 +307,9 @@ class MemoryState:
     def dead_letter_services(self) -> list[str]:
         with self.space.lock:
             return sorted(s for s, records in self.space.dead.items() if records)
+
+    def traces(self) -> _Traces:
+        return _Traces(self.space)
 
     def close(self) -> None:
         """The space outlives a bus: other buses of the process share it."""

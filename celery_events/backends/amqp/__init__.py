@@ -32,7 +32,15 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from .. import without_password
-from ..base import Backend, Capabilities, DeadLetterRecords, Inbox, RegistryStore, StateStore
+from ..base import (
+    Backend,
+    Capabilities,
+    DeadLetterRecords,
+    Inbox,
+    RegistryStore,
+    StateStore,
+    TraceStore,
+)
 from .registry import AmqpRegistry
 from .topology import Topology
 from .transport import AmqpTransport
@@ -78,6 +86,13 @@ class NoState:
 
     def dead_letter_services(self) -> list[str]:
         raise ConfigurationError(self.MESSAGE)
+
+    def traces(self) -> TraceStore:
+        raise ConfigurationError(
+            "trace_records is on, but RabbitMQ keeps no trace records: pass"
+            " state_url='redis://host:6379/0' (or registry_url='redis://...') to EventBus so"
+            " that they are kept in that Redis, or turn trace_records off."
+        )
 
     def close(self) -> None:
         """Nothing to close."""

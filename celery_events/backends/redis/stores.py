@@ -20,6 +20,9 @@ Keys under the bus's ``key_prefix`` (``celery_events:`` by default):
   (the catalog reads it; the fan-out script writes it with a publish's deliveries);
 - ``dead:{service}`` (id -> JSON record) and ``dead:{service}:index`` (id scored by time): a
   service's dead letters;
+- ``trace:{correlation id}`` (a hash: ``e:{event id}`` and ``r:{task id}:{attempt}`` fields,
+  see ``observability/records.py``) and ``trace-event:{event id}`` (its correlation id): the
+  trace records every service shares, each expiring ``trace_ttl`` after its last write;
 - the inbox and ledger keys of ``inbox.py``.
 """
 
@@ -35,7 +38,7 @@ from ..base import DeadLetterRecords, StateStore, StoreError
 from .client import store_error, store_errors
 from .inbox import Inbox, LedgerInbox
 
-__all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "LedgerState"]
+__all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "RedisTraces", "LedgerState"]
 
 
 def _failed(exc: redis.RedisError, fix: str | None = None) -> StoreError:
@@ -218,8 +221,45 @@ class RedisDeadLetters:
             return int(self.client.zcard(self.index_key))
 
 
+class RedisTraces:
+    """The trace records of every service sharing one Redis: a hash per correlation id."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+
+    def group_key(self, correlation_id: str) -> str:
+        return f"{self.key_prefix}trace:{correlation_id}"
+
+    def event_key(self, event_id: str) -> str:
+        return f"{self.key_prefix}trace-event:{event_id}"
+
+    def write(
+        self, correlation_id: str, event_ids: Sequence[str], fields: dict[str, str], ttl: float
+    ) -> None:
+        # Milliseconds, so that a fraction of a second is kept as given.
+        ttl_ms = max(1, int(ttl * 1000))
+        key = self.group_key(correlation_id)
+        with _translated(), self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, ttl_ms)
+            for event_id in event_ids:
+                pipe.set(self.event_key(event_id), correlation_id, px=ttl_ms)
+            pipe.execute()
+
+    def correlation_of(self, event_id: str) -> str | None:
+        with _translated():
+            found = self.client.get(self.event_key(event_id))
+        return None if found is None else _text(found)
+
+    def load(self, correlation_id: str) -> dict[str, str]:
+        with _translated():
+            raw: dict[Any, Any] = self.client.hgetall(self.group_key(correlation_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
 class RedisState:
-    """Inboxes and dead letters of every service sharing one Redis."""
+    """Inboxes and dead letters of every service sharing one Redis, and its trace records."""
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client = client
@@ -242,6 +282,9 @@ class RedisState:
                     found.add(service)
         return sorted(found)
 
+    def traces(self) -> RedisTraces:
+        return RedisTraces(self.client, self.key_prefix)
+
     def close(self) -> None:
         self.client.close()
 
@@ -263,6 +306,10 @@ class LedgerState:
 
     def dead_letter_services(self) -> list[str]:
         return self.state.dead_letter_services()
+
+    def traces(self) -> RedisTraces:
+        """On the broker's Redis, beside the ledger: the bus's own store may keep none."""
+        return RedisTraces(self.client, self.key_prefix)
 
     def close(self) -> None:
         self.state.close()

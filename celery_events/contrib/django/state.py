@@ -48,7 +48,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from ...backends.base import Claim, StoreError, StoreUnavailable
+from ...backends.base import Claim, StoreError, StoreUnavailable, TraceStore
 from ...errors import ConfigurationError, describe
 
 __all__ = [
@@ -514,6 +514,15 @@ class DatabaseState:
         with _translated():
             found = DeadLetterRecord.objects.using(using).values_list("service", flat=True).distinct()
             return sorted(set(found))
+
+    def traces(self) -> TraceStore:
+        """The database keeps no trace records: a ConfigurationError (on a Redis broker the
+        bus keeps them in the broker's Redis instead, beside the ledger)."""
+        raise ConfigurationError(
+            f"trace_records is on, but {self.description} keeps no trace records. Use a"
+            " redis:// broker (they are kept there, beside the inbox in the database), or"
+            " turn trace_records off."
+        )
 
     def close(self) -> None:
         """Django owns the connections."""
