@@ -218,23 +218,22 @@ class Scenario:
         self.say(f"The path of {TRACED}'s registration across the services:")
         args = ("trace", event_id)
         self.say(f"  $ {self.operator.shown(*args)}")
-        # Read once every delivery of the tree settled, so that what it prints is the end.
-        check = self.record(
-            expect(
-                "the trace shows user.registered delivered to orders and notifications, and the"
-                " order.created it caused delivered to users and notifications, all succeeded",
-                lambda: observed.tree_succeeded(
-                    self.operator.json("trace", event_id),
-                    {
-                        "user.registered": SUBSCRIBERS_OF_REGISTERED,
-                        "order.created": SUBSCRIBERS_OF_ORDER_CREATED,
-                    },
-                ),
-            )
+        # Shown once every delivery of the tree settled, so that what it prints is the end.
+        check = expect(
+            "the trace shows user.registered delivered to orders and notifications, and the"
+            " order.created it caused delivered to users and notifications, all succeeded",
+            lambda: observed.tree_succeeded(
+                self.operator.json("trace", event_id),
+                {
+                    "user.registered": SUBSCRIBERS_OF_REGISTERED,
+                    "order.created": SUBSCRIBERS_OF_ORDER_CREATED,
+                },
+            ),
         )
         if check.ok:
             for line in self.operator.text(*args).splitlines():
                 self.say(f"    {line}")
+        self.record(check)
         self.record(
             expect(
                 "every service's processes exported their spans: send user.registered (users),"

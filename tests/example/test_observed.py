@@ -120,3 +120,45 @@ def test_the_metrics_check_reads_the_deliveries_counter_of_a_service(
     )
     ok, detail = observed.deliveries_counted(url, "orders", expected)
     assert not ok and "audit_trail succeeded 0" in detail
+
+
+def delivery(handler: str, state: str, caused: list[dict[str, object]] | None = None) -> dict[str, object]:
+    return {"handler": handler, "state": state, "caused": caused or []}
+
+
+def test_the_trace_check_wants_every_delivery_of_the_chain_succeeded() -> None:
+    # Given the tree `celery eventbus trace --json` prints: a registration, and the
+    # order.created its orders delivery published
+    order = {
+        "name": "order.created",
+        "deliveries": [
+            delivery("notifications.order_confirmation", "retrying"),
+            delivery("users.remember_welcome_order", "succeeded"),
+        ],
+        "caused": [],
+    }
+    tree = {
+        "name": "user.registered",
+        "deliveries": [
+            delivery("notifications.audit_trail", "succeeded"),
+            delivery("orders.welcome_order", "succeeded", caused=[order]),
+        ],
+        "caused": [],
+    }
+    expected = {
+        "user.registered": ["notifications.audit_trail", "orders.welcome_order"],
+        "order.created": ["notifications.order_confirmation", "users.remember_welcome_order"],
+    }
+
+    # Then a delivery still retrying fails the check, and says which
+    assert observed.tree_succeeded(tree, expected) == (
+        False,
+        "2 events, 4 deliveries; order.created → notifications.order_confirmation: retrying",
+    )
+    # And once it succeeded, the check passes
+    order["deliveries"][0]["state"] = "succeeded"  # type: ignore[index]
+    assert observed.tree_succeeded(tree, expected) == (True, "2 events, 4 deliveries")
+    # And a delivery missing from the tree is named
+    assert observed.tree_succeeded(tree, {"user.registered": ["users.audit"]})[1].endswith(
+        "user.registered → users.audit: missing"
+    )
