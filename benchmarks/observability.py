@@ -1,14 +1,15 @@
 """Observability: what tracing, metrics and trace records cost a publish.
 
-Three buses publish the same event to ten subscribing services (ten queues, not consumed),
+Five buses publish the same event to ten subscribing services (ten queues, not consumed),
 taking turns in short chunks within each repeat (as benchmarks/publish.py does): one with the
-observability settings off, one with ``tracing`` and ``metrics`` on, one with ``trace_records``
-on. Tracing runs on the real OpenTelemetry SDK (a ``TracerProvider`` with a
+observability settings off, one with ``tracing`` and ``metrics`` on, one with
+``trace_records`` on, and one with tracing alone and one with metrics alone, to tell their
+costs apart. Tracing runs on the real OpenTelemetry SDK (a ``TracerProvider`` with a
 ``BatchSpanProcessor``) whose exporter drops the spans, so that the figure is the bus's work
 (a span, its context in the envelope), not an exporter's; the metrics are counted in the
 process's Prometheus registry, served by no one here. Target: tracing and metrics on ÷ off
-≤ 1.2×. Trace records (one more pipelined write to the state store per publish) are reported
-with their own ratio, no target.
+≤ 1.2×. Trace records (one more write to the state store per publish) are reported with
+their own ratio, no target.
 
 That a bus with these settings off costs nothing is what ``--baseline REV`` measures: its
 ``baseline-publish`` compares the current code (settings off, the default) with the code
@@ -38,6 +39,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "publish to 10, observability off": {},
     "publish to 10, tracing and metrics on": {"tracing": True, "metrics": True},
     "publish to 10, trace records on": {"trace_records": True},
+    # Each of the two alone, to tell which one costs what (no target).
+    "publish to 10, tracing on": {"tracing": True},
+    "publish to 10, metrics on": {"metrics": True},
 }
 
 
@@ -81,7 +85,7 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     for bus in buses.values():
         bus.close()
     provider.force_flush()
-    off, observed, recorded = (results[name] for name in VARIANTS)
+    off, observed, recorded, traced, counted = (results[name] for name in VARIANTS)
     section = Section(
         title="Publish to 10 subscribers, with tracing, metrics and trace records, and without",
         setup=(
@@ -98,6 +102,8 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
                 [o - p for o, p in zip(observed, off, strict=True)],
             ),
             Series("trace records on ÷ off", "×", ratios(recorded, off)),
+            Series("tracing alone ÷ off", "×", ratios(traced, off)),
+            Series("metrics alone ÷ off", "×", ratios(counted, off)),
         ],
     )
     ratio = Series("tracing and metrics on, publish to 10 ÷ off", "×", ratios(observed, off))
