@@ -28,7 +28,10 @@ __all__ = ["trace"]
 
 @click.command(cls=CeleryCommand)
 @click.argument("event_id", required=False)
-@click.option("--correlation", "correlation_id", help="Show every event of this correlation id.")
+@click.option(
+    "--correlation", "correlation_id", metavar="ID",
+    help="Show every event of this correlation id (a whole conversation).",
+)
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "mermaid"]), default="text",
     show_default=True, help="A terminal tree, or a Mermaid flowchart.",
@@ -48,7 +51,9 @@ def trace(
     with _translated_errors(bus):
         store = bus.backend.state.traces()
         if event_id is not None:
-            correlation_id = store.correlation_of(event_id)
+            # A conversation's first event is its correlation id: its group outlives the
+            # event's own index while later events keep writing to it.
+            correlation_id = store.correlation_of(event_id) or event_id
         fields = store.load(correlation_id) if correlation_id is not None else {}
     roots = build(fields)
     nodes: list[EventNode] = roots

@@ -47,6 +47,7 @@ registry of each process, for an app that exports them itself (``make_wsgi_app()
 
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
@@ -167,7 +168,7 @@ class Metrics(Middleware):
     default one when ``None``) is where the series go.
 
     >>> bus = EventBus(app, service="orders", metrics=True, metrics_port=9808)  # doctest: +SKIP
-    >>> registry = CollectorRegistry()
+    >>> registry = CollectorRegistry()  # doctest: +SKIP
     >>> bus = EventBus(app, service="orders", middleware=[Metrics(registry=registry)])  # doctest: +SKIP
     """
 
@@ -247,20 +248,24 @@ class QueueStatusCollector:
 
         statuses = self._current()
         if statuses is not None:
-            families = (
-                ("queue_waiting", "Deliveries waiting in the service's queues.",
-                 lambda s: s.waiting),
-                ("queue_in_flight", "Deliveries a worker took and has not acknowledged.",
-                 lambda s: s.in_flight),
-                ("queue_oldest_waiting_seconds",
-                 "Age of the service's oldest waiting delivery (0: none waits).",
-                 lambda s: s.oldest_waiting or 0.0),
+            waiting = GaugeMetricFamily(
+                "celery_events_queue_waiting", "Deliveries waiting in the service's queues.",
+                labels=["service"],
             )
-            for name, text, value in families:
-                family = GaugeMetricFamily(f"celery_events_{name}", text, labels=["service"])
-                for status in statuses:
-                    family.add_metric([status.service], value(status))
-                yield family
+            in_flight = GaugeMetricFamily(
+                "celery_events_queue_in_flight",
+                "Deliveries a worker took and has not acknowledged.", labels=["service"],
+            )
+            oldest = GaugeMetricFamily(
+                "celery_events_queue_oldest_waiting_seconds",
+                "Age of the service's oldest waiting delivery (0: none waits).",
+                labels=["service"],
+            )
+            for status in statuses:
+                waiting.add_metric([status.service], status.waiting)
+                in_flight.add_metric([status.service], status.in_flight)
+                oldest.add_metric([status.service], status.oldest_waiting or 0.0)
+            yield from (waiting, in_flight, oldest)
         errors = CounterMetricFamily(
             "celery_events_status_errors", "Scrapes whose reading of the queues failed."
         )
@@ -306,8 +311,8 @@ def serve(bus: Any, port: int, host: str = "0.0.0.0") -> Any:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    registry.register(QueueStatusCollector(bus))  # type: ignore[arg-type]
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(QueueStatusCollector(bus))
     server, _ = start_http_server(port, addr=host, registry=registry)
     return server
 
@@ -326,14 +331,17 @@ def _multiprocess_directory() -> str:
         directory = given
     else:
         directory = tempfile.mkdtemp(prefix="celery-events-metrics-")
-        main = os.getpid()
-        import atexit
-
-        atexit.register(lambda: os.getpid() == main and shutil.rmtree(directory, True))
+        atexit.register(_remove_private, directory, os.getpid())
     os.environ[_MULTIPROC_ENV] = directory
     # prometheus_client chose its value class when it was imported, maybe before this.
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     return directory
+
+
+def _remove_private(directory: str, main: int) -> None:
+    # Pool processes inherit the exit hooks of the main process, which alone removes it.
+    if os.getpid() == main:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -384,7 +392,7 @@ def _on_process_shutdown(pid: int | None = None, **kwargs: Any) -> None:
     if os.environ.get(_MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid or os.getpid())
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
 
 
 _connected = False

@@ -5,13 +5,16 @@ Each record is a small JSON text in the state store's trace records
 whole conversation is one read, and shared by every service of the store:
 
 - ``e:{event id}``, written once per publish, after it was sent: the event's name, source,
-  time, correlation and causation ids, when it was published, and its deliveries
-  (``[service, handler, queue, task id]``). A deferred publish is recorded when a later pass
-  through the chain sends it (an outbox relay).
+  time, correlation and causation ids, the task id of the delivery whose handler published
+  it (``by``), when it was published, and its deliveries (``[service, handler, queue, task
+  id]``). A deferred publish is recorded as ``deferred`` (no deliveries yet), and again
+  when an outbox relay sends it through the chain.
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
   when its handler starts, then how the run ended (:class:`~celery_events.Outcome`), its
-  worker and its timings. A run whose handler did not run (a skipped duplicate, a delivery
+  worker and its timings (Unix times), its error's type and its dead letter's reason. It
+  names its event and handler (``{service}.{name}``), so that a delivery whose publish was
+  not recorded is still shown. A run whose handler did not run (a skipped duplicate, a delivery
   waiting for a lease) is kept under ``r:{task id}:{attempt}:{outcome}`` so that it never
   hides the run that did.
 
@@ -57,8 +60,11 @@ def _compact(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":"))
 
 
-def event_record(result: PublishResult, published_at: float) -> str:
-    """The ``e:`` record of one sent event."""
+def event_record(
+    result: PublishResult, published_at: float, by: str | None = None, deferred: bool = False
+) -> str:
+    """The ``e:`` record of one sent (or ``deferred``) event; ``by`` is the task id of the
+    delivery whose handler published it, if one did."""
     event = result.event
     return _compact(
         {
@@ -67,6 +73,8 @@ def event_record(result: PublishResult, published_at: float) -> str:
             "time": event.time.isoformat(),
             "correlation": event.correlation_id,
             "causation": event.causation_id,
+            "by": by,
+            "deferred": deferred or None,
             "published": round(published_at, 6),
             "deliveries": [[d.service, d.handler, d.queue, d.task_id] for d in result.deliveries],
         }
@@ -127,10 +135,13 @@ class TraceRecords(Middleware):
         # the caller sees before anything is sent.
         self.store()
         result = call_next(call)
-        if result.deferred:
-            return result
         now = time.time()
-        if call.origin == REPLAY:
+        if result.deferred:
+            # Sent later: an outbox relay sends it through the whole chain again, and that
+            # record replaces this one; a send after a commit passes only the middleware
+            # inside the one that deferred it, so its deliveries are known from their runs.
+            fields = {f"e:{result.event.id}": event_record(result, now, deferred=True)}
+        elif call.origin == REPLAY:
             fields = {
                 f"d:{d.task_id}": _compact(
                     {"event": result.event.id, "service": d.service, "handler": d.handler,
@@ -139,18 +150,18 @@ class TraceRecords(Middleware):
                 for d in result.deliveries
             }
         else:
-            fields = {f"e:{result.event.id}": event_record(result, now)}
+            by = self._delivery()[0] if result.event.causation_id else None
+            fields = {f"e:{result.event.id}": event_record(result, now, by)}
         self._write(result.event, fields)
         return result
 
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         record = {
             "event": call.event.id,
-            "service": call.service,
             "handler": call.handler,
             "state": RUNNING,
             "attempt": call.attempt,
-            "host": self._hostname(),
+            "host": self._delivery()[1],
             "handler_started": round(time.time(), 6),
         }
         self._write(call.event, {run_field(call.task_id, call.attempt): _compact(record)})
@@ -163,7 +174,6 @@ class TraceRecords(Middleware):
         error = settled.error
         record = {
             "event": event.id,
-            "service": settled.service,
             "handler": settled.handler,
             "state": settled.outcome,
             "attempt": settled.attempt,
@@ -180,11 +190,15 @@ class TraceRecords(Middleware):
         field = run_field(settled.task_id, settled.attempt, settled.outcome)
         self._write(event, {field: _compact(record)})
 
-    def _hostname(self) -> str | None:
-        task = getattr(self.bus.app, "current_task", None)
+    def _delivery(self) -> tuple[str | None, str | None]:
+        """The task id and worker of the delivery this process is running, if any."""
+        task = self.bus.app.current_worker_task
         request = getattr(task, "request", None)
-        hostname = getattr(request, "hostname", None)
-        return hostname if isinstance(hostname, str) else None
+        task_id, hostname = getattr(request, "id", None), getattr(request, "hostname", None)
+        return (
+            task_id if isinstance(task_id, str) else None,
+            hostname if isinstance(hostname, str) else None,
+        )
 
 
 def _rounded(value: float | None) -> float | None:

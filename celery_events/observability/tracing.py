@@ -52,6 +52,7 @@ except ImportError:  # the otel extra is not installed: Tracing(bus) says so
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, Tracer
 
     from ..envelope import Event
@@ -70,8 +71,6 @@ HANDLER = "celery_events.handler"
 REASON = "celery_events.dead_letter.reason"
 #: The send span's attribute: true when the publish was deferred (publish on commit, outbox).
 DEFERRED = "celery_events.deferred"
-#: The send span's attribute: ``publish`` or ``replay``.
-ORIGIN = "celery_events.origin"
 
 # What ``messaging.system`` says for each backend.
 _SYSTEMS = {"redis": "redis", "sentinel": "redis", "amqp": "rabbitmq", "memory": "memory"}
@@ -122,10 +121,12 @@ class Tracing(Middleware):
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         try:
-            span, traced = self._send_started(call)
-            token = otel_context.attach(trace.set_span_in_context(span))
+            span, context, traced = self._send_started(call)
+            token = otel_context.attach(context)
         except Exception:
-            log.exception("celery-events: tracing could not start the send span of %s", call.event.id)
+            log.exception(
+                "celery-events: tracing could not start the send span of %s", call.event.id
+            )
             return call_next(call)
         try:
             result = call_next(traced)
@@ -137,7 +138,9 @@ class Tracing(Middleware):
         _safely(_sent, span, result)
         return result
 
-    def _send_started(self, call: PublishCall) -> tuple[Span, PublishCall]:
+    def _send_started(self, call: PublishCall) -> tuple[Span, Context, PublishCall]:
+        """The send span, the context it is current in, and the call whose event carries
+        it."""
         event = call.event
         carried = self._carried(event)
         span = self._tracer.start_span(
@@ -146,21 +149,22 @@ class Tracing(Middleware):
             attributes={
                 "messaging.system": self.system,
                 "messaging.operation.type": "send",
+                # "publish", or "replay" for a dead letter sent again
                 "messaging.operation.name": call.origin,
                 "messaging.destination.name": event.name,
                 "messaging.message.id": event.id,
                 "messaging.message.conversation_id": event.correlation_id,
-                ORIGIN: call.origin,
             },
             links=_links(carried),
         )
+        context = trace.set_span_in_context(span)
         if carried is not None or not span.get_span_context().is_valid:
             # A relay or replay keeps the context of the original publish; a tracer that
             # makes no real spans (no SDK) has none to give.
-            return span, call
+            return span, context, call
         carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=trace.set_span_in_context(span))
-        return span, call.with_event(
+        self._propagator.inject(carrier, context=context)
+        return span, context, call.with_event(
             call.event.with_extensions({key: carrier.get(key) for key in _CONTEXT_KEYS})
         )
 
@@ -178,16 +182,18 @@ class Tracing(Middleware):
     def handle(self, call: HandlerCall, call_next: HandleNext) -> Any:
         key = (call.task_id, threading.get_ident())
         try:
-            span = self._process_started(call.event, call.queue, call.service, call.handler,
-                                         call.attempt)
+            span = self._process_started(
+                call.event, call.queue, call.service, call.handler, call.attempt
+            )
             stale = self._open.pop(key, None)
             if stale is not None:  # never settled (cannot happen): do not leak it
                 stale.end()
             self._open[key] = span
             token = otel_context.attach(trace.set_span_in_context(span))
         except Exception:
-            log.exception("celery-events: tracing could not start the process span of %s",
-                          call.task_id)
+            log.exception(
+                "celery-events: tracing could not start the process span of %s", call.task_id
+            )
             return call_next(call)
         try:
             return call_next(call)

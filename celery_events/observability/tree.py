@@ -1,9 +1,9 @@
 """The tree of an event and every event it caused, built from its conversation's trace
 records (:mod:`.records`), and drawn as text, JSON or a Mermaid flowchart.
 
-An event caused by a handler (its ``causation_id`` names the handled event and its source
-is the handler's service) hangs under that delivery; one whose cause is known but not the
-delivery hangs under the cause itself. Records of a service that does not keep them (or that
+An event published by a handler (its record names the delivery, and its ``causation_id``
+the handled event) hangs under that delivery; one whose cause is known but not the delivery
+hangs under the cause itself. Records of a service that does not keep them (or that
 expired) are missing: an event with runs but no publish record is shown as unrecorded.
 
 >>> roots = build(bus.backend.state.traces().load(correlation_id))   # doctest: +SKIP
@@ -152,7 +152,12 @@ class EventNode:
     time: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    #: The task id of the delivery whose handler published it, when one did.
+    published_by: str | None = None
     published_at: float | None = None
+    #: Whether its publish was deferred (publish on commit, the outbox) and its send not
+    #: recorded: its deliveries are those that ran.
+    deferred: bool = False
     deliveries: list[DeliveryNode] = field(default_factory=list)
     caused: list[EventNode] = field(default_factory=list)
 
@@ -215,6 +220,8 @@ def build(fields: dict[str, str]) -> list[EventNode]:
             node.time = record.get("time")
             node.correlation_id = record.get("correlation")
             node.causation_id = record.get("causation")
+            node.published_by = record.get("by")
+            node.deferred = bool(record.get("deferred"))
             node.published_at = _float(record.get("published"))
             for item in record.get("deliveries") or []:
                 if isinstance(item, list) and len(item) == 4:
@@ -226,8 +233,9 @@ def build(fields: dict[str, str]) -> list[EventNode]:
         if isinstance(event_id, str) and task_id not in deliveries:
             node = event(event_id)
             published = _float(record.get("replayed")) if kind == "d" else None
-            delivery(node, str(record.get("service")), str(record.get("handler")),
-                     record.get("queue"), task_id)
+            handler = str(record.get("handler"))
+            service = record.get("service") or handler.split(".")[0]  # {service}.{name}
+            delivery(node, str(service), handler, record.get("queue"), task_id)
             deliveries[task_id].published_at = published or node.published_at
     for kind, record in runs:
         if kind != "r":
@@ -255,8 +263,8 @@ def build(fields: dict[str, str]) -> list[EventNode]:
         if cause is None or cause is node:
             roots.append(node)
             continue
-        handlers = [d for d in cause.deliveries if d.service == node.source]
-        (handlers[0].caused if len(handlers) == 1 else cause.caused).append(node)
+        by = deliveries.get(node.published_by or "")
+        (by.caused if by is not None else cause.caused).append(node)
     return roots
 
 
@@ -299,7 +307,9 @@ def to_json(node: EventNode) -> dict[str, Any]:
         "time": node.time,
         "correlation_id": node.correlation_id,
         "causation_id": node.causation_id,
+        "published_by": node.published_by,
         "published_at": node.published_at,
+        "deferred": node.deferred,
         "recorded": node.recorded,
         "deliveries": [_delivery_json(d) for d in node.deliveries],
         "caused": [to_json(c) for c in node.caused],
@@ -318,7 +328,8 @@ def _seconds(value: float | None) -> str:
 def _event_label(node: EventNode) -> str:
     if not node.recorded:
         return f"event {node.id} (publish not recorded)"
-    return f"{node.name} {node.id} from {node.source}"
+    label = f"{node.name} {node.id} from {node.source}"
+    return label + " (deferred; its send not recorded)" if node.deferred else label
 
 
 def _state_label(d: DeliveryNode) -> str:
@@ -327,8 +338,11 @@ def _state_label(d: DeliveryNode) -> str:
         state += f", retried {d.retries} time{'s' if d.retries != 1 else ''}"
         if d.last_error:
             state += f" (last error {d.last_error})"
-    if d.state == DEAD_LETTERED and d.reason:
-        state += f": {d.reason}"
+    if d.state == DEAD_LETTERED:
+        if d.reason:
+            state += f": {d.reason}"
+        if d.last_error and not d.retries:
+            state += f" ({d.last_error})"
     return state
 
 
@@ -367,7 +381,8 @@ def render_text(nodes: list[EventNode]) -> str:
     for node in nodes:
         out.append(_event_label(node))
         if not node.deliveries and not node.caused:
-            out.append("└── (no deliveries: nothing subscribed)")
+            out.append("└── (no deliveries ran yet)" if node.deferred
+                       else "└── (no deliveries: nothing subscribed)")
         _lines(node, "", out)
     return "\n".join(out) + "\n"
 

@@ -241,7 +241,7 @@ class RedisTraces:
         ttl_ms = max(1, int(ttl * 1000))
         key = self.group_key(correlation_id)
         with _translated(), self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # Mapping keys are invariant
             pipe.pexpire(key, ttl_ms)
             for event_id in event_ids:
                 pipe.set(self.event_key(event_id), correlation_id, px=ttl_ms)
