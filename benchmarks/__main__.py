@@ -9,6 +9,7 @@
     python -m benchmarks --only sentinel-publish   # Sentinel: publish with and without WAIT
     python -m benchmarks --only signing-publish,signing-throughput   # signed events (2 min)
     python -m benchmarks --only contracts-publish   # publish with a declared schema (1 min)
+    python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -36,7 +37,18 @@ import redis
 
 from tests.harness import rabbitmq_server_binary
 
-from . import baseline, contracts, matching, memory, publish, rabbitmq, sentinel, signing, workers
+from . import (
+    baseline,
+    contracts,
+    matching,
+    memory,
+    observability,
+    publish,
+    rabbitmq,
+    sentinel,
+    signing,
+    workers,
+)
 from ._env import PrivateRabbitMQ, PrivateRedis, machine
 from ._stats import Section
 
@@ -51,6 +63,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "signing-publish": signing.publish,
     "signing-throughput": signing.throughput,
     "contracts-publish": contracts.publish,
+    "observability-publish": observability.publish,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
 AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool], list[Section]]] = {
@@ -69,7 +82,7 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
     "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "signing-publish", "signing-throughput", "contracts-publish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

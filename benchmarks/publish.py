@@ -32,7 +32,7 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 def _clean(client: redis.Redis) -> None:
     """Drop every queue and ledger record the variants wrote (outside the timed part)."""
-    for pattern in ("events.*", "pubsub.*", "celery_events:ledger:*"):
+    for pattern in ("events.*", "pubsub.*", "celery_events:ledger:*", "celery_events:trace*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)

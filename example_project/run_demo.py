@@ -63,6 +63,8 @@ class Demo:
     orders_url: str
     flower: Flower
     operator: Operator
+    #: service -> the /metrics URL its worker serves (observability_config.py)
+    metrics_urls: dict[str, str]
 
 
 def python(*args: str) -> list[str]:
@@ -174,7 +176,8 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     # Each service's own Ed25519 key, and every service's public key (trust_config.py).
     keys = ensure_keys(data / "keys")
     binary, where = find_redis_server(redis_choice)
-    ports = {name: free_port() for name in ("redis", "users-web", "orders-web", "flower")}
+    names = ["redis", "users-web", "orders-web", "flower", *(f"{s}-metrics" for s in APPS)]
+    ports = {name: free_port() for name in names}
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     supervisor.env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
@@ -182,6 +185,8 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
         CELERY_BROKER_URL=redis_url,
         DEMO_DATA_DIR=str(data),
         DEMO_KEYS_DIR=str(keys),
+        # Each worker's Prometheus port (observability_config.py reads them).
+        **{f"DEMO_METRICS_PORT_{s.upper()}": str(ports[f"{s}-metrics"]) for s in APPS},
     )
     demo = Demo(
         work,
@@ -195,6 +200,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
             auth_file=work / "flower-users",
         ),
         operator=Operator(HERE, supervisor.env),
+        metrics_urls={s: f"http://127.0.0.1:{ports[f'{s}-metrics']}/metrics" for s in APPS},
     )
     redis = Spec(
         "redis",
@@ -279,6 +285,8 @@ def print_addresses(demo: Demo) -> None:
         f"\nFlower      {demo.flower.url}   (user {user}, password {password}; read-only,"
         f" password file {demo.flower.auth_file})"
     )
+    print(f"Metrics     {'   '.join(f'{s} {url}' for s, url in demo.metrics_urls.items())}")
+    print(f"Spans       {demo.work / 'data' / 'spans'}/{{service}}-{{pid}}.jsonl (one per process)")
     print(f"Users API   {demo.users_url}/users")
     print(f"Orders API  {demo.orders_url}/orders/")
     print(f"Redis       {demo.redis_url}")
@@ -357,13 +365,15 @@ def play(demo: Demo, once: bool) -> bool:
     print()
     scenario = Scenario(
         demo.users_url, demo.orders_url, demo.work / "data", demo.flower, demo.operator,
-        redis_url=demo.redis_url,
+        redis_url=demo.redis_url, metrics_urls=demo.metrics_urls,
     )
     scenario.run()
     print_summary(demo, scenario)
     if once:
         print()
         scenario.replay()
+    print()
+    scenario.observe()
     failed = [c for c in scenario.checks if not c.ok]
     print_addresses(demo)
     if once:

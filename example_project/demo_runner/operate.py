@@ -71,6 +71,10 @@ class Operator:
         done = self.run("dead-letters", "list", "--json", ok=(0, 1))
         return list(json.loads(done.stdout)) if done.stdout.strip() else []
 
+    def json(self, *args: str) -> Any:
+        """What the command prints with ``--json``, parsed."""
+        return json.loads(self.run(*args, "--json").stdout)
+
     def text(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
         """What the command prints, as a user would see it."""
         done = self.run(*args, ok=ok)

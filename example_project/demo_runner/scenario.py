@@ -9,6 +9,9 @@
    the goodbye SMS, which always fails while the SMS gateway is down: after two retries the
    delivery becomes a dead letter of the notifications service.
 3. (``--once``) The gateway is brought up and the dead letter replayed: the SMS goes out.
+4. What the services observed: ``celery eventbus trace`` of the first user's registration
+   (its deliveries and the ``order.created`` it caused, across the three services), the spans
+   every process exported, and the notifications worker's Prometheus ``/metrics``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import http
+from . import http, observed
 from .flower import Flower
 from .operate import Operator
 from .stopping import STOP
@@ -37,6 +40,12 @@ PEOPLE = [
 LEAVER = PEOPLE[-1][0]
 #: The handlers every user.registered must be delivered to.
 SUBSCRIBERS_OF_REGISTERED = ["notifications.audit_trail", "orders.welcome_order"]
+#: The handlers of the order.created each registration causes.
+SUBSCRIBERS_OF_ORDER_CREATED = ["notifications.order_confirmation", "users.remember_welcome_order"]
+#: The person whose registration the demo traces.
+TRACED = PEOPLE[0][0]
+#: The worker whose /metrics the demo reads.
+SCRAPED = "notifications"
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Scenario:
     say: Callable[[str], None] = print
     #: The demo's Redis, read to check that it holds no sensitive value in clear.
     redis_url: str | None = None
+    #: service -> the /metrics URL of its worker
+    metrics_urls: dict[str, str] = field(default_factory=dict)
     #: email -> (user id, id of its user.registered event)
     users: dict[str, tuple[int, str]] = field(default_factory=dict)
     deleted_event: str | None = None
@@ -195,6 +206,57 @@ class Scenario:
             expect(
                 "no dead letter is left",
                 lambda: (not self.operator.dead_letters(), ""),
+            )
+        )
+
+    def observe(self) -> None:
+        """Show the trace of one registration; check it, the spans and a worker's metrics."""
+        if TRACED not in self.users:
+            self.record(Check(f"the registration of {TRACED} to trace", False, "not registered"))
+            return
+        event_id = self.users[TRACED][1]
+        self.say(f"The path of {TRACED}'s registration across the services:")
+        args = ("trace", event_id)
+        self.say(f"  $ {self.operator.shown(*args)}")
+        # Shown once every delivery of the tree settled, so that what it prints is the end.
+        check = expect(
+            "the trace shows user.registered delivered to orders and notifications, and the"
+            " order.created it caused delivered to users and notifications, all succeeded",
+            lambda: observed.tree_succeeded(
+                self.operator.json("trace", event_id),
+                {
+                    "user.registered": SUBSCRIBERS_OF_REGISTERED,
+                    "order.created": SUBSCRIBERS_OF_ORDER_CREATED,
+                },
+            ),
+        )
+        if check.ok:
+            for line in self.operator.text(*args).splitlines():
+                self.say(f"    {line}")
+        self.record(check)
+        self.record(
+            expect(
+                "every service's processes exported their spans: send user.registered (users),"
+                " process user.registered (orders, notifications), linked to it",
+                lambda: observed.spans_of(
+                    self.data_dir / "spans", event_id, ["orders", "notifications"]
+                ),
+            )
+        )
+        url = self.metrics_urls.get(SCRAPED, "")
+        self.record(
+            expect(
+                f"the {SCRAPED} worker's {url} counts its deliveries by outcome",
+                lambda: observed.deliveries_counted(
+                    url,
+                    SCRAPED,
+                    {
+                        ("notifications.audit_trail", "succeeded"): len(self.users)
+                        + (1 if self.deleted_event else 0),
+                        ("notifications.order_confirmation", "succeeded"): len(self.users),
+                        ("notifications.order_confirmation", "retried"): self.expected_retries(),
+                    },
+                ),
             )
         )
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from observability_config import configure_tracing, observability_settings
 from trust_config import trust_settings
 
 from celery_events import Event, EventBus
@@ -38,9 +39,17 @@ SENT_LOG = DATA_DIR / "notifications.jsonl"
 SMS_GATEWAY_FLAG = DATA_DIR / "sms-gateway-up"
 
 app = Celery("notifications", broker=BROKER_URL)
+# Where this process's spans go (observability_config.py): set up before the bus makes any.
+configure_tracing("notifications")
 # Signed events and scopes on (trust_config.py): a delivery whose signature or scope does not
-# check out is a dead letter before any handler here runs.
-bus = EventBus(app, service="notifications", **trust_settings("notifications"))
+# check out is a dead letter before any handler here runs. Traces, metrics on the worker's
+# metrics port and trace records on (observability_config.py).
+bus = EventBus(
+    app,
+    service="notifications",
+    **trust_settings("notifications"),
+    **observability_settings("notifications"),
+)
 
 
 class MailRelayTimeout(ConnectionError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from observability_config import configure_tracing, observability_settings
 from trust_config import trust_settings
 
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
@@ -41,7 +42,12 @@ CELERY_EVENTS = {
     "relay_interval": 0.2,
     # Signed events and scopes on (trust_config.py).
     **trust_settings("orders"),
+    # Traces, metrics on the worker's metrics port, trace records (observability_config.py).
+    **observability_settings("orders"),
 }
+# Every process that reads these settings (the web server, the worker and its pool) writes
+# its spans to a file of its own (observability_config.py).
+configure_tracing("orders")
 # SQLite cannot skip locked rows, which only matters with several relays; this service runs
 # one, in its worker.
 SILENCED_SYSTEM_CHECKS = ["celery_events.W001"]

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from observability_config import configure_tracing, observability_settings
 from trust_config import trust_settings
 
 from celery_events import PublishError, PublishResult
@@ -46,7 +47,14 @@ def create_app() -> Flask:
     app.config["USERS_DATABASE"] = DATA_DIR / "users.sqlite3"
     # Signed events and scopes on (trust_config.py): the bus signs each event with the users
     # service's own key and checks every delivery's signature and scope before its handler.
-    app.config["CELERY_EVENTS"] = {"service": "users", **trust_settings("users")}
+    # Traces, metrics on the worker's metrics port and trace records too
+    # (observability_config.py); this process's spans go to a file of its own.
+    configure_tracing("users")
+    app.config["CELERY_EVENTS"] = {
+        "service": "users",
+        **trust_settings("users"),
+        **observability_settings("users"),
+    }
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     # Flask's Celery recipe keeps the Celery app in app.extensions["celery"].
     app.extensions["celery"] = Celery("users", broker=broker)

@@ -133,6 +133,25 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     assert "✓ every delivery Flower shows carries its publisher's signature" in out
     assert "✓ Redis holds no e-mail address or name in clear (encrypted fields)" in out
     assert "✓ Flower's /metrics refuses a request without the password: HTTP 401" in out
+    # Traces, metrics and trace records are on: the demo shows the path of one registration
+    # across the three services, finds every process's spans, and reads a worker's /metrics
+    assert "$ celery -A notifications.worker eventbus trace " in out
+    assert re.search(r"\n    user\.registered [0-9a-f-]{36} from users\n", out), out
+    # (under the orders delivery that published it, or under its cause when the outbox relay's
+    # send was recorded before that delivery's run)
+    assert re.search(r"└── (published|caused) order\.created [0-9a-f-]{36} from orders\n", out), out
+    assert "notifications.order_confirmation: succeeded, retried 1 time" in out
+    assert (
+        "✓ the trace shows user.registered delivered to orders and notifications, and the"
+        " order.created it caused delivered to users and notifications, all succeeded:"
+        " 2 events, 4 deliveries" in out
+    )
+    assert "✓ every service's processes exported their spans" in out
+    assert (
+        "counts its deliveries by outcome: celery_events_deliveries_total: audit_trail"
+        " succeeded 5, order_confirmation succeeded 4, order_confirmation retried 4" in out
+    )
+    assert re.search(r"Metrics     users http://127\.0\.0\.1:\d+/metrics ", out), out
     assert "Stopped 7 process(es)." in out
     # And no process it started is left, nor its temporary files
     assert "Files kept" not in out

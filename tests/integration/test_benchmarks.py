@@ -43,8 +43,10 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
         "### Worker throughput, 200 queued",
         "### End-to-end latency at 200 events/s",
         "### Sentinel publish, with and without WAIT",
+        "### Publish to 10 subscribers, with tracing, metrics and trace records, and without",
     ):
         assert title in out, title
+    assert "| 15. tracing and metrics on, publish to 10 ÷ off | " in out
     # Each of the seven targets is reported (met or not), with its measured figure.
     for number in range(1, 8):
         assert f"| {number}. " in out, number
