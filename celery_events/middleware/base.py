@@ -38,11 +38,11 @@ user's, so the user's middleware sees an event before it is deferred or written 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..envelope import Event
+from ..envelope import Event, ExtensionValue
 from ..results import PublishResult
 
 if TYPE_CHECKING:
@@ -118,6 +118,16 @@ class PublishCall:
         if event.data is not self.event.data and self._encode is not None:
             data_json = self._encode(event)
         return replace(self, event=event, data_json=data_json)
+
+    def with_extensions(self, attributes: Mapping[str, ExtensionValue | None]) -> PublishCall:
+        """This call with these extension attributes added to (or, given as None, taken out
+        of) its event: ``with_event(event.with_extensions(...))``, checked once.
+
+        >>> call.with_extensions({"traceparent": "00-...-01"})  # doctest: +SKIP
+        """
+        # Only the attributes changed, and Event.with_extensions checked them: the rest of
+        # the event was validated when the call was made.
+        return replace(self, event=self.event.with_extensions(attributes))
 
     def check_subscribers(self) -> None:
         """Raise :class:`~celery_events.NoSubscribersError` now if ``require_subscribers`` is

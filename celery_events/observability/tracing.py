@@ -162,10 +162,14 @@ class Tracing(Middleware):
             # A relay or replay keeps the context of the original publish; a tracer that
             # makes no real spans (no SDK) has none to give.
             return span, context, call
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=context)
-        return span, context, call.with_event(
-            call.event.with_extensions({key: carrier.get(key) for key in _CONTEXT_KEYS})
+        # The W3C header, as the propagator writes it, without its context lookups.
+        sent = span.get_span_context()
+        state = sent.trace_state.to_header() if sent.trace_state else None
+        return span, context, call.with_extensions(
+            {
+                "traceparent": f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}",
+                "tracestate": state or None,
+            }
         )
 
     def _carried(self, event: Event) -> trace.SpanContext | None:

@@ -318,3 +318,29 @@ def test_an_atomic_handler_without_a_transactional_middleware_is_refused(
         HandlerRunner().run(plain, event)
     [run] = HandlerRunner().run(with_transactions, event)
     assert run.status == "succeeded"
+
+
+def test_a_middleware_adds_extension_attributes_to_the_call_checked_once(
+    buses: list[EventBus],
+) -> None:
+    class Stamp(Middleware):
+        def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+            stamped = call.with_extensions({"tenant": "acme", "unwanted": None})
+            assert stamped.data_json == call.data_json and stamped.origin == call.origin
+            return call_next(stamped)
+
+    class BadStamp(Middleware):
+        def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+            return call_next(call.with_extensions({"Bad-Name": 1}))
+
+    bus = offline_bus("shop", [Stamp()])
+    buses.append(bus)
+    with capture_published(bus) as published:
+        bus.publish("order.placed", {}, extensions={"unwanted": "x"})
+    assert dict(published[0].extensions) == {"tenant": "acme"}
+
+    refused = offline_bus("mall", [BadStamp()])
+    buses.append(refused)
+    with capture_published(refused) as nothing, pytest.raises(InvalidEnvelope):
+        refused.publish("order.placed", {})
+    assert nothing == []
