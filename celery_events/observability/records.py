@@ -10,6 +10,9 @@ whole conversation is one read, and shared by every service of the store:
   id]``). A deferred publish (on commit, into the outbox) is recorded as ``deferred`` (no
   deliveries yet), and again when it is sent, after the commit or by the outbox relay
   (``on_published`` hears every send).
+- ``b:{event id}``, written with a deferred publish made by a handler: that delivery's task
+  id, which the send after the commit or by the outbox relay (outside the handler) no longer
+  knows.
 - ``d:{task id}``, written by a dead letter's replay: one more delivery of an event.
 - ``r:{task id}:{attempt}``, written twice per run of a delivery, in the worker: ``running``
   when its handler starts, then how the run ended (:class:`~celery_events.Outcome`), its
@@ -138,8 +141,12 @@ class TraceRecords(Middleware):
         result = call_next(call)
         if result.deferred:
             # Sent later (after a commit, or by an outbox relay): on_published records the
-            # send and its deliveries then, replacing this record.
-            fields = {f"e:{result.event.id}": event_record(result, time.time(), deferred=True)}
+            # send and its deliveries then, replacing this record. Who published it is kept
+            # apart (b:), since a relay sends it from outside any handler.
+            by = self._delivery()[0] if result.event.causation_id else None
+            fields = {f"e:{result.event.id}": event_record(result, time.time(), by, deferred=True)}
+            if by is not None:
+                fields[f"b:{result.event.id}"] = _compact({"by": by})
             self._write(result.event, fields)
         return result
 

@@ -220,12 +220,17 @@ def build(fields: dict[str, str]) -> list[EventNode]:
             node.time = record.get("time")
             node.correlation_id = record.get("correlation")
             node.causation_id = record.get("causation")
-            node.published_by = record.get("by")
+            node.published_by = record.get("by") or node.published_by
             node.deferred = bool(record.get("deferred"))
             node.published_at = _float(record.get("published"))
             for item in record.get("deliveries") or []:
                 if isinstance(item, list) and len(item) == 4:
                     delivery(node, *item)
+        elif kind == "b":
+            # Who published it, kept apart from its e: record, which an outbox relay's send
+            # (outside any handler) rewrites without it.
+            node = event(rest)
+            node.published_by = node.published_by or record.get("by")
         elif kind in ("d", "r"):
             runs.append((kind, record | {"task_id": rest.split(":")[0]}))
     for kind, record in runs:  # deliveries the publish record does not list (replays)

@@ -255,3 +255,41 @@ def test_a_deferred_publish_is_recorded_as_such_and_again_when_it_is_sent() -> N
         orders.close()
         billing.close()
         memory.reset()
+
+
+def test_an_event_a_handler_put_in_the_outbox_stays_under_its_delivery_once_relayed() -> None:
+    from celery_events import Middleware, PublishResult
+    from celery_events.middleware import PublishCall, PublishNext
+
+    kept: list[Event] = []
+
+    class Outbox(Middleware):  # as Django's outbox keeps a publish for its relay
+        def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
+            if call.event.name == "order.created" and not kept:
+                kept.append(call.event)
+                return PublishResult(call.event, deferred=True)
+            return call_next(call)
+
+    users = service("users")
+    orders = EventBus(Celery("orders", broker=MEMORY), service="orders", trace_records=True,
+                      middleware=[Outbox()])
+    try:
+        @orders.subscribe("user.registered")
+        def open_cart(event: Event) -> None:
+            orders.publish("order.created", {"user_id": event.data["user_id"]})
+
+        orders.register()
+        # Given a handler whose publish went to the outbox
+        event_id = users.publish("user.registered", {"user_id": 7}).event.id
+        HandlerRunner().work(orders)
+        # When the relay sends it, outside any handler
+        orders.publish_event(kept[0])
+
+        # Then the tree still hangs it under the delivery whose handler published it
+        [cart] = tree_of(users, event_id)["deliveries"]  # type: ignore[misc]
+        [created] = cart["caused"]
+        assert (created["name"], created["deferred"]) == ("order.created", False)
+    finally:
+        users.close()
+        orders.close()
+        memory.reset()
