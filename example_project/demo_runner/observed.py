@@ -57,12 +57,17 @@ def spans_of(directory: Path, event_id: str, consumers: list[str]) -> tuple[bool
     sends = [s for s in of_event if s["kind"] == "SpanKind.PRODUCER"]
     if not sends:
         return False, f"{len(spans)} spans, no send span of {event_id[:8]}… yet"
-    send = sends[0]["context"]["span_id"]
+    # Any send span of the event counts (a relay or a replay makes one more), so that the
+    # answer does not depend on the order the files are read in.
+    sent = {s["context"]["span_id"] for s in sends}
     linked = {
         str(s["resource"]["attributes"].get("service.name"))
         for s in of_event
         if s["kind"] == "SpanKind.CONSUMER"
-        and (s.get("parent_id") == send or any(link["context"]["span_id"] == send for link in s.get("links") or []))
+        and (
+            s.get("parent_id") in sent
+            or any(link["context"]["span_id"] in sent for link in s.get("links") or [])
+        )
     }
     files = len(list(directory.glob("*.jsonl")))
     missing = [service for service in consumers if service not in linked]
