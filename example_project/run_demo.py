@@ -36,7 +36,7 @@ from demo_runner.progress import Progress  # noqa: E402
 from demo_runner.redis_server import (  # noqa: E402
     NoRedisServer,
     find_redis_server,
-    free_port,
+    free_ports,
     server_argv,
     version,
 )
@@ -177,7 +177,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     keys = ensure_keys(data / "keys")
     binary, where = find_redis_server(redis_choice)
     names = ["redis", "users-web", "orders-web", "flower", *(f"{s}-metrics" for s in APPS)]
-    ports = {name: free_port() for name in names}
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     supervisor.env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
