@@ -11,17 +11,16 @@ Schema (the pydantic model's document is validated the same way; reported, no ta
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Celery
 from pydantic import BaseModel, Field
 
-from celery_events import EventBus, Subscription
+from celery_events import EventBus
 
 from ._stats import Section, Series, Target, ratios
-from .publish import FANOUT, compare_publishes
+from .publish import publish_to_ten
 
 NAME = "bench.contracts"
 DATA: dict[str, Any] = {
@@ -72,31 +71,18 @@ class Order(BaseModel):
 
 def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     buses = {}
-    for name, schema in (("undeclared", None), ("schema", SCHEMA), ("model", Order)):
+    for label, name, schema in (
+        ("publish to 10, undeclared", "undeclared", None),
+        ("publish to 10, declared with a 10-field JSON Schema", "schema", SCHEMA),
+        ("publish to 10, declared with a 10-field pydantic model", "model", Order),
+    ):
         app = Celery(f"bench-contracts-{name}", broker=url)
         app.conf.task_send_sent_event = False
-        bus = buses[name] = EventBus(app, service=f"contracts-{name}")
+        bus = buses[label] = EventBus(app, service=f"contracts-{name}")
         if schema is not None:
             bus.declare(NAME, schema=schema)
-    registry = buses["undeclared"].registry
-    for i in range(FANOUT):
-        registry.register(f"c{i}", [Subscription(NAME, f"c{i}", f"c{i}.handle", f"events.c{i}")])
-
-    def llen() -> int:
-        return int(client.llen(f"events.c{FANOUT - 1}"))
-
-    def op(bus: EventBus) -> Callable[[], Any]:
-        return lambda: bus.publish(NAME, DATA)
-
-    plan = {
-        "publish to 10, undeclared": op(buses["undeclared"]),
-        "publish to 10, declared with a 10-field JSON Schema": op(buses["schema"]),
-        "publish to 10, declared with a 10-field pydantic model": op(buses["model"]),
-    }
-    results = compare_publishes(client, plan, llen, smoke)
-    for bus in buses.values():
-        bus.close()
-    names = list(plan)
+    results = publish_to_ten(client, buses, NAME, DATA, "c", smoke)
+    names = list(buses)
     plain, declared, modelled = (results[name] for name in names)
     section = Section(
         title="Publish to 10 subscribers, declared with a schema and undeclared",

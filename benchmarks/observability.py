@@ -18,7 +18,7 @@ before them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -27,10 +27,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from celery_events import EventBus, Subscription
+from celery_events import EventBus
 
 from ._stats import Section, Series, Target, ratios
-from .publish import FANOUT, compare_publishes
+from .publish import publish_to_ten
 
 NAME = "bench.observed"
 DATA = {"user_id": 7, "email": "someone@example.com", "plan": "pro"}
@@ -70,20 +70,7 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         app = Celery(f"bench-observability-{number}", broker=url)
         app.conf.task_send_sent_event = False
         buses[name] = EventBus(app, service=f"observability-{number}", **settings)
-    registry = next(iter(buses.values())).registry
-    for i in range(FANOUT):
-        registry.register(f"o{i}", [Subscription(NAME, f"o{i}", f"o{i}.handle", f"events.o{i}")])
-
-    def llen() -> int:
-        return int(client.llen(f"events.o{FANOUT - 1}"))
-
-    def op(bus: EventBus) -> Callable[[], Any]:
-        return lambda: bus.publish(NAME, DATA)
-
-    plan = {name: op(bus) for name, bus in buses.items()}
-    results = compare_publishes(client, plan, llen, smoke)
-    for bus in buses.values():
-        bus.close()
+    results = publish_to_ten(client, buses, NAME, DATA, "o", smoke)
     provider.force_flush()
     off, observed, recorded, traced, counted = (results[name] for name in VARIANTS)
     section = Section(

@@ -72,6 +72,37 @@ def compare_publishes(
     )
 
 
+def publish_to_ten(
+    client: redis.Redis,
+    buses: dict[str, EventBus],
+    name: str,
+    data: dict[str, Any],
+    prefix: str,
+    smoke: bool,
+) -> dict[str, list[float]]:
+    """Seconds per publish of ``name`` with ``data`` by each bus of ``buses`` (label -> bus),
+    to ``FANOUT`` subscribers ``{prefix}0``... recorded now; the buses are closed after."""
+    registry = next(iter(buses.values())).registry
+    for i in range(FANOUT):
+        service = f"{prefix}{i}"
+        registry.register(
+            service, [Subscription(name, service, f"{service}.handle", f"events.{service}")]
+        )
+    last = f"events.{prefix}{FANOUT - 1}"
+
+    def llen() -> int:
+        return int(client.llen(last))
+
+    def op(bus: EventBus) -> Callable[[], Any]:
+        return lambda: bus.publish(name, data)
+
+    try:
+        return compare_publishes(client, {label: op(bus) for label, bus in buses.items()}, llen, smoke)
+    finally:
+        for bus in buses.values():
+            bus.close()
+
+
 def run_mode(url: str, client: redis.Redis, *, sent_events: bool, smoke: bool) -> Section:
     mode = "on" if sent_events else "off"
     app = Celery(f"bench-publisher-{mode}", broker=url)

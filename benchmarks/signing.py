@@ -14,16 +14,15 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 from celery import Celery
 
-from celery_events import EventBus, Subscription
+from celery_events import EventBus
 from celery_events.trust.keys import generate_ed25519, generate_hmac
 
 from ._stats import Section, Series, Target, interleaved, ratios
-from .publish import FANOUT, compare_publishes
+from .publish import publish_to_ten
 from .workers import SUBSCRIPTIONS, drain_queued
 
 DATA = {"user_id": 7, "email": "someone@example.com", "plan": "pro"}
@@ -46,33 +45,15 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         secret = Path(tmp) / "hsigner.k1.hmac"
         secret.write_bytes(generate_hmac())
         buses = {}
-        for name, settings in (
-            ("plain", {}), ("signer", {"signing_key": str(key)}),
-            ("hsigner", {"signing_key": str(secret)}),
+        for label, name, settings in (
+            ("publish to 10, unsigned", "plain", {}),
+            ("publish to 10, Ed25519-signed", "signer", {"signing_key": str(key)}),
+            ("publish to 10, HMAC-SHA256-signed", "hsigner", {"signing_key": str(secret)}),
         ):
             app = Celery(f"bench-{name}", broker=url)
             app.conf.task_send_sent_event = False
-            buses[name] = EventBus(app, service=name, **settings)
-        registry = buses["plain"].registry
-        for i in range(FANOUT):
-            registry.register(
-                f"s{i}", [Subscription("bench.ten", f"s{i}", f"s{i}.handle", f"events.s{i}")]
-            )
-
-        def llen() -> int:
-            return int(client.llen("events.s9"))
-
-        def op(bus: EventBus) -> Callable[[], Any]:
-            return lambda: bus.publish("bench.ten", DATA)
-
-        plan = {
-            "publish to 10, unsigned": op(buses["plain"]),
-            "publish to 10, Ed25519-signed": op(buses["signer"]),
-            "publish to 10, HMAC-SHA256-signed": op(buses["hsigner"]),
-        }
-        results = compare_publishes(client, plan, llen, smoke)
-        for bus in buses.values():
-            bus.close()
+            buses[label] = EventBus(app, service=name, **settings)
+        results = publish_to_ten(client, buses, "bench.ten", DATA, "s", smoke)
     plain, signed = results["publish to 10, unsigned"], results["publish to 10, Ed25519-signed"]
     section = Section(
         title="Publish to 10 subscribers, signed and unsigned",
@@ -80,7 +61,7 @@ def publish(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
             "Time per published event, queues not consumed, task-sent events off; the signed"
             " bus makes one Ed25519 signature per event (`signing_key`)."
         ),
-        figures=[Series(name, "µs", results[name]) for name in plan]
+        figures=[Series(name, "µs", results[name]) for name in results]
         + [Series("signing cost per event", "µs", [s - p for s, p in zip(signed, plain, strict=True)])],
     )
     ratio = Series("signed publish to 10 ÷ unsigned", "×", ratios(signed, plain))
