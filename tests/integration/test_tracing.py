@@ -13,14 +13,11 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from celery_events import EventBus
 
 from ..harness import Worker, wait_until
-from ..services._spans import SPANS_FILE, JsonLinesExporter
+from ..services._spans import SPANS_FILE, JsonLinesExporter, add_exporter
 
 TRACED = "tests.services.traced"
 # This process's spans go to the file of the test that runs (set per test).
@@ -29,11 +26,7 @@ _EXPORTER = JsonLinesExporter("")
 
 @pytest.fixture(scope="module", autouse=True)
 def sdk() -> None:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    add_exporter(_EXPORTER)
 
 
 @pytest.fixture

@@ -55,3 +55,13 @@ def configure() -> None:
     # ends, whatever happens to the process afterwards.
     provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(path)))
     trace.set_tracer_provider(provider)
+
+
+def add_exporter(exporter: SpanExporter) -> None:
+    """Send this process's spans to ``exporter`` as they end, on its one SDK tracer provider
+    (OpenTelemetry allows one global provider per process: the first call sets it)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -19,6 +18,8 @@ from celery_events.middleware import PublishCall, PublishNext
 from celery_events.observability import tracing
 from celery_events.testing import HandlerRunner
 
+from ..services._spans import add_exporter
+
 MEMORY = "memory://"
 _EXPORTER = InMemorySpanExporter()
 
@@ -26,11 +27,7 @@ _EXPORTER = InMemorySpanExporter()
 @pytest.fixture(scope="module", autouse=True)
 def sdk() -> None:
     """The SDK, once per process (OpenTelemetry allows one global tracer provider)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    add_exporter(_EXPORTER)
 
 
 @pytest.fixture
