@@ -6,6 +6,7 @@ the bad value and says what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "InvalidEnvelope",
     "NoSubscribersError",
     "PublishError",
+    "PartialPublishError",
     "NotReplicatedError",
     "PublishRefused",
     "PublishNotAllowed",
@@ -112,6 +114,24 @@ class PublishError(CeleryEventsError):
     No delivery was sent, unless the message says otherwise: when Redis was reached but its
     reply was lost, the deliveries may have been queued, and the message says so.
     """
+
+
+class PartialPublishError(PublishError):
+    """``bus.publish_many`` sent the first :attr:`sent` events of the call, then failed.
+
+    Only on a backend without ``atomic_batches`` (RabbitMQ, other kombu brokers): there the
+    events already sent stay sent. :attr:`results` holds their
+    :class:`~celery_events.PublishResult` (once the bus has them); publish the rest again
+    (``events[error.sent:]``), which sends none twice.
+    """
+
+    def __init__(
+        self, message: str, *, sent: int, results: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(message)
+        #: How many events of the call were sent, in order.
+        self.sent = sent
+        self.results = tuple(results)
 
 
 class NotReplicatedError(PublishError):

@@ -32,8 +32,14 @@ from ..errors import CeleryEventsError
 from .capabilities import Capabilities, check_required
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from .._messages import TaskMessage
     from ..settings import Settings
+
+    #: The deliveries of one event as a transport sends them: its messages, and the catalog's
+    #: ``(field, value)`` when the transport records it (``Transport.records_catalog``).
+    Outgoing: TypeAlias = tuple[Sequence[TaskMessage], tuple[str, str] | None]
 
 __all__ = [
     "Backend",
@@ -168,6 +174,17 @@ class Transport(Protocol):
         """
         ...
 
+    def send_many(self, batches: Sequence[Outgoing]) -> None:
+        """Send the deliveries of many events (``bus.publish_many``), each ``(messages,
+        catalog)`` as :meth:`send` takes them; in one round trip where the broker allows.
+
+        With :attr:`Capabilities.atomic_batches` it raises
+        :class:`~celery_events.errors.PublishError` having sent nothing of any event;
+        otherwise the events before the failing one may be sent, and it raises
+        :class:`~celery_events.errors.PartialPublishError` saying how many were.
+        """
+        ...
+
     def prepare_worker(self, bus: ServiceBus) -> None:
         """Adjust the app's configuration before its worker is built (``celeryd_init``).
 
@@ -186,6 +203,26 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def send_each(transport: Transport, batches: Sequence[Outgoing]) -> None:
+    """:meth:`Transport.send_many` for a transport without ``atomic_batches``: one
+    :meth:`~Transport.send` per event, in order. A failure raises
+    :class:`~celery_events.errors.PartialPublishError` once an event is sent (the plain
+    :class:`~celery_events.errors.PublishError` of the first one otherwise)."""
+    from ..errors import PartialPublishError, PublishError
+
+    for done, (messages, catalog) in enumerate(batches):
+        try:
+            transport.send(messages, catalog)
+        except PublishError as exc:
+            if not done:
+                raise
+            raise PartialPublishError(
+                f"{exc} The first {done} of the {len(batches)} events of this publish_many were"
+                " sent before it failed, and stay sent; publish the others again.",
+                sent=done,
+            ) from exc
 
 
 class Topology(Protocol):

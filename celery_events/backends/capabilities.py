@@ -21,6 +21,8 @@ class Capabilities:
     #: A publish puts every delivery of the event on the broker, or none (a publisher that
     #: dies mid-call, a refused write leave nothing behind).
     atomic_fanout: bool = False
+    #: ``bus.publish_many`` puts the deliveries of all its events on the broker, or none.
+    atomic_batches: bool = False
     #: Every delivery is recorded from publish until handled; one that vanished between queue
     #: and worker is found and sent again by the sweeper.
     lost_delivery_ledger: bool = False

@@ -9,11 +9,14 @@ transport) publishes through it; Redis, Sentinel and RabbitMQ have transports of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
-from .base import QueueReader, ServiceBus
+from .base import QueueReader, ServiceBus, send_each
+
+if TYPE_CHECKING:
+    from .base import Outgoing
 
 __all__ = ["KombuTransport"]
 
@@ -62,6 +65,10 @@ class KombuTransport:
                 f"The broker did not take the event: {describe(exc)}. Some deliveries may have"
                 " been sent (fan-out is atomic on Redis and RabbitMQ only)."
             ) from exc
+
+    def send_many(self, batches: Sequence[Outgoing]) -> None:
+        # Not atomic across events: each is sent as publish sends it (see send_each).
+        send_each(self, batches)
 
     def prepare_worker(self, bus: ServiceBus) -> None:
         """Nothing to adjust."""

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import amqp
 from amqp import spec
@@ -38,10 +38,13 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ..._messages import SentEvents, TaskMessage, new_id
 from ...errors import PublishError, describe
-from ..base import QueueReader, RegistryStore, ServiceBus
+from ..base import QueueReader, RegistryStore, ServiceBus, send_each
 from . import relay
 from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
 from .worker import check_worker, prepare_worker
+
+if TYPE_CHECKING:
+    from ..base import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,10 @@ class AmqpTransport:
         self._sent_events: SentEvents | None = None
 
     # -- publishing -----------------------------------------------------------------------
+
+    def send_many(self, batches: Sequence[Outgoing]) -> None:
+        # Not atomic across events: each is sent as publish sends it (see send_each).
+        send_each(self, batches)
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
         if not messages:

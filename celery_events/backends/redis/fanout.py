@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, signals
@@ -22,6 +22,9 @@ from ..base import QueueReader, ServiceBus
 from .client import ReplyLost, run_script, run_script_replicated
 from .queues import BrokerQueues
 from .worker import check_visibility_timeout, configure_worker
+
+if TYPE_CHECKING:
+    from ..base import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +234,33 @@ class RedisFanout:
         self.key_prefix = key_prefix
         # Where deliveries are recorded until handled (see _inbox.py); None: not recorded.
         self.ledger_prefix = ledger_prefix
-        self._script = client.register_script(_FANOUT_LUA)
+        #: The fan-out script (its ``sha`` and text, for a client of another kind).
+        self.script = client.register_script(_FANOUT_LUA)
         self._signals = _Signals(app)
         db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
         self._sent_events = SentEvents(app, db) if app is not None else None
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
-        if not messages:
+        self.send_many([(messages, catalog)])
+
+    def send_many(self, batches: Sequence[Outgoing]) -> None:
+        batches = [batch for batch in batches if batch[0]]
+        if not batches:
             return
-        self._signals.before(messages)
+        # One script call per event for now: atomic per event, not across them (issue 16
+        # makes it one call).
+        for batch in batches:
+            self._signals.before(batch[0])
+            self.finish([batch], self._run([], self.arguments([batch])))
+
+    def arguments(self, batches: Sequence[Outgoing]) -> list[str | int | float]:
+        """The fan-out script's arguments for ``batches`` (it declares no keys), once the
+        ``before_task_publish`` receivers have run; ``script`` runs them, and
+        :meth:`finish` reads its reply. Shared by the blocking and the asyncio publish."""
+        if len(batches) != 1:
+            # One script call per event until the script takes many (issue 16).
+            raise NotImplementedError("one event per fan-out script call")
+        messages, catalog = batches[0]
         prefix = self.key_prefix
         ledger = self.ledger_prefix
         args: list[str | int | float] = [
@@ -269,9 +290,13 @@ class RedisFanout:
             args.extend(catalog)
         else:
             args.extend(("", "", ""))
-        keys: list[str] = []
-        acknowledged = self._run(keys, args)
-        self._signals.after(messages)
+        return args
+
+    def finish(self, batches: Sequence[Outgoing], acknowledged: int) -> None:
+        """After the script ran: the ``after_task_publish`` signals, then the replicas'
+        check (``acknowledged``: how many replicas hold its writes, when WAIT was asked)."""
+        for messages, _ in batches:
+            self._signals.after(messages)
         if acknowledged < self.wait_for_replicas:
             raise NotReplicatedError(
                 _not_replicated(acknowledged, self.wait_for_replicas, self.wait_for_replicas_timeout),
@@ -301,12 +326,12 @@ class RedisFanout:
         while True:
             try:
                 if not replicas:
-                    run_script(self.client, self._script, keys, args)
+                    run_script(self.client, self.script, keys, args)
                     return 0
                 # WAIT's own timeout is whole milliseconds; 0 would mean "forever".
                 wait_ms = max(1, int(self.wait_for_replicas_timeout * 1000))
                 return run_script_replicated(
-                    self.client, self._script, keys, args, replicas, wait_ms
+                    self.client, self.script, keys, args, replicas, wait_ms
                 )[1]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The script runs whole or not at all; a lost reply may mean it ran, and then
