@@ -20,7 +20,7 @@ from celery import Celery, signals
 
 from celery_events import EventBus, Subscription
 from celery_events.backends.kombu import KombuTransport
-from celery_events.backends.redis.inbox import ledger_entry
+from celery_events.backends.redis.ledger import ledger_entry
 
 from ..harness import wait_until
 from .conftest import effect_counts

@@ -36,7 +36,8 @@ import redis
 
 from ..base import DeadLetterRecords, StateStore, StoreError
 from .client import store_error, store_errors
-from .inbox import Inbox, LedgerInbox
+from .inbox import Inbox
+from .ledger import LedgerInbox
 
 __all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "RedisTraces", "LedgerState"]
 

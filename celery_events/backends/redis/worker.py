@@ -29,7 +29,7 @@ from ...errors import ConfigurationError
 from .. import broker_url_of
 from ..base import ServiceBus
 from .client import is_sentinel_url
-from .inbox import Inbox
+from .ledger import Ledger
 from .liveness import Reaper, keep_alive
 from .screening import VISIBILITY_MARGIN, needed_visibility_timeout
 
@@ -135,12 +135,12 @@ class RedisRecovery:
 
 
 class Sweeper:
-    """Finds this service's lost deliveries and sends them again (see ``inbox.py``)."""
+    """Finds this service's lost deliveries and sends them again (see ``ledger.py``)."""
 
     def __init__(self, bus: ServiceBus, client: redis.Redis) -> None:
         self.bus = bus
         self.client = client
-        self.inbox = Inbox(client, bus.service, bus.settings.key_prefix)
+        self.ledger = Ledger(client, bus.service, bus.settings.key_prefix)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="celery-events-sweeper", daemon=True)
         self._token = uuid.uuid4().hex
@@ -181,7 +181,7 @@ class Sweeper:
             if client.get(self.lock_key) != self._token.encode():
                 return 0
             client.pexpire(self.lock_key, lock_ms)
-        swept = self.inbox.sweep(
+        swept = self.ledger.sweep(
             unacked_key=self.unacked_key,
             redelivery_timeout=settings.redelivery_timeout,
             max_redeliveries=settings.max_deliveries,
