@@ -45,7 +45,9 @@ def test_every_handler_gets_every_event_of_a_publish_many_exactly_once(
 
     # Then it returns one result per event, in order, as publish would
     assert [r.event.name for r in results] == ["user.registered"] * 10 + [
-        "order.created", "user.deleted", "payment.failed",
+        "order.created",
+        "user.deleted",
+        "payment.failed",
     ]
     assert results[10].event.subject == "1"
     assert results[-1].deliveries == ()
