@@ -20,7 +20,7 @@ from celery import Celery, signals
 
 from celery_events import EventBus, Subscription
 from celery_events.backends.kombu import KombuTransport
-from celery_events.backends.redis.ledger import ledger_entry
+from celery_events.backends.redis.ledger import ledger_entry, read_ledger_entry
 
 from ..harness import wait_until
 from .conftest import effect_counts
@@ -150,8 +150,16 @@ def test_a_delivery_is_byte_for_byte_what_send_task_sends(
 
     # And the delivery ledger holds the record the inbox defines, with the exact message
     record = redis_client.hget("celery_events:ledger:orders", task_id)
-    expected = ledger_entry("events.orders", ours.decode(), result.event.id, "orders.welcome_order")
-    assert json.loads(record) == json.loads(expected)
+    assert record == ledger_entry(
+        "events.orders", ours.decode(), result.event.id, "orders.welcome_order"
+    )
+    assert read_ledger_entry(record) == {
+        "q": "events.orders",
+        "m": ours.decode(),
+        "e": result.event.id,
+        "h": "orders.welcome_order",
+        "r": 0,
+    }
     assert redis_client.zscore("celery_events:ledger:orders:due", task_id) is not None
 
 

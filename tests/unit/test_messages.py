@@ -124,7 +124,8 @@ def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | No
     # When their task-sent events are assembled
     payloads = events.payloads(messages)
 
-    # Then each is the reference encoding of the event Celery's dispatcher would make
+    # Then each is the reference encoding of the event Celery's dispatcher would make, but for
+    # the spaces that pad the pieces every delivery shares to a multiple of 3 bytes
     assert events.channel == "/3.celeryev/task.sent"
     clocks = []
     for message, payload in zip(messages, payloads, strict=True):
@@ -132,6 +133,8 @@ def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | No
         event = json.loads(base64.b64decode(wrapper["body"]))
         clocks.append(event["clock"])
         expected = events.event(message, event["clock"], event["timestamp"])
-        assert payload == events.wrap(expected, wrapper["properties"]["delivery_tag"])
+        assert event == expected and list(event) == list(expected)
+        reference = json.loads(events.wrap(expected, wrapper["properties"]["delivery_tag"]))
+        assert {**wrapper, "body": ""} == {**reference, "body": ""}
         assert event["uuid"] == message.task_id and event["name"] == message.shadow
     assert clocks[1] == clocks[0] + 1
