@@ -418,26 +418,20 @@ def redis_payload(message: TaskMessage) -> str:
     )
 
 
-def redis_delivery_fields(message: TaskMessage) -> tuple[str, str, str, str, str, str, str, str, str, str]:
-    """What one delivery adds to its event's shared pieces, for the Redis fan-out's script:
-    queue, its JSON, task name, its JSON, the shown name's JSON, task id, root id ('' when
-    it is the task id), delivery tag, subscribing service, and the whole payload when signal
-    receivers made the headers into dicts ('' when the script assembles it)."""
-    whole = ""
-    if message._headers is not None or message._properties is not None:
-        whole = _redis_payload_from_dicts(message)
+def redis_templated(message: TaskMessage) -> bool:
+    """Whether the Redis fan-out's script can assemble ``message``'s payload from its event's
+    shared pieces, its ids and its plain names (quoted as they are: ``json.dumps`` would
+    escape nothing in them); if not, it is sent whole (:func:`redis_payload`)."""
     return (
-        message.queue,
-        _dumps(message.queue),
-        message.task_name,
-        _dumps(message.task_name),
-        _dumps(message.shadow),
-        message.task_id,
-        message.parts.root_id or "",
-        message.delivery_tag,
-        message.service,
-        whole,
+        message._headers is None
+        and message._properties is None
+        and _is_plain(message.queue)
+        and _is_plain(message.task_name)
     )
+
+
+def _is_plain(name: str) -> bool:
+    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
 
 
 def _redis_payload_from_dicts(message: TaskMessage) -> str:
@@ -495,9 +489,14 @@ class SentEvents:
     # A task-sent message is kombu's JSON wrapper around the base64 of the event's JSON. The
     # base64 of a concatenation is the concatenation of the pieces' base64 when every piece
     # but the last is a multiple of 3 bytes long, and JSON allows spaces between tokens: so
-    # the pieces every delivery of an event shares (the argument repr above all) are padded
-    # with spaces and encoded once, and the Redis fan-out's script joins them with each
-    # delivery's own encoded pieces, without a copy of the arguments per delivery.
+    # the pieces every delivery of an event shares (the argument repr above all, moved to the
+    # end of the event, whose keys a reader takes in any order) are encoded once, the others
+    # padded with spaces, and the Redis fan-out's script joins them with each delivery's own
+    # encoded piece, without a copy of the arguments per delivery.
+
+    def clock_forward(self) -> Any:
+        """The dispatcher's clock tick (each task-sent event takes the next value)."""
+        return self._dispatcher.clock.forward
 
     def call_pieces(self) -> tuple[str, str]:
         """What every task-sent message of one publish shares: the wrapper up to the event's
@@ -518,48 +517,43 @@ class SentEvents:
         return '{"body": "' + _b64_padded(head), closing
 
     def event_piece(self, parts: EventParts) -> str:
-        """The encoded piece every task-sent event of one event shares (its argument repr)."""
-        return _b64_padded(
-            f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)},'
-            ' "retries": 0, "eta": null, "expires": null, "queue": '
-        )
+        """The encoded end every task-sent event of one event shares (its argument repr)."""
+        tail = f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)}}}'
+        return base64.b64encode(tail.encode()).decode()
 
-    def delivery_pieces(
-        self, message: TaskMessage, clock: int, timestamp: float
-    ) -> tuple[str, str]:
-        """The encoded pieces of one delivery's task-sent event: before the shared piece
-        (clock, ids, shown name) and after it (queue, time)."""
-        before = "".join(
-            (
-                str(clock),
-                ', "uuid": "',
-                message.task_id,
-                '", "root_id": "',
-                message.root_id,
-                '", "parent_id": ',
-                _dumps(message.parts.parent_id),
-                ', "name": ',
-                _dumps(message.shadow),
-            )
-        )
+    def delivery_piece(self, message: TaskMessage, clock: int, timestamp: float) -> str:
+        """The encoded piece of one delivery's task-sent event, between the call's opening
+        and the event's shared end: clock, ids, shown name, queue and time."""
         queue = _dumps(message.queue)
-        after = "".join(
-            (
-                queue,
-                ', "exchange": "", "routing_key": ',
-                queue,
-                ', "timestamp": ',
-                repr(timestamp),
-                ', "type": "task-sent"}',
+        return _b64_padded(
+            "".join(
+                (
+                    str(clock),
+                    ', "uuid": "',
+                    message.task_id,
+                    '", "root_id": "',
+                    message.root_id,
+                    '", "parent_id": ',
+                    _dumps(message.parts.parent_id),
+                    ', "name": ',
+                    _dumps(message.shadow),
+                    ', "retries": 0, "eta": null, "expires": null, "queue": ',
+                    queue,
+                    ', "exchange": "", "routing_key": ',
+                    queue,
+                    ', "timestamp": ',
+                    repr(timestamp),
+                    ', "type": "task-sent"',
+                )
             )
         )
-        return _b64_padded(before), base64.b64encode(after.encode()).decode()
 
     def payloads(self, messages: Sequence[TaskMessage]) -> list[str]:
         """The event message of each of ``messages``, as the Redis transport publishes them.
 
         Assembled from the pieces the Redis fan-out's script joins; the body decodes to
-        exactly the event :meth:`event` returns (JSON with a few more spaces).
+        exactly the event :meth:`event` returns (JSON with a few more spaces, and the args
+        and kwargs last).
         """
         if not messages:
             return []
@@ -568,8 +562,8 @@ class SentEvents:
         forward = self._dispatcher.clock.forward
         out = []
         for message, tag in zip(messages, new_ids(len(messages)), strict=True):
-            before, after = self.delivery_pieces(message, forward(), time.time())
-            out.append(opening + before + shared + after + closing + tag + '"}}')
+            piece = self.delivery_piece(message, forward(), time.time())
+            out.append(opening + piece + shared + closing + tag + '"}}')
         return out
 
     def event(self, message: TaskMessage, clock: int, timestamp: float) -> dict[str, Any]:

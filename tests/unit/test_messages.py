@@ -133,7 +133,7 @@ def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | No
         event = json.loads(base64.b64decode(wrapper["body"]))
         clocks.append(event["clock"])
         expected = events.event(message, event["clock"], event["timestamp"])
-        assert event == expected and list(event) == list(expected)
+        assert event == expected
         reference = json.loads(events.wrap(expected, wrapper["properties"]["delivery_tag"]))
         assert {**wrapper, "body": ""} == {**reference, "body": ""}
         assert event["uuid"] == message.task_id and event["name"] == message.shadow

@@ -8,6 +8,7 @@ leaves nothing behind). Other brokers send through Celery's producer (``backends
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -24,9 +25,9 @@ from ..._messages import (
     PAYLOAD_TAG,
     SentEvents,
     TaskMessage,
-    new_ids,
     payload_shared,
-    redis_delivery_fields,
+    redis_payload,
+    redis_templated,
 )
 from ...errors import NotReplicatedError, PublishError, describe
 from ..base import QueueReader, ServiceBus
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ..base import Outgoing
 
 log = logging.getLogger(__name__)
+_dumps = json.dumps
 
 # KEYS: none: every key is in ARGV. A Redis ACL checks the keys an EVALSHA declares with the
 #       rights of a read-write command, so declaring the subscribers' queues and ledgers would
@@ -48,11 +50,15 @@ log = logging.getLogger(__name__)
 # ARGV: the number of events, ledger on ('1'/'0'), the ledger's key prefix, the time of
 #       publishing, the queues' key prefix, the task-event channel ('' for no task events),
 #       the task-event message's opening and closing, the catalog hash ('' for none); then per
-#       event: its id, its number n of deliveries, the three pieces of a queue payload its
-#       deliveries share (_messages.payload_shared), the piece of a task event they share
-#       (SentEvents.event_piece, '' without task events), the catalog field and value ('' ''
-#       for none); then per delivery _FIELDS fields (_messages.redis_delivery_fields, then
-#       with task events the event's two own pieces and its delivery tag).
+#       event: its id, its number n of deliveries, whether they come whole ('1': a payload
+#       the script cannot assemble, see _messages.redis_templated), its root id ('' for each
+#       delivery's own task id), the three pieces of a queue payload its deliveries share
+#       (_messages.payload_shared, with the quotes around the names they meet), the end of a
+#       task event they share (SentEvents.event_piece), the catalog field and value ('' ''
+#       for none); then per delivery its queue, handler task, shown name (JSON), task id,
+#       delivery tag and service, then with task events its event's own piece
+#       (SentEvents.delivery_piece; the event message reuses the delivery tag), then for an
+#       event sent whole its payload.
 #
 # One copy of the data per event: Redis copies every script argument into Lua, at about 1.5
 # µs per KB, so each event's body and argument repr are sent once and every delivery's queue
@@ -80,8 +86,8 @@ local events, ledger, ledger_prefix = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local now, key_prefix, channel = ARGV[4], ARGV[5], ARGV[6]
 local sent_events = channel ~= ''
 local event_open, event_close, catalog_key = ARGV[7], ARGV[8], ARGV[9]
-local F = sent_events and 13 or 10
-local FIRST = 10
+local FIRST, HEAD = 10, 10
+local FIELDS = sent_events and 7 or 6
 local ID, SHADOW, ROOT, TAG, CLOSE = %(id)s, %(shadow)s, %(root)s, %(tag)s, %(close)s
 local function refused(command, key)
   return redis.error_reply('NOPERM this user has no permissions to run ' .. command ..
@@ -101,37 +107,39 @@ local function check(key, wanted, command, ...)
   end
   return nil
 end
-local ledgers = {}
+local ledgers, dues = {}, {}
 local function ledger_of(service)
-  local keys = ledgers[service]
-  if not keys then
-    local entries = ledger_prefix .. 'ledger:' .. service
-    keys = {entries, entries .. ':due'}
-    ledgers[service] = keys
+  local entries = ledgers[service]
+  if not entries then
+    entries = ledger_prefix .. 'ledger:' .. service
+    ledgers[service], dues[service] = entries, entries .. ':due'
   end
-  return keys
+  return entries, dues[service]
 end
-local starts, total = {}, 0
+-- Where each event's fields start, how many deliveries it has, how many fields each has.
+local starts, counts, widths, total = {}, {}, {}, 0
 local at = FIRST
 for ev = 1, events do
-  starts[ev] = at
   local n = tonumber(ARGV[at + 1])
-  if catalog_key ~= '' and ARGV[at + 6] ~= '' then
+  local width = FIELDS
+  if ARGV[at + 2] == '1' then width = width + 1 end
+  starts[ev], counts[ev], widths[ev] = at, n, width
+  if catalog_key ~= '' and ARGV[at + 8] ~= '' then
     local wrong = check(catalog_key, 'hash', 'HSET', 'x', 'x')
     if wrong then return wrong end
   end
-  for b = at + 8, at + 7 + n * F, F do
+  for b = at + HEAD, at + HEAD - 1 + n * width, width do
     local wrong = check(key_prefix .. ARGV[b], 'list', 'LPUSH', 'x')
     if wrong then return wrong end
     if ledger then
-      local keys = ledger_of(ARGV[b + 8])
-      wrong = check(keys[1], 'hash', 'HSETNX', 'x', 'x') or
-              check(keys[2], 'zset', 'ZADD', 'NX', '0', 'x')
+      local entries, due = ledger_of(ARGV[b + 5])
+      wrong = check(entries, 'hash', 'HSETNX', 'x', 'x') or
+              check(due, 'zset', 'ZADD', 'NX', '0', 'x')
       if wrong then return wrong end
     end
   end
   total = total + n
-  at = at + 8 + n * F
+  at = at + HEAD + n * width
 end
 if sent_events and total > 0 and allowed and not allowed('PUBLISH', channel, 'x') then
   return redis.error_reply('NOPERM this user has no permissions to publish to the channel ' ..
@@ -159,50 +167,50 @@ local function failed(reply)
   return type(reply) == 'table' and reply['err'] ~= nil
 end
 for ev = 1, events do
-  local at = starts[ev]
-  local event_id, n = ARGV[at], tonumber(ARGV[at + 1])
-  local opening, middle, tail = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  for b = at + 8, at + 7 + n * F, F do
-    local queue, task_id = key_prefix .. ARGV[b], ARGV[b + 5]
-    local payload = ARGV[b + 9]
-    if payload == '' then
-      local root = ARGV[b + 6]
-      if root == '' then root = task_id end
-      payload = table.concat({opening, ARGV[b + 3], ID, task_id, SHADOW, ARGV[b + 4], ROOT,
-                              root, middle, task_id, tail, ARGV[b + 1], TAG, ARGV[b + 7],
-                              CLOSE})
+  local at, width = starts[ev], widths[ev]
+  local event_id, whole, root = ARGV[at], width > FIELDS, ARGV[at + 3]
+  local opening, middle, tail = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  for b = at + HEAD, at + HEAD - 1 + counts[ev] * width, width do
+    local queue, task_id = key_prefix .. ARGV[b], ARGV[b + 3]
+    local payload
+    if whole then
+      payload = ARGV[b + width - 1]
+    else
+      payload = table.concat({opening, ARGV[b + 1], ID, task_id, SHADOW, ARGV[b + 2], ROOT,
+                              root ~= '' and root or task_id, middle, task_id, tail, ARGV[b],
+                              TAG, ARGV[b + 4], CLOSE})
     end
     local reply = redis.pcall('LPUSH', queue, payload)
     if failed(reply) then return rollback(reply) end
     remember('LPOP', queue)
     if ledger then
-      local keys = ledger_of(ARGV[b + 8])
-      reply = redis.pcall('HSETNX', keys[1], task_id,
-                          ledger_pack(queue, event_id, ARGV[b + 2], 0, payload))
+      local entries, due = ledger_of(ARGV[b + 5])
+      reply = redis.pcall('HSETNX', entries, task_id,
+                          ledger_pack(queue, event_id, ARGV[b + 1], 0, payload))
       if failed(reply) then return rollback(reply) end
-      if reply == 1 then remember('HDEL', keys[1], task_id) end
-      reply = redis.pcall('ZADD', keys[2], 'NX', now, task_id)
+      if reply == 1 then remember('HDEL', entries, task_id) end
+      reply = redis.pcall('ZADD', due, 'NX', now, task_id)
       if failed(reply) then return rollback(reply) end
-      if reply == 1 then remember('ZREM', keys[2], task_id) end
+      if reply == 1 then remember('ZREM', due, task_id) end
     end
   end
-  local field = ARGV[at + 6]
+  local field = ARGV[at + 8]
   if catalog_key ~= '' and field ~= '' then
     -- Once per name and process: reading the old value first costs little here.
     local old = redis.pcall('HGET', catalog_key, field)
     if failed(old) then return rollback(old) end
-    local reply = redis.pcall('HSET', catalog_key, field, ARGV[at + 7])
+    local reply = redis.pcall('HSET', catalog_key, field, ARGV[at + 9])
     if failed(reply) then return rollback(reply) end
     if old then remember('HSET', catalog_key, field, old) else remember('HDEL', catalog_key, field) end
   end
 end
 if sent_events then
   for ev = 1, events do
-    local at = starts[ev]
-    local shared = ARGV[at + 5]
-    for b = at + 8, at + 7 + tonumber(ARGV[at + 1]) * F, F do
-      local reply = redis.pcall('PUBLISH', channel, table.concat({event_open, ARGV[b + 10],
-                                shared, ARGV[b + 11], event_close, ARGV[b + 12], CLOSE}))
+    local at, width = starts[ev], widths[ev]
+    local shared = ARGV[at + 7]
+    for b = at + HEAD, at + HEAD - 1 + counts[ev] * width, width do
+      local reply = redis.pcall('PUBLISH', channel, table.concat({event_open, ARGV[b + 6],
+                                shared, event_close, ARGV[b + 4], CLOSE}))
       if failed(reply) then return rollback(reply) end
     end
   end
@@ -218,10 +226,11 @@ def _lua_text(text: str) -> str:
 
 # The fixed pieces of a queue payload, from the one place that defines them.
 _FANOUT_LUA = LEDGER_LUA + _FANOUT_LUA % {
-    "id": _lua_text(PAYLOAD_ID),
+    # The names between are sent unquoted (see _messages.redis_templated).
+    "id": _lua_text('"' + PAYLOAD_ID),
     "shadow": _lua_text(PAYLOAD_SHADOW),
     "root": _lua_text(PAYLOAD_ROOT),
-    "tag": _lua_text(PAYLOAD_TAG),
+    "tag": _lua_text('"' + PAYLOAD_TAG),
     "close": _lua_text(PAYLOAD_CLOSE),
 }
 
@@ -363,26 +372,31 @@ class RedisFanout:
         else:
             args.extend(("", "", ""))
         args.append(self.catalog_key or "")
-        forward = events._dispatcher.clock.forward if events is not None else None
+        forward = events.clock_forward() if events is not None else None
         for messages, catalog in batches:
             parts = messages[0].parts
-            args.append(messages[0].event_id)
-            args.append(len(messages))
-            args.extend(payload_shared(parts))
-            args.append(events.event_piece(parts) if events is not None else "")
+            whole = not all(redis_templated(m) for m in messages)
+            opening, middle, tail = payload_shared(parts)
+            args += [
+                messages[0].event_id,
+                len(messages),
+                "1" if whole else "0",
+                parts.root_id or "",
+                opening + '"',
+                middle,
+                tail + '"',
+                events.event_piece(parts) if events is not None else "",
+            ]
             if catalog is not None and self.catalog_key is not None:
                 args.extend(catalog)
             else:
                 args.extend(("", ""))
-            if events is None or forward is None:
-                for message in messages:
-                    args.extend(redis_delivery_fields(message))
-                continue
-            tags = new_ids(len(messages))
-            for message, tag in zip(messages, tags, strict=True):
-                args.extend(redis_delivery_fields(message))
-                args.extend(events.delivery_pieces(message, forward(), now))
-                args.append(tag)
+            for m in messages:
+                args += [m.queue, m.task_name, _dumps(m.shadow), m.task_id, m.delivery_tag, m.service]
+                if events is not None and forward is not None:
+                    args.append(events.delivery_piece(m, forward(), now))
+                if whole:
+                    args.append(redis_payload(m))
         return args
 
     def finish(self, batches: Sequence[Outgoing], acknowledged: int) -> None:
