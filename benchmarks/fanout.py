@@ -14,8 +14,8 @@ nothing else uses. Per publish:
   ((bytes - shared) / subscriptions) are printed beside it.
 
 The old figures come from the script of ``i16-base`` (``git show``, its ``_FANOUT_LUA`` alone),
-given the arguments that code sent: every delivery's whole payload, its task event whole, and
-the ledger entry encoded by cjson in the script. Old and new take turns, chunk by chunk, on
+given the arguments that code sent: every delivery's whole payload, its task event whole (one
+PUBLISH each), and the ledger entry encoded by cjson in the script. Old and new take turns, chunk by chunk, on
 the same server; queues and ledgers are emptied between chunks, outside the measurement.
 """
 
@@ -76,7 +76,9 @@ def old_arguments(
     args += [m.task_name for m in messages]
     args += [f"{LEDGER_PREFIX}ledger:{m.service}" for m in messages]
     args += [f"{LEDGER_PREFIX}ledger:{m.service}:due" for m in messages]
-    args += [events.channel, len(messages), *events.payloads(messages), "", "", ""]
+    forward, now = events.clock_forward(), time.time()
+    sent = [events.wrap(events.event(m, forward(), now), m.delivery_tag) for m in messages]
+    args += [events.channel, len(messages), *sent, "", "", ""]
     return args
 
 

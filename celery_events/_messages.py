@@ -458,7 +458,8 @@ class SentEvents:
 
     They are what ``EventDispatcher.publish`` sends through a producer on the ``celeryev``
     fanout exchange, which kombu's Redis transport turns into a ``PUBLISH`` on the channel
-    ``{global_keyprefix}{fanout_prefix}celeryev/task.sent``.
+    ``{global_keyprefix}{fanout_prefix}celeryev/task.sent`` (``task.multi`` for a group of
+    them in one message, as the Redis fan-out sends those of one event).
     """
 
     def __init__(self, app: Celery, db: int) -> None:
@@ -477,8 +478,9 @@ class SentEvents:
         prefix = options.get("global_keyprefix", "") + prefix.format(db=db)
         if options.get("fanout_patterns", True):
             self.channel = f"{prefix}{exchange}/task.sent"
+            self._multi_channel = f"{prefix}{exchange}/task.multi"
         else:
-            self.channel = f"{prefix}{exchange}"
+            self.channel = self._multi_channel = f"{prefix}{exchange}"
         self._exchange = exchange
 
     @property
@@ -486,22 +488,31 @@ class SentEvents:
         """Whether Celery would send ``task-sent`` events (``task_send_sent_event``)."""
         return bool(self.app.conf.task_send_sent_event)
 
-    # A task-sent message is kombu's JSON wrapper around the base64 of the event's JSON. The
-    # base64 of a concatenation is the concatenation of the pieces' base64 when every piece
-    # but the last is a multiple of 3 bytes long, and JSON allows spaces between tokens: so
-    # the pieces every delivery of an event shares (the argument repr above all, moved to the
-    # end of the event, whose keys a reader takes in any order) are encoded once, the others
-    # padded with spaces, and the Redis fan-out's script joins them with each delivery's own
-    # encoded piece, without a copy of the arguments per delivery.
+    # The task-sent events of one event's deliveries go out as one message holding the list
+    # of them, as Celery's dispatcher flushes a group ("task.multi"): every event receiver
+    # (Flower's) subscribes to the pattern "celeryev/*" and takes a list body. That message
+    # is kombu's JSON wrapper around the base64 of the list's JSON. The base64 of a
+    # concatenation is the concatenation of the pieces' base64 when every piece but the last
+    # is a multiple of 3 bytes long, and JSON allows spaces between tokens: so each piece is
+    # padded with spaces and encoded once, those every delivery shares (the argument repr
+    # above all, moved to the end of each event, whose keys a reader takes in any order) once
+    # per event or per call, and the Redis fan-out's script joins them with each delivery's
+    # own encoded piece, without a copy of the arguments per delivery.
+
+    @property
+    def multi_channel(self) -> str:
+        """Where the task-sent events of one publish go, as one message (``task.multi``)."""
+        return self._multi_channel
 
     def clock_forward(self) -> Any:
         """The dispatcher's clock tick (each task-sent event takes the next value)."""
         return self._dispatcher.clock.forward
 
-    def call_pieces(self) -> tuple[str, str]:
-        """What every task-sent message of one publish shares: the wrapper up to the event's
-        clock (the dispatcher's hostname, utcoffset and pid, encoded), and the wrapper after
-        the body, up to the delivery tag."""
+    def call_pieces(self) -> tuple[str, str, str]:
+        """What the task-sent message of every event of one publish shares, encoded: the
+        wrapper and the list up to the first event's clock (the dispatcher's hostname,
+        utcoffset and pid), what goes between one event and the next one's clock, and the
+        end of the list and the wrapper, up to the delivery tag."""
         dispatcher = self._dispatcher
         head = (
             f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {utcoffset()!r},'
@@ -511,19 +522,24 @@ class SentEvents:
             '", "content-encoding": "utf-8", "content-type": "application/json", "headers": '
             f'{_dumps(dispatcher.headers)}, "properties": {{"delivery_mode":'
             f' {dispatcher.delivery_mode!r}, "delivery_info": {{"exchange":'
-            f' {_dumps(self._exchange)}, "routing_key": "task.sent"}}, "priority": 0,'
+            f' {_dumps(self._exchange)}, "routing_key": "task.multi"}}, "priority": 0,'
             ' "body_encoding": "base64", "delivery_tag": "'
         )
-        return '{"body": "' + _b64_padded(head), closing
+        return (
+            '{"body": "' + _b64_padded("[" + head),
+            _b64_padded(", " + head),
+            base64.b64encode(b"]").decode() + closing,
+        )
 
     def event_piece(self, parts: EventParts) -> str:
         """The encoded end every task-sent event of one event shares (its argument repr)."""
-        tail = f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)}}}'
-        return base64.b64encode(tail.encode()).decode()
+        return _b64_padded(
+            f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)}}}'
+        )
 
     def delivery_piece(self, message: TaskMessage, clock: int, timestamp: float) -> str:
-        """The encoded piece of one delivery's task-sent event, between the call's opening
-        and the event's shared end: clock, ids, shown name, queue and time."""
+        """The encoded piece of one delivery's task-sent event, between the head the call's
+        pieces hold and the event's shared end: clock, ids, shown name, queue and time."""
         queue = _dumps(message.queue)
         return _b64_padded(
             "".join(
@@ -548,23 +564,21 @@ class SentEvents:
             )
         )
 
-    def payloads(self, messages: Sequence[TaskMessage]) -> list[str]:
-        """The event message of each of ``messages``, as the Redis transport publishes them.
-
-        Assembled from the pieces the Redis fan-out's script joins; the body decodes to
-        exactly the event :meth:`event` returns (JSON with a few more spaces, and the args
-        and kwargs last).
-        """
-        if not messages:
-            return []
-        opening, closing = self.call_pieces()
+    def payload(self, messages: Sequence[TaskMessage]) -> str:
+        """The one message holding the task-sent events of ``messages`` (deliveries of one
+        event), published to :attr:`multi_channel`: assembled from the pieces the Redis
+        fan-out's script joins, its body the JSON list of the events :meth:`event` returns
+        (with a few more spaces, and args and kwargs last). Its delivery tag is the first
+        delivery's."""
+        opening, between, closing = self.call_pieces()
         shared = self.event_piece(messages[0].parts)
         forward = self._dispatcher.clock.forward
-        out = []
-        for message, tag in zip(messages, new_ids(len(messages)), strict=True):
-            piece = self.delivery_piece(message, forward(), time.time())
-            out.append(opening + piece + shared + closing + tag + '"}}')
-        return out
+        now = time.time()
+        pieces = [opening]
+        for i, message in enumerate(messages):
+            pieces += [between] if i else []
+            pieces += [self.delivery_piece(message, forward(), now), shared]
+        return "".join(pieces) + closing + messages[0].delivery_tag + '"}}'
 
     def event(self, message: TaskMessage, clock: int, timestamp: float) -> dict[str, Any]:
         """The ``task-sent`` event Celery's dispatcher would make for ``message``."""

@@ -95,11 +95,11 @@ def test_three_events_go_out_in_one_script_call_each_delivery_as_send_task_store
 def test_the_task_sent_events_of_a_call_decode_to_celerys_events(
     shop: EventBus, redis_client: redis.Redis
 ) -> None:
-    # Given someone listening on the task-sent channel, as Flower's event receiver does
+    # Given someone listening to Celery's event exchange, as Flower's event receiver does
     events = SentEvents(shop.app, 0)
     listener = redis_client.pubsub()
-    listener.subscribe(events.channel)
-    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    listener.psubscribe("/0.celeryev/*")
+    assert listener.get_message(timeout=5)["type"] == "psubscribe"
     batches = [
         outgoing(shop, "user.registered", {"text": "a" * n}, ["orders", "mailer"]) for n in range(4)
     ]
@@ -107,17 +107,21 @@ def test_the_task_sent_events_of_a_call_decode_to_celerys_events(
     # When four events (arguments of four lengths: every padding) go out together
     shop.transport.send_many(batches)
 
-    # Then each delivery's task-sent message decodes, as kombu decodes it, to Celery's event
+    # Then each event's deliveries are heard of in one task.multi message, whose body decodes,
+    # as kombu decodes it, to the list of Celery's task-sent events of its deliveries
     heard = []
-    while len(heard) < 8:
+    while len(heard) < 4:
         message = listener.get_message(timeout=5)
-        assert message is not None, f"heard {len(heard)} of 8 task-sent events"
+        assert message is not None, f"heard {len(heard)} of 4 task-sent messages"
+        assert message["channel"] == events.multi_channel.encode()
         heard.append(json.loads(message["data"]))
     listener.close()
-    for wrapper, m in zip(heard, [m for ms, _ in batches for m in ms], strict=True):
-        event = json.loads(base64.b64decode(wrapper["body"]))
-        assert event == events.event(m, event["clock"], event["timestamp"])
-        assert wrapper["properties"]["delivery_info"]["routing_key"] == "task.sent"
+    for wrapper, (messages, _) in zip(heard, batches, strict=True):
+        body = json.loads(base64.b64decode(wrapper["body"]))
+        assert [e["uuid"] for e in body] == [m.task_id for m in messages]
+        for event, m in zip(body, messages, strict=True):
+            assert event == events.event(m, event["clock"], event["timestamp"])
+        assert wrapper["properties"]["delivery_info"]["routing_key"] == "task.multi"
 
 
 def test_a_user_refused_on_one_queue_of_the_third_event_gets_nothing_of_any_event_queued(

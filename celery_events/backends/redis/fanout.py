@@ -49,7 +49,8 @@ _dumps = json.dumps
 #       celery_events/acl.py). Redis Cluster, which needs declared keys, is not supported.
 # ARGV: the number of events, ledger on ('1'/'0'), the ledger's key prefix, the time of
 #       publishing, the queues' key prefix, the task-event channel ('' for no task events),
-#       the task-event message's opening and closing, the catalog hash ('' for none); then per
+#       the task-event message's opening, separator and closing (SentEvents.call_pieces),
+#       the catalog hash ('' for none); then per
 #       event: its id, its number n of deliveries, whether they come whole ('1': a payload
 #       the script cannot assemble, see _messages.redis_templated), its root id ('' for each
 #       delivery's own task id), the three pieces of a queue payload its deliveries share
@@ -57,7 +58,7 @@ _dumps = json.dumps
 #       task event they share (SentEvents.event_piece), the catalog field and value ('' ''
 #       for none); then per delivery its queue, handler task, shown name (JSON), task id,
 #       delivery tag and service, then with task events its event's own piece
-#       (SentEvents.delivery_piece; the event message reuses the delivery tag), then for an
+#       (SentEvents.delivery_piece; the event's message takes its first delivery's tag), then for an
 #       event sent whole its payload.
 #
 # One copy of the data per event: Redis copies every script argument into Lua, at about 1.5
@@ -66,7 +67,8 @@ _dumps = json.dumps
 # from them and the few fields of its own. The task events are base64: the pieces an event
 # shares are encoded once, padded to a multiple of 3 bytes (see SentEvents).
 # Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
-# script, so Flower hears of exactly the deliveries that were queued.
+# script, so Flower hears of exactly the deliveries that were queued: one message per event,
+# the list of its deliveries' events, as Celery's dispatcher sends a group (task.multi).
 #
 # All or nothing, across every event of the call: Redis runs a script atomically but does not
 # roll back the writes made before a command that fails (a Redis 7 ACL user without channel
@@ -85,8 +87,9 @@ _FANOUT_LUA = """
 local events, ledger, ledger_prefix = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local now, key_prefix, channel = ARGV[4], ARGV[5], ARGV[6]
 local sent_events = channel ~= ''
-local event_open, event_close, catalog_key = ARGV[7], ARGV[8], ARGV[9]
-local FIRST, HEAD = 10, 10
+local event_open, event_between, event_close = ARGV[7], ARGV[8], ARGV[9]
+local catalog_key = ARGV[10]
+local FIRST, HEAD = 11, 10
 local FIELDS = sent_events and 7 or 6
 local ID, SHADOW, ROOT, TAG, CLOSE = %(id)s, %(shadow)s, %(root)s, %(tag)s, %(close)s
 local function refused(command, key)
@@ -205,14 +208,21 @@ for ev = 1, events do
   end
 end
 if sent_events then
+  -- One message per event, the list of its deliveries' task-sent events (task.multi).
   for ev = 1, events do
-    local at, width = starts[ev], widths[ev]
-    local shared = ARGV[at + 7]
-    for b = at + HEAD, at + HEAD - 1 + counts[ev] * width, width do
-      local reply = redis.pcall('PUBLISH', channel, table.concat({event_open, ARGV[b + 6],
-                                shared, event_close, ARGV[b + 4], CLOSE}))
-      if failed(reply) then return rollback(reply) end
+    local at, width, n = starts[ev], widths[ev], counts[ev]
+    local shared, first = ARGV[at + 7], at + HEAD
+    local pieces = {event_open, ARGV[first + 6], shared}
+    for b = first + width, first - 1 + n * width, width do
+      pieces[#pieces + 1] = event_between
+      pieces[#pieces + 1] = ARGV[b + 6]
+      pieces[#pieces + 1] = shared
     end
+    pieces[#pieces + 1] = event_close
+    pieces[#pieces + 1] = ARGV[first + 4]
+    pieces[#pieces + 1] = CLOSE
+    local reply = redis.pcall('PUBLISH', channel, table.concat(pieces))
+    if failed(reply) then return rollback(reply) end
   end
 end
 return total
@@ -367,10 +377,10 @@ class RedisFanout:
             self.key_prefix,
         ]
         if events is not None:
-            args.append(events.channel)
+            args.append(events.multi_channel)
             args.extend(events.call_pieces())
         else:
-            args.extend(("", "", ""))
+            args.extend(("", "", "", ""))
         args.append(self.catalog_key or "")
         forward = events.clock_forward() if events is not None else None
         for messages, catalog in batches:
