@@ -55,7 +55,9 @@ def old_script() -> str | None:
     try:
         source = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{BASE}:celery_events/backends/redis/fanout.py"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -65,9 +67,7 @@ def old_script() -> str | None:
     return None
 
 
-def old_arguments(
-    messages: list[TaskMessage], events: SentEvents
-) -> list[str | int | float]:
+def old_arguments(messages: list[TaskMessage], events: SentEvents) -> list[str | int | float]:
     """What ``i16-base``'s ``RedisFanout.arguments`` sent for one event (no catalog)."""
     args: list[str | int | float] = [len(messages), "1", time.time(), messages[0].event_id]
     args += [m.queue for m in messages]
@@ -97,14 +97,24 @@ class Bench:
     def messages(self, fan_out: int) -> list[TaskMessage]:
         envelope = Event.create("bench.fanout", DATA, source="bench").to_envelope()
         head = {k: v for k, v in envelope.items() if k != "data"}
-        targets = [(f"s{i}.handle", f"events.s{i}", f"bench.fanout → s{i}.handle", f"s{i}") for i in range(fan_out)]
+        targets = [
+            (f"s{i}.handle", f"events.s{i}", f"bench.fanout → s{i}.handle", f"s{i}")
+            for i in range(fan_out)
+        ]
         return build_messages(
-            self.app, envelope, encode_body(head, json.dumps(DATA)), targets, parent_id=None, root_id=None
+            self.app,
+            envelope,
+            encode_body(head, json.dumps(DATA)),
+            targets,
+            parent_id=None,
+            root_id=None,
         )
 
     def shared_bytes(self, message: TaskMessage) -> int:
         """The bytes of the pieces every delivery of the event shares, as sent once."""
-        return sum(map(len, payload_shared(message.parts))) + len(self.events.event_piece(message.parts))
+        return sum(map(len, payload_shared(message.parts))) + len(
+            self.events.event_piece(message.parts)
+        )
 
     def chunk(self, fan_out: int, ops: int, old: bool) -> dict[str, float]:
         """``ops`` publishes to ``fan_out``; the server's figures per publish."""
@@ -113,11 +123,14 @@ class Bench:
         if old:
             script = self.old
             assert script is not None
+
             def send(ms: list[TaskMessage]) -> object:
                 return script(keys=[], args=old_arguments(ms, self.events))
         else:
+
             def send(ms: list[TaskMessage]) -> object:
                 return self.fanout.send(ms, None)
+
         send(batches[0])  # the script is loaded (EVALSHA, NOSCRIPT, SCRIPT LOAD) before
         self.client.flushdb()
         before = self._server()
@@ -196,14 +209,23 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
             for key, label in (("usec", "Redis busy"), ("bytes", "bytes sent")):
                 old, new = figures[("old", key)].values, figures[("new", key)].values
                 section.figures.append(
-                    Series(f"{label}: new ÷ old", "×", [n / o for n, o in zip(new, old, strict=True)])
+                    Series(
+                        f"{label}: new ÷ old", "×", [n / o for n, o in zip(new, old, strict=True)]
+                    )
                 )
         if fan_out == 100:
             busy = figures[("new", "usec")]
-            section.targets.append(Target("Redis busy per publish to 100", busy, "≤ 500 µs", busy.median <= 500))
+            section.targets.append(
+                Target("Redis busy per publish to 100", busy, "≤ 500 µs", busy.median <= 500)
+            )
             per = section.figures[-3 if bench.old is not None else -1]
             section.targets.append(
-                Target("bytes per delivery beyond one copy of the event", per, "≤ 1,000 B", per.median <= 1000)
+                Target(
+                    "bytes per delivery beyond one copy of the event",
+                    per,
+                    "≤ 1,000 B",
+                    per.median <= 1000,
+                )
             )
         sections.append(section)
     return sections

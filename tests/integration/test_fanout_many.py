@@ -65,7 +65,9 @@ def test_three_events_go_out_in_one_script_call_each_delivery_as_send_task_store
 ) -> None:
     # Given three events, to two, one and three subscribers
     batches = [
-        outgoing(shop, "user.registered", {"user_id": 1, "name": "Zoë's \"x\""}, ["orders", "mailer"]),
+        outgoing(
+            shop, "user.registered", {"user_id": 1, "name": 'Zoë\'s "x"'}, ["orders", "mailer"]
+        ),
         outgoing(shop, "user.left", {"user_id": 2}, ["mailer"]),
         outgoing(shop, "order.paid", {"n": [1, 2.5, None]}, ["orders", "mailer", "vault"]),
     ]
@@ -85,7 +87,9 @@ def test_three_events_go_out_in_one_script_call_each_delivery_as_send_task_store
     for messages, _ in batches:
         for m in messages:
             entry = redis_client.hget(f"celery_events:ledger:{m.service}", m.task_id)
-            assert entry == ledger_entry(QUEUES[m.service], redis_payload(m), m.event_id, m.task_name)
+            assert entry == ledger_entry(
+                QUEUES[m.service], redis_payload(m), m.event_id, m.task_name
+            )
             assert redis_client.zscore(f"celery_events:ledger:{m.service}:due", m.task_id)
     # And the catalog records each event's name
     catalog = redis_client.hgetall("celery_events:published")
@@ -175,7 +179,8 @@ def test_a_call_too_large_for_one_script_is_refused_whole(
     # Given more deliveries than one script call takes
     per_event = 100
     batches = [
-        outgoing(shop, "user.registered", {"i": i}, ["orders"]) for i in range(MAX_DELIVERIES // per_event)
+        outgoing(shop, "user.registered", {"i": i}, ["orders"])
+        for i in range(MAX_DELIVERIES // per_event)
     ]
     many = [(messages * per_event, catalog) for messages, catalog in batches]
     many.append(outgoing(shop, "user.left", {}, ["mailer"]))
@@ -216,11 +221,15 @@ def test_the_sweep_resends_entries_of_both_formats_and_gives_up_both_alike(
     payload = json.dumps({"body": "e30=", "headers": {"id": "t-new"}})
     old_payload = json.dumps({"body": "e30=", "headers": {"id": "t-old"}})
     ledger = Ledger(redis_client, "flaky", "celery_events:")
-    redis_client.hset(ledger.ledger_key, "t-new", ledger_entry("events.flaky", payload, "e1", "flaky.work"))
+    redis_client.hset(
+        ledger.ledger_key, "t-new", ledger_entry("events.flaky", payload, "e1", "flaky.work")
+    )
     # (in another queue: the sweep postpones a delivery whose queue is not empty)
     old = {"q": "events.flaky.old", "m": old_payload, "e": "e2", "h": "flaky.work", "r": 0}
     redis_client.hset(ledger.ledger_key, "t-old", json.dumps(old))
-    redis_client.hset(ledger.ledger_key, "t-cut", ledger_entry("events.flaky", payload, "e3", "f.w")[:12])
+    redis_client.hset(
+        ledger.ledger_key, "t-cut", ledger_entry("events.flaky", payload, "e3", "f.w")[:12]
+    )
     redis_client.zadd(ledger.due_key, {"t-new": 0, "t-old": 0, "t-cut": 0})
 
     def sweep(max_redeliveries: int):
@@ -266,7 +275,11 @@ def test_a_ledger_entry_reads_back_whatever_its_names_hold() -> None:
 
     # Then it reads back as it was written, and anything cut or foreign reads as nothing
     assert read_ledger_entry(raw) == {
-        "q": "pre:events.ü:1", "m": '{"a": ":"}', "e": "e:1", "h": "h:2", "r": 0
+        "q": "pre:events.ü:1",
+        "m": '{"a": ":"}',
+        "e": "e:1",
+        "h": "h:2",
+        "r": 0,
     }
     header = len(raw) - len(b'{"a": ":"}')
     assert all(read_ledger_entry(raw[:cut]) is None for cut in range(1, header))

@@ -1,9 +1,14 @@
-"""Putting all deliveries of one event on the broker in one round trip.
+"""Putting all deliveries of one event, or of many (``send_many``), on the broker in one round trip.
 
 On Redis, one Lua script checks every target queue and pushes every message: Redis runs a
 script atomically, so either every subscriber's queue gets its delivery or none does (a
 publisher that dies mid-call, a wrong-typed key, an ACL refusal or an out-of-memory refusal
-leaves nothing behind). Other brokers send through Celery's producer (``backends/kombu.py``).
+leaves nothing behind), across every event of a ``send_many`` call. A call larger than one
+script should carry (:data:`MAX_DELIVERIES`, :data:`MAX_BYTES`) is refused whole, never split.
+Each event's body and argument repr cross the network once; the script assembles every
+delivery's payload, byte for byte what ``send_task`` stores, its ledger entry and the event's
+task-sent message from them. Other brokers send through Celery's producer
+(``backends/kombu.py``).
 """
 
 from __future__ import annotations
