@@ -482,6 +482,7 @@ class SentEvents:
         else:
             self.channel = self._multi_channel = f"{prefix}{exchange}"
         self._exchange = exchange
+        self._pieces: tuple[tuple[Any, ...], tuple[str, str, str]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -514,8 +515,12 @@ class SentEvents:
         utcoffset and pid), what goes between one event and the next one's clock, and the
         end of the list and the wrapper, up to the delivery tag."""
         dispatcher = self._dispatcher
+        # Made again only when the process (a fork) or the local time's offset changes.
+        key = (dispatcher.hostname, utcoffset(), dispatcher.pid)
+        if self._pieces is not None and self._pieces[0] == key:
+            return self._pieces[1]
         head = (
-            f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {utcoffset()!r},'
+            f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {key[1]!r},'
             f' "pid": {dispatcher.pid!r}, "clock": '
         )
         closing = (
@@ -525,11 +530,13 @@ class SentEvents:
             f' {_dumps(self._exchange)}, "routing_key": "task.multi"}}, "priority": 0,'
             ' "body_encoding": "base64", "delivery_tag": "'
         )
-        return (
+        pieces = (
             '{"body": "' + _b64_padded("[" + head),
             _b64_padded(", " + head),
             base64.b64encode(b"]").decode() + closing,
         )
+        self._pieces = (key, pieces)
+        return pieces
 
     def event_piece(self, parts: EventParts) -> str:
         """The encoded end every task-sent event of one event shares (its argument repr)."""
