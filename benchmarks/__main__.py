@@ -11,6 +11,7 @@
     python -m benchmarks --only contracts-publish   # publish with a declared schema (1 min)
     python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
     python -m benchmarks --only publish-many,relay   # publish_many; the outbox relay on PostgreSQL
+    python -m benchmarks --only fanout      # Redis's time and bytes per fan-out, old and new (1 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -42,6 +43,7 @@ from . import (
     baseline,
     batch,
     contracts,
+    fanout,
     matching,
     memory,
     observability,
@@ -68,6 +70,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "observability-publish": observability.publish,
     "publish-many": batch.publish_many,
     "relay": batch.relay,
+    "fanout": fanout.run,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
 AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool], list[Section]]] = {
@@ -85,8 +88,9 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 }
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
-    "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "publish-many", "relay", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "publish", "baseline-publish", "fanout", "matching", "memory", "throughput", "baseline-throughput",
+    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish",
+    "publish-many", "relay", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

@@ -362,36 +362,76 @@ def build_messages(
 # -- what the Redis transport stores ------------------------------------------------------
 
 
+#: The fixed pieces of a queue payload between its per-delivery values (see
+#: :func:`redis_payload`); the Redis fan-out's script assembles payloads from the same pieces.
+PAYLOAD_OPEN = '{"body": "'
+PAYLOAD_HEADERS = (
+    '", "content-encoding": "utf-8", "content-type": "application/json",'
+    ' "headers": {"lang": "py", "task": '
+)
+PAYLOAD_ID = ', "id": "'
+PAYLOAD_SHADOW = '", "shadow": '
+PAYLOAD_ROOT = (
+    ', "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0,'
+    ' "timelimit": [null, null], "root_id": "'
+)
+PAYLOAD_TAG = '}, "priority": 0, "body_encoding": "base64", "delivery_tag": "'
+PAYLOAD_CLOSE = '"}}'
+
+
+def payload_shared(parts: EventParts) -> tuple[str, str, str]:
+    """The three pieces of a queue payload every delivery of one event shares: up to the task
+    name (with the body), from the root id to the correlation id, and from there to the
+    routing key (see :func:`redis_payload`)."""
+    return (
+        PAYLOAD_OPEN + parts.body_b64 + PAYLOAD_HEADERS,
+        '"' + parts.middle_json,
+        parts.tail_json,
+    )
+
+
 def redis_payload(message: TaskMessage) -> str:
     """Wrap ``message`` exactly as kombu's Redis transport stores it in a queue list."""
     if message._headers is not None or message._properties is not None:
         return _redis_payload_from_dicts(message)
     parts = message.parts
     task_id = message.task_id
+    opening, middle, tail = payload_shared(parts)
     return "".join(
         (
-            '{"body": "',
-            parts.body_b64,
-            '", "content-encoding": "utf-8", "content-type": "application/json",'
-            ' "headers": {"lang": "py", "task": ',
+            opening,
             _dumps(message.task_name),
-            ', "id": "',
+            PAYLOAD_ID,
             task_id,
-            '", "shadow": ',
+            PAYLOAD_SHADOW,
             _dumps(message.shadow),
-            ', "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0,'
-            ' "timelimit": [null, null], "root_id": "',
+            PAYLOAD_ROOT,
             parts.root_id or task_id,
-            '"',
-            parts.middle_json,
+            middle,
             task_id,
-            parts.tail_json,
+            tail,
             _dumps(message.queue),
-            '}, "priority": 0, "body_encoding": "base64", "delivery_tag": "',
+            PAYLOAD_TAG,
             message.delivery_tag,
-            '"}}',
+            PAYLOAD_CLOSE,
         )
     )
+
+
+def redis_templated(message: TaskMessage) -> bool:
+    """Whether the Redis fan-out's script can assemble ``message``'s payload from its event's
+    shared pieces, its ids and its plain names (quoted as they are: ``json.dumps`` would
+    escape nothing in them); if not, it is sent whole (:func:`redis_payload`)."""
+    return (
+        message._headers is None
+        and message._properties is None
+        and _is_plain(message.queue)
+        and _is_plain(message.task_name)
+    )
+
+
+def _is_plain(name: str) -> bool:
+    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
 
 
 def _redis_payload_from_dicts(message: TaskMessage) -> str:
@@ -418,7 +458,8 @@ class SentEvents:
 
     They are what ``EventDispatcher.publish`` sends through a producer on the ``celeryev``
     fanout exchange, which kombu's Redis transport turns into a ``PUBLISH`` on the channel
-    ``{global_keyprefix}{fanout_prefix}celeryev/task.sent``.
+    ``{global_keyprefix}{fanout_prefix}celeryev/task.sent`` (``task.multi`` for a group of
+    them in one message, as the Redis fan-out sends those of one event).
     """
 
     def __init__(self, app: Celery, db: int) -> None:
@@ -437,69 +478,114 @@ class SentEvents:
         prefix = options.get("global_keyprefix", "") + prefix.format(db=db)
         if options.get("fanout_patterns", True):
             self.channel = f"{prefix}{exchange}/task.sent"
+            self._multi_channel = f"{prefix}{exchange}/task.multi"
         else:
-            self.channel = f"{prefix}{exchange}"
+            self.channel = self._multi_channel = f"{prefix}{exchange}"
         self._exchange = exchange
+        self._pieces: tuple[tuple[Any, ...], tuple[str, str, str]] | None = None
 
     @property
     def enabled(self) -> bool:
         """Whether Celery would send ``task-sent`` events (``task_send_sent_event``)."""
         return bool(self.app.conf.task_send_sent_event)
 
-    def payloads(self, messages: Sequence[TaskMessage]) -> list[str]:
-        """The event message of each of ``messages``, as the Redis transport publishes them.
+    # The task-sent events of one event's deliveries go out as one message holding the list
+    # of them, as Celery's dispatcher flushes a group ("task.multi"): every event receiver
+    # (Flower's) subscribes to the pattern "celeryev/*" and takes a list body. That message
+    # is kombu's JSON wrapper around the base64 of the list's JSON. The base64 of a
+    # concatenation is the concatenation of the pieces' base64 when every piece but the last
+    # is a multiple of 3 bytes long, and JSON allows spaces between tokens: so each piece is
+    # padded with spaces and encoded once, those every delivery shares (the argument repr
+    # above all, moved to the end of each event, whose keys a reader takes in any order) once
+    # per event or per call, and the Redis fan-out's script joins them with each delivery's
+    # own encoded piece, without a copy of the arguments per delivery.
 
-        Assembled from pre-encoded pieces like :func:`redis_payload`; byte for byte the
-        ``json.dumps`` of the event :meth:`event` returns, wrapped as kombu wraps it.
-        """
+    @property
+    def multi_channel(self) -> str:
+        """Where the task-sent events of one publish go, as one message (``task.multi``)."""
+        return self._multi_channel
+
+    def clock_forward(self) -> Any:
+        """The dispatcher's clock tick (each task-sent event takes the next value)."""
+        return self._dispatcher.clock.forward
+
+    def call_pieces(self) -> tuple[str, str, str]:
+        """What the task-sent message of every event of one publish shares, encoded: the
+        wrapper and the list up to the first event's clock (the dispatcher's hostname,
+        utcoffset and pid), what goes between one event and the next one's clock, and the
+        end of the list and the wrapper, up to the delivery tag."""
         dispatcher = self._dispatcher
-        if not messages:
-            return []
-        parts = messages[0].parts
+        # Made again only when the process (a fork) or the local time's offset changes.
+        key = (dispatcher.hostname, utcoffset(), dispatcher.pid)
+        if self._pieces is not None and self._pieces[0] == key:
+            return self._pieces[1]
         head = (
-            f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {utcoffset()!r},'
+            f'{{"hostname": {_dumps(dispatcher.hostname)}, "utcoffset": {key[1]!r},'
             f' "pid": {dispatcher.pid!r}, "clock": '
         )
-        middle = f', "parent_id": {_dumps(parts.parent_id)}, "name": '
-        common = (
-            f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)},'
-            ' "retries": 0, "eta": null, "expires": null, "queue": '
-        )
-        wrapper_tail = (
+        closing = (
             '", "content-encoding": "utf-8", "content-type": "application/json", "headers": '
             f'{_dumps(dispatcher.headers)}, "properties": {{"delivery_mode":'
             f' {dispatcher.delivery_mode!r}, "delivery_info": {{"exchange":'
-            f' {_dumps(self._exchange)}, "routing_key": "task.sent"}}, "priority": 0,'
+            f' {_dumps(self._exchange)}, "routing_key": "task.multi"}}, "priority": 0,'
             ' "body_encoding": "base64", "delivery_tag": "'
         )
-        tags = new_ids(len(messages))
-        forward = dispatcher.clock.forward
-        out = []
-        for message, tag in zip(messages, tags, strict=True):
-            queue = _dumps(message.queue)
-            event = "".join(
+        pieces = (
+            '{"body": "' + _b64_padded("[" + head),
+            _b64_padded(", " + head),
+            base64.b64encode(b"]").decode() + closing,
+        )
+        self._pieces = (key, pieces)
+        return pieces
+
+    def event_piece(self, parts: EventParts) -> str:
+        """The encoded end every task-sent event of one event shares (its argument repr)."""
+        return _b64_padded(
+            f', "args": {_dumps(parts.argsrepr)}, "kwargs": {_dumps(parts.kwargsrepr)}}}'
+        )
+
+    def delivery_piece(self, message: TaskMessage, clock: int, timestamp: float) -> str:
+        """The encoded piece of one delivery's task-sent event, between the head the call's
+        pieces hold and the event's shared end: clock, ids, shown name, queue and time."""
+        queue = _dumps(message.queue)
+        return _b64_padded(
+            "".join(
                 (
-                    head,
-                    str(forward()),
+                    str(clock),
                     ', "uuid": "',
                     message.task_id,
                     '", "root_id": "',
                     message.root_id,
-                    '"',
-                    middle,
+                    '", "parent_id": ',
+                    _dumps(message.parts.parent_id),
+                    ', "name": ',
                     _dumps(message.shadow),
-                    common,
+                    ', "retries": 0, "eta": null, "expires": null, "queue": ',
                     queue,
                     ', "exchange": "", "routing_key": ',
                     queue,
                     ', "timestamp": ',
-                    repr(time.time()),
-                    ', "type": "task-sent"}',
+                    repr(timestamp),
+                    ', "type": "task-sent"',
                 )
             )
-            body = base64.b64encode(event.encode()).decode()
-            out.append('{"body": "' + body + wrapper_tail + tag + '"}}')
-        return out
+        )
+
+    def payload(self, messages: Sequence[TaskMessage]) -> str:
+        """The one message holding the task-sent events of ``messages`` (deliveries of one
+        event), published to :attr:`multi_channel`: assembled from the pieces the Redis
+        fan-out's script joins, its body the JSON list of the events :meth:`event` returns
+        (with a few more spaces, and args and kwargs last). Its delivery tag is the first
+        delivery's."""
+        opening, between, closing = self.call_pieces()
+        shared = self.event_piece(messages[0].parts)
+        forward = self._dispatcher.clock.forward
+        now = time.time()
+        pieces = [opening]
+        for i, message in enumerate(messages):
+            pieces += [between] if i else []
+            pieces += [self.delivery_piece(message, forward(), now), shared]
+        return "".join(pieces) + closing + messages[0].delivery_tag + '"}}'
 
     def event(self, message: TaskMessage, clock: int, timestamp: float) -> dict[str, Any]:
         """The ``task-sent`` event Celery's dispatcher would make for ``message``."""
@@ -535,3 +621,10 @@ class SentEvents:
                 },
             }
         )
+
+
+def _b64_padded(text: str) -> str:
+    """The base64 of ``text`` padded with spaces to a multiple of 3 bytes, so that it joins
+    the base64 of what follows it as the base64 of the whole would."""
+    raw = text.encode()
+    return base64.b64encode(raw + b" " * (-len(raw) % 3)).decode()

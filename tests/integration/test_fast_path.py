@@ -20,7 +20,7 @@ from celery import Celery, signals
 
 from celery_events import EventBus, Subscription
 from celery_events.backends.kombu import KombuTransport
-from celery_events.backends.redis.ledger import ledger_entry
+from celery_events.backends.redis.ledger import ledger_entry, read_ledger_entry
 
 from ..harness import wait_until
 from .conftest import effect_counts
@@ -150,8 +150,16 @@ def test_a_delivery_is_byte_for_byte_what_send_task_sends(
 
     # And the delivery ledger holds the record the inbox defines, with the exact message
     record = redis_client.hget("celery_events:ledger:orders", task_id)
-    expected = ledger_entry("events.orders", ours.decode(), result.event.id, "orders.welcome_order")
-    assert json.loads(record) == json.loads(expected)
+    assert record == ledger_entry(
+        "events.orders", ours.decode(), result.event.id, "orders.welcome_order"
+    )
+    assert read_ledger_entry(record) == {
+        "q": "events.orders",
+        "m": ours.decode(),
+        "e": result.event.id,
+        "h": "orders.welcome_order",
+        "r": 0,
+    }
     assert redis_client.zscore("celery_events:ledger:orders:due", task_id) is not None
 
 
@@ -192,11 +200,19 @@ def test_task_sent_events_are_what_send_task_publishes(
     their_channel, their_event = listener.next()
     listener.close()
 
-    # Then both events went to the same channel and differ only in per-call values, and in
-    # the name: ours is the delivery's shown name, Celery's the bare task name
-    assert channel == their_channel == b"/0.celeryev/task.sent"
+    # Then ours is the group of the event's task-sent events (one here) on the task.multi
+    # channel, as Celery's dispatcher sends a group; both events differ only in per-call
+    # values, and in the name: ours is the delivery's shown name, Celery's the bare task
+    # name (and ours has args and kwargs last, the piece every delivery of the event shares)
+    assert channel == b"/0.celeryev/task.multi"
+    assert their_channel == b"/0.celeryev/task.sent"
     a, b = decode(our_event), decode(their_event)
-    assert list(a) == list(b) and list(a["body"]) == list(b["body"])
+    assert isinstance(a["body"], list) and len(a["body"]) == 1
+    assert a["properties"]["delivery_info"]["routing_key"] == "task.multi"
+    a["body"] = a["body"][0]
+    a["properties"]["delivery_info"]["routing_key"] = "task.sent"
+    assert list(a) == list(b) and sorted(a["body"]) == sorted(b["body"])
+    assert list(a["body"])[-2:] == ["args", "kwargs"]
     assert a["headers"] == b["headers"]
     assert a["body"]["name"] == "user.registered → orders.welcome_order"
     assert b["body"]["name"] == "orders.welcome_order"

@@ -122,16 +122,23 @@ def test_task_sent_event_payloads_are_the_json_of_celerys_event(parent: str | No
     events = SentEvents(app, db=3)
 
     # When their task-sent events are assembled
-    payloads = events.payloads(messages)
+    payload = events.payload(messages)
 
-    # Then each is the reference encoding of the event Celery's dispatcher would make
+    # Then they are one message on the task.multi channel, as Celery's dispatcher sends a
+    # group, whose body is the list of the events Celery's dispatcher would make (with args
+    # and kwargs last, and spaces that pad the pieces every delivery shares to 3 bytes)
     assert events.channel == "/3.celeryev/task.sent"
+    assert events.multi_channel == "/3.celeryev/task.multi"
+    wrapper = json.loads(payload)
+    body = json.loads(base64.b64decode(wrapper["body"]))
+    assert isinstance(body, list) and len(body) == 2
     clocks = []
-    for message, payload in zip(messages, payloads, strict=True):
-        wrapper = json.loads(payload)
-        event = json.loads(base64.b64decode(wrapper["body"]))
+    for message, event in zip(messages, body, strict=True):
         clocks.append(event["clock"])
         expected = events.event(message, event["clock"], event["timestamp"])
-        assert payload == events.wrap(expected, wrapper["properties"]["delivery_tag"])
+        assert event == expected
         assert event["uuid"] == message.task_id and event["name"] == message.shadow
+    reference = json.loads(events.wrap(body[0], messages[0].delivery_tag))
+    reference["properties"]["delivery_info"]["routing_key"] = "task.multi"
+    assert {**wrapper, "body": ""} == {**reference, "body": ""}
     assert clocks[1] == clocks[0] + 1

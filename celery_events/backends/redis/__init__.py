@@ -8,7 +8,8 @@ variant of the screening transport: publishing, consuming, the sweeper and the r
 failover. Redis replicates asynchronously, so the ``wait_for_replicas`` setting makes the
 fan-out wait (``WAIT``) for replicas to hold its deliveries before a publish returns.
 
-- transport: :class:`~.fanout.RedisFanout`, one atomic Lua script per publish that pushes
+- transport: :class:`~.fanout.RedisFanout`, one atomic Lua script per publish (or per
+  ``publish_many``, all its events together) that pushes
   every delivery, records it in the lost-delivery ledger and (once per name and process) in
   the catalog; workers consume through the screening transport (``transport.py``,
   ``screening.py``) and get a long enough visibility timeout (``worker.py``);
@@ -34,6 +35,7 @@ __all__ = ["CAPABILITIES", "open_backend", "stores_on"]
 
 CAPABILITIES = Capabilities(
     atomic_fanout=True,
+    atomic_batches=True,
     lost_delivery_ledger=True,
     queue_screening=True,
     dead_worker_recovery=True,

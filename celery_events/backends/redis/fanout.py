@@ -1,13 +1,19 @@
-"""Putting all deliveries of one event on the broker in one round trip.
+"""Putting all deliveries of one event, or of many (``send_many``), on the broker in one round trip.
 
 On Redis, one Lua script checks every target queue and pushes every message: Redis runs a
 script atomically, so either every subscriber's queue gets its delivery or none does (a
 publisher that dies mid-call, a wrong-typed key, an ACL refusal or an out-of-memory refusal
-leaves nothing behind). Other brokers send through Celery's producer (``backends/kombu.py``).
+leaves nothing behind), across every event of a ``send_many`` call. A call larger than one
+script should carry (:data:`MAX_DELIVERIES`, :data:`MAX_BYTES`) is refused whole, never split.
+Each event's body and argument repr cross the network once; the script assembles every
+delivery's payload, byte for byte what ``send_task`` stores, its ledger entry and the event's
+task-sent message from them. Other brokers send through Celery's producer
+(``backends/kombu.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,10 +22,22 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Celery, signals
 
-from ..._messages import SentEvents, TaskMessage, redis_payload
+from ..._messages import (
+    PAYLOAD_CLOSE,
+    PAYLOAD_ID,
+    PAYLOAD_ROOT,
+    PAYLOAD_SHADOW,
+    PAYLOAD_TAG,
+    SentEvents,
+    TaskMessage,
+    payload_shared,
+    redis_payload,
+    redis_templated,
+)
 from ...errors import NotReplicatedError, PublishError, describe
 from ..base import QueueReader, ServiceBus
 from .client import ReplyLost, run_script, run_script_replicated
+from .ledger import LEDGER_LUA
 from .queues import BrokerQueues
 from .worker import check_visibility_timeout, configure_worker
 
@@ -27,48 +45,69 @@ if TYPE_CHECKING:
     from ..base import Outgoing
 
 log = logging.getLogger(__name__)
+_dumps = json.dumps
 
 # KEYS: none: every key is in ARGV. A Redis ACL checks the keys an EVALSHA declares with the
 #       rights of a read-write command, so declaring the subscribers' queues and ledgers would
 #       need read rights on them; undeclared, each command in the script is checked on its own,
 #       so a publisher needs only the right to append (LPUSH, HSETNX, ZADD) to them (see
 #       celery_events/acl.py). Redis Cluster, which needs declared keys, is not supported.
-# ARGV: n, ledger on ('1'/'0'), the time of publishing, the event id, n queue keys, n payloads,
-#       n task ids, n handler task names, then (with the ledger) n ledger hashes and n due
-#       sets, then the task-event channel, the number m of task events, m event payloads, then
-#       the catalog hash ('' for none), field and value.
-# The ledger records (the fields of _inbox.ledger_entry) are encoded here by Redis's cjson:
-# Redis copies every script argument into Lua, at about 1.5 µs per KB, so sending each payload
-# once, not also inside its record, is what keeps a publish to ten subscribers fast.
-# Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
-# script, so Flower hears of exactly the deliveries that were queued.
+# ARGV: the number of events, ledger on ('1'/'0'), the ledger's key prefix, the time of
+#       publishing, the queues' key prefix, the task-event channel ('' for no task events),
+#       the task-event message's opening, separator and closing (SentEvents.call_pieces),
+#       the catalog hash ('' for none); then per
+#       event: its id, its number n of deliveries, whether they come whole ('1': a payload
+#       the script cannot assemble, see _messages.redis_templated), its root id ('' for each
+#       delivery's own task id), the three pieces of a queue payload its deliveries share
+#       (_messages.payload_shared, with the quotes around the names they meet), the end of a
+#       task event they share (SentEvents.event_piece), the catalog field and value ('' ''
+#       for none); then per delivery its queue, handler task, shown name (JSON), task id,
+#       delivery tag and service, then with task events its event's own piece
+#       (SentEvents.delivery_piece; the event's message takes its first delivery's tag), then for an
+#       event sent whole its payload.
 #
-# All or nothing: Redis runs a script atomically but does not roll back the writes made before
-# a command that fails (a Redis 7 ACL user without channel rights fails on PUBLISH, after the
-# pushes). So before the first write the script asks the ACL (redis.acl_check_cmd, Redis 7)
-# whether every command it will run is allowed, and checks every key's type; a refusal
-# returns before anything is written (an undo could not be relied on here: a user that may
-# only append to a queue may not LPOP it). Every write still goes through redis.pcall, and a
-# failure that no check foresaw undoes the earlier writes in reverse order before returning
-# the error. No other client runs in between, so LPOP takes back exactly the message LPUSH put
-# at the head. The ledger is written with HSETNX and ZADD NX: a field or member that is
-# already there belongs to the same delivery (a publish retried after a lost reply repeats
-# its task ids) and is kept as it is, so an undo removes only what this call added, without
-# reading anything first. The PUBLISHes, which cannot be undone, come last.
+# One copy of the data per event: Redis copies every script argument into Lua, at about 1.5
+# µs per KB, so each event's body and argument repr are sent once and every delivery's queue
+# payload, task event and ledger entry is joined here (table.concat: one copy, no encoding)
+# from them and the few fields of its own. The task events are base64: the pieces an event
+# shares are encoded once, padded to a multiple of 3 bytes (see SentEvents).
+# Task events are PUBLISHed as kombu's Redis transport sends to a fanout exchange, in the same
+# script, so Flower hears of exactly the deliveries that were queued: one message per event,
+# the list of its deliveries' events, as Celery's dispatcher sends a group (task.multi).
+#
+# All or nothing, across every event of the call: Redis runs a script atomically but does not
+# roll back the writes made before a command that fails (a Redis 7 ACL user without channel
+# rights fails on PUBLISH, after the pushes). So before the first write the script asks the
+# ACL (redis.acl_check_cmd, Redis 7) whether every command it will run is allowed, and checks
+# every key's type; a refusal returns before anything is written (an undo could not be relied
+# on here: a user that may only append to a queue may not LPOP it). Every write still goes
+# through redis.pcall, and a failure that no check foresaw undoes the earlier writes in
+# reverse order before returning the error. No other client runs in between, so LPOP takes
+# back exactly the message LPUSH put at the head. The ledger is written with HSETNX and ZADD
+# NX: a field or member that is already there belongs to the same delivery (a publish retried
+# after a lost reply repeats its task ids) and is kept as it is, so an undo removes only what
+# this call added, without reading anything first. The PUBLISHes, which cannot be undone,
+# come last.
 _FANOUT_LUA = """
-local n = tonumber(ARGV[1])
-local ledger = ARGV[2] == '1'
-local Q, P, T, H = 4, 4 + n, 4 + 2 * n, 4 + 3 * n
-local L, D, at = 4 + 4 * n, 4 + 5 * n, 5 + 4 * n
-if ledger then at = 5 + 6 * n end
-local channel, m = ARGV[at], tonumber(ARGV[at + 1])
-local catalog_key = ARGV[at + 2 + m]
-local catalog_field, catalog_value = ARGV[at + 3 + m], ARGV[at + 4 + m]
+local events, ledger, ledger_prefix = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
+local now, key_prefix, channel = ARGV[4], ARGV[5], ARGV[6]
+local sent_events = channel ~= ''
+local event_open, event_between, event_close = ARGV[7], ARGV[8], ARGV[9]
+local catalog_key = ARGV[10]
+local FIRST, HEAD = 11, 10
+local FIELDS = sent_events and 7 or 6
+local ID, SHADOW, ROOT, TAG, CLOSE = %(id)s, %(shadow)s, %(root)s, %(tag)s, %(close)s
 local function refused(command, key)
   return redis.error_reply('NOPERM this user has no permissions to run ' .. command ..
                            ' on ' .. key .. ', so no delivery was sent')
 end
-local function expect(key, wanted)
+local allowed = redis.acl_check_cmd
+local checked = {}
+-- Once per key: may this user run command on it, and is it of the wanted type (or absent)?
+local function check(key, wanted, command, ...)
+  if checked[key] == wanted then return nil end
+  checked[key] = wanted
+  if allowed and not allowed(command, key, ...) then return refused(command, key) end
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' and kind ~= wanted then
     return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. kind ..
@@ -76,85 +115,147 @@ local function expect(key, wanted)
   end
   return nil
 end
-local allowed = redis.acl_check_cmd
-for i = 1, n do
-  local queue = ARGV[Q + i]
-  if allowed and not allowed('LPUSH', queue, 'x') then return refused('LPUSH', queue) end
-  local wrong = expect(queue, 'list')
-  if wrong then return wrong end
-  if ledger then
-    local entries, due = ARGV[L + i], ARGV[D + i]
-    if allowed and not allowed('HSETNX', entries, 'x', 'x') then return refused('HSETNX', entries) end
-    if allowed and not allowed('ZADD', due, 'NX', '0', 'x') then return refused('ZADD', due) end
-    wrong = expect(entries, 'hash') or expect(due, 'zset')
+local ledgers, dues = {}, {}
+local function ledger_of(service)
+  local entries = ledgers[service]
+  if not entries then
+    entries = ledger_prefix .. 'ledger:' .. service
+    ledgers[service], dues[service] = entries, entries .. ':due'
+  end
+  return entries, dues[service]
+end
+-- Where each event's fields start, how many deliveries it has, how many fields each has.
+local starts, counts, widths, total = {}, {}, {}, 0
+local at = FIRST
+for ev = 1, events do
+  local n = tonumber(ARGV[at + 1])
+  local width = FIELDS
+  if ARGV[at + 2] == '1' then width = width + 1 end
+  starts[ev], counts[ev], widths[ev] = at, n, width
+  if catalog_key ~= '' and ARGV[at + 8] ~= '' then
+    local wrong = check(catalog_key, 'hash', 'HSET', 'x', 'x')
     if wrong then return wrong end
   end
+  for b = at + HEAD, at + HEAD - 1 + n * width, width do
+    local wrong = check(key_prefix .. ARGV[b], 'list', 'LPUSH', 'x')
+    if wrong then return wrong end
+    if ledger then
+      local entries, due = ledger_of(ARGV[b + 5])
+      wrong = check(entries, 'hash', 'HSETNX', 'x', 'x') or
+              check(due, 'zset', 'ZADD', 'NX', '0', 'x')
+      if wrong then return wrong end
+    end
+  end
+  total = total + n
+  at = at + HEAD + n * width
 end
-if catalog_key ~= '' then
-  if allowed and not allowed('HSET', catalog_key, 'x', 'x') then return refused('HSET', catalog_key) end
-  local wrong = expect(catalog_key, 'hash')
-  if wrong then return wrong end
-end
-if m > 0 and allowed and not allowed('PUBLISH', channel, 'x') then
+if sent_events and total > 0 and allowed and not allowed('PUBLISH', channel, 'x') then
   return redis.error_reply('NOPERM this user has no permissions to publish to the channel ' ..
                            channel .. ', so no delivery was sent')
 end
-local pushed, recorded = 0, 0
-local added_entry, added_due = {}, {}
-local catalog_old, catalog_set = nil, false
+-- What to run, in reverse, to take back this call's writes: command, key, arguments.
+local undo_command, undo_key, undo_a, undo_b, undone = {}, {}, {}, {}, 0
+local function remember(command, key, a, b)
+  undone = undone + 1
+  undo_command[undone], undo_key[undone], undo_a[undone], undo_b[undone] = command, key, a, b
+end
 local function rollback(reply)
-  if catalog_set then
-    if catalog_old then
-      redis.pcall('HSET', catalog_key, catalog_field, catalog_old)
+  for i = undone, 1, -1 do
+    if undo_b[i] ~= nil then
+      redis.pcall(undo_command[i], undo_key[i], undo_a[i], undo_b[i])
+    elseif undo_a[i] ~= nil then
+      redis.pcall(undo_command[i], undo_key[i], undo_a[i])
     else
-      redis.pcall('HDEL', catalog_key, catalog_field)
+      redis.pcall(undo_command[i], undo_key[i])
     end
-  end
-  for i = recorded, 1, -1 do
-    if added_due[i] then redis.pcall('ZREM', ARGV[D + i], ARGV[T + i]) end
-    if added_entry[i] then redis.pcall('HDEL', ARGV[L + i], ARGV[T + i]) end
-  end
-  for i = pushed, 1, -1 do
-    redis.pcall('LPOP', ARGV[Q + i])
   end
   return redis.error_reply(reply['err'])
 end
 local function failed(reply)
   return type(reply) == 'table' and reply['err'] ~= nil
 end
-for i = 1, n do
-  local reply = redis.pcall('LPUSH', ARGV[Q + i], ARGV[P + i])
-  if failed(reply) then return rollback(reply) end
-  pushed = i
-end
-if ledger then
-  for i = 1, n do
-    local task_id = ARGV[T + i]
-    local entry = cjson.encode({q = ARGV[Q + i], m = ARGV[P + i], e = ARGV[4],
-                                h = ARGV[H + i], r = 0})
-    local reply = redis.pcall('HSETNX', ARGV[L + i], task_id, entry)
+for ev = 1, events do
+  local at, width = starts[ev], widths[ev]
+  local event_id, whole, root = ARGV[at], width > FIELDS, ARGV[at + 3]
+  local opening, middle, tail = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  for b = at + HEAD, at + HEAD - 1 + counts[ev] * width, width do
+    local queue, task_id = key_prefix .. ARGV[b], ARGV[b + 3]
+    local payload
+    if whole then
+      payload = ARGV[b + width - 1]
+    else
+      payload = table.concat({opening, ARGV[b + 1], ID, task_id, SHADOW, ARGV[b + 2], ROOT,
+                              root ~= '' and root or task_id, middle, task_id, tail, ARGV[b],
+                              TAG, ARGV[b + 4], CLOSE})
+    end
+    local reply = redis.pcall('LPUSH', queue, payload)
     if failed(reply) then return rollback(reply) end
-    added_entry[i] = reply == 1
-    recorded = i
-    reply = redis.pcall('ZADD', ARGV[D + i], 'NX', ARGV[3], task_id)
+    remember('LPOP', queue)
+    if ledger then
+      local entries, due = ledger_of(ARGV[b + 5])
+      reply = redis.pcall('HSETNX', entries, task_id,
+                          ledger_pack(queue, event_id, ARGV[b + 1], 0, payload))
+      if failed(reply) then return rollback(reply) end
+      if reply == 1 then remember('HDEL', entries, task_id) end
+      reply = redis.pcall('ZADD', due, 'NX', now, task_id)
+      if failed(reply) then return rollback(reply) end
+      if reply == 1 then remember('ZREM', due, task_id) end
+    end
+  end
+  local field = ARGV[at + 8]
+  if catalog_key ~= '' and field ~= '' then
+    -- Once per name and process: reading the old value first costs little here.
+    local old = redis.pcall('HGET', catalog_key, field)
+    if failed(old) then return rollback(old) end
+    local reply = redis.pcall('HSET', catalog_key, field, ARGV[at + 9])
     if failed(reply) then return rollback(reply) end
-    added_due[i] = reply == 1
+    if old then remember('HSET', catalog_key, field, old) else remember('HDEL', catalog_key, field) end
   end
 end
-if catalog_key ~= '' then
-  -- Once per name and process: reading the old value first costs little here.
-  local old = redis.pcall('HGET', catalog_key, catalog_field)
-  if failed(old) then return rollback(old) end
-  local reply = redis.pcall('HSET', catalog_key, catalog_field, catalog_value)
-  if failed(reply) then return rollback(reply) end
-  catalog_old, catalog_set = old, true
+if sent_events then
+  -- One message per event, the list of its deliveries' task-sent events (task.multi).
+  for ev = 1, events do
+    local at, width, n = starts[ev], widths[ev], counts[ev]
+    local shared, first = ARGV[at + 7], at + HEAD
+    local pieces = {event_open, ARGV[first + 6], shared}
+    for b = first + width, first - 1 + n * width, width do
+      pieces[#pieces + 1] = event_between
+      pieces[#pieces + 1] = ARGV[b + 6]
+      pieces[#pieces + 1] = shared
+    end
+    pieces[#pieces + 1] = event_close
+    pieces[#pieces + 1] = ARGV[first + 4]
+    pieces[#pieces + 1] = CLOSE
+    local reply = redis.pcall('PUBLISH', channel, table.concat(pieces))
+    if failed(reply) then return rollback(reply) end
+  end
 end
-for j = 1, m do
-  local reply = redis.pcall('PUBLISH', channel, ARGV[at + 1 + j])
-  if failed(reply) then return rollback(reply) end
-end
-return n
+return total
 """
+
+
+def _lua_text(text: str) -> str:
+    """``text`` as a Lua string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# The fixed pieces of a queue payload, from the one place that defines them.
+_FANOUT_LUA = LEDGER_LUA + _FANOUT_LUA % {
+    # The names between are sent unquoted (see _messages.redis_templated).
+    "id": _lua_text('"' + PAYLOAD_ID),
+    "shadow": _lua_text(PAYLOAD_SHADOW),
+    "root": _lua_text(PAYLOAD_ROOT),
+    "tag": _lua_text('"' + PAYLOAD_TAG),
+    "close": _lua_text(PAYLOAD_CLOSE),
+}
+
+#: The most deliveries one fan-out script call takes: Redis runs nothing else while it runs
+#: (a few µs per delivery).
+MAX_DELIVERIES = 10_000
+#: The most bytes of messages one call may write (each delivery's payload is assembled in
+#: the script), about 0.1 s of Redis's time; far below Redis's own limits on a request
+#: (proto-max-bulk-len, client-query-buffer-limit).
+MAX_BYTES = 64 * 1024 * 1024
 
 
 class _Signals:
@@ -244,52 +345,73 @@ class RedisFanout:
         self.send_many([(messages, catalog)])
 
     def send_many(self, batches: Sequence[Outgoing]) -> None:
+        """Send the deliveries of every event in ``batches`` in one script call: all of them,
+        or (raising :class:`~celery_events.errors.PublishError`) none of any event.
+
+        A call of more than :data:`MAX_DELIVERIES` deliveries or :data:`MAX_BYTES` of
+        messages is refused whole, before anything is sent: Redis serves no other client
+        while a script runs, and splitting the call would break its all-or-nothing promise.
+        """
         batches = [batch for batch in batches if batch[0]]
         if not batches:
             return
-        # One script call per event for now: atomic per event, not across them (issue 16
-        # makes it one call).
-        for batch in batches:
-            self._signals.before(batch[0])
-            self.finish([batch], self._run([], self.arguments([batch])))
+        for messages, _ in batches:
+            self._signals.before(messages)
+        self.finish(batches, self._run([], self.arguments(batches)))
 
     def arguments(self, batches: Sequence[Outgoing]) -> list[str | int | float]:
         """The fan-out script's arguments for ``batches`` (it declares no keys), once the
         ``before_task_publish`` receivers have run; ``script`` runs them, and
-        :meth:`finish` reads its reply. Shared by the blocking and the asyncio publish."""
-        if len(batches) != 1:
-            # One script call per event until the script takes many (issue 16).
-            raise NotImplementedError("one event per fan-out script call")
-        messages, catalog = batches[0]
-        prefix = self.key_prefix
+        :meth:`finish` reads its reply. Shared by the blocking and the asyncio publish.
+
+        Raises :class:`~celery_events.errors.PublishError` for a call too large for one
+        script (see :meth:`send_many`).
+        """
+        batches = [batch for batch in batches if batch[0]]
+        _check_size(batches)
         ledger = self.ledger_prefix
-        args: list[str | int | float] = [
-            len(messages),
-            "0" if ledger is None else "1",
-            time.time(),
-            messages[0].event_id,
-        ]
-        args.extend([prefix + m.queue for m in messages])
-        args.extend([redis_payload(m) for m in messages])
-        args.extend([m.task_id for m in messages])
-        args.extend([m.task_name for m in messages])
-        if ledger is not None:
-            # The ledger keeps each delivery's message until it is handled (see _inbox.py).
-            args.extend([f"{ledger}ledger:{m.service}" for m in messages])
-            args.extend([f"{ledger}ledger:{m.service}:due" for m in messages])
         events = self._sent_events
-        if events is not None and events.enabled:
-            args.append(events.channel)
-            args.append(len(messages))
-            args.extend(events.payloads(messages))
+        if events is not None and not events.enabled:
+            events = None
+        now = time.time()
+        args: list[str | int | float] = [
+            len(batches),
+            "0" if ledger is None else "1",
+            ledger or "",
+            now,
+            self.key_prefix,
+        ]
+        if events is not None:
+            args.append(events.multi_channel)
+            args.extend(events.call_pieces())
         else:
-            args.append("")
-            args.append(0)
-        if catalog is not None and self.catalog_key is not None:
-            args.append(self.catalog_key)
-            args.extend(catalog)
-        else:
-            args.extend(("", "", ""))
+            args.extend(("", "", "", ""))
+        args.append(self.catalog_key or "")
+        forward = events.clock_forward() if events is not None else None
+        for messages, catalog in batches:
+            parts = messages[0].parts
+            whole = not all(redis_templated(m) for m in messages)
+            opening, middle, tail = payload_shared(parts)
+            args += [
+                messages[0].event_id,
+                len(messages),
+                "1" if whole else "0",
+                parts.root_id or "",
+                opening + '"',
+                middle,
+                tail + '"',
+                events.event_piece(parts) if events is not None else "",
+            ]
+            if catalog is not None and self.catalog_key is not None:
+                args.extend(catalog)
+            else:
+                args.extend(("", ""))
+            for m in messages:
+                args += [m.queue, m.task_name, _dumps(m.shadow), m.task_id, m.delivery_tag, m.service]
+                if events is not None and forward is not None:
+                    args.append(events.delivery_piece(m, forward(), now))
+                if whole:
+                    args.append(redis_payload(m))
         return args
 
     def finish(self, batches: Sequence[Outgoing], acknowledged: int) -> None:
@@ -348,6 +470,25 @@ class RedisFanout:
                 if reply_lost:
                     raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
                 raise PublishError(_refused(exc)) from exc
+
+
+def _check_size(batches: Sequence[Outgoing]) -> None:
+    deliveries = sum(len(messages) for messages, _ in batches)
+    # What the script writes: each delivery's payload (the event's body and argument repr,
+    # about 1 KB of headers), its ledger copy and its task event.
+    written = sum(
+        len(messages) * 3 * (len(messages[0].parts.body_b64) + len(messages[0].parts.argsrepr) + 1024)
+        for messages, _ in batches
+    )
+    if deliveries <= MAX_DELIVERIES and written <= MAX_BYTES:
+        return
+    raise PublishError(
+        f"The {len(batches)} event(s) of this publish make {deliveries} deliveries and about"
+        f" {written // (1024 * 1024)} MB of messages, more than one atomic Redis script may"
+        f" write ({MAX_DELIVERIES} deliveries, {MAX_BYTES // (1024 * 1024)} MB): Redis serves"
+        " no other client while it runs. Nothing was sent; publish the events in smaller"
+        " calls (each call is all or nothing on its own)."
+    )
 
 
 def _unreachable(timeout: float, exc: BaseException, reply_lost: bool) -> str:

@@ -11,7 +11,6 @@ by the sweeper (``worker.py``). The inbox's scripts (``inbox.py``) settle an ent
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -22,7 +21,15 @@ from ..base import Claim, SweepResult
 from ..base import Inbox as InboxRole
 from .client import run_script, store_errors
 
-__all__ = ["Ledger", "LedgerInbox", "SETTLE_LUA", "SweepResult", "ledger_entry"]
+__all__ = [
+    "LEDGER_LUA",
+    "Ledger",
+    "LedgerInbox",
+    "SETTLE_LUA",
+    "SweepResult",
+    "ledger_entry",
+    "read_ledger_entry",
+]
 
 #: Lua defining ``settle(ledger, due, task_id)``: drops a delivery's ledger entry (it was
 #: handled, found already handled, or given up). Every script that settles one embeds it, so
@@ -34,7 +41,43 @@ local function settle(ledger, due, task_id)
 end
 """
 
-SWEEP_LUA = SETTLE_LUA + """
+# A ledger entry (what ledger_entry makes) is "\1", then the queue key, the event id and the
+# handler as "<bytes>:<text>", the redelivery count as "<digits>:", and the whole message: the
+# fan-out's script joins it (a copy of strings, no encoding), where encoding JSON with cjson
+# escaped the message again for every delivery. Entries written before this format are JSON
+# ({"q", "m", "e", "h", "r"}) and are still read (a rolling upgrade); a resend rewrites them.
+LEDGER_LUA = """
+local function ledger_pack(q, e, h, r, m)
+  return table.concat({'\\1', #q, ':', q, #e, ':', e, #h, ':', h, r, ':', m})
+end
+local function ledger_read(raw)
+  if string.byte(raw, 1) == 1 then
+    local entry, pos = {}, 2
+    for _, name in ipairs({'q', 'e', 'h'}) do
+      local colon = string.find(raw, ':', pos, true)
+      local size = colon and string.match(string.sub(raw, pos, colon - 1), '^%d+$')
+      if not size then return nil end
+      local text = string.sub(raw, colon + 1, colon + tonumber(size))
+      if #text ~= tonumber(size) then return nil end
+      entry[name], pos = text, colon + tonumber(size) + 1
+    end
+    local colon = string.find(raw, ':', pos, true)
+    local count = colon and string.match(string.sub(raw, pos, colon - 1), '^%d+$')
+    if not count then return nil end
+    entry['r'], entry['m'] = tonumber(count), string.sub(raw, colon + 1)
+    return entry
+  end
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and type(entry['q']) == 'string'
+      and type(entry['m']) == 'string' and type(entry['e']) == 'string'
+      and type(entry['h']) == 'string' and type(entry['r']) == 'number' then
+    return entry
+  end
+  return nil
+end
+"""
+
+SWEEP_LUA = SETTLE_LUA + LEDGER_LUA + """
 -- KEYS: ledger, due, unacked   ARGV: now, batch, postpone_s, inbox_prefix, redelivery_s, max_redeliveries
 -- A delivery's score is its last sign of life (publish, start of a run, expected retry);
 -- those quiet for longer than the redelivery timeout are examined.
@@ -56,12 +99,7 @@ for _, task_id in ipairs(due) do
   if not raw then
     redis.call('ZREM', KEYS[2], task_id)
   else
-    local ok, entry = pcall(cjson.decode, raw)
-    if not (ok and type(entry) == 'table' and type(entry['q']) == 'string'
-        and type(entry['m']) == 'string' and type(entry['e']) == 'string'
-        and type(entry['h']) == 'string' and type(entry['r']) == 'number') then
-      entry = nil
-    end
+    local entry = ledger_read(raw)
     local inbox = entry and redis.call('GET', ARGV[4] .. entry['h'] .. ':' .. entry['e'])
     if not entry then
       -- Not what the fan-out writes: handed back to be kept as a dead letter, so that one bad
@@ -77,9 +115,9 @@ for _, task_id in ipairs(due) do
       settle(KEYS[1], KEYS[2], task_id)
       table.insert(given_up, raw)
     else
-      entry['r'] = entry['r'] + 1
       redis.call('LPUSH', entry['q'], entry['m'])
-      redis.call('HSET', KEYS[1], task_id, cjson.encode(entry))
+      redis.call('HSET', KEYS[1], task_id,
+                 ledger_pack(entry['q'], entry['e'], entry['h'], entry['r'] + 1, entry['m']))
       redis.call('ZADD', KEYS[2], now, task_id)
       table.insert(given_up, '')
     end
@@ -87,7 +125,6 @@ for _, task_id in ipairs(due) do
 end
 return given_up
 """
-
 
 
 class Ledger:
@@ -132,11 +169,8 @@ class Ledger:
             elif not result:
                 found.resent += 1
             else:
-                try:
-                    entry = _plainjson.loads(result)
-                except ValueError:  # read by Lua's decoder, which is laxer than ours
-                    entry = None
-                if isinstance(entry, dict):
+                entry = read_ledger_entry(bytes(result))
+                if entry is not None:
                     found.given_up.append(entry)
                 else:
                     found.unreadable.append(("", bytes(result)))
@@ -267,9 +301,52 @@ class LedgerInbox:
         self._settle(task_id)
 
 
-def ledger_entry(queue: str, payload: str, event_id: str, handler: str) -> str:
-    """The ledger record of one delivery, as the fan-out script stores it."""
-    return json.dumps({"q": queue, "m": payload, "e": event_id, "h": handler, "r": 0})
+def ledger_entry(
+    queue: str, payload: str, event_id: str, handler: str, redeliveries: int = 0
+) -> bytes:
+    """The ledger record of one delivery, as the fan-out script stores it (``LEDGER_LUA``):
+    ``queue`` is the queue's key, ``payload`` the message in it."""
+    fields = [b"\x01"]
+    for text in (queue, event_id, handler):
+        raw = text.encode()
+        fields += [str(len(raw)).encode(), b":", raw]
+    fields += [str(redeliveries).encode(), b":", payload.encode()]
+    return b"".join(fields)
+
+
+def read_ledger_entry(raw: bytes) -> dict[str, Any] | None:
+    """The fields of a ledger record, ``{"q", "m", "e", "h", "r"}`` (queue key, message,
+    event id, handler, redeliveries), in this format or the JSON one before it; None for
+    anything else.
+
+    >>> read_ledger_entry(ledger_entry("events.a", "{}", "e1", "a.h"))["h"]
+    'a.h'
+    """
+    if raw[:1] != b"\x01":
+        try:
+            entry = _plainjson.loads(raw)
+        except ValueError:  # read by Lua's decoder, which is laxer than ours
+            return None
+        return entry if isinstance(entry, dict) else None
+    found: dict[str, Any] = {}
+    pos = 1
+    for name in ("q", "e", "h"):
+        colon = raw.find(b":", pos)
+        size = raw[pos:colon]
+        if colon < 0 or not size.isdigit():
+            return None
+        end = colon + 1 + int(size)
+        if end > len(raw):
+            return None
+        found[name] = raw[colon + 1 : end].decode(errors="replace")
+        pos = end
+    colon = raw.find(b":", pos)
+    count = raw[pos:colon]
+    if colon < 0 or not count.isdigit():
+        return None
+    found["r"] = int(count)
+    found["m"] = raw[colon + 1 :].decode(errors="replace")
+    return found
 
 
 def _text(value: Any) -> str:
