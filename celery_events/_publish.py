@@ -10,6 +10,16 @@ subscribes when it is sent. ``require_subscribers`` is checked there too, and a 
 middleware checks it before it defers (:meth:`PublishCall.check_subscribers`).
 
 With no publish middleware the path calls the send directly: an empty chain adds nothing.
+
+``bus.publish_many`` (and the asyncio ``apublish_many``) take the same path in two halves:
+:meth:`Publisher.prepare_many` runs each event through the scopes and the chain (CPU only: the
+chain's innermost step collects the event's deliveries instead of sending them, while the
+batch is being prepared), then the caller hands :attr:`PreparedBatch.outgoing` to
+``transport.send_many`` (or ``await transport.asend_many``) and :meth:`Publisher.sent` tells
+the ``on_published`` listeners and the catalog. :meth:`Publisher.finish_many` is the blocking
+send and that after-send half together. A middleware that defers its ``call_next`` (publish on
+commit) sends normally when its hook runs later: collecting is on only while the batch is
+prepared, in the preparing context.
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery
 
@@ -28,11 +39,14 @@ from .contracts.middleware import versions_text
 from .declarations import Declaration, version_in
 from .envelope import Event, ExtensionValue, check_ids, encode_data
 from .errors import (
+    CeleryEventsError,
     EventNotDeclared,
     InvalidEnvelope,
     NoSubscribersError,
+    PartialPublishError,
     PublishError,
     RegistryError,
+    describe,
 )
 from .middleware.base import PUBLISH, REPLAY, Middleware, PublishCall
 from .middleware.chain import MiddlewareChain
@@ -42,9 +56,95 @@ from .results import Delivery, PublishResult
 from .settings import Settings
 from .trust.fields import SENSITIVE
 
-__all__ = ["Publisher"]
+if TYPE_CHECKING:
+    from .backends.base import Outgoing
+
+__all__ = ["Prepared", "PreparedBatch", "Publisher"]
 
 log = logging.getLogger(__name__)
+
+#: The batch being prepared in this context (``Publisher.prepare_many``): the chain's innermost
+#: step collects into it instead of sending. ``None`` (sending) everywhere else, so a publish a
+#: middleware deferred to a later hook (a commit) sends when the hook runs.
+_collecting: ContextVar[PreparedBatch | None] = ContextVar("celery_events_collecting", default=None)
+
+#: The keys an item of ``publish_many`` given as a mapping may have: ``publish``'s arguments.
+ITEM_KEYS = frozenset(
+    (
+        "name",
+        "data",
+        "correlation_id",
+        "causation_id",
+        "extensions",
+        "subject",
+        "dataschema",
+        "version",
+    )
+)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One event of a batch, once through the scopes and the chain."""
+
+    event: Event
+    #: What the chain returned: final when the chain did not reach the send (a deferred or
+    #: captured publish); otherwise the result as it will be, built again once sent (a
+    #: transport that assigns task ids gives them when it sends).
+    result: PublishResult
+    #: The subscriptions that get the event, when the chain reached the send (else ``None``);
+    #: empty when nobody subscribes (nothing to send; the catalog still hears of it).
+    subscriptions: Sequence[Subscription] | None = None
+    #: Their messages, in the same order.
+    messages: list[TaskMessage] = dataclasses.field(default_factory=list)
+
+    @property
+    def collected(self) -> bool:
+        return self.subscriptions is not None
+
+
+@dataclasses.dataclass
+class PreparedBatch:
+    """A prepared ``publish_many``: what to send, and what to tell once it is sent."""
+
+    publisher: Publisher
+    #: One per event of the call, in order.
+    events: list[Prepared] = dataclasses.field(default_factory=list)
+    #: What ``transport.send_many`` takes: one ``(messages, catalog)`` per event with
+    #: deliveries, in order.
+    outgoing: list[Outgoing] = dataclasses.field(default_factory=list)
+    #: The index in :attr:`events` of each entry of :attr:`outgoing`.
+    positions: list[int] = dataclasses.field(default_factory=list)
+    # What the innermost step collected for the event being prepared.
+    _pending: Prepared | None = None
+
+    def collect(
+        self, event: Event, subscriptions: Sequence[Subscription], messages: list[TaskMessage]
+    ) -> PublishResult:
+        """The innermost step of the chain while the batch is prepared: keep the event's
+        deliveries to send later, and return the result they will make."""
+        result = _result(event, subscriptions, messages)
+        self._pending = Prepared(event, result, subscriptions, messages)
+        return result
+
+
+def _result(
+    event: Event, subscriptions: Sequence[Subscription], messages: Sequence[TaskMessage]
+) -> PublishResult:
+    return PublishResult(
+        event,
+        tuple(
+            Delivery(s.service, s.handler, s.queue, m.task_id)
+            for s, m in zip(subscriptions, messages, strict=True)
+        ),
+    )
+
+
+def _at(index: int, exc: CeleryEventsError) -> CeleryEventsError:
+    """``exc`` (of its own class, so callers catch it as from ``publish``) naming the event of
+    the ``publish_many`` it is about."""
+    exc.args = (f"Event {index} of the publish_many: {exc}", *exc.args[1:])
+    return exc
 
 
 class _Registry(Protocol):
@@ -77,6 +177,13 @@ class PublishHost(Protocol):
     def _send_messages(self, messages: list[TaskMessage], name: str | None) -> None:
         """Hand ``messages`` to the transport: all of them, or raise having sent none where
         the backend can promise it. ``name`` is the published event's (``None``: a replay)."""
+
+    def _catalog_entry(self, name: str) -> tuple[str, str] | None:
+        """The catalog's ``(field, value)`` for a send of ``name`` that the transport records
+        with the deliveries, or ``None`` (known already, or the transport records none)."""
+
+    def _note_sent(self, name: str) -> None:
+        """Note that ``name`` was sent from this process (the catalog knows it)."""
 
     def _published_alone(self, name: str) -> None:
         """Note that ``name`` was published with no subscriber (the catalog)."""
@@ -309,6 +416,151 @@ class Publisher:
             )
         )
 
+    # -- publishing many events -----------------------------------------------------------
+
+    def make_many(self, items: Iterable[object]) -> list[tuple[Event, str]]:
+        """Every item of a ``publish_many`` as a validated event and its data's JSON.
+
+        An item is an :class:`Event` (sent as ``publish_event`` sends it), a ``(name, data)``
+        pair, or a mapping of ``publish``'s arguments (``{"name": ..., "data": ...,
+        "correlation_id": ...}``). One that is none of these, or that ``publish`` would refuse,
+        raises what ``publish`` raises, naming its index; nothing is sent.
+        """
+        made = []
+        for index, item in enumerate(items):
+            try:
+                made.append(self._make_item(item))
+            except CeleryEventsError as exc:
+                raise _at(index, exc) from None
+        return made
+
+    def _make_item(self, item: object) -> tuple[Event, str]:
+        if isinstance(item, Event):
+            return self.checked(item)
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            name, data = item
+            return self.make_event(name, data, None, None)
+        if isinstance(item, Mapping):
+            unknown = sorted(str(k) for k in item if k not in ITEM_KEYS)
+            if unknown or "name" not in item:
+                problem = (
+                    f"has {', '.join(map(repr, unknown))}, which publish does not take"
+                    if unknown
+                    else "has no 'name'"
+                )
+                raise InvalidEnvelope(
+                    f"The mapping {problem}; a mapping item holds publish's arguments:"
+                    f" {', '.join(sorted(ITEM_KEYS))} (name required)."
+                )
+            arguments = dict(item)
+            return self.make_event(
+                arguments["name"],
+                arguments.get("data"),
+                arguments.get("correlation_id"),
+                arguments.get("causation_id"),
+                arguments.get("extensions"),
+                arguments.get("subject"),
+                arguments.get("dataschema"),
+                arguments.get("version"),
+            )
+        raise InvalidEnvelope(
+            f"publish_many takes Events, (name, data) pairs or mappings of publish's"
+            f" arguments, not {type(item).__name__}."
+        )
+
+    def prepare_many(
+        self,
+        items: Sequence[tuple[Event, str]],
+        require_subscribers: bool | None,
+        *,
+        name_index: bool = True,
+    ) -> PreparedBatch:
+        """Run each validated event (from :meth:`make_many`) through the scopes and the
+        chain, collecting its deliveries instead of sending them: no I/O but the registry's
+        (matching). A refused event raises what ``publish`` raises (naming its index with
+        ``name_index``), and nothing is sent; what a middleware deferred before it (a commit
+        hook, an outbox row) stays deferred, as it would after a ``publish`` that raised.
+        """
+        batch = PreparedBatch(self)
+        host = self.host
+        catalogued: set[str] = set()
+        token = _collecting.set(batch)
+        try:
+            for index, (event, data_json) in enumerate(items):
+                batch._pending = None
+                try:
+                    result = self.publish(event, data_json, require_subscribers)
+                except CeleryEventsError as exc:
+                    if name_index:
+                        raise _at(index, exc) from None
+                    raise
+                pending = batch._pending
+                if pending is None:
+                    # The chain did not reach the send: deferred, or captured.
+                    batch.events.append(Prepared(event, result))
+                    continue
+                batch.events.append(pending)
+                if pending.messages:
+                    name = pending.event.name
+                    catalog = None
+                    if name not in catalogued:
+                        catalogued.add(name)
+                        catalog = host._catalog_entry(name)
+                    batch.outgoing.append((pending.messages, catalog))
+                    batch.positions.append(index)
+        finally:
+            _collecting.reset(token)
+            batch._pending = None
+        return batch
+
+    def finish_many(self, batch: PreparedBatch) -> list[PublishResult]:
+        """Send a prepared batch (``transport.send_many``, all or nothing where the backend
+        has ``atomic_batches``), then :meth:`sent`; a failure is :meth:`send_failed`'s."""
+        if batch.outgoing:
+            try:
+                self.host.transport.send_many(batch.outgoing)
+            except PartialPublishError as exc:
+                raise self.send_failed(batch, exc) from exc
+        return self.sent(batch)
+
+    def sent(self, batch: PreparedBatch, count: int | None = None) -> list[PublishResult]:
+        """After the send: the results of the first ``count`` events (all by default), each
+        told to the ``on_published`` listeners, and the catalog told of their names."""
+        host = self.host
+        results = []
+        for prepared in batch.events[:count]:
+            subscriptions = prepared.subscriptions
+            if subscriptions is None:
+                results.append(prepared.result)
+                continue
+            name = prepared.event.name
+            if not prepared.messages:
+                host._published_alone(name)
+                result = prepared.result
+            else:
+                host._note_sent(name)
+                result = _result(prepared.event, subscriptions, prepared.messages)
+            results.append(self._published(result, None))
+        return results
+
+    def send_failed(self, batch: PreparedBatch, exc: PartialPublishError) -> PartialPublishError:
+        """The error of a send that stopped part way (a backend without ``atomic_batches``):
+        how many events of the call are sent, counted in its events (those with nothing to
+        send or deferred included), and their results, told as :meth:`sent` tells them."""
+        if exc.sent < len(batch.positions):
+            done = batch.positions[exc.sent]
+        else:
+            done = len(batch.events)
+        results = self.sent(batch, done)
+        reason = describe(exc.__cause__) + "." if exc.__cause__ is not None else str(exc)
+        return PartialPublishError(
+            f"{reason} The first {done} of the {len(batch.events)} events of this publish_many"
+            f" were sent before it failed, and stay sent; publish the others again"
+            f" (events[{done}:]).",
+            sent=done,
+            results=results,
+        )
+
     def replay(
         self,
         envelope: dict[str, Any],
@@ -397,11 +649,16 @@ class Publisher:
     ) -> PublishResult:
         host = self.host
         name = event.name
+        collecting = _collecting.get()
+        if collecting is not None and (collecting.publisher is not self or targets is not None):
+            collecting = None  # another bus's publish, or a replay: sent now
         subscriptions = self._receivers(event) if targets is None else targets
         if not subscriptions:
             if require_subscribers:
                 raise self._nobody(name)
             log.info("celery-events: no subscriber for %r (event %s); nothing sent", name, event.id)
+            if collecting is not None:
+                return collecting.collect(event, (), [])
             host._published_alone(name)
             return self._published(PublishResult(event), targets)
         app = host.app
@@ -428,17 +685,10 @@ class Publisher:
         for subscription, message in zip(subscriptions, messages, strict=True):
             message.subscription = subscription
             message.direct = direct
+        if collecting is not None:
+            return collecting.collect(event, subscriptions, messages)
         host._send_messages(messages, None if direct else name)
-        return self._published(
-            PublishResult(
-                event,
-                tuple(
-                    Delivery(s.service, s.handler, s.queue, m.task_id)
-                    for s, m in zip(subscriptions, messages, strict=True)
-                ),
-            ),
-            targets,
-        )
+        return self._published(_result(event, subscriptions, messages), targets)
 
     def _published(
         self, result: PublishResult, targets: Sequence[Subscription] | None
