@@ -1,0 +1,86 @@
+"""The asyncio publish (``bus.apublish``, ``bus.apublish_many``): publish's own path, with
+the send awaited instead of waited for.
+
+It is ``publish_many``'s path (``_publish.py``) in its three parts: :meth:`Publisher.
+prepare_many` (scopes, middleware, matching, messages), ``await transport.asend_many`` (on
+Redis a ``redis.asyncio`` client of the running loop; elsewhere the blocking send in a worker
+thread), then :meth:`Publisher.sent` (``on_published`` listeners, the catalog). So every event
+meets the same validation, middleware and errors as with ``publish``, and the same guarantee:
+on Redis every delivery of a call is queued or none is.
+
+The parts around the send are CPU work of microseconds and run on the loop, except where
+they would wait on I/O, which then runs in a worker thread (``asyncio.to_thread``):
+
+- the registry's cached view is missing or older than ``registry_max_staleness`` (its
+  background check has not run yet, or fails): matching would read the registry, so the
+  preparing part runs in a thread, and raises there what ``publish`` raises;
+- a middleware declares ``publishes_with_io`` (trace records, Django's transactions): both
+  parts run in a thread. A coroutine is never inside a Django ``atomic`` block (they are
+  synchronous), so publish-on-commit sends at once and the outbox writes its row in a
+  transaction of its own, as for a ``publish`` outside any transaction;
+- an event nobody subscribes to, the first of its name in this process: the catalog's write
+  runs in a thread.
+
+A caller cancelled while the send is under way stops waiting for it; on Redis the script ran
+whole or not at all, so the event is either sent to every subscriber or to none, as after a
+``PublishError`` whose reply was lost (its ``on_published`` listeners are not told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ._publish import PreparedBatch, Publisher
+from .envelope import Event
+from .errors import PartialPublishError
+from .results import PublishResult
+
+__all__ = ["apublish"]
+
+
+async def apublish(
+    bus: Any,
+    items: Sequence[tuple[Event, str]],
+    require_subscribers: bool | None,
+    *,
+    name_index: bool,
+) -> list[PublishResult]:
+    """Send validated events (``Publisher.make_event``/``make_many``) of the EventBus ``bus``
+    from the running loop; one result per event, in order."""
+    publisher: Publisher = bus._publisher
+    blocking = publisher.chain.publishes_with_io
+    if blocking or not bus.registry.is_fresh():
+        batch = await asyncio.to_thread(
+            publisher.prepare_many, items, require_subscribers, name_index=name_index
+        )
+    else:
+        batch = publisher.prepare_many(items, require_subscribers, name_index=name_index)
+    failure: PartialPublishError | None = None
+    if batch.outgoing:
+        try:
+            await bus.transport.asend_many(batch.outgoing)
+        except PartialPublishError as exc:
+            failure = exc
+    offload = blocking or _records_catalog(bus, batch)
+    if failure is not None:
+        error = (
+            await asyncio.to_thread(publisher.send_failed, batch, failure)
+            if offload
+            else publisher.send_failed(batch, failure)
+        )
+        raise error from failure
+    if offload:
+        return await asyncio.to_thread(publisher.sent, batch)
+    return publisher.sent(batch)
+
+
+def _records_catalog(bus: Any, batch: PreparedBatch) -> bool:
+    """Whether telling of the batch writes the catalog (a name first published with nobody
+    subscribed, which the deliveries' script did not record)."""
+    known = bus._published_names
+    return any(
+        prepared.collected and not prepared.messages and prepared.event.name not in known
+        for prepared in batch.events
+    )
