@@ -10,6 +10,7 @@
     python -m benchmarks --only signing-publish,signing-throughput   # signed events (2 min)
     python -m benchmarks --only contracts-publish   # publish with a declared schema (1 min)
     python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
+    python -m benchmarks --only apublish    # asyncio: apublish from 100 tasks, loop lag (1 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -38,6 +39,7 @@ import redis
 from tests.harness import rabbitmq_server_binary
 
 from . import (
+    aio,
     baseline,
     contracts,
     matching,
@@ -64,6 +66,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "signing-throughput": signing.throughput,
     "contracts-publish": contracts.publish,
     "observability-publish": observability.publish,
+    "apublish": aio.run,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
 AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool], list[Section]]] = {
@@ -82,7 +85,7 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
     "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "apublish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

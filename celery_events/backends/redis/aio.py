@@ -4,7 +4,7 @@ An asyncio client belongs to the event loop it connects on: its connections are 
 streams, and one used from another loop fails. An app may run several loops (a thread with
 its own loop, ``asyncio.run`` called more than once), so :class:`LoopClients` keeps one client
 per loop, each made with the same URL and options as the bus's blocking client
-(``client.connect_async``), and forgets a loop's client when the loop is gone.
+(``client.connect_async``), and drops the client of a loop that was closed.
 
 :func:`run_script` sends the same packed ``EVALSHA`` (and ``WAIT``) as the blocking
 ``client.run_script`` in one write and reads the replies without blocking the loop. A caller
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ from redis.exceptions import NoScriptError
 from ...errors import describe
 from .client import ReplyLost, _pack
 
-__all__ = ["LoopClients", "run_script"]
+__all__ = ["LoopClients", "ScriptPipeline", "run_script"]
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +42,27 @@ class LoopClients:
 
     def __init__(self, connect: Callable[[], redis.asyncio.Redis]) -> None:
         self._connect = connect
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]
-        self._clients = weakref.WeakKeyDictionary()
+        self._clients: dict[asyncio.AbstractEventLoop, ScriptPipeline] = {}
         # Loops of several threads may ask at once.
         self._lock = threading.Lock()
 
     def current(self) -> redis.asyncio.Redis:
         """The running loop's client (made on first use). Call it from a coroutine."""
+        return self.pipeline().client
+
+    def pipeline(self) -> ScriptPipeline:
+        """The running loop's :class:`ScriptPipeline` (made on first use)."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
             with self._lock:
                 client = self._clients.get(loop)
                 if client is None:
-                    client = self._clients[loop] = self._connect()
+                    # A closed loop's client is dropped: its connections went with the loop
+                    # (and the client, which holds the loop, would keep it alive).
+                    for gone in [known for known in self._clients if known.is_closed()]:
+                        del self._clients[gone]
+                    client = self._clients[loop] = ScriptPipeline(self._connect())
         return client
 
     async def aclose(self) -> None:
@@ -64,7 +70,7 @@ class LoopClients:
         with self._lock:
             client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            await client.client.aclose()
 
     def close(self) -> None:
         """Close every loop's client: on the loop itself where it still runs (scheduled, as
@@ -81,9 +87,122 @@ class LoopClients:
             except RuntimeError:
                 running = None
             if running is loop:
-                loop.create_task(client.aclose())
+                loop.create_task(client.client.aclose())
             else:
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(client.client.aclose(), loop)
+
+
+#: Script calls written together at most (about as many deliveries' messages as fit in a
+#: few hundred KB for one-subscriber events).
+PIPELINE_LIMIT = 64
+#: Replies handed to their callers before the pipeline lets the loop run them: each caller
+#: then prepares its next publish, so a larger share would hold the loop longer.
+REPLIES_PER_TURN = 8
+
+
+class ScriptPipeline:
+    """The script calls of one loop's concurrent callers, written together on one connection.
+
+    Each caller's call stays one ``EVALSHA`` (one event's script, atomic on its own); what is
+    shared is the write and the round trip: while one group is on the wire, the calls made
+    meanwhile wait, and go out together next. Each caller gets its own reply or error: a
+    refusal (``ResponseError``) is the caller's; a connection lost before a call's reply came
+    is :class:`~.client.ReplyLost` for that call and every later one of the group, whose
+    scripts may have run. A caller cancelled while it waits stops waiting; the pipeline still
+    reads its reply, so the connection never holds one unread.
+
+    >>> reply = await LoopClients(connect).pipeline().run(script, [], args)  # doctest: +SKIP
+    """
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]
+        self._pending = []
+        self._flushing = False
+
+    async def run(self, script: Script, keys: list[str], args: list[str | int | float]) -> Any:
+        """Run ``script`` with ``keys`` and ``args``; return its reply (or raise its error)."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((script, keys, args, reply))
+        if not self._flushing:
+            self._flushing = True
+            loop.create_task(self._flush())
+        return await reply
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                group = self._pending[:PIPELINE_LIMIT]
+                del self._pending[:PIPELINE_LIMIT]
+                try:
+                    await self._send(group)
+                except BaseException as exc:  # whatever stopped it, no caller waits forever
+                    for *_, reply in group:
+                        if not reply.done():
+                            reply.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._flushing = False
+
+    async def _send(
+        self, group: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]
+    ) -> None:
+        pool = self.client.connection_pool
+        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            while group:
+                group = await self._round(connection, group)
+        finally:
+            await pool.release(connection)
+
+    async def _round(
+        self,
+        connection: Any,
+        group: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]],
+    ) -> list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]:
+        """Write ``group`` and read its replies; return the calls to write again (Redis had
+        forgotten their script, now loaded)."""
+        try:
+            await connection.send_packed_command(
+                [_pack("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in group]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            await connection.disconnect()
+            for *_, reply in group:
+                if not reply.done():
+                    reply.set_exception(exc)
+            return []
+        again = []
+        for index, call in enumerate(group):
+            reply = call[3]
+            try:
+                result = await connection.read_response()
+            except NoScriptError:
+                again.append(call)
+            except redis.ResponseError as exc:
+                if not reply.done():
+                    reply.set_exception(exc)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                await connection.disconnect()
+                lost = ReplyLost(describe(exc))
+                for *_, waiting in group[index:]:
+                    if not waiting.done():
+                        waiting.set_exception(lost)
+                return []
+            else:
+                if not reply.done():
+                    reply.set_result(result)
+            if index % REPLIES_PER_TURN == REPLIES_PER_TURN - 1:
+                # Let the callers just answered run before reading more (the loop's lag).
+                await asyncio.sleep(0)
+        if again:
+            # A restarted or flushed Redis (or a promoted replica) forgets scripts.
+            script = again[0][0]
+            await connection.send_command("SCRIPT", "LOAD", script.script)
+            script.sha = (await connection.read_response()).decode()
+        return again
 
 
 async def run_script(

@@ -371,13 +371,18 @@ class RedisFanout:
     async def _arun(self, keys: list[str], args: list[str | int | float]) -> int:
         """:meth:`_run` on the running loop's asyncio client."""
         assert self._aio is not None
-        client = self._aio.current()
+        pipeline = self._aio.pipeline()
         attempts = _Attempts(self.timeout)
         wait = self._wait()
         while True:
             try:
-                acked = (await aio.run_script(client, self.script, keys, args, wait))[1]
-                return 0 if wait is None else int(acked)
+                if wait is None:
+                    # Concurrent publishes of the loop share writes and round trips.
+                    await pipeline.run(self.script, keys, args)
+                    return 0
+                # WAIT counts the writes of its own connection: one call, one connection.
+                reply = await aio.run_script(pipeline.client, self.script, keys, args, wait)
+                return int(reply[1])
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 await asyncio.sleep(attempts.unreachable(exc))
             except redis.RedisError as exc:
