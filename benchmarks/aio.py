@@ -83,9 +83,7 @@ def _concurrently(
 
 def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
     bus = EventBus(Celery("bench-aio", broker=url), service="bench-aio")
-    bus.registry.register(
-        "aio", [Subscription("bench.aio", "aio", "aio.handle", QUEUE)]
-    )
+    bus.registry.register("aio", [Subscription("bench.aio", "aio", "aio.handle", QUEUE)])
     events = 200 if smoke else 3000
     repeats = 1 if smoke else 7
     lags: dict[str, list[LoopLag]] = {}
@@ -175,12 +173,15 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         "×",
         ratios(results[labels["to_thread"]], results[labels["sequential"]]),
     )
-    worst = Series(
-        "apublish: loop lag max", "ms", [w.max_ms() for w in lags[labels["apublish"]]]
-    )
+    worst = Series("apublish: loop lag max", "ms", [w.max_ms() for w in lags[labels["apublish"]]])
     section.figures.append(threads)
     section.targets = [
         Target(speedup.name, speedup, "≥ 1.5×", speedup.median >= 1.5),
-        Target(worst.name, Series(worst.name, "ms", [max(worst.values)]), "≤ 5 ms", max(worst.values) <= 5),
+        Target(
+            worst.name,
+            Series(worst.name, "ms", [max(worst.values)]),
+            "≤ 5 ms",
+            max(worst.values) <= 5,
+        ),
     ]
     return [section]

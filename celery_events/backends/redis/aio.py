@@ -166,7 +166,10 @@ class ScriptPipeline:
         forgotten their script, now loaded)."""
         try:
             await connection.send_packed_command(
-                [_pack("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in group]
+                [
+                    _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args, _ in group
+                ]
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             await connection.disconnect()
