@@ -21,6 +21,10 @@ they would wait on I/O, which then runs in a worker thread (``asyncio.to_thread`
 - an event nobody subscribes to, the first of its name in this process: the catalog's write
   runs in a thread.
 
+On the loop, the preparing parts of concurrent publishes take turns (:class:`_Turns`): at
+most about 2 ms of them run before the loop gets to its other work (timers, I/O, other
+tasks), so that a burst of publishes (100 requests at once) never holds the loop for long.
+
 A caller cancelled while the send is under way stops waiting for it; on Redis the script ran
 whole or not at all, so the event is either sent to every subscriber or to none, as after a
 ``PublishError`` whose reply was lost (its ``on_published`` listeners are not told).
@@ -29,8 +33,12 @@ whole or not at all, so the event is either sent to every subscriber or to none,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import contextvars
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from ._publish import PreparedBatch, Publisher
 from .envelope import Event
@@ -39,24 +47,91 @@ from .results import PublishResult
 
 __all__ = ["apublish"]
 
+T = TypeVar("T")
+
+#: How long the preparing parts of publishes may hold the loop before it runs other work.
+TURN_SECONDS = 0.002
+
+
+class _Turns:
+    """The CPU parts of one event loop's publishes, run in order, a turn at a time.
+
+    Each runs in its caller's context (its contextvars: the handled event, a trace span).
+    Between turns the worker sleeps on a timer, not ``sleep(0)``: the loop's overdue timers
+    and ready tasks then come before the next turn.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[contextvars.Context, Callable[[], Any], asyncio.Future[Any]]] = (
+            deque()
+        )
+        self._working = False
+
+    async def run(self, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._queue.append((contextvars.copy_context(), work, done))
+        if not self._working:
+            self._working = True
+            loop.create_task(self._work())
+        return await done
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                ends = time.perf_counter() + TURN_SECONDS
+                while self._queue and time.perf_counter() < ends:
+                    context, work, done = self._queue.popleft()
+                    if done.done():  # its caller was cancelled
+                        continue
+                    try:
+                        result = context.run(work)
+                    except Exception as exc:
+                        done.set_exception(exc)
+                    else:
+                        done.set_result(result)
+                if self._queue:
+                    await asyncio.sleep(1e-6)
+        finally:
+            self._working = False
+
+
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
+
+
+def _loop_turns() -> _Turns:
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = _Turns()
+    return turns
+
 
 async def apublish(
     bus: Any,
-    items: Sequence[tuple[Event, str]],
+    make: Callable[[], Sequence[tuple[Event, str]]],
     require_subscribers: bool | None,
     *,
     name_index: bool,
 ) -> list[PublishResult]:
-    """Send validated events (``Publisher.make_event``/``make_many``) of the EventBus ``bus``
-    from the running loop; one result per event, in order."""
+    """Make the events of the EventBus ``bus`` (``make``: ``Publisher.make_event`` or
+    ``make_many``, which validate) and send them from the running loop; one result per
+    event, in order."""
     publisher: Publisher = bus._publisher
     blocking = publisher.chain.publishes_with_io
+
+    def prepare() -> PreparedBatch | None:
+        items = make()
+        if not items:
+            return None
+        return publisher.prepare_many(items, require_subscribers, name_index=name_index)
+
     if blocking or not bus.registry.is_fresh():
-        batch = await asyncio.to_thread(
-            publisher.prepare_many, items, require_subscribers, name_index=name_index
-        )
+        batch = await asyncio.to_thread(prepare)
     else:
-        batch = publisher.prepare_many(items, require_subscribers, name_index=name_index)
+        batch = await _loop_turns().run(prepare)
+    if batch is None:
+        return []
     failure: PartialPublishError | None = None
     if batch.outgoing:
         try:

@@ -676,10 +676,17 @@ class EventBus:
         >>> [d.handler for d in result.deliveries]                         # doctest: +SKIP
         ['orders.welcome_order', 'notifications.greet']
         """
-        item = self._publisher.make_event(
-            name, data, correlation_id, causation_id, extensions, subject, dataschema, version
-        )
-        results = await _apublish.apublish(self, [item], require_subscribers, name_index=False)
+        publisher = self._publisher
+
+        def make() -> list[tuple[Event, str]]:
+            return [
+                publisher.make_event(
+                    name, data, correlation_id, causation_id, extensions, subject, dataschema,
+                    version,
+                )
+            ]
+
+        results = await _apublish.apublish(self, make, require_subscribers, name_index=False)
         return results[0]
 
     async def apublish_many(
@@ -697,10 +704,10 @@ class EventBus:
         ...     ("order.placed", {"order_id": 1}), ("order.placed", {"order_id": 2}),
         ... ])
         """
-        items = self._publisher.make_many(events)
-        if not items:
-            return []
-        return await _apublish.apublish(self, items, require_subscribers, name_index=True)
+        publisher = self._publisher
+        return await _apublish.apublish(
+            self, lambda: publisher.make_many(events), require_subscribers, name_index=True
+        )
 
     async def aclose(self) -> None:
         """Close the running event loop's connections (those :meth:`apublish` opened on it),
