@@ -277,3 +277,21 @@ def test_a_cancelled_apublish_leaves_the_loops_connection_usable(
     queued = redis_client.llen("events.orders")
     # Every cancelled publish was sent whole or not at all, as after a lost reply
     assert 5 + 15 <= queued <= 5 + 30
+
+
+def test_a_redis_that_forgot_the_script_gets_it_again(
+    registered: None, publisher: EventBus, redis_client: redis.Redis
+) -> None:
+    # Given a loop that already published, and then Redis forgets its scripts (a restart)
+    async def main() -> list[int]:
+        await publisher.apublish("user.registered", {"n": 0})
+        redis_client.script_flush()
+        # When concurrent publishes meet NOSCRIPT together
+        results = await asyncio.gather(
+            *(publisher.apublish("user.registered", {"n": i}) for i in range(1, 11))
+        )
+        return [len(r.deliveries) for r in results]
+
+    # Then the script is loaded again and every one of them is sent, once
+    assert asyncio.run(main()) == [1] * 10
+    assert redis_client.llen("events.orders") == 11

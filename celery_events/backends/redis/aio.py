@@ -92,12 +92,16 @@ class LoopClients:
                 asyncio.run_coroutine_threadsafe(client.client.aclose(), loop)
 
 
+#: One caller's script call: the script, its encoded EVALSHA, its keys and arguments, and
+#: the future its reply goes to.
+_Call = tuple[Script, bytes, list[str], list[str | int | float], "asyncio.Future[Any]"]
+
 #: Script calls written together at most (about as many deliveries' messages as fit in a
 #: few hundred KB for one-subscriber events).
 PIPELINE_LIMIT = 64
 #: Replies handed to their callers before the pipeline lets the loop run them: each caller
 #: then prepares its next publish, so a larger share would hold the loop longer.
-REPLIES_PER_TURN = 8
+REPLIES_PER_TURN = 4
 
 
 class ScriptPipeline:
@@ -116,7 +120,7 @@ class ScriptPipeline:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self._pending: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]
+        self._pending: list[_Call]
         self._pending = []
         self._flushing = False
 
@@ -124,7 +128,10 @@ class ScriptPipeline:
         """Run ``script`` with ``keys`` and ``args``; return its reply (or raise its error)."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((script, keys, args, reply))
+        # Encoded here, by each caller: the pipeline only joins what they encoded, so that
+        # writing a group never holds the loop for long.
+        command = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        self._pending.append((script, command, keys, args, reply))
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush())
@@ -146,9 +153,7 @@ class ScriptPipeline:
         finally:
             self._flushing = False
 
-    async def _send(
-        self, group: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, group: list[_Call]) -> None:
         pool = self.client.connection_pool
         connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -160,15 +165,17 @@ class ScriptPipeline:
     async def _round(
         self,
         connection: Any,
-        group: list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]],
-    ) -> list[tuple[Script, list[str], list[str | int | float], asyncio.Future[Any]]]:
+        group: list[_Call],
+    ) -> list[_Call]:
         """Write ``group`` and read its replies; return the calls to write again (Redis had
         forgotten their script, now loaded)."""
         try:
             await connection.send_packed_command(
                 [
-                    _pack("EVALSHA", script.sha, len(keys), *keys, *args)
-                    for script, keys, args, _ in group
+                    # A call written again after SCRIPT LOAD: the sha it was encoded with
+                    # is the same (a script's sha is the hash of its text).
+                    command
+                    for _, command, *_ in group
                 ]
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -179,7 +186,7 @@ class ScriptPipeline:
             return []
         again = []
         for index, call in enumerate(group):
-            reply = call[3]
+            reply = call[4]
             try:
                 result = await connection.read_response()
             except NoScriptError:
