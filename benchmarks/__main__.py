@@ -10,6 +10,7 @@
     python -m benchmarks --only signing-publish,signing-throughput   # signed events (2 min)
     python -m benchmarks --only contracts-publish   # publish with a declared schema (1 min)
     python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
+    python -m benchmarks --only publish-many,relay   # publish_many; the outbox relay on PostgreSQL
     python -m benchmarks --only apublish    # asyncio: apublish from 100 tasks, loop lag (1 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
@@ -41,6 +42,7 @@ from tests.harness import rabbitmq_server_binary
 from . import (
     aio,
     baseline,
+    batch,
     contracts,
     matching,
     memory,
@@ -66,6 +68,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "signing-throughput": signing.throughput,
     "contracts-publish": contracts.publish,
     "observability-publish": observability.publish,
+    "publish-many": batch.publish_many,
+    "relay": batch.relay,
     "apublish": aio.run,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
@@ -85,7 +89,7 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
     "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "apublish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "publish-many", "relay", "apublish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

@@ -41,11 +41,16 @@ class KombuTransport:
         self.name = name
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
+        with self.app.producer_or_acquire() as producer:
+            self._send_through(producer, messages)
+
+    def _send_through(self, producer: Any, messages: Sequence[TaskMessage]) -> None:
+        """Send ``messages`` through ``producer`` (Celery's), in one kombu publish batch."""
         send = self.app.amqp.send_task_message
         policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
         sent_events = bool(self.app.conf.task_send_sent_event)
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(self.BATCH_SIZE):
+            with producer.batch(self.BATCH_SIZE):
                 for message in messages:
                     sent_event = message.sent_event() if sent_events else None
                     send(

@@ -21,16 +21,20 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PublishError, describe
 from .base import Backend, Capabilities, Claim, QueueReader, ServiceBus, StateStore
 from .kombu import KombuTransport
 
+if TYPE_CHECKING:
+    from .base import Outgoing
+
 __all__ = ["CAPABILITIES", "MemoryTransport", "MemoryState", "MemoryRegistry", "reset", "open_backend"]
 
-CAPABILITIES = Capabilities()
+#: ``publish_many`` is all or nothing (``MemoryTransport.send_many``); nothing survives a crash.
+CAPABILITIES = Capabilities(atomic_batches=True)
 
 #: The token of this process's leases; in one process every holder is alive.
 _PROCESS = uuid.uuid4().hex
@@ -84,10 +88,38 @@ def reset() -> None:
 
 
 class MemoryTransport(KombuTransport):
-    """Celery's producer on kombu's in-memory transport (deliveries sent one by one)."""
+    """Celery's producer on kombu's in-memory transport (deliveries sent one by one).
+
+    ``send_many`` is all or nothing: every message of every event goes through Celery's
+    producer as ``send`` sends it, but into a list, and only once all of them went through
+    are they put on their queues (which cannot fail), so a message the producer refuses
+    leaves no queue holding any of the call's. (Celery's ``before``/``after_task_publish``
+    signals of the messages before it have fired by then.)
+    """
 
     def __init__(self, app: Any, timeout: float) -> None:
         super().__init__(app, timeout, "memory")
+
+    def send_many(self, batches: Sequence[Outgoing]) -> None:
+        messages = [message for batch, _ in batches for message in batch]
+        if not messages:
+            return
+        staged: list[tuple[str, Any]] = []
+        with self.app.producer_or_acquire() as producer:
+            channel = producer.channel
+            # The producer is ours inside the block: its channel stages what it is given.
+            channel._put = lambda queue, message, **kwargs: staged.append((queue, message))
+            try:
+                self._send_through(producer, messages)
+            except PublishError as exc:
+                raise PublishError(
+                    f"The broker did not take the events: {describe(exc.__cause__ or exc)}."
+                    " None of this publish_many's deliveries was sent."
+                ) from exc
+            finally:
+                del channel._put
+            for queue, message in staged:
+                channel._put(queue, message)
 
     def queue_reader(self, timeout: float) -> QueueReader:
         raise ConfigurationError(

@@ -16,9 +16,10 @@ from django.db import connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from celery_events import PublishError
+from celery_events import PartialPublishError, PublishError
 from celery_events.contrib.django.models import InboxEntry, OutboxEvent
 from celery_events.contrib.django.outbox import OutboxRelay, cleanup
+from celery_events.registry import Subscription
 
 from ..harness import ROOT, RedisServer, wait_until
 from .conftest import BOTH
@@ -152,6 +153,55 @@ def test_a_row_that_can_never_be_sent_is_marked_failed_and_skipped(
     bad = OutboxEvent.objects.using("pg").get(event_id=too_big.id)
     assert bad.failed_at is not None and bad.sent_at is None and "max_event_size" in bad.last_error
     assert OutboxRelay(bus).relay_once() == 0
+
+
+def test_the_relay_marks_sent_exactly_the_rows_whose_events_the_broker_took(
+    bus, redis_client: redis.Redis
+) -> None:
+    # Given a second service subscribed to crate events, whose queue key holds a string
+    bus.registry.register(
+        "packer", [Subscription("crate.packed", "packer", "packer.pack", "events.packer")]
+    )
+    bus.registry.refresh()
+    redis_client.set("events.packer", "not a queue")
+    # and an order event stored before a crate event
+    with transaction.atomic(using="pg"):
+        order = bus.publish("order.placed", {"order_id": 1})
+        bus.publish("crate.packed", {"crate": 1})
+    relay = OutboxRelay(bus)
+
+    # When the relay sends them in one batch, and the broker refuses the crate event
+    with pytest.raises(PublishError) as raised:
+        relay.relay_once()
+
+    # Then with atomic batches neither row is sent and nothing is queued; without, the
+    # order's row is marked sent, as its event was, and the crate's waits
+    first, second = outbox()
+    assert second.sent_at is None
+    if bus.backend.capabilities.atomic_batches:
+        assert not isinstance(raised.value, PartialPublishError)
+        assert first.sent_at is None and queued_counts(redis_client, QUEUE) == {}
+    else:
+        assert isinstance(raised.value, PartialPublishError) and raised.value.sent == 1
+        assert first.sent_at is not None and second.attempts == 1
+        assert queued_counts(redis_client, QUEUE) == {order.event.id: 2}
+    # And once the queue is mended, the rest is sent, none twice
+    redis_client.delete("events.packer")
+    assert relay.drain() == (2 if bus.backend.capabilities.atomic_batches else 1)
+    assert queued_counts(redis_client, QUEUE) == {order.event.id: 2}
+    assert redis_client.llen("events.packer") == 1
+
+
+def test_the_relay_sends_a_batch_larger_than_one_publish_many(bus, redis_client: redis.Redis) -> None:
+    # Given 250 events committed with their orders
+    with transaction.atomic(using="pg"):
+        ids = [bus.publish("order.placed", {"order_id": i}).event.id for i in range(250)]
+    # When a relay of batches of 100 drains the outbox
+    relay = OutboxRelay(bus, batch_size=100)
+    # Then it sends them in three batches, each event once, every row marked sent
+    assert [relay.relay_once() for _ in range(4)] == [100, 100, 50, 0]
+    assert queued_counts(redis_client, QUEUE) == Counter({i: 2 for i in ids})
+    assert all(row.sent_at is not None for row in outbox())
 
 
 def test_cleanup_deletes_old_sent_rows_and_old_inbox_rows_only(bus) -> None:

@@ -41,6 +41,23 @@ def test_inside_a_transaction_the_event_is_sent_after_the_commit(
     assert all(e == result.event.to_envelope() for e in envelopes)
 
 
+def test_a_publish_many_inside_a_transaction_is_sent_after_the_commit(
+    bus, redis_client: redis.Redis
+) -> None:
+    # Given a transaction that publishes a batch
+    with transaction.atomic():
+        Order.objects.create(reference="A-9")
+        results = bus.publish_many([("order.placed", {"order_id": i}) for i in range(3)])
+        # Then nothing is sent before the commit, and each result says so
+        assert [r.deferred for r in results] == [True] * 3
+        assert redis_client.llen(QUEUE) == 0
+    # When it commits, each event is sent to both handlers, as publish sends it
+    assert queued_counts(redis_client, QUEUE) == {r.event.id: 2 for r in results}
+    # and outside a transaction the batch goes at once
+    now = bus.publish_many([("order.placed", {"order_id": 9})])
+    assert now[0].deferred is False and len(now[0].deliveries) == 2
+
+
 def test_after_a_rollback_nothing_is_sent(bus, redis_client: redis.Redis) -> None:
     with pytest.raises(RuntimeError):
         with transaction.atomic():

@@ -53,7 +53,9 @@ def test_each_backend_declares_what_it_guarantees() -> None:
     # Sentinel is the Redis backend on the primary its sentinels name.
     assert capabilities_of("sentinel") == redis
     assert amqp.queue_status
-    assert capabilities_of("memory") == Capabilities()
+    # In one process: nothing survives it, but a publish_many is all or nothing.
+    assert capabilities_of("memory") == Capabilities(atomic_batches=True)
+    assert not amqp.atomic_batches  # no transaction across messages
     assert set(redis.to_json()) == set(Capabilities.names())
 
 

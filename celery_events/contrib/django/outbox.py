@@ -35,7 +35,7 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from ...bus import EventBus
-from ...errors import CeleryEventsError, PublishError
+from ...errors import CeleryEventsError, PartialPublishError, PublishError
 from .conf import read_config
 from .middleware import relaying
 
@@ -75,8 +75,12 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Send one batch of unsent rows, oldest first, and mark them sent; return how many.
 
-        Raises :class:`PublishError` when the broker does not take an event; the rows sent
-        before it are marked sent, the others stay unsent.
+        The batch goes out in one ``bus.publish_many`` (one round trip to the broker), and
+        its rows are marked sent in the transaction that locked them, once it is sent. Raises
+        :class:`PublishError` when the broker does not take the batch: on a backend without
+        ``atomic_batches`` the rows of the events it did send are marked sent (a
+        :class:`~celery_events.PartialPublishError` says how many), the others stay unsent.
+        A row that can never be sent is marked failed, and the others are sent.
         """
         from .models import OutboxEvent
 
@@ -88,39 +92,75 @@ class OutboxRelay:
                 .filter(sent_at__isnull=True, failed_at__isnull=True)
                 .order_by("id")[: self.batch_size]
             )
-            sent_ids = []
+            sendable = []
+            events = []
             for row in rows:
                 try:
-                    with relaying():
-                        self.bus.publish_event(row.to_event(), require_subscribers=False)
+                    events.append(row.to_event())
                 except CeleryEventsError as exc:
-                    row.attempts += 1
-                    row.last_error = str(exc)
-                    if isinstance(exc, PublishError):
-                        # The broker is down: the rest of the batch would fail the same way.
-                        row.save(using=self.using, update_fields=["attempts", "last_error"])
-                        failure = exc
-                        break
-                    log.error(
-                        "celery-events: outbox event %s can never be sent and is marked"
-                        " failed: %s",
-                        row.event_id,
-                        exc,
-                    )
-                    row.failed_at = timezone.now()
-                    row.save(
-                        using=self.using, update_fields=["attempts", "last_error", "failed_at"]
-                    )
+                    self._failed(row, exc)
                     continue
-                sent_ids.append(row.pk)
-            if sent_ids:
-                OutboxEvent.objects.using(self.using).filter(pk__in=sent_ids).update(
-                    sent_at=timezone.now()
-                )
-        self.sent += len(sent_ids)
+                sendable.append(row)
+            try:
+                with relaying():
+                    self.bus.publish_many(events, require_subscribers=False)
+                sent_rows = sendable
+            except PartialPublishError as exc:
+                sent_rows = sendable[: exc.sent]
+                self._not_sent(sendable[exc.sent], exc)
+                failure = exc
+            except PublishError as exc:
+                sent_rows = []
+                if sendable:
+                    self._not_sent(sendable[0], exc)
+                failure = exc
+            except CeleryEventsError:
+                # A row whose event publish refuses (its data breaks a setting changed since
+                # it was written): one at a time, the others go and it is marked failed.
+                sent_rows, failure = self._one_by_one(sendable)
+            if sent_rows:
+                OutboxEvent.objects.using(self.using).filter(
+                    pk__in=[row.pk for row in sent_rows]
+                ).update(sent_at=timezone.now())
+        self.sent += len(sent_rows)
         if failure is not None:
             raise failure
-        return len(sent_ids)
+        return len(sent_rows)
+
+    def _one_by_one(self, rows: list[Any]) -> tuple[list[Any], PublishError | None]:
+        """Send ``rows`` one ``publish_event`` each, marking failed those that can never be
+        sent; stop at the first the broker does not take. Returns the rows sent, and that
+        broker error."""
+        sent: list[Any] = []
+        for row in rows:
+            try:
+                with relaying():
+                    self.bus.publish_event(row.to_event(), require_subscribers=False)
+            except PublishError as exc:
+                # The broker is down: the rest of the batch would fail the same way.
+                self._not_sent(row, exc)
+                return sent, exc
+            except CeleryEventsError as exc:
+                self._failed(row, exc)
+                continue
+            sent.append(row)
+        return sent, None
+
+    def _not_sent(self, row: Any, exc: PublishError) -> None:
+        row.attempts += 1
+        row.last_error = str(exc)
+        row.save(using=self.using, update_fields=["attempts", "last_error"])
+
+    def _failed(self, row: Any, exc: CeleryEventsError) -> None:
+        log.error(
+            "celery-events: outbox event %s can never be sent and is marked failed: %s",
+            row.event_id,
+            exc,
+        )
+        row.attempts += 1
+        row.last_error = str(exc)
+        row.failed_at = timezone.now()
+        row.save(using=self.using, update_fields=["attempts", "last_error", "failed_at"])
 
     def drain(self) -> int:
         """Send batches until no unsent row is left for this relay; return how many."""
