@@ -86,14 +86,22 @@ class _Turns:
                         continue
                     try:
                         result = context.run(work)
-                    except Exception as exc:
+                    except BaseException as exc:
                         done.set_exception(exc)
+                        if not isinstance(exc, Exception):
+                            raise
                     else:
                         done.set_result(result)
                 if self._queue:
                     await asyncio.sleep(1e-6)
         finally:
             self._working = False
+            if self._queue:
+                # Stopped by what no caller should swallow (KeyboardInterrupt): the others
+                # waiting are served by a new worker rather than left waiting.
+                loop = asyncio.get_running_loop()
+                loop.create_task(self._work())
+                self._working = True
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()

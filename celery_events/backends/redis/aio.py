@@ -170,6 +170,15 @@ class ScriptPipeline:
         """Write ``group`` and read its replies; return the calls to write again (Redis had
         forgotten their script, now loaded)."""
         try:
+            # Connected first: a Redis that cannot be reached has been sent nothing.
+            await connection.connect()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            await connection.disconnect()
+            for *_, reply in group:
+                if not reply.done():
+                    reply.set_exception(exc)
+            return []
+        try:
             await connection.send_packed_command(
                 [
                     # A call written again after SCRIPT LOAD: the sha it was encoded with
@@ -180,9 +189,12 @@ class ScriptPipeline:
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             await connection.disconnect()
+            # A write that failed part way may have carried whole commands before it (one
+            # call alone never runs unless all of it arrived): their scripts may have run.
+            error = exc if len(group) == 1 else ReplyLost(describe(exc))
             for *_, reply in group:
                 if not reply.done():
-                    reply.set_exception(exc)
+                    reply.set_exception(error)
             return []
         again = []
         for index, call in enumerate(group):
