@@ -66,6 +66,8 @@ class _Turns:
             deque()
         )
         self._working = False
+        # The running worker (the loop keeps only a weak reference to a task).
+        self._worker: asyncio.Task[None] | None = None
 
     async def run(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -73,7 +75,7 @@ class _Turns:
         self._queue.append((contextvars.copy_context(), work, done))
         if not self._working:
             self._working = True
-            loop.create_task(self._work())
+            self._worker = loop.create_task(self._work())
         return await done
 
     async def _work(self) -> None:
@@ -99,8 +101,7 @@ class _Turns:
             if self._queue:
                 # Stopped by what no caller should swallow (KeyboardInterrupt): the others
                 # waiting are served by a new worker rather than left waiting.
-                loop = asyncio.get_running_loop()
-                loop.create_task(self._work())
+                self._worker = asyncio.get_running_loop().create_task(self._work())
                 self._working = True
 
 
