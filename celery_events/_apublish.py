@@ -56,7 +56,9 @@ TURN_SECONDS = 0.001
 class _Turns:
     """The CPU parts of one event loop's publishes, run in order, a turn at a time.
 
-    Each runs in its caller's context (its contextvars: the handled event, a trace span).
+    Each runs in its caller's context (its contextvars: the handled event, a trace span):
+    at once while the loop's current pass has had less than a turn of them and nobody waits,
+    else through a worker task.
     Between turns the worker sleeps on a timer, not ``sleep(0)``: the loop's overdue timers
     and ready tasks then come before the next turn.
     """
@@ -68,9 +70,28 @@ class _Turns:
         self._working = False
         # The running worker (the loop keeps only a weak reference to a task).
         self._worker: asyncio.Task[None] | None = None
+        # Seconds of work run at once (not through the worker) since the loop's last pass
+        # began, and whether a callback that zeroes it at the next pass is scheduled.
+        self._spent = 0.0
+        self._counting = False
+
+    def _new_pass(self) -> None:
+        self._spent = 0.0
+        self._counting = False
 
     async def run(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+        if not self._working and self._spent < TURN_SECONDS:
+            # Nobody waits, and this pass of the loop has had less than a turn of publish
+            # work: run it now, without a hop through the worker (a lone publisher's case).
+            if not self._counting:
+                self._counting = True
+                loop.call_soon(self._new_pass)
+            started = time.perf_counter()
+            try:
+                return work()
+            finally:
+                self._spent += time.perf_counter() - started
         done: asyncio.Future[T] = loop.create_future()
         self._queue.append((contextvars.copy_context(), work, done))
         if not self._working:

@@ -24,7 +24,7 @@ from celery_events import (
 )
 from celery_events.registry import Subscription
 
-from ..harness import free_port, wait_until
+from ..harness import RedisServer, free_port, wait_until
 from .conftest import effect_counts
 
 ORDERS = "tests.services.orders"
@@ -295,3 +295,21 @@ def test_a_redis_that_forgot_the_script_gets_it_again(
     # Then the script is loaded again and every one of them is sent, once
     assert asyncio.run(main()) == [1] * 10
     assert redis_client.llen("events.orders") == 11
+
+
+def test_a_loop_publishes_on_after_redis_restarts(
+    registered: None, publisher: EventBus, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    # Given a loop whose connection is open, when Redis restarts (it forgets its scripts and
+    # drops every connection) between two publishes
+    async def main() -> list[int]:
+        before = await publisher.apublish("user.registered", {"n": 1})
+        await asyncio.to_thread(redis_server.restart)
+        after = await asyncio.gather(
+            *(publisher.apublish("user.registered", {"n": i}) for i in range(2, 6))
+        )
+        return [len(r.deliveries) for r in (before, *after)]
+
+    # Then the next publishes reconnect, load the script again and are sent, once each
+    assert asyncio.run(main()) == [1] * 5
+    assert redis_client.llen("events.orders") == 5

@@ -124,6 +124,7 @@ class ScriptPipeline:
         self._pending: list[_Call]
         self._pending = []
         self._flushing = False
+        self._connection: Any = None
         # The running flush (the loop keeps only a weak reference to a task).
         self._flusher: asyncio.Task[None] | None = None
 
@@ -157,13 +158,14 @@ class ScriptPipeline:
             self._flushing = False
 
     async def _send(self, group: list[_Call]) -> None:
-        pool = self.client.connection_pool
-        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            while group:
-                group = await self._round(connection, group)
-        finally:
-            await pool.release(connection)
+        # The pipeline keeps one connection of the pool for itself (only one flush runs at a
+        # time): no pool round per group. The client's aclose disconnects it with the pool's.
+        connection = self._connection
+        if connection is None:
+            pool = self.client.connection_pool
+            connection = self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        while group:
+            group = await self._round(connection, group)
 
     async def _round(
         self,
