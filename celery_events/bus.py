@@ -679,12 +679,10 @@ class EventBus:
         publisher = self._publisher
 
         def make() -> list[tuple[Event, str]]:
-            return [
-                publisher.make_event(
-                    name, data, correlation_id, causation_id, extensions, subject, dataschema,
-                    version,
-                )
-            ]
+            made = publisher.make_event(
+                name, data, correlation_id, causation_id, extensions, subject, dataschema, version
+            )
+            return [made]
 
         results = await _apublish.apublish(self, make, require_subscribers, name_index=False)
         return results[0]
