@@ -22,7 +22,7 @@ they would wait on I/O, which then runs in a worker thread (``asyncio.to_thread`
   runs in a thread.
 
 On the loop, the preparing parts of concurrent publishes take turns (:class:`_Turns`): at
-most about 1 ms of them run before the loop gets to its other work (timers, I/O, other
+most about 0.5 ms of them run before the loop gets to its other work (timers, I/O, other
 tasks), so that a burst of publishes (100 requests at once) never holds the loop for long.
 
 A caller cancelled while the send is under way stops waiting for it; on Redis the script ran
@@ -50,7 +50,7 @@ __all__ = ["apublish"]
 T = TypeVar("T")
 
 #: How long the preparing parts of publishes may hold the loop before it runs other work.
-TURN_SECONDS = 0.001
+TURN_SECONDS = 0.0005
 
 
 class _Turns:
