@@ -12,6 +12,7 @@
     python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
     python -m benchmarks --only publish-many,relay   # publish_many; the outbox relay on PostgreSQL
     python -m benchmarks --only fanout      # Redis's time and bytes per fan-out, old and new (1 min)
+    python -m benchmarks --only apublish    # asyncio: apublish from 100 tasks, loop lag (1 min)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -40,6 +41,7 @@ import redis
 from tests.harness import rabbitmq_server_binary
 
 from . import (
+    aio,
     baseline,
     batch,
     contracts,
@@ -71,6 +73,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "publish-many": batch.publish_many,
     "relay": batch.relay,
     "fanout": fanout.run,
+    "apublish": aio.run,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
 AGAINST_BASELINE: dict[str, Callable[[baseline.Checkout, str, redis.Redis, bool], list[Section]]] = {
@@ -90,7 +93,7 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 ORDER = [
     "publish", "baseline-publish", "fanout", "matching", "memory", "throughput", "baseline-throughput",
     "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish",
-    "publish-many", "relay", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "publish-many", "relay", "apublish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from . import _buses, _worker, observability, trust
+from . import _apublish, _buses, _worker, observability, trust
 from ._delivery import (
     Handler,
     HandlerFunc,
@@ -641,6 +641,80 @@ class EventBus:
         else:
             self._published_names.add(name)
 
+    # -- publishing from asyncio -------------------------------------------------------------
+
+    async def apublish(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        require_subscribers: bool | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+        subject: str | None = None,
+        dataschema: str | None = None,
+        version: int | None = None,
+    ) -> PublishResult:
+        """:meth:`publish` for asyncio code (FastAPI, aiohttp, any coroutine): the same
+        arguments, validation, middleware, result, errors (raised from the ``await``) and
+        guarantees, without blocking the event loop.
+
+        On Redis the deliveries go out through a ``redis.asyncio`` client of the running
+        loop (one per loop, made from the broker URL and options of the blocking client, and
+        closed by :meth:`aclose` or :meth:`close`); other brokers' drivers have no asyncio
+        API, so their blocking send runs in a worker thread. Validation, middleware and
+        matching run on the loop (microseconds), or in a worker thread when they would wait
+        on I/O: a registry view due for reloading, or a middleware that declares
+        ``publishes_with_io`` (trace records, Django's transactions). A coroutine is never
+        inside a Django transaction, so publish-on-commit sends at once and the outbox writes
+        its row in its own transaction; to tie an event to a transaction, call
+        :meth:`publish` in the synchronous function that runs it. A caller cancelled during
+        the send may or may not have sent the event (on Redis: to every subscriber or none).
+
+        >>> result = await bus.apublish("user.registered", {"user_id": 7})  # doctest: +SKIP
+        >>> [d.handler for d in result.deliveries]                         # doctest: +SKIP
+        ['orders.welcome_order', 'notifications.greet']
+        """
+        publisher = self._publisher
+
+        def make() -> list[tuple[Event, str]]:
+            made = publisher.make_event(
+                name, data, correlation_id, causation_id, extensions, subject, dataschema, version
+            )
+            return [made]
+
+        results = await _apublish.apublish(self, make, require_subscribers, name_index=False)
+        return results[0]
+
+    async def apublish_many(
+        self,
+        events: Iterable[Event | tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
+        *,
+        require_subscribers: bool | None = None,
+    ) -> list[PublishResult]:
+        """:meth:`publish_many` for asyncio code: the same items (``(name, data)`` pairs,
+        mappings of :meth:`publish`'s arguments, or :class:`Event` objects sent as they
+        are), validation, errors and all-or-nothing promise, sent without blocking the event
+        loop as :meth:`apublish` sends.
+
+        >>> results = await bus.apublish_many([                       # doctest: +SKIP
+        ...     ("order.placed", {"order_id": 1}), ("order.placed", {"order_id": 2}),
+        ... ])
+        """
+        publisher = self._publisher
+        return await _apublish.apublish(
+            self, lambda: publisher.make_many(events), require_subscribers, name_index=True
+        )
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections (those :meth:`apublish` opened on it),
+        then everything :meth:`close` closes. Call it from the loop the bus published on,
+        when it stops (a FastAPI lifespan's end)."""
+        if self._backend is not None:
+            await self._backend.transport.aclose()
+        self.close()
+
     # -- the backend ------------------------------------------------------------------------
 
     @property
@@ -819,7 +893,8 @@ class EventBus:
         return result.deliveries[0].task_id
 
     def close(self) -> None:
-        """Stop the registry's background check and close the backend's connections."""
+        """Stop the registry's background check and close the backend's connections (those
+        of :meth:`apublish` too: closed on their own loops where those still run)."""
         if self._registry is not None:
             self._registry.close()
         if self._backend is not None:

@@ -385,6 +385,14 @@ class Registry:
         ``registry_max_staleness`` seconds old."""
         return self._fresh_view().matcher.match(name)
 
+    def is_fresh(self) -> bool:
+        """Whether :meth:`match` answers from the cached view, without reading the store: a
+        view was loaded and checked at most ``registry_max_staleness`` seconds ago.
+        ``bus.apublish`` asks, and matches in a worker thread when it is not."""
+        return self._view is not None and (
+            time.monotonic() - self._checked_at <= self._max_staleness
+        )
+
     def _fresh_view(self) -> _View:
         self._ensure_watcher()
         view = self._view

@@ -61,6 +61,8 @@ class Demo:
     redis_url: str
     users_url: str
     orders_url: str
+    #: The users service's FastAPI signup API (users/api.py, published with apublish).
+    signups_url: str
     flower: Flower
     operator: Operator
     #: service -> the /metrics URL its worker serves (observability_config.py)
@@ -142,6 +144,15 @@ def service_specs(demo: Demo, ports: dict[str, int]) -> list[Spec]:
             lambda: http.answers(f"{demo.users_url}/health"),
         ),
         Spec(
+            "users-api",
+            f"FastAPI {demo.signups_url}/signups (apublish)",
+            python(
+                "-m", "uvicorn", "users.api:app", "--host", "127.0.0.1",
+                "--port", str(ports["users-api"]), "--no-access-log",
+            ),
+            lambda: http.answers(f"{demo.signups_url}/health"),
+        ),
+        Spec(
             "orders-web",
             f"Django {demo.orders_url}/orders/",
             python(
@@ -176,7 +187,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
     # Each service's own Ed25519 key, and every service's public key (trust_config.py).
     keys = ensure_keys(data / "keys")
     binary, where = find_redis_server(redis_choice)
-    names = ["redis", "users-web", "orders-web", "flower", *(f"{s}-metrics" for s in APPS)]
+    names = ["redis", "users-web", "users-api", "orders-web", "flower", *(f"{s}-metrics" for s in APPS)]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     supervisor.env.update(
@@ -194,6 +205,7 @@ def start(supervisor: Supervisor, work: Path, redis_choice: str, progress: Progr
         redis_url,
         users_url=f"http://127.0.0.1:{ports['users-web']}",
         orders_url=f"http://127.0.0.1:{ports['orders-web']}",
+        signups_url=f"http://127.0.0.1:{ports['users-api']}",
         flower=Flower(
             f"http://127.0.0.1:{ports['flower']}",
             ("demo", secrets.token_urlsafe(9)),
@@ -288,6 +300,7 @@ def print_addresses(demo: Demo) -> None:
     print(f"Metrics     {'   '.join(f'{s} {url}' for s, url in demo.metrics_urls.items())}")
     print(f"Spans       {demo.work / 'data' / 'spans'}/{{service}}-{{pid}}.jsonl (one per process)")
     print(f"Users API   {demo.users_url}/users")
+    print(f"Signups API {demo.signups_url}/signups   (FastAPI, await bus.apublish)")
     print(f"Orders API  {demo.orders_url}/orders/")
     print(f"Redis       {demo.redis_url}")
     print(f"Logs        {demo.work / 'logs'}")
@@ -365,7 +378,7 @@ def play(demo: Demo, once: bool) -> bool:
     print()
     scenario = Scenario(
         demo.users_url, demo.orders_url, demo.work / "data", demo.flower, demo.operator,
-        redis_url=demo.redis_url, metrics_urls=demo.metrics_urls,
+        redis_url=demo.redis_url, metrics_urls=demo.metrics_urls, signups_url=demo.signups_url,
     )
     scenario.run()
     print_summary(demo, scenario)

@@ -62,6 +62,7 @@ __all__ = [
     "Transport",
     "check_required",
     "lease_value",
+    "send_in_thread",
     "with_state",
 ]
 
@@ -185,6 +186,20 @@ class Transport(Protocol):
         """
         ...
 
+    async def asend_many(self, batches: Sequence[Outgoing]) -> None:
+        """:meth:`send_many` for an asyncio caller (``bus.apublish``), with the same
+        guarantees and errors, never blocking the event loop on I/O.
+
+        Redis sends natively (``redis.asyncio``); a transport whose driver has no asyncio API
+        (kombu, py-amqp) runs :meth:`send_many` in a worker thread (:func:`send_in_thread`).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close what :meth:`asend_many` opened on the running event loop (:meth:`close`
+        closes the rest)."""
+        ...
+
     def prepare_worker(self, bus: ServiceBus) -> None:
         """Adjust the app's configuration before its worker is built (``celeryd_init``).
 
@@ -223,6 +238,19 @@ def send_each(transport: Transport, batches: Sequence[Outgoing]) -> None:
                 " sent before it failed, and stay sent; publish the others again.",
                 sent=done,
             ) from exc
+
+
+async def send_in_thread(transport: Transport, batches: Sequence[Outgoing]) -> None:
+    """:meth:`Transport.asend_many` for a transport whose driver has no asyncio API: its
+    blocking :meth:`~Transport.send_many` in a worker thread of the loop's default executor,
+    so the loop keeps running while the broker answers.
+
+    A caller cancelled while it waits stops waiting, not the send: the thread carries on, and
+    the deliveries may be sent all the same (as after a lost reply).
+    """
+    import asyncio
+
+    await asyncio.to_thread(transport.send_many, batches)
 
 
 class Topology(Protocol):

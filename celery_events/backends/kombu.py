@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._messages import TaskMessage
 from ..errors import ConfigurationError, PublishError, describe
-from .base import QueueReader, ServiceBus, send_each
+from .base import QueueReader, ServiceBus, send_each, send_in_thread
 
 if TYPE_CHECKING:
     from .base import Outgoing
@@ -74,6 +74,13 @@ class KombuTransport:
     def send_many(self, batches: Sequence[Outgoing]) -> None:
         # Not atomic across events: each is sent as publish sends it (see send_each).
         send_each(self, batches)
+
+    async def asend_many(self, batches: Sequence[Outgoing]) -> None:
+        # kombu has no asyncio API (py-amqp neither): the blocking send, in a thread.
+        await send_in_thread(self, batches)
+
+    async def aclose(self) -> None:
+        """Nothing is opened per event loop."""
 
     def prepare_worker(self, bus: ServiceBus) -> None:
         """Nothing to adjust."""

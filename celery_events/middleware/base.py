@@ -278,6 +278,11 @@ class Middleware:
     #: transaction with an inbox row (Django's). A worker whose bus has atomic handlers and no
     #: such middleware refuses to start.
     transactional: ClassVar[bool] = False
+    #: True for a middleware whose ``publish`` scope or ``on_published`` notification does
+    #: blocking I/O (a database row, a Redis write): ``bus.apublish`` then runs the publish
+    #: path around the send in a worker thread, so that the event loop never waits on it.
+    #: Without it, that work runs on the loop (it should take microseconds).
+    publishes_with_io: ClassVar[bool] = False
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         """Wrap one event's publish: call ``call_next`` (possibly with a changed call), raise

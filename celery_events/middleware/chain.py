@@ -64,6 +64,9 @@ class MiddlewareChain:
         self.middleware = items
         #: Whether a middleware runs ``atomic=True`` handlers in a database transaction.
         self.transactional = any(m.transactional for m in items)
+        #: Whether a middleware's publish scope or ``on_published`` does blocking I/O
+        #: (``bus.apublish`` then keeps the publish path off the event loop).
+        self.publishes_with_io = any(m.publishes_with_io for m in items)
         publish: PublishNext | None = None
         for item in reversed([m for m in items if _overrides(m, "publish")]):
             publish = partial(item.publish, call_next=publish or self._terminal)

@@ -95,6 +95,9 @@ def run_field(task_id: str, attempt: int, outcome: str = RUNNING) -> str:
 class TraceRecords(Middleware):
     """Records each event, each delivery and each run's state, worker and timings."""
 
+    # Each publish writes its record to the state store (Redis) as it is sent.
+    publishes_with_io = True
+
     def __init__(self, bus: Any) -> None:
         # Only kept: the bus is not built yet (its backend, settings and service are read
         # when a record is written).

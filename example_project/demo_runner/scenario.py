@@ -42,6 +42,9 @@ LEAVER = PEOPLE[-1][0]
 SUBSCRIBERS_OF_REGISTERED = ["notifications.audit_trail", "orders.welcome_order"]
 #: The handlers of the order.created each registration causes.
 SUBSCRIBERS_OF_ORDER_CREATED = ["notifications.order_confirmation", "users.remember_welcome_order"]
+#: The person who signs up through the FastAPI signup API (users/api.py: ``await
+#: bus.apublish``) instead of the Flask app; their events are the same to every subscriber.
+SIGNS_UP_ASYNC = PEOPLE[2][0]
 #: The person whose registration the demo traces.
 TRACED = PEOPLE[0][0]
 #: The worker whose /metrics the demo reads.
@@ -82,6 +85,8 @@ class Scenario:
     redis_url: str | None = None
     #: service -> the /metrics URL of its worker
     metrics_urls: dict[str, str] = field(default_factory=dict)
+    #: The users service's FastAPI signup API (None: everyone registers through Flask).
+    signups_url: str | None = None
     #: email -> (user id, id of its user.registered event)
     users: dict[str, tuple[int, str]] = field(default_factory=dict)
     deleted_event: str | None = None
@@ -118,19 +123,23 @@ class Scenario:
     # -- the story -------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.say("Registering users over HTTP (POST /users):")
+        self.say("Registering users over HTTP (POST /users; one through FastAPI, POST /signups):")
         routed = []
         for email, name in PEOPLE:
-            status, body = http.call("POST", f"{self.users_url}/users", {"email": email, "name": name})
+            if email == SIGNS_UP_ASYNC and self.signups_url is not None:
+                url, via = f"{self.signups_url}/signups", " (FastAPI, apublish)"
+            else:
+                url, via = f"{self.users_url}/users", ""
+            status, body = http.call("POST", url, {"email": email, "name": name})
             if status != 201:
-                self.record(Check(f"POST /users {email}", False, f"HTTP {status}: {body}"))
+                self.record(Check(f"POST {url} {email}", False, f"HTTP {status}: {body}"))
                 continue
             event = body["event"]
             self.users[email] = (body["user"]["id"], event["id"])
             routed.append(sorted(event["deliveries"]) == SUBSCRIBERS_OF_REGISTERED)
             self.say(
                 f"    {name:<16} user {body['user']['id']}, user.registered {event['id'][:8]}…"
-                f" → {', '.join(event['deliveries'])}"
+                f" → {', '.join(event['deliveries'])}{via}"
             )
         self.record(
             Check(

@@ -125,6 +125,9 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
     for command in ("catalog", "status", "dead-letters list", "dead-letters replay"):
         assert f"$ celery -A notifications.worker eventbus {command}" in out
     assert "✓ orders handled each user.registered once (database inbox)" in out
+    # One person signed up through the FastAPI signup API (await bus.apublish)
+    assert re.search(r"Alan Turing .* → .*\(FastAPI, apublish\)", out), out
+    assert "Signups API http://127.0.0.1:" in out
     assert "Flower      http://127.0.0.1:" in out and "password" in out
     # Signing, scopes and sensitive fields are on, and checked through Flower
     assert "  signing               on: Ed25519, each service its own key" in out
@@ -152,7 +155,7 @@ def test_once_runs_the_scenario_checks_it_and_leaves_nothing_behind(redis: str) 
         " succeeded 5, order_confirmation succeeded 4, order_confirmation retried 4" in out
     )
     assert re.search(r"Metrics     users http://127\.0\.0\.1:\d+/metrics ", out), out
-    assert "Stopped 7 process(es)." in out
+    assert "Stopped 8 process(es)." in out
     # And no process it started is left, nor its temporary files
     assert "Files kept" not in out
     assert processes_with(demo.mark) == []
@@ -162,7 +165,7 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     # Given the demo running after its scenario
     demo = Demo()
     demo.wait_for_line("press Ctrl-C to stop it all")
-    assert len(processes_with(demo.mark)) >= 7
+    assert len(processes_with(demo.mark)) >= 8
     # (and Flower's password, which it prints, is on no command line: `ps` shows those to all)
     found = re.search(r"\(user demo, password (\S+);", demo.output)
     assert found, demo.output
@@ -174,7 +177,7 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
 
     # Then it stops everything and exits 0
     assert demo.wait(timeout=60) == 0, demo.output
-    assert "Stopped 7 process(es)." in demo.output
+    assert "Stopped 8 process(es)." in demo.output
     assert processes_with(demo.mark) == []
 
 

@@ -7,6 +7,7 @@ ignored ``broker_use_ssl`` and refused kombu's ``ssl_cert_reqs=CERT_REQUIRED`` s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -21,7 +22,7 @@ import redis
 from celery import Celery
 
 from celery_events import ConfigurationError, EventBus
-from celery_events.backends.redis.client import connect
+from celery_events.backends.redis.client import connect, connect_async
 from celery_events.registry import Subscription
 
 from ..harness import Worker, free_port, redis_server_binary, wait_until
@@ -211,3 +212,37 @@ def test_queue_status_reads_a_tls_broker_configured_by_broker_use_ssl(tls_redis:
     app = tls_app(tls_redis.url(), tls_redis.certificates.use_ssl("required"))
     tls_redis.client().lpush("events.orders", "x", "y")
     assert BrokerQueues.from_app(app).waiting("events.orders")[0] == 2
+
+
+@pytest.mark.parametrize("spelling", ["broker_use_ssl", "url"])
+def test_apublish_connects_over_tls_as_the_blocking_client_does(
+    tls_redis: TlsRedis, spelling: str
+) -> None:
+    # Given a bus on the TLS broker, its options spelled either way kombu takes them
+    certificates = tls_redis.certificates
+    if spelling == "url":
+        app = tls_app(tls_redis.url(query=certificates.query("CERT_REQUIRED")), None)
+    else:
+        app = tls_app(tls_redis.url(), certificates.use_ssl("CERT_REQUIRED"))
+    bus = EventBus(app, service="shop")
+    bus.registry.register("orders", [Subscription("user.*", "orders", "orders.a", "events.orders")])
+
+    # When a coroutine apublishes (through the loop's own redis.asyncio client)
+    async def main() -> int:
+        result = await bus.apublish("user.registered", {"user_id": 1})
+        await bus.aclose()
+        return len(result.deliveries)
+
+    # Then the delivery is on the TLS broker
+    assert asyncio.run(main()) == 1
+    assert tls_redis.client().llen("events.orders") == 1
+
+
+def test_the_asyncio_client_verifies_the_server_certificate(
+    tls_redis: TlsRedis, tmp_path: Path
+) -> None:
+    other = Certificates(tmp_path)
+    use_ssl = {**tls_redis.certificates.use_ssl("required"), "ssl_ca_certs": str(other.ca)}
+    client = connect_async(tls_redis.url(), 5.0, use_ssl=use_ssl)
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        asyncio.run(client.ping())

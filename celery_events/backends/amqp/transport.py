@@ -38,7 +38,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ..._messages import SentEvents, TaskMessage, new_id
 from ...errors import PublishError, describe
-from ..base import QueueReader, RegistryStore, ServiceBus, send_each
+from ..base import QueueReader, RegistryStore, ServiceBus, send_each, send_in_thread
 from . import relay
 from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
 from .worker import check_worker, prepare_worker
@@ -171,6 +171,13 @@ class AmqpTransport:
     def send_many(self, batches: Sequence[Outgoing]) -> None:
         # Not atomic across events: each is sent as publish sends it (see send_each).
         send_each(self, batches)
+
+    async def asend_many(self, batches: Sequence[Outgoing]) -> None:
+        # kombu has no asyncio API (py-amqp neither): the blocking send, in a thread.
+        await send_in_thread(self, batches)
+
+    async def aclose(self) -> None:
+        """Nothing is opened per event loop."""
 
     def send(self, messages: Sequence[TaskMessage], catalog: tuple[str, str] | None) -> None:
         if not messages:

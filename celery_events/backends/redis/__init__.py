@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import without_password
 from ..base import Backend, Capabilities, StateStore
-from .client import connect
+from .client import connect, connect_async
 from .fanout import RedisFanout
 from .stores import LedgerState, RedisRegistry, RedisState
 from .worker import RedisRecovery
@@ -80,6 +80,10 @@ def open_backend(
         catalog_key=registry.published_key if registry_client is broker else None,
         wait_for_replicas=settings.wait_for_replicas,
         wait_for_replicas_timeout=settings.wait_for_replicas_timeout,
+        # bus.apublish's clients (one per event loop): the same URL, TLS and options.
+        connect_async=lambda: connect_async(
+            broker_url, timeout, use_ssl=app.conf.broker_use_ssl, transport_options=options
+        ),
     )
     return Backend(
         name=name,

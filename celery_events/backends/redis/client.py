@@ -14,11 +14,15 @@ import logging
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
@@ -111,6 +115,20 @@ def _cert_reqs(value: object) -> ssl.VerifyMode:
     )
 
 
+@dataclass(frozen=True)
+class _Flavour:
+    """redis-py's blocking or asyncio classes: one client is made from the same options as
+    the other."""
+
+    redis_class: Any
+    retry_class: Any
+    sentinel_class: Any
+
+
+_BLOCKING = _Flavour(redis.Redis, Retry, redis.sentinel.Sentinel)
+_ASYNCIO = _Flavour(redis.asyncio.Redis, AsyncRetry, redis.asyncio.sentinel.Sentinel)
+
+
 def connect(
     url: str,
     timeout: float,
@@ -130,10 +148,37 @@ def connect(
     redis-py retries by itself with backoff by default, which would stretch a bounded publish
     into many timeouts; our callers retry on their own deadline instead.
     """
+    client: redis.Redis = _connect(_BLOCKING, url, timeout, use_ssl, transport_options, options)
+    return client
+
+
+def connect_async(
+    url: str,
+    timeout: float,
+    *,
+    use_ssl: object = None,
+    transport_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> redis.asyncio.Redis:
+    """The ``redis.asyncio`` client :func:`connect` would make for the same arguments: the
+    same TLS, user, database, Sentinel primary and timeouts. Like any asyncio client it
+    belongs to the event loop it first connects on."""
+    client: redis.asyncio.Redis = _connect(
+        _ASYNCIO, url, timeout, use_ssl, transport_options, options
+    )
+    return client
+
+
+def _connect(
+    flavour: _Flavour,
+    url: str,
+    timeout: float,
+    use_ssl: object,
+    transport_options: Mapping[str, Any] | None,
+    options: dict[str, Any],
+) -> Any:
     if is_sentinel_url(url):
-        return connect_sentinel(
-            url, timeout, use_ssl=use_ssl, transport_options=transport_options, **options
-        )
+        return _connect_sentinel(flavour, url, timeout, use_ssl, transport_options, options)
     scheme = urlsplit(url).scheme
     if scheme == "redis+socket":
         # kombu spells unix sockets redis+socket:///path; redis-py spells them unix:///path.
@@ -147,11 +192,11 @@ def connect(
         url = urlunsplit(parts._replace(scheme="rediss", query=query))
         options = {**tls, **options}
     try:
-        return redis.Redis.from_url(
+        return flavour.redis_class.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=flavour.retry_class(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=30,
             **options,
@@ -185,6 +230,20 @@ def connect_sentinel(
     timeouts and nothing else. TLS to the primary is ``use_ssl`` (the app's ``broker_use_ssl``)
     or ``ssl_*`` options in the URL's query, read as for ``redis://``.
     """
+    client: redis.Redis = _connect_sentinel(
+        _BLOCKING, url, timeout, use_ssl, transport_options, options
+    )
+    return client
+
+
+def _connect_sentinel(
+    flavour: _Flavour,
+    url: str,
+    timeout: float,
+    use_ssl: object,
+    transport_options: Mapping[str, Any] | None,
+    options: dict[str, Any],
+) -> Any:
     parts = [urlsplit(piece.strip()) for piece in url.split(";") if piece.strip()]
     first = parts[0]
     query: dict[str, str] = {}
@@ -216,7 +275,7 @@ def connect_sentinel(
     bounded: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": flavour.retry_class(NoBackoff(), 0),
     }
     primary: dict[str, Any] = {
         **bounded, "db": db, "retry_on_timeout": False, "health_check_interval": 30
@@ -236,16 +295,13 @@ def connect_sentinel(
         sentinel_kwargs = dict(bounded)
     else:
         sentinel_kwargs = {**bounded, **dict(sentinel_kwargs)}
-    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    manager = flavour.sentinel_class(
         sentinels,
         min_other_sentinels=int(given.get("min_other_sentinels", 0) or 0),
         sentinel_kwargs=sentinel_kwargs,
         **primary,
     )
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-        master_name, redis_class=redis.Redis, **options
-    )
-    return client
+    return manager.master_for(master_name, redis_class=flavour.redis_class, **options)
 
 
 def _pack(*args: str | int | float) -> bytes:

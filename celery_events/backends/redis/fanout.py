@@ -13,13 +13,15 @@ task-sent message from them. Other brokers send through Celery's producer
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.asyncio
 from celery import Celery, signals
 
 from ..._messages import (
@@ -36,6 +38,7 @@ from ..._messages import (
 )
 from ...errors import NotReplicatedError, PublishError, describe
 from ..base import QueueReader, ServiceBus
+from . import aio
 from .client import ReplyLost, run_script, run_script_replicated
 from .ledger import LEDGER_LUA
 from .queues import BrokerQueues
@@ -322,8 +325,12 @@ class RedisFanout:
         catalog_key: str | None = None,
         wait_for_replicas: int = 0,
         wait_for_replicas_timeout: float = 1.0,
+        connect_async: Callable[[], redis.asyncio.Redis] | None = None,
     ) -> None:
         self.client = client
+        # The asyncio publish's clients, one per event loop, made by ``connect_async`` with
+        # the blocking client's URL and options (None: asend_many sends in a thread).
+        self._aio = None if connect_async is None else aio.LoopClients(connect_async)
         # WAIT after the script: how many replicas must hold its writes, and for how long.
         self.wait_for_replicas = wait_for_replicas
         self.wait_for_replicas_timeout = wait_for_replicas_timeout
@@ -352,12 +359,29 @@ class RedisFanout:
         messages is refused whole, before anything is sent: Redis serves no other client
         while a script runs, and splitting the call would break its all-or-nothing promise.
         """
-        batches = [batch for batch in batches if batch[0]]
-        if not batches:
+        for call in self._calls(batches):
+            for messages, _ in call:
+                self._signals.before(messages)
+            self.finish(call, self._run([], self.arguments(call)))
+
+    async def asend_many(self, batches: Sequence[Outgoing]) -> None:
+        """:meth:`send_many` on the running event loop, through its ``redis.asyncio`` client:
+        the same script, retries within ``publish_timeout``, WAIT, signals and errors, and
+        no blocking I/O on the loop."""
+        if self._aio is None:
+            await asyncio.to_thread(self.send_many, batches)
             return
-        for messages, _ in batches:
-            self._signals.before(messages)
-        self.finish(batches, self._run([], self.arguments(batches)))
+        for call in self._calls(batches):
+            for messages, _ in call:
+                self._signals.before(messages)
+            self.finish(call, await self._arun([], self.arguments(call)))
+
+    @staticmethod
+    def _calls(batches: Sequence[Outgoing]) -> list[list[Outgoing]]:
+        """The events of each script call, in order (the blocking and the asyncio send share
+        it): all of them in one."""
+        events = [batch for batch in batches if batch[0]]
+        return [events] if events else []
 
     def arguments(self, batches: Sequence[Outgoing]) -> list[str | int | float]:
         """The fan-out script's arguments for ``batches`` (it declares no keys), once the
@@ -436,40 +460,86 @@ class RedisFanout:
         return BrokerQueues.from_app(self._signals.app, timeout)
 
     def close(self) -> None:
+        if self._aio is not None:
+            self._aio.close()
         self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client (the blocking one closes with :meth:`close`)."""
+        if self._aio is not None:
+            await self._aio.aclose()
+
+    def _wait(self) -> tuple[int, int] | None:
+        # WAIT's own timeout is whole milliseconds; 0 would mean "forever".
+        if not self.wait_for_replicas:
+            return None
+        return self.wait_for_replicas, max(1, int(self.wait_for_replicas_timeout * 1000))
 
     def _run(self, keys: list[str], args: list[str | int | float]) -> int:
         """Run the fan-out script; return how many replicas acknowledged its writes (when
         ``wait_for_replicas`` asks, else 0)."""
-        deadline = time.monotonic() + self.timeout
-        pause = 0.05
-        reply_lost = False
-        replicas = self.wait_for_replicas
+        attempts = _Attempts(self.timeout)
+        wait = self._wait()
         while True:
             try:
-                if not replicas:
+                if wait is None:
                     run_script(self.client, self.script, keys, args)
                     return 0
-                # WAIT's own timeout is whole milliseconds; 0 would mean "forever".
-                wait_ms = max(1, int(self.wait_for_replicas_timeout * 1000))
-                return run_script_replicated(
-                    self.client, self.script, keys, args, replicas, wait_ms
-                )[1]
+                return run_script_replicated(self.client, self.script, keys, args, *wait)[1]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # The script runs whole or not at all; a lost reply may mean it ran, and then
-                # the retry repeats deliveries with the same ids, which the inbox absorbs.
-                reply_lost = reply_lost or isinstance(exc, ReplyLost)
-                left = deadline - time.monotonic()
-                if left <= pause:
-                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
-                log.warning("celery-events: publish failed, retrying: %s", exc)
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                time.sleep(attempts.unreachable(exc))
             except redis.RedisError as exc:
-                # The script undid its own writes before replying with the error.
-                if reply_lost:
-                    raise PublishError(_unreachable(self.timeout, exc, reply_lost)) from exc
-                raise PublishError(_refused(exc)) from exc
+                raise attempts.refused(exc) from exc
+
+    async def _arun(self, keys: list[str], args: list[str | int | float]) -> int:
+        """:meth:`_run` on the running loop's asyncio client."""
+        assert self._aio is not None
+        pipeline = self._aio.pipeline()
+        attempts = _Attempts(self.timeout)
+        wait = self._wait()
+        while True:
+            try:
+                if wait is None:
+                    # Concurrent publishes of the loop share writes and round trips.
+                    await pipeline.run(self.script, keys, args)
+                    return 0
+                # WAIT counts the writes of its own connection: one call, one connection.
+                reply = await aio.run_script(pipeline.client, self.script, keys, args, wait)
+                return int(reply[1])
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                await asyncio.sleep(attempts.unreachable(exc))
+            except redis.RedisError as exc:
+                raise attempts.refused(exc) from exc
+
+
+class _Attempts:
+    """The tries of one fan-out script call until ``publish_timeout``, and the error that
+    ends them: shared by the blocking and the asyncio run, so both retry and fail alike."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.pause = 0.05
+        self.reply_lost = False
+
+    def unreachable(self, exc: redis.RedisError) -> float:
+        """After a connection error or timeout: the pause before the next try, or raise
+        :class:`PublishError` when the next try would end after the deadline."""
+        # The script runs whole or not at all; a lost reply may mean it ran, and then the
+        # retry repeats deliveries with the same ids, which the inbox absorbs.
+        self.reply_lost = self.reply_lost or isinstance(exc, ReplyLost)
+        pause = self.pause
+        if self.deadline - time.monotonic() <= pause:
+            raise PublishError(_unreachable(self.timeout, exc, self.reply_lost)) from exc
+        log.warning("celery-events: publish failed, retrying: %s", exc)
+        self.pause = min(pause * 2, 0.5)
+        return pause
+
+    def refused(self, exc: redis.RedisError) -> PublishError:
+        """The error of a script Redis refused (it undid its own writes before replying)."""
+        if self.reply_lost:
+            return PublishError(_unreachable(self.timeout, exc, True))
+        return PublishError(_refused(exc))
 
 
 def _check_size(batches: Sequence[Outgoing]) -> None:

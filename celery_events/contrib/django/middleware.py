@@ -57,6 +57,8 @@ class DjangoTransactions(Middleware):
     """Ties publishing and ``atomic=True`` handling to Django's database transactions."""
 
     transactional = True
+    # The outbox row is a database write (and apublish's caller is never in a transaction).
+    publishes_with_io = True
 
     def publish(self, call: PublishCall, call_next: PublishNext) -> PublishResult:
         # A replay, or a relay sending outbox rows, goes out now: deferring it again would

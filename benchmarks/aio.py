@@ -1,0 +1,199 @@
+"""``await bus.apublish`` from 100 concurrent tasks against sequential ``bus.publish`` (issue 16).
+
+One bus publishes in this process to one subscriber's queue, which nobody consumes. Each
+variant sends ``EVENTS`` events, and the variants take turns, once per repeat in a rotating
+order; every ratio is taken between figures of the same repeat:
+
+- ``publish``, sequential: one thread calling ``bus.publish`` in a loop;
+- ``apublish``, 100 tasks: one event loop, 100 tasks sharing the events;
+- ``to_thread(publish)``, 100 tasks: what an asyncio app does without ``apublish``, with the
+  loop's default executor, and with an executor of 100 threads.
+
+While an asyncio variant runs, a watcher task sleeps 1 ms in a loop and records how late it
+wakes: the loop's lag, printed as its p99 and maximum (the target: never above 5 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celery_events import EventBus, Subscription
+
+from ._stats import Section, Series, Target, interleaved, ratios
+
+TASKS = 100
+QUEUE = "events.aio"
+DATA = {"user_id": 7, "email": "someone@example.com", "plan": "pro"}
+
+
+class LoopLag:
+    """A task that sleeps 1 ms at a time and records how late each wake-up came.
+
+    Each lateness is also taken in CPU time of the loop's thread (``time.thread_time``): on
+    a busy machine a late wake-up may be the OS running another process; the CPU the loop's
+    thread used meanwhile is what work on the loop itself held it for.
+    """
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.cpu_lags: list[float] = []
+        self._stop = asyncio.Event()
+
+    async def watch(self) -> None:
+        while not self._stop.is_set():
+            started, cpu = time.perf_counter(), time.thread_time()
+            await asyncio.sleep(0.001)
+            self.lags.append(time.perf_counter() - started - 0.001)
+            self.cpu_lags.append(max(0.0, time.thread_time() - cpu - 0.001))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def p99_ms(self, cpu: bool = False) -> float:
+        ordered = sorted(self.cpu_lags if cpu else self.lags)
+        return ordered[int(len(ordered) * 0.99)] * 1000 if ordered else 0.0
+
+    def max_ms(self, cpu: bool = False) -> float:
+        return max(self.cpu_lags if cpu else self.lags, default=0.0) * 1000
+
+
+def _concurrently(
+    events: int, send: Callable[[], Coroutine[Any, Any, Any]], lag: LoopLag
+) -> Coroutine[Any, Any, float]:
+    """``events`` sends spread over ``TASKS`` tasks, with ``lag`` watching; the seconds taken."""
+
+    async def run() -> float:
+        watcher = asyncio.create_task(lag.watch())
+        await asyncio.sleep(0.01)  # the watcher's first wake-ups, before the load
+        per_task, extra = divmod(events, TASKS)
+
+        async def task(count: int) -> None:
+            for _ in range(count):
+                await send()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(task(per_task + (i < extra)) for i in range(TASKS)))
+        elapsed = time.perf_counter() - started
+        lag.stop()
+        await watcher
+        return elapsed
+
+    return run()
+
+
+def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
+    bus = EventBus(Celery("bench-aio", broker=url), service="bench-aio")
+    bus.registry.register("aio", [Subscription("bench.aio", "aio", "aio.handle", QUEUE)])
+    events = 200 if smoke else 3000
+    repeats = 1 if smoke else 7
+    lags: dict[str, list[LoopLag]] = {}
+
+    def checked(seconds: float) -> float:
+        # Untimed: every event was queued, then the queue is emptied for the next variant.
+        queued = int(client.llen(QUEUE))
+        if queued != events:
+            raise RuntimeError(f"expected {events} messages on {QUEUE}, found {queued}")
+        client.delete(QUEUE, "celery_events:ledger:aio", "celery_events:ledger:aio:due")
+        return events / seconds
+
+    def sequential() -> float:
+        started = time.perf_counter()
+        for _ in range(events):
+            bus.publish("bench.aio", DATA)
+        return checked(time.perf_counter() - started)
+
+    def in_loop(
+        label: str, send: Callable[[], Coroutine[Any, Any, Any]], threads: int | None = None
+    ) -> Callable[[], float]:
+        def measure() -> float:
+            lag = LoopLag()
+            lags.setdefault(label, []).append(lag)
+
+            async def main() -> float:
+                if threads is not None:
+                    # asyncio.run shuts the default executor down: a new one per run.
+                    executor = ThreadPoolExecutor(threads, thread_name_prefix="bench-aio")
+                    asyncio.get_running_loop().set_default_executor(executor)
+                try:
+                    return await _concurrently(events, send, lag)
+                finally:
+                    # This loop's asyncio client (the bus itself stays open).
+                    await bus.transport.aclose()
+
+            return checked(asyncio.run(main()))
+
+        return measure
+
+    def apublish() -> Coroutine[Any, Any, Any]:
+        return bus.apublish("bench.aio", DATA)
+
+    def to_thread() -> Coroutine[Any, Any, Any]:
+        return asyncio.to_thread(bus.publish, "bench.aio", DATA)
+
+    labels = {
+        "sequential": "publish, sequential",
+        "apublish": f"apublish, {TASKS} tasks",
+        "to_thread": f"to_thread(publish), {TASKS} tasks, default executor",
+        "to_thread_big": f"to_thread(publish), {TASKS} tasks, {TASKS} threads",
+    }
+    plan = {
+        labels["sequential"]: sequential,
+        labels["apublish"]: in_loop(labels["apublish"], apublish),
+        labels["to_thread"]: in_loop(labels["to_thread"], to_thread),
+        labels["to_thread_big"]: in_loop(labels["to_thread_big"], to_thread, TASKS),
+    }
+    # Warm-up: connections, the script, the registry's view.
+    for name, measure in plan.items():
+        measure()
+        lags.pop(name, None)
+    try:
+        results = interleaved(plan, repeats)
+    finally:
+        bus.close()
+
+    section = Section(
+        title="Publish from asyncio (apublish)",
+        setup=(
+            f"{events} events per run to one subscriber (queue not consumed), {repeats}"
+            f" repeats; one event loop per asyncio run, {TASKS} tasks; loop lag from a task"
+            " sleeping 1 ms at a time (and the loop thread's CPU time in that lag)."
+        ),
+        figures=[Series(name, "events/s", values) for name, values in results.items()],
+    )
+    for name, watched in lags.items():
+        section.figures.append(Series(f"{name}: loop lag p99", "ms", [w.p99_ms() for w in watched]))
+        section.figures.append(Series(f"{name}: loop lag max", "ms", [w.max_ms() for w in watched]))
+        section.figures.append(
+            Series(
+                f"{name}: loop lag max, loop thread's CPU", "ms", [w.max_ms(True) for w in watched]
+            )
+        )
+    speedup = Series(
+        f"apublish ({TASKS} tasks) ÷ sequential publish",
+        "×",
+        ratios(results[labels["apublish"]], results[labels["sequential"]]),
+    )
+    threads = Series(
+        f"to_thread(publish) ({TASKS} tasks) ÷ sequential publish",
+        "×",
+        ratios(results[labels["to_thread"]], results[labels["sequential"]]),
+    )
+    worst = Series("apublish: loop lag max", "ms", [w.max_ms() for w in lags[labels["apublish"]]])
+    section.figures.append(threads)
+    section.targets = [
+        Target(speedup.name, speedup, "≥ 1.5×", speedup.median >= 1.5),
+        Target(
+            worst.name,
+            Series(worst.name, "ms", [max(worst.values)]),
+            "≤ 5 ms",
+            max(worst.values) <= 5,
+        ),
+    ]
+    return [section]
