@@ -67,6 +67,7 @@ import redis
 from celery import Celery
 
 from celery_events import EventBus
+from celery_events.backends.redis.liveness import alive_prefix
 
 from ._env import PrivateRedis, WorkerProcess
 from ._keys import SOAK_COUNT_KEY, SOAK_HANDLERS, SOAK_READY_KEY, SOAK_RUNS_KEY, SOAK_SERVICES
@@ -338,7 +339,7 @@ class Soak:
         workers = " | ".join(f"{s} main+pool MB" for s in SOAK_SERVICES)
         return (
             f"| s | phase | published | handled | publisher MB | {workers} | Redis MB | keys |"
-            " queued |\n" + "| ---" * (8 + len(SOAK_SERVICES)) + " |"
+            " queued |\n" + "| --- " * (8 + len(SOAK_SERVICES)) + "|"
         )
 
     @staticmethod
@@ -430,9 +431,16 @@ class Soak:
         self.publish(warmup, "warm-up", {})
         self.drain("warm-up", warmup)
 
+        # Held while the fleet lives, renewed before they expire: an alive key per worker
+        # process that ran a delivery (liveness.py), a sweeper lock per service (worker.py,
+        # renewed every sweep_interval). They belong to the baseline.
+        prefix = fleet.bus.settings.key_prefix
+        held = (alive_prefix(prefix).encode(), f"{prefix}sweeper:".encode())
+        swept_once = time.monotonic() + 2 * fleet.bus.settings.sweep_interval
+
         def volatile_extras_gone() -> bool:
-            extra = fleet.keys() - run.keys_before
-            return all(client.pttl(key) < 0 for key in extra)
+            extra = [k for k in fleet.keys() - run.keys_before if not k.startswith(held)]
+            return time.monotonic() > swept_once and all(client.pttl(k) < 0 for k in extra)
 
         self.wait_window("warm-up window", volatile_extras_gone)
         run.keys_baseline = fleet.keys()
