@@ -140,7 +140,7 @@ class Run:
     handled_at_drain: int = 0
 
 
-def _id_free(key: bytes) -> str:
+def key_pattern(key: bytes) -> str:
     """A key's pattern: every part that looks like an id, a number or a token becomes ``*``."""
     text = key.decode(errors="replace")
     return re.sub(r"(?<![A-Za-z])([0-9a-fA-F-]{8,}|\d+)(?![A-Za-z])", "*", text)
@@ -158,13 +158,13 @@ def key_patterns(client: redis.Redis, keys: set[bytes]) -> dict[str, tuple[int, 
         for key, ttl in zip(chunk, pipe.execute(), strict=True):
             if ttl == -2:  # gone since the scan
                 continue
-            counts = found.setdefault(_id_free(key), [0, 0])
+            counts = found.setdefault(key_pattern(key), [0, 0])
             counts[0] += 1
             counts[1] += ttl >= 0
     return {pattern: (c[0], c[1]) for pattern, c in sorted(found.items())}
 
 
-def _counters(bitfield: bytes, count: int) -> tuple[int, int, int]:
+def tally_counts(bitfield: bytes, count: int) -> tuple[int, int, int]:
     """Of the first ``count`` 2-bit counters (most significant bits first, as Redis's BITFIELD
     lays them out): how many are 0, 1, and 2 or more."""
     data = bitfield.ljust((count + 3) // 4, b"\0")
@@ -286,8 +286,9 @@ class Fleet:
         """Per handler: (lost, duplicated, extra runs) over events 0..count-1."""
         result = {}
         for handler in SOAK_HANDLERS:
-            bits = self.tally.get(SOAK_RUNS_KEY.format(handler=handler)) or b""
-            lost, once, more = _counters(bits, count)
+            raw = self.tally.get(SOAK_RUNS_KEY.format(handler=handler))
+            bits = raw if isinstance(raw, bytes) else b""  # no key: nothing ran
+            lost, once, more = tally_counts(bits, count)
             runs = int(self.tally.get(SOAK_COUNT_KEY.format(handler=handler)) or 0)
             result[handler] = (lost, more, runs - (count - lost))
         return result
