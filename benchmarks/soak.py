@@ -137,7 +137,6 @@ class Run:
     publish_seconds: float = 0.0
     drain_seconds: float = 0.0
     window_seconds: float = 0.0
-    handled_at_drain: int = 0
 
 
 def key_pattern(key: bytes) -> str:
@@ -446,6 +445,7 @@ class Soak:
         self.wait_window("warm-up window", volatile_extras_gone)
         run.keys_baseline = fleet.keys()
         run.memory["baseline (warm-up done, its window passed)"] = fleet.used_memory()
+        self.sample("baseline", force=True, milestone="baseline")
 
         rest = options.events - warmup
         milestones = {
@@ -458,7 +458,6 @@ class Soak:
         run.memory["end of publishing"] = fleet.used_memory()
         self.drain("drain", options.events)
         run.drain_seconds = time.monotonic() - began
-        run.handled_at_drain = fleet.handled()
         run.memory["all delivered"] = fleet.used_memory()
         self.sample("drain", force=True, milestone="100%")
 
@@ -528,10 +527,20 @@ class Soak:
         peak_keys = max(s.keys for s in run.samples)
         print(f"| peak (sampled) | {peak / MB:.2f} MB, {peak_keys:,} keys |")
         baseline = run.memory["baseline (warm-up done, its window passed)"]
-        deliveries = run.handled_at_drain - len(SOAK_HANDLERS) * min(options.warmup, options.events)
-        if deliveries > 0:
-            per = (run.memory["all delivered"] - baseline) / deliveries
-            print(f"\nRedis growth per handled delivery, all delivered, queues empty: {per:.0f} B")
+        # What the inbox still remembers when all is delivered: the deliveries of the last
+        # window (read from the samples), not all of them (the older ones expired).
+        drained = run.milestones["100%"]
+        remembered = drained.handled - max(
+            (s.handled for s in run.samples if s.elapsed <= drained.elapsed - options.window),
+            default=run.milestones["baseline"].handled,
+        )
+        if remembered > 0:
+            per = (run.memory["all delivered"] - baseline) / remembered
+            print(
+                f"\nRedis above the baseline, all delivered, queues empty: {per:.0f} B for each of"
+                f" the {remembered:,} deliveries handled in the last {options.window:g} s"
+                " (the ones the inbox still remembers)"
+            )
         after = run.memory["after the window"]
         verdicts.append(
             Verdict(
