@@ -13,6 +13,7 @@
     python -m benchmarks --only publish-many,relay   # publish_many; the outbox relay on PostgreSQL
     python -m benchmarks --only fanout      # Redis's time and bytes per fan-out, old and new (1 min)
     python -m benchmarks --only apublish    # asyncio: apublish from 100 tasks, loop lag (1 min)
+    python -m benchmarks --soak --events 20000 --window 20   # a soak run alone (benchmarks/soak.py)
 
 ``--baseline REV`` takes a git revision of this repository (``main``, a tag, a commit) or the path
 of a checkout, and adds two benchmarks, ``baseline-publish`` and ``baseline-throughput`` (which
@@ -25,12 +26,20 @@ the same server, printed with the ratios "current ÷ baseline" per repeat and th
 The ``rabbitmq-*`` benchmarks also start a private RabbitMQ node (``rabbitmq-server``), only when
 one of them is chosen; the private Redis holds their registry. See benchmarks/rabbitmq.py.
 ``sentinel-publish`` starts a Sentinel topology of its own (benchmarks/sentinel.py).
+
+``--soak`` runs the soak run instead of the benchmarks: events through three services, then a
+wait for the inbox window, with PASS or FAIL per criterion (memory flat, Redis back to its
+baseline, no key left behind, every event handled once) and exit status 1 if one fails. Its
+sizes: ``--events`` (1,000,000), ``--window`` (60 s), ``--batch``, ``--max-queued``,
+``--concurrency``, ``--warmup``, ``--sample``; ``--smoke`` makes it a run of seconds. See
+benchmarks/soak.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import sys
 import time
@@ -53,6 +62,7 @@ from . import (
     rabbitmq,
     sentinel,
     signing,
+    soak,
     workers,
 )
 from ._env import PrivateRabbitMQ, PrivateRedis, machine
@@ -107,7 +117,33 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="also compare publish and throughput with this git revision or checkout path",
     )
+    group = parser.add_argument_group("the soak run (benchmarks/soak.py)")
+    group.add_argument("--soak", action="store_true", help="run it instead of the benchmarks")
+    defaults = soak.Options()
+    sizes: dict[str, tuple[type, str]] = {
+        "events": (int, "events published"),
+        "window": (float, "the services' inbox_ttl, in seconds"),
+        "batch": (int, "events per publish_many call (when the bus has it)"),
+        "max_queued": (int, "the publisher waits while the event queues hold more messages"),
+        "concurrency": (int, "pool processes of each worker"),
+        "warmup": (int, "events sent before the baseline is taken"),
+        "sample": (float, "seconds between two readings"),
+    }
+    for name, (kind, text) in sizes.items():
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            help=f"{text} (default {getattr(defaults, name):,})",
+        )
     args = parser.parse_args(argv)
+    chosen_sizes = {name: getattr(args, name) for name in sizes if getattr(args, name) is not None}
+    if args.soak:
+        if args.only or args.baseline or args.markdown:
+            parser.error("--soak runs alone: drop --only, --baseline and --markdown")
+        options = soak.Options.smoke() if args.smoke else soak.Options()
+        return soak.run(dataclasses.replace(options, **chosen_sizes))
+    if chosen_sizes:
+        parser.error(f"--{next(iter(chosen_sizes)).replace('_', '-')} is an option of --soak")
     known = [name for name in ORDER if args.baseline or name not in AGAINST_BASELINE]
     chosen = known if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [name for name in chosen if name not in known]

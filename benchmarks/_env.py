@@ -70,7 +70,8 @@ class WorkerProcess:
     """``celery -A benchmarks.service worker`` with the given options, logging to a file.
 
     ``cwd`` is where ``benchmarks.service`` is imported from (the repository root by default);
-    ``env`` may set ``PYTHONPATH`` to choose which checkout's ``celery_events`` the worker runs.
+    ``env`` may set ``PYTHONPATH`` to choose which checkout's ``celery_events`` the worker runs;
+    ``module`` names another app module (the soak run's ``benchmarks.soak_service``).
     """
 
     def __init__(
@@ -79,11 +80,12 @@ class WorkerProcess:
         args: list[str],
         env: dict[str, str] | None = None,
         cwd: Path = ROOT,
+        module: str = "benchmarks.service",
     ) -> None:
         self.log_path = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "benchmarks.service", "worker", *args],
+            [sys.executable, "-m", "celery", "-A", module, "worker", *args],
             cwd=cwd,
             env=dict(os.environ, BENCH_BROKER=broker_url, **(env or {})),
             stdout=self._log,

@@ -1,6 +1,6 @@
 """The benchmarks run: ``python -m benchmarks --smoke`` end to end, sizes tiny (on Redis, and
-on a private RabbitMQ node when rabbitmq-server is installed: required in CI), and against a
-baseline revision (``--baseline``).
+on a private RabbitMQ node when rabbitmq-server is installed: required in CI), against a
+baseline revision (``--baseline``), and the soak run (``--soak --smoke``).
 
 Speed is never asserted here (CI machines vary); only that every benchmark runs against a real
 Redis and real workers and reports its figures and targets.
@@ -14,8 +14,10 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 from benchmarks.__main__ import AGAINST_BASELINE, ORDER
+from benchmarks.soak import key_patterns, tally_counts
 
 from ..harness import ROOT, rabbitmq_server_binary
 
@@ -137,3 +139,75 @@ def test_a_baseline_that_names_nothing_is_refused() -> None:
     assert "--baseline 'no-such-revision' is neither a directory holding celery_events/" in (
         result.stderr
     )
+
+
+def test_the_soak_run_runs_in_smoke_mode() -> None:
+    """``--soak --smoke``: 600 events through orders, billing and mail, then the inbox window
+    (3 s); every criterion is reported, and all of them pass."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--soak", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "### Soak run: 600 events, inbox window 3 s" in out
+    for verdict in (
+        "- PASS publisher memory flat: ",
+        "- PASS orders worker memory flat: ",
+        "- PASS billing worker memory flat: ",
+        "- PASS mail worker memory flat: ",
+        "- PASS Redis memory back to baseline: ",
+        "- PASS no key left behind: 0 keys beyond the baseline's ",
+        "- PASS orders.reserve_stock exactly once: 600 events: 0 lost, 0 duplicated",
+        "- PASS billing.charge exactly once: 600 events: 0 lost, 0 duplicated",
+        "- PASS mail.send_invoice exactly once: 600 events: 0 lost, 0 duplicated",
+    ):
+        assert verdict in out, verdict
+    assert out.rstrip().endswith("Soak: PASS")
+
+
+def test_the_soak_options_need_soak() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--events", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--events is an option of --soak" in result.stderr
+
+
+def test_the_soak_tally_tells_lost_once_and_duplicated_apart(redis_client: redis.Redis) -> None:
+    """The soak's handlers count each event's runs in 2-bit saturating BITFIELD counters; the
+    summary reads them back from the bytes Redis keeps."""
+    # Given events 0..9 where 3 and 9 never ran, 5 ran twice and 7 four times (saturated at 3)
+    runs = {n: 1 for n in range(10)} | {3: 0, 9: 0, 5: 2, 7: 4}
+    for n, times in runs.items():
+        for _ in range(times):
+            redis_client.execute_command(
+                "BITFIELD", "runs", "OVERFLOW", "SAT", "INCRBY", "u2", f"#{n}", 1
+            )
+    # When the tally is read for those 10 events, and for 12 (two more that never ran)
+    bits = redis_client.get("runs") or b""
+    # Then lost, once and duplicated are counted apart
+    assert tally_counts(bits, 10) == (2, 6, 2)
+    assert tally_counts(bits, 12) == (4, 6, 2)
+
+
+def test_keys_left_behind_are_grouped_by_pattern(redis_client: redis.Redis) -> None:
+    # Given keys named by ids and numbers, one with a time to live
+    redis_client.set("celery_events:inbox:mail.send_invoice:4f0c2a9e1b7d4c3e", "done", ex=60)
+    redis_client.set("celery_events:inbox:mail.send_invoice:9a8b7c6d5e4f3a2b", "done")
+    redis_client.set("celery_events:delivery:12345", "x")
+    redis_client.set("celery_events:sweeper:billing", "x")
+    keys = set(redis_client.scan_iter())
+    # When they are grouped, Then each id becomes *, and the TTLs are counted
+    assert key_patterns(redis_client, keys) == {
+        "celery_events:delivery:*": (1, 0),
+        "celery_events:inbox:mail.send_invoice:*": (2, 1),
+        "celery_events:sweeper:billing": (1, 0),
+    }
