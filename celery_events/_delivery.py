@@ -457,6 +457,9 @@ class _Run:
         lease = self.lease = lease_value(
             self.task_id, self._store("process token", inbox.process_token)
         )
+        # The inbox knows a delivery by its event's id and time (the Redis one groups its
+        # records by the time); every run of one event reads the same from the envelope.
+        event_time = event.time.timestamp()
 
         def take() -> Claim:
             # Safe to send again with the same lease: a claim whose reply was lost is found as
@@ -468,6 +471,7 @@ class _Run:
                     handler.task_name,
                     event.id,
                     self.task_id,
+                    event_time=event_time,
                     lease=lease,
                     lease_seconds=handler.lease_seconds,
                     use_inbox=handler.inbox,
@@ -596,6 +600,7 @@ class _Run:
                     handler.task_name,
                     event.id,
                     self.task_id,
+                    event_time=event_time,
                     lease=lease,
                     use_inbox=handler.inbox,
                     ttl_seconds=self.bus.settings.inbox_ttl,

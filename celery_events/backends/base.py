@@ -318,7 +318,10 @@ class Inbox(Protocol):
         """This process's token (kept alive where the backend tracks liveness); leases name it."""
         ...
 
-    def is_done(self, handler: str, event_id: str) -> bool: ...
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
+        """Whether ``handler`` finished the event (its id and its time, ``event.time`` as a
+        POSIX timestamp) within the ``inbox_ttl`` window."""
+        ...
 
     def claim(
         self,
@@ -326,11 +329,15 @@ class Inbox(Protocol):
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
     ) -> Claim:
-        """Take the delivery's lease, unless it is done or a live copy holds it."""
+        """Take the delivery's lease, unless it is done or a live copy holds it.
+
+        ``event_time`` is the event's ``time`` as a POSIX timestamp: a store may group its
+        records by it (the Redis inbox does), so every call about one event passes the same."""
         ...
 
     def new_effects(self) -> Any | None:
@@ -344,6 +351,7 @@ class Inbox(Protocol):
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,

@@ -118,7 +118,7 @@ class _Inbox:
             return None
         return value
 
-    def is_done(self, handler: str, event_id: str) -> bool:
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
         with self.space.lock:
             return self._current((handler, event_id)) == "done"
 
@@ -128,6 +128,7 @@ class _Inbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
@@ -164,6 +165,7 @@ class _Inbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -248,17 +248,20 @@ def connect_sentinel(
     return client
 
 
-def _pack(*args: str | int | float) -> bytes:
+def _pack(*args: str | int | float | bytes) -> bytes:
     """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
+        if isinstance(arg, bytes):
+            data = arg
+        else:
+            data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
 def run_script(
-    client: redis.Redis, script: Script, keys: list[str], args: list[str | int | float]
+    client: redis.Redis, script: Script, keys: list[str], args: Sequence[str | int | float | bytes]
 ) -> Any:
     """Run ``script`` as one packed ``EVALSHA`` on a pooled connection; return its reply.
 
@@ -272,7 +275,7 @@ def run_script_replicated(
     client: redis.Redis,
     script: Script,
     keys: list[str],
-    args: list[str | int | float],
+    args: Sequence[str | int | float | bytes],
     replicas: int,
     timeout_ms: int,
 ) -> tuple[Any, int]:
@@ -287,7 +290,7 @@ def _run(
     client: redis.Redis,
     script: Script,
     keys: list[str],
-    args: list[str | int | float],
+    args: Sequence[str | int | float | bytes],
     wait: tuple[int, int] | None,
 ) -> tuple[Any, Any]:
     pool = client.connection_pool

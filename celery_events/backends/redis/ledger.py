@@ -197,8 +197,8 @@ class LedgerInbox:
     def process_token(self) -> str:
         return self.inbox.process_token()
 
-    def is_done(self, handler: str, event_id: str) -> bool:
-        return self.inbox.is_done(handler, event_id)
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
+        return self.inbox.is_done(handler, event_id, event_time=event_time)
 
     def new_effects(self) -> Any | None:
         return self.inbox.new_effects()
@@ -209,12 +209,14 @@ class LedgerInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
     ) -> Claim:
         found = self.inbox.claim(
-            handler, event_id, task_id, lease=lease, lease_seconds=lease_seconds, use_inbox=use_inbox
+            handler, event_id, task_id, event_time=event_time, lease=lease,
+            lease_seconds=lease_seconds, use_inbox=use_inbox,
         )
         if found.status == "done":
             self._settle(task_id)
@@ -228,13 +230,14 @@ class LedgerInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
     ) -> bool:
         done = self.inbox.succeed(
-            handler, event_id, task_id, lease=lease, use_inbox=use_inbox,
+            handler, event_id, task_id, event_time=event_time, lease=lease, use_inbox=use_inbox,
             ttl_seconds=ttl_seconds, effects=effects,
         )
         if done:  # else the copy that took the lease over settles it

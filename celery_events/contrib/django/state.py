@@ -228,7 +228,7 @@ class DatabaseInbox:
         """None: ``bus.redis_effects()`` needs the Redis state store."""
         return None
 
-    def is_done(self, handler: str, event_id: str) -> bool:
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
         from .models import DeliveryLease
 
         with _translated():
@@ -268,6 +268,7 @@ class DatabaseInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
@@ -331,6 +332,7 @@ class DatabaseInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
