@@ -40,6 +40,7 @@ from tests.harness import rabbitmq_server_binary
 from . import (
     baseline,
     contracts,
+    inbox,
     matching,
     memory,
     observability,
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "publish": publish.run,
     "matching": matching.run,
     "memory": memory.run,
+    "inbox-memory": inbox.run,
     "throughput": workers.throughput,
     "latency": workers.latency,
     "signing-publish": signing.publish,
@@ -81,7 +83,8 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 }
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
-    "publish", "baseline-publish", "matching", "memory", "throughput", "baseline-throughput",
+    "publish", "baseline-publish", "matching", "memory", "inbox-memory", "throughput",
+    "baseline-throughput",
     "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
 ]
 

@@ -219,7 +219,10 @@ def connect_sentinel(
         "retry": Retry(NoBackoff(), 0),
     }
     primary: dict[str, Any] = {
-        **bounded, "db": db, "retry_on_timeout": False, "health_check_interval": 30
+        **bounded,
+        "db": db,
+        "retry_on_timeout": False,
+        "health_check_interval": 30,
     }
     if first.password is not None:
         primary["password"] = first.password

@@ -113,7 +113,9 @@ def done_field(event_id: str) -> bytes:
     return b"\xfe\xfe" + raw if len(raw) == 15 else b"\xff" + raw
 
 
-def done_place(key_prefix: str, handler: str, event_id: str, event_time: float) -> tuple[str, bytes, int]:
+def done_place(
+    key_prefix: str, handler: str, event_id: str, event_time: float
+) -> tuple[str, bytes, int]:
     """Where the done marker of ``event_id`` (published at ``event_time``) lives: its group's
     level-0 key, its field and the hash that picks its shard (see :data:`DONE_LUA`)."""
     field = done_field(event_id)
@@ -121,7 +123,10 @@ def done_place(key_prefix: str, handler: str, event_id: str, event_time: float) 
     return f"{key_prefix}done:{handler}:{bucket}", field, zlib.crc32(field)
 
 
-CLAIM_LUA = SETTLE_LUA + DONE_LUA + """
+CLAIM_LUA = (
+    SETTLE_LUA
+    + DONE_LUA
+    + """
 -- KEYS: inbox, state, ledger, due, done
 -- ARGV: task_id, lease, lease_ms, use_inbox, due_at, alive_prefix, done_field, done_hash
 local current = redis.call('GET', KEYS[1])
@@ -167,11 +172,15 @@ local failures = tonumber(redis.call('HGET', KEYS[2], 'failures') or '0')
 local first = redis.call('HGET', KEYS[2], 'first_failed_at') or ''
 return {'run', '', 0, starts, failures, first}
 """
+)
 
 # Records a success when the handler queued no Redis effects (else a MULTI carries them too).
 # A run whose lease another copy took over (this process was presumed dead: its alive key
 # expired) leaves the record to that copy, which is running.
-SUCCEED_LUA = SETTLE_LUA + DONE_LUA + """
+SUCCEED_LUA = (
+    SETTLE_LUA
+    + DONE_LUA
+    + """
 -- KEYS: inbox, state, ledger, due, done   ARGV: task_id, use_inbox, inbox_ttl_ms, lease, done_field, done_hash
 if ARGV[2] == '1' then
   local current = redis.call('GET', KEYS[1])
@@ -185,10 +194,13 @@ redis.call('DEL', KEYS[2])
 settle(KEYS[3], KEYS[4], ARGV[1])
 return 1
 """
+)
 
 # Ends a run that will be retried or dead-lettered: the lease is released (only if still ours),
 # the run counts as finished, and a failure is counted.
-RELEASE_LUA = SETTLE_LUA + """
+RELEASE_LUA = (
+    SETTLE_LUA
+    + """
 -- KEYS: inbox, state, ledger, due   ARGV: task_id, lease, failed, now, due_at, forget
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
@@ -213,14 +225,18 @@ if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
 end
 return failures
 """
+)
 
 # Drops a delivery's bookkeeping and ledger entry (dead-lettered before it could be claimed).
-FORGET_LUA = SETTLE_LUA + """
+FORGET_LUA = (
+    SETTLE_LUA
+    + """
 -- KEYS: state, ledger, due   ARGV: task_id
 redis.call('DEL', KEYS[1])
 settle(KEYS[2], KEYS[3], ARGV[1])
 return 0
 """
+)
 
 
 class Inbox:
@@ -333,7 +349,12 @@ class Inbox:
         base, field, hash_ = done_place(self.prefix, handler, event_id, event_time)
         keys = [*self._keys(handler, event_id, task_id), base]
         args: list[str | int | float | bytes] = [
-            task_id, "1" if use_inbox else "0", int(ttl_seconds * 1000), lease, field, hash_
+            task_id,
+            "1" if use_inbox else "0",
+            int(ttl_seconds * 1000),
+            lease,
+            field,
+            hash_,
         ]
         if effects is None or not effects.command_stack:
             # One script call: about half the cost of a MULTI pipeline on this hot path.
