@@ -30,7 +30,12 @@ def handle(inbox: Inbox, event_id: str, at: float, ttl: float = 3600.0) -> str:
     )
     if claim.status == "run":
         assert inbox.succeed(
-            HANDLER, event_id, task_id, event_time=at, lease=lease, use_inbox=True,
+            HANDLER,
+            event_id,
+            task_id,
+            event_time=at,
+            lease=lease,
+            use_inbox=True,
             ttl_seconds=ttl,
         )
     return claim.status
@@ -92,9 +97,7 @@ def test_a_marker_lives_for_the_window_after_it_was_recorded_then_nothing_is_lef
     assert handle(inbox, "e-1", at, ttl=2.0) == "done"
     assert time.monotonic() - recorded < 2.0, "too slow to look inside the window"
     # And once it passed, the event counts as new, and no key of its group is left
-    wait_until(
-        lambda: not inbox.is_done(HANDLER, "e-1", event_time=at), timeout=10, what="expiry"
-    )
+    wait_until(lambda: not inbox.is_done(HANDLER, "e-1", event_time=at), timeout=10, what="expiry")
     assert time.monotonic() - recorded >= 2.0
     assert list(redis_client.scan_iter(f"{PREFIX}done:*")) == []
     assert list(redis_client.scan_iter(f"{PREFIX}inbox:*")) == []
@@ -130,14 +133,29 @@ def test_effects_commit_once_with_the_record(redis_client: redis.Redis) -> None:
     leases = {task: lease_value(task, inbox.process_token()) for task in (first, second)}
 
     def claim(task: str) -> str:
-        return inbox.claim(HANDLER, "e-9", task, event_time=MINUTE, lease=leases[task],
-                           lease_seconds=60, use_inbox=True).status
+        return inbox.claim(
+            HANDLER,
+            "e-9",
+            task,
+            event_time=MINUTE,
+            lease=leases[task],
+            lease_seconds=60,
+            use_inbox=True,
+        ).status
 
     def succeed(task: str) -> bool:
         effects = inbox.new_effects()
         effects.incr("shipped")
-        return inbox.succeed(HANDLER, "e-9", task, event_time=MINUTE, lease=leases[task],
-                             use_inbox=True, ttl_seconds=60, effects=effects)
+        return inbox.succeed(
+            HANDLER,
+            "e-9",
+            task,
+            event_time=MINUTE,
+            lease=leases[task],
+            use_inbox=True,
+            ttl_seconds=60,
+            effects=effects,
+        )
 
     assert claim(first) == "run"
     redis_client.delete(f"{PREFIX}inbox:{HANDLER}:e-9")  # its lease time passed
