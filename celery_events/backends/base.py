@@ -314,6 +314,10 @@ def lease_value(task_id: str, process: str) -> str:
 class Inbox(Protocol):
     """One service's delivery bookkeeping: inbox records, leases, failure counts."""
 
+    #: Whether :meth:`succeed` given a ``delivery_tag`` also acknowledges the broker's message
+    #: (the Redis inbox on the broker's Redis), so that the worker's own ack has nothing to do.
+    acknowledges: bool
+
     def process_token(self) -> str:
         """This process's token (kept alive where the backend tracks liveness); leases name it."""
         ...
@@ -356,8 +360,12 @@ class Inbox(Protocol):
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
-        """Record success (with ``effects``, atomically); False when ``lease`` was taken over."""
+        """Record success (with ``effects``, atomically); False when ``lease`` was taken over.
+
+        Where :attr:`acknowledges`, a success recorded also acknowledges the broker's message
+        ``delivery_tag`` (kombu's tag of the message that brought the delivery)."""
         ...
 
     def release(

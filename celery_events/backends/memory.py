@@ -102,6 +102,9 @@ class MemoryTransport(KombuTransport):
 class _Inbox:
     """One service's bookkeeping, as the Redis scripts keep it, in a dict."""
 
+    #: The broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, space: _Space) -> None:
         self.space = space
 
@@ -170,6 +173,7 @@ class _Inbox:
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         key = (handler, event_id)
         with self.space.lock:

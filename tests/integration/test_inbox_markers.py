@@ -9,11 +9,14 @@ import time
 import uuid
 
 import redis
+from celery import Celery
 
+from celery_events import EventBus
 from celery_events.backends.base import lease_value
 from celery_events.backends.redis.inbox import Inbox, done_field
 
 from ..harness import wait_until
+from .conftest import effect_counts
 
 PREFIX = "celery_events:"
 HANDLER = "shop.ship"
@@ -167,3 +170,30 @@ def test_effects_commit_once_with_the_record(redis_client: redis.Redis) -> None:
     assert redis_client.get("shipped") == b"1"
     assert inbox.is_done(HANDLER, "e-9", event_time=MINUTE)
     assert claim(first) == "done"
+
+
+def test_a_worker_acknowledges_a_delivery_with_its_success_record(
+    start_worker, redis_client: redis.Redis, redis_url: str
+) -> None:
+    # Given a prefork worker, and the Redis's command counts from now
+    start_worker("tests.services.orders", env={"ORDERS_WITHOUT_AUDIT": "1"}, args=["-P", "prefork"])
+    publisher = EventBus(Celery("users", broker=redis_url), service="users")
+    publisher.registry.refresh()
+    redis_client.config_resetstat()
+    # When 40 events are delivered and handled
+    ids = [publisher.publish("user.registered", {"user_id": n}).event.id for n in range(40)]
+    publisher.close()
+    wait_until(
+        lambda: set(effect_counts(redis_client)) == {("orders.welcome_order", i) for i in ids},
+        timeout=30,
+        what="every delivery handled",
+    )
+    # Then each was handled once and its message is acknowledged: nothing is left unacked
+    assert set(effect_counts(redis_client).values()) == {1}
+    wait_until(lambda: redis_client.hlen("unacked") == 0, timeout=10, what="the acks")
+    assert redis_client.zcard("unacked_index") == 0
+    assert redis_client.hlen(f"{PREFIX}holders") == 0
+    # And the worker sent no ack transactions of its own: one MULTI/EXEC per delivery (kombu's
+    # unacked record when it took the message), where a separate ack would be a second
+    execs = int(redis_client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+    assert len(ids) <= execs < len(ids) + 5

@@ -174,6 +174,9 @@ class LedgerInbox:
     then skips as done, clearing it.
     """
 
+    #: Its records are in another store: the broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, inbox: InboxRole, client: redis.Redis, service: str, key_prefix: str) -> None:
         self.inbox = inbox
         self.client = client
@@ -235,6 +238,7 @@ class LedgerInbox:
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         done = self.inbox.succeed(
             handler, event_id, task_id, event_time=event_time, lease=lease, use_inbox=use_inbox,

@@ -151,6 +151,20 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         # Where messages of an exchange and routing key go back (bindings change rarely).
         self._routes: dict[tuple[str, str], list[str]] = {}
+        # Tags of messages a delivery's success record already acknowledged in Redis.
+        self._acked_with_success: set[str] = set()
+
+    def acked_with_success(self, delivery_tag: str) -> None:
+        """Note that the inbox's success script already removed ``delivery_tag``'s unacked
+        records (``inbox.py``, ``BrokerAcks``): its ack then sends nothing to Redis."""
+        self._acked_with_success.add(delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if delivery_tag in self._acked_with_success:
+            self._acked_with_success.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
 
     def _holder(self) -> tuple[str, HeldNames] | None:
         bus = _buses.any_bus()

@@ -210,6 +210,9 @@ class DatabaseInbox:
     Same semantics and return values as the Redis inbox, so the delivery task is the same.
     """
 
+    #: The broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, using: Alias) -> None:
         self._using = using
 
@@ -337,6 +340,7 @@ class DatabaseInbox:
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         """Record success; False, recording nothing, when another run took the lease over."""
         from .models import DeliveryLease, DeliveryRecord
