@@ -15,7 +15,10 @@ Keys under ``{key_prefix}``:
 - ``delivery:{task id}``: ``starts`` (runs begun and not finished: a worker died in them),
   ``failures`` and ``first_failed_at``, for retries, poison detection and dead letters;
 - the service's lost-delivery ledger (``ledger.py``), which the scripts here settle (a
-  delivery handled, or found already handled) and move (a run began, a retry is expected).
+  delivery handled, or found already handled) and move (a run began, a retry is expected);
+- on the broker's own Redis, kombu's unacked records of the message that brought a delivery,
+  which the success script removes with the record (:class:`BrokerAcks`): handled and
+  acknowledged in one step, one round trip fewer per delivery.
 """
 
 from __future__ import annotations

@@ -145,6 +145,9 @@ class QoS(kombu_redis.QoS):
     restored (``held:{token}``: tag -> queues and payload, marked redelivered); acking,
     rejecting or restoring it removes both. A sweeper restores the messages of tokens whose
     alive key expired (``liveness.REAP_LUA``); the visibility timeout stays the last resort.
+
+    A delivery's success script removes all of these itself (``inbox.py``, ``BrokerAcks``);
+    its ack (:meth:`acked_with_success`) then only forgets the message here.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
