@@ -55,6 +55,7 @@ from . import (
     batch,
     contracts,
     fanout,
+    inbox,
     matching,
     memory,
     observability,
@@ -74,6 +75,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "publish": publish.run,
     "matching": matching.run,
     "memory": memory.run,
+    "inbox-memory": inbox.run,
     "throughput": workers.throughput,
     "latency": workers.latency,
     "signing-publish": signing.publish,
@@ -101,9 +103,10 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 }
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
-    "publish", "baseline-publish", "fanout", "matching", "memory", "throughput", "baseline-throughput",
-    "latency", "signing-publish", "signing-throughput", "contracts-publish", "observability-publish",
-    "publish-many", "relay", "apublish", "rabbitmq-publish", "rabbitmq-throughput", "sentinel-publish",
+    "publish", "baseline-publish", "fanout", "matching", "memory", "inbox-memory", "throughput",
+    "baseline-throughput", "latency", "signing-publish", "signing-throughput", "contracts-publish",
+    "observability-publish", "publish-many", "relay", "apublish", "rabbitmq-publish",
+    "rabbitmq-throughput", "sentinel-publish",
 ]
 
 

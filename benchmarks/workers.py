@@ -141,14 +141,17 @@ def _bookkeeping(bus: EventBus, count: int, repeats: int) -> list[float]:
     results = []
     for _ in range(repeats):
         ids = new_ids(count)
+        at = time.time()
         started = time.perf_counter()
         for task_id in ids:
             lease = lease_value(task_id, process)
             inbox.claim(
-                "bench.drain", task_id, task_id, lease=lease, lease_seconds=300, use_inbox=True
+                "bench.drain", task_id, task_id, event_time=at, lease=lease, lease_seconds=300,
+                use_inbox=True,
             )
             inbox.succeed(
-                "bench.drain", task_id, task_id, lease=lease, use_inbox=True, ttl_seconds=60
+                "bench.drain", task_id, task_id, event_time=at, lease=lease, use_inbox=True,
+                ttl_seconds=60,
             )
         results.append((time.perf_counter() - started) / count * 1e3)
     return results

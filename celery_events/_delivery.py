@@ -71,6 +71,10 @@ LEASE_MARGIN = 30.0
 TIME_LIMIT_MARGIN = 5.0
 # A dead letter's write fails as RegistryError (the store's StoreError inside it).
 DEAD_LETTER_ERRORS = (StoreError, RegistryError)
+#: What a delivery task returns when the inbox's success record also acknowledged its message
+#: on the broker (``Inbox.acknowledges``): the worker's request then skips its own ack's
+#: round trip (``_request.py``). Any other return: the worker acks as usual.
+ACKED_WITH_SUCCESS = "celery-events: acknowledged with the success record"
 
 T = TypeVar("T")
 
@@ -185,9 +189,12 @@ class DeliveryHost(Protocol):
 def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
     """Register the Celery task that delivers events to ``handler`` in ``app``."""
 
-    def deliver(self: Task, *args: object, **kwargs: object) -> None:
+    def deliver(self: Task, *args: object, **kwargs: object) -> str | None:
         drop_steering(self.request, handler.task_name)
-        _Run(bus, handler, self).run(args, kwargs)
+        run = _Run(bus, handler, self)
+        run.run(args, kwargs)
+        # Tells the worker's request (``_request.py``) that its ack has nothing left to do.
+        return ACKED_WITH_SUCCESS if run.acked else None
 
     deliver.__doc__ = handler.func.__doc__
     options: dict[str, Any] = {
@@ -209,8 +216,9 @@ def register_task(app: Celery, bus: DeliveryHost, handler: Handler) -> Task:
         # services' apps in tests and monoliths.
         "shared": False,
     }
-    # What `celery inspect reserved` lists of a delivery is its (masked) argument text.
-    options["Request"] = "celery_events.trust._request:MaskedRequest"
+    # What `celery inspect reserved` lists of a delivery is its (masked) argument text, and an
+    # ack the inbox's success record already made is not sent again.
+    options["Request"] = "celery_events._request:DeliveryRequest"
     if handler.sensitive:
         # Masks the argument text Celery's worker logs and sends to Flower.
         options["Strategy"] = masking_strategy(handler.sensitive)
@@ -335,6 +343,8 @@ class _Run:
         self.handler_started_at: float | None = None
         self.handler_finished_at: float | None = None
         self.redelivered = False
+        #: Whether the inbox's success record also acknowledged the broker's message.
+        self.acked = False
 
     def _ended(
         self,
@@ -457,6 +467,9 @@ class _Run:
         lease = self.lease = lease_value(
             self.task_id, self._store("process token", inbox.process_token)
         )
+        # The inbox knows a delivery by its event's id and time (the Redis one groups its
+        # records by the time); every run of one event reads the same from the envelope.
+        event_time = event.time.timestamp()
 
         def take() -> Claim:
             # Safe to send again with the same lease: a claim whose reply was lost is found as
@@ -468,6 +481,7 @@ class _Run:
                     handler.task_name,
                     event.id,
                     self.task_id,
+                    event_time=event_time,
                     lease=lease,
                     lease_seconds=handler.lease_seconds,
                     use_inbox=handler.inbox,
@@ -588,6 +602,10 @@ class _Run:
             self._ended(Outcome.DUPLICATE_SKIPPED)
         if not ran and call is not None and chain.on_duplicate_skipped:
             chain.notify(chain.on_duplicate_skipped, call)
+        # The message's tag, for an inbox that acknowledges it with the success record (a
+        # worker's message: a delivery run in place has none).
+        properties = getattr(self.task.request, "properties", None) or {}
+        delivery_tag = properties.get("delivery_tag") if inbox.acknowledges else None
         try:
             # The handler ran: wait for the store as long as the time limit allows, since a
             # delivery handed back now may run the handler a second time.
@@ -596,10 +614,12 @@ class _Run:
                     handler.task_name,
                     event.id,
                     self.task_id,
+                    event_time=event_time,
                     lease=lease,
                     use_inbox=handler.inbox,
                     ttl_seconds=self.bus.settings.inbox_ttl,
                     effects=effects,
+                    delivery_tag=delivery_tag,
                 ),
                 "success",
                 self._time_left(),
@@ -616,6 +636,7 @@ class _Run:
             )
             self._hand_back("success", exc)
             raise  # not reached
+        self.acked = succeeded and isinstance(delivery_tag, str)
         if not succeeded:
             log.warning(
                 "celery-events: delivery %s of event %s by %s was recorded as handled by"

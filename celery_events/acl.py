@@ -128,9 +128,9 @@ def service_rules(
         # The lock that keeps one sweeper of its ledger running at a time.
         f"~{p}sweeper:{service}",
     ]
-    # Its handlers' inbox records: a handler's task name is "{service}.{name}", and a service
-    # name has no '.', so this matches its handlers and no other service's.
-    rules.append(f"~{p}inbox:{service}.*")
+    # Its handlers' inbox leases and done markers: a handler's task name is "{service}.{name}",
+    # and a service name has no '.', so these match its handlers and no other service's.
+    rules += [f"~{p}inbox:{service}.*", f"~{p}done:{service}.*"]
     # Shared keys this layout cannot split per service (see SHARED_KEYS): the registry's
     # version token and the catalog (written with every registration and first publish of a
     # name), the delivery bookkeeping and alive keys (inbox.py, liveness.py), kombu's unacked

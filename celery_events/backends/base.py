@@ -342,11 +342,18 @@ def lease_value(task_id: str, process: str) -> str:
 class Inbox(Protocol):
     """One service's delivery bookkeeping: inbox records, leases, failure counts."""
 
+    #: Whether :meth:`succeed` given a ``delivery_tag`` also acknowledges the broker's message
+    #: (the Redis inbox on the broker's Redis), so that the worker's own ack has nothing to do.
+    acknowledges: bool
+
     def process_token(self) -> str:
         """This process's token (kept alive where the backend tracks liveness); leases name it."""
         ...
 
-    def is_done(self, handler: str, event_id: str) -> bool: ...
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
+        """Whether ``handler`` finished the event (its id and its time, ``event.time`` as a
+        POSIX timestamp) within the ``inbox_ttl`` window."""
+        ...
 
     def claim(
         self,
@@ -354,11 +361,15 @@ class Inbox(Protocol):
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
     ) -> Claim:
-        """Take the delivery's lease, unless it is done or a live copy holds it."""
+        """Take the delivery's lease, unless it is done or a live copy holds it.
+
+        ``event_time`` is the event's ``time`` as a POSIX timestamp: a store may group its
+        records by it (the Redis inbox does), so every call about one event passes the same."""
         ...
 
     def new_effects(self) -> Any | None:
@@ -372,12 +383,17 @@ class Inbox(Protocol):
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
-        """Record success (with ``effects``, atomically); False when ``lease`` was taken over."""
+        """Record success (with ``effects``, atomically); False when ``lease`` was taken over.
+
+        Where :attr:`acknowledges`, a success recorded also acknowledges the broker's message
+        ``delivery_tag`` (kombu's tag of the message that brought the delivery)."""
         ...
 
     def release(

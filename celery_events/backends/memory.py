@@ -134,6 +134,9 @@ class MemoryTransport(KombuTransport):
 class _Inbox:
     """One service's bookkeeping, as the Redis scripts keep it, in a dict."""
 
+    #: The broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, space: _Space) -> None:
         self.space = space
 
@@ -150,7 +153,7 @@ class _Inbox:
             return None
         return value
 
-    def is_done(self, handler: str, event_id: str) -> bool:
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
         with self.space.lock:
             return self._current((handler, event_id)) == "done"
 
@@ -160,6 +163,7 @@ class _Inbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
@@ -196,10 +200,12 @@ class _Inbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         key = (handler, event_id)
         with self.space.lock:

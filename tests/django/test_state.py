@@ -29,6 +29,8 @@ from .settings import CELERY_EVENTS
 pytestmark = pytest.mark.django_db(transaction=True, databases=BOTH)
 
 HANDLER = "warehouse.pack"
+#: The time of the events the inbox is asked about directly (the database inbox ignores it).
+T = 1_700_000_000.0
 
 
 def alive(token: str) -> bool:
@@ -50,7 +52,8 @@ def claim(inbox: DatabaseInbox, event_id: str, task_id: str, process: str | None
           *, use_inbox: bool = True) -> tuple[str, object]:
     lease = lease_value(task_id, process or inbox.process_token())
     return lease, inbox.claim(
-        HANDLER, event_id, task_id, lease=lease, lease_seconds=60, use_inbox=use_inbox
+        HANDLER, event_id, task_id, event_time=T, lease=lease, lease_seconds=60,
+        use_inbox=use_inbox,
     )
 
 
@@ -64,8 +67,9 @@ def test_a_claimed_delivery_is_busy_for_a_second_copy_then_done_once_it_succeede
     _, second = claim(inbox, event, uuid.uuid4().hex)
     assert second.status == "busy" and second.holder == lease
     assert 0 < second.holder_ttl_ms <= 12_000  # until this process would count as dead
-    assert inbox.succeed(HANDLER, event, task, lease=lease, use_inbox=True, ttl_seconds=60)
-    assert inbox.is_done(HANDLER, event)
+    assert inbox.succeed(HANDLER, event, task, event_time=T, lease=lease, use_inbox=True,
+                         ttl_seconds=60)
+    assert inbox.is_done(HANDLER, event, event_time=T)
     _, third = claim(inbox, event, uuid.uuid4().hex)
     assert third.status == "done"
     assert DeliveryLease.objects.using("pg").get(event_id=event).state == "done"
@@ -120,10 +124,12 @@ def test_a_lease_of_a_dead_process_is_taken_over_and_its_late_success_is_dropped
     new_lease, taken = claim(inbox, event, task)
     assert (taken.status, taken.starts) == ("run", 2)
     # The presumed-dead run finishing late records nothing; the new holder's success counts
-    assert not inbox.succeed(HANDLER, event, task, lease=old_lease, use_inbox=True, ttl_seconds=60)
-    assert not inbox.is_done(HANDLER, event)
-    assert inbox.succeed(HANDLER, event, task, lease=new_lease, use_inbox=True, ttl_seconds=60)
-    assert inbox.is_done(HANDLER, event)
+    assert not inbox.succeed(HANDLER, event, task, event_time=T, lease=old_lease,
+                             use_inbox=True, ttl_seconds=60)
+    assert not inbox.is_done(HANDLER, event, event_time=T)
+    assert inbox.succeed(HANDLER, event, task, event_time=T, lease=new_lease,
+                         use_inbox=True, ttl_seconds=60)
+    assert inbox.is_done(HANDLER, event, event_time=T)
 
 
 def test_this_process_row_is_renewed_by_its_thread(inbox: DatabaseInbox) -> None:
@@ -227,29 +233,30 @@ def test_the_redis_ledger_is_kept_beside_the_database_inbox(
     # The publisher's fan-out recorded the delivery in the subscriber's ledger
     assert redis_client.hexists(ledger, delivery.task_id)
     inbox, event = bus.inbox, shop.new_event("crate.packed", {})
+    at = event.time.timestamp()
     lease = lease_value(delivery.task_id, inbox.process_token())
     wait_until(lambda: alive(inbox.process_token()), timeout=10)
     # A run moves its due time past its lease, a retry past its wait
     before = time.time()
-    inbox.claim("ledgered.pack", event.id, delivery.task_id, lease=lease, lease_seconds=60,
-                use_inbox=True)
+    inbox.claim("ledgered.pack", event.id, delivery.task_id, event_time=at, lease=lease,
+                lease_seconds=60, use_inbox=True)
     assert redis_client.zscore(due, delivery.task_id) >= before + 60
     inbox.release("ledgered.pack", event.id, delivery.task_id, lease=lease, failed=True,
                   next_due_in=500)
     assert redis_client.zscore(due, delivery.task_id) >= before + 500
     # Handled: its entry goes, with the inbox record in the database
-    inbox.claim("ledgered.pack", event.id, delivery.task_id, lease=lease, lease_seconds=60,
-                use_inbox=True)
-    assert inbox.succeed("ledgered.pack", event.id, delivery.task_id, lease=lease,
-                         use_inbox=True, ttl_seconds=60)
+    inbox.claim("ledgered.pack", event.id, delivery.task_id, event_time=at, lease=lease,
+                lease_seconds=60, use_inbox=True)
+    assert inbox.succeed("ledgered.pack", event.id, delivery.task_id, event_time=at,
+                         lease=lease, use_inbox=True, ttl_seconds=60)
     assert not redis_client.hexists(ledger, delivery.task_id)
     assert redis_client.zscore(due, delivery.task_id) is None
     assert DeliveryLease.objects.using("pg").get(event_id=event.id).state == "done"
     # A copy found already handled clears its own entry too
     [copy] = shop.publish_event(event).deliveries
     lease = lease_value(copy.task_id, inbox.process_token())
-    found = inbox.claim("ledgered.pack", event.id, copy.task_id, lease=lease, lease_seconds=60,
-                        use_inbox=True)
+    found = inbox.claim("ledgered.pack", event.id, copy.task_id, event_time=at, lease=lease,
+                        lease_seconds=60, use_inbox=True)
     assert found.status == "done" and not redis_client.hexists(ledger, copy.task_id)
     shop.close()
     bus.close()

@@ -40,6 +40,8 @@ EVENTS = 200
 HANDLERS = ("outage.first", "outage.second")
 OUTAGE = 3.0
 QUEUE = "events.outage"
+#: The time of the event the inbox is asked about directly.
+T = 1_700_000_000.0
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def _outage_mid_stream(
     publisher.registry.refresh()
     results = [publisher.publish("outage.happened", {"n": n, "work": 0.02}) for n in range(EVENTS)]
     assert all(len(result.deliveries) == len(HANDLERS) for result in results)
-    ids = [result.event.id for result in results]
+    ids = [(result.event.id, result.event.time.timestamp()) for result in results]
     # Mid-stream: some deliveries handled, most still to come.
     wait_until(lambda: len(effects(redis_client)) >= 60, timeout=30, what="the first effects")
     state_redis.stop(kill=True)
@@ -83,14 +85,18 @@ def _outage_mid_stream(
     time.sleep(OUTAGE)  # the outage itself, not a wait for something
     state_redis.start()
 
-    expected = {(handler, event_id) for handler in HANDLERS for event_id in ids}
+    expected = {(handler, event_id) for handler in HANDLERS for event_id, _ in ids}
     wait_until(
         lambda: len(effects(redis_client)) >= len(expected), timeout=45,
         what=f"{len(expected)} effects",
     )
     # Every delivery recorded as handled: no copy is left that could run a handler again.
     wait_until(
-        lambda: all(ops.inbox.is_done(handler, event_id) for handler, event_id in expected),
+        lambda: all(
+            ops.inbox.is_done(handler, event_id, event_time=at)
+            for handler in HANDLERS
+            for event_id, at in ids
+        ),
         timeout=20, what="every inbox record",
     )
     seen = Counter((str(e["handler"]), str(e["event_id"])) for e in effects(redis_client))
@@ -163,8 +169,8 @@ def test_a_claim_and_a_release_sent_twice_with_one_lease_count_once(redis_url: s
         inbox = bus.inbox
         lease = lease_value("task-1", inbox.process_token())
         claims = [
-            inbox.claim("outage.first", "ev-1", "task-1", lease=lease, lease_seconds=60,
-                        use_inbox=True)
+            inbox.claim("outage.first", "ev-1", "task-1", event_time=T, lease=lease,
+                        lease_seconds=60, use_inbox=True)
             for _ in range(2)
         ]
         assert [(c.status, c.starts) for c in claims] == [("run", 1), ("run", 1)]
@@ -175,14 +181,14 @@ def test_a_claim_and_a_release_sent_twice_with_one_lease_count_once(redis_url: s
         assert failures == [1, 1]
         # The next run (its own lease) counts as it always did.
         again = lease_value("task-1", inbox.process_token())
-        claim = inbox.claim("outage.first", "ev-1", "task-1", lease=again, lease_seconds=60,
-                            use_inbox=True)
+        claim = inbox.claim("outage.first", "ev-1", "task-1", event_time=T, lease=again,
+                            lease_seconds=60, use_inbox=True)
         assert (claim.status, claim.starts, claim.failures) == ("run", 1, 1)
-        assert inbox.succeed("outage.first", "ev-1", "task-1", lease=again, use_inbox=True,
-                             ttl_seconds=60)
-        assert inbox.succeed("outage.first", "ev-1", "task-1", lease=again, use_inbox=True,
-                             ttl_seconds=60)
-        assert inbox.is_done("outage.first", "ev-1")
+        assert inbox.succeed("outage.first", "ev-1", "task-1", event_time=T, lease=again,
+                             use_inbox=True, ttl_seconds=60)
+        assert inbox.succeed("outage.first", "ev-1", "task-1", event_time=T, lease=again,
+                             use_inbox=True, ttl_seconds=60)
+        assert inbox.is_done("outage.first", "ev-1", event_time=T)
     finally:
         bus.close()
 
@@ -193,6 +199,7 @@ def test_an_unreachable_state_redis_is_a_store_unavailable_error() -> None:
         "outage"
     )
     with pytest.raises(StoreUnavailable, match="onnect"):
-        inbox.claim("outage.first", "ev-1", "task-1", lease="{}", lease_seconds=60, use_inbox=True)
+        inbox.claim("outage.first", "ev-1", "task-1", event_time=T, lease="{}",
+                    lease_seconds=60, use_inbox=True)
     with pytest.raises(StoreUnavailable):
         inbox.release("outage.first", "ev-1", "task-1", lease="{}", failed=True)

@@ -17,6 +17,7 @@ def test_each_service_gets_its_own_keys_and_append_only_selectors() -> None:
     assert "~celery_events:registry:shop" in rules
     assert "~celery_events:registry:orders" not in rules
     assert "~celery_events:inbox:shop.*" in rules
+    assert "~celery_events:done:shop.*" in rules and "~celery_events:done:orders.*" not in rules
     assert "(+lpush +type %W~events.* %W~special)" in rules
     assert any(r.startswith("(+hsetnx +type %W~celery_events:ledger:orders ") for r in rules)
     assert "-@dangerous" in rules

@@ -15,6 +15,9 @@ from celery_events.backends.base import lease_value
 
 from ..harness import wait_until
 
+#: The time of the event the inbox is asked about directly.
+T = 1_700_000_000.0
+
 
 @pytest.fixture(autouse=True)
 def _fresh_memory() -> Iterator[None]:
@@ -71,13 +74,21 @@ def test_buses_of_one_process_share_the_registry_of_their_memory_space() -> None
 def test_the_memory_inbox_runs_a_delivery_once_and_skips_a_copy() -> None:
     inbox = make_bus("shop").inbox
     lease = lease_value("t1", inbox.process_token())
-    claim = inbox.claim("shop.h", "e1", "t1", lease=lease, lease_seconds=30, use_inbox=True)
+    claim = inbox.claim(
+        "shop.h", "e1", "t1", event_time=T, lease=lease, lease_seconds=30, use_inbox=True
+    )
     assert claim.status == "run" and claim.starts == 1
-    busy = inbox.claim("shop.h", "e1", "t2", lease="other", lease_seconds=30, use_inbox=True)
+    busy = inbox.claim(
+        "shop.h", "e1", "t2", event_time=T, lease="other", lease_seconds=30, use_inbox=True
+    )
     assert busy.status == "busy" and busy.holder == lease
-    assert inbox.succeed("shop.h", "e1", "t1", lease=lease, use_inbox=True, ttl_seconds=60)
-    assert inbox.is_done("shop.h", "e1")
-    again = inbox.claim("shop.h", "e1", "t3", lease="x", lease_seconds=30, use_inbox=True)
+    assert inbox.succeed(
+        "shop.h", "e1", "t1", event_time=T, lease=lease, use_inbox=True, ttl_seconds=60
+    )
+    assert inbox.is_done("shop.h", "e1", event_time=T)
+    again = inbox.claim(
+        "shop.h", "e1", "t3", event_time=T, lease="x", lease_seconds=30, use_inbox=True
+    )
     assert again.status == "done"
 
 
@@ -85,6 +96,8 @@ def test_the_memory_inbox_counts_failures_across_runs() -> None:
     inbox = make_bus("shop").inbox
     for expected in (1, 2):
         lease = lease_value("t1", inbox.process_token())
-        claim = inbox.claim("shop.h", "e1", "t1", lease=lease, lease_seconds=30, use_inbox=True)
+        claim = inbox.claim(
+            "shop.h", "e1", "t1", event_time=T, lease=lease, lease_seconds=30, use_inbox=True
+        )
         assert claim.failures == expected - 1
         assert inbox.release("shop.h", "e1", "t1", lease=lease, failed=True) == expected

@@ -107,8 +107,8 @@ def test_claims_that_fail_past_the_wait_hand_the_delivery_back_without_counting_
     run_worker(bus, lambda: seen, "the handler")
     assert len(seen) == 1
     assert bus.dead_letters.count() == 0
-    assert bus.inbox.claim("shop.append", seen[0].id, "x", lease="{}", lease_seconds=1,
-                           use_inbox=True).status == "done"
+    assert bus.inbox.claim("shop.append", seen[0].id, "x", event_time=seen[0].time.timestamp(),
+                           lease="{}", lease_seconds=1, use_inbox=True).status == "done"
 
 
 def test_a_claim_whose_reply_was_lost_counts_one_start_and_its_lease_is_not_waited_out() -> None:
@@ -130,7 +130,9 @@ def test_a_success_that_cannot_be_written_at_once_is_waited_for_and_the_handler_
     bus = make_bus(outage)
     seen: list[Event] = []
     bus.subscribe("order.*")(seen.append)
-    run_worker(bus, lambda: seen and bus.inbox.is_done("shop.append", seen[0].id), "success")
+    run_worker(bus, lambda: seen and bus.inbox.is_done(
+        "shop.append", seen[0].id, event_time=seen[0].time.timestamp()
+    ), "success")
     assert len(seen) == 1 and outage.failed["succeed"] > 1
 
 

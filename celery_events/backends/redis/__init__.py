@@ -28,6 +28,8 @@ from .. import without_password
 from ..base import Backend, Capabilities, StateStore
 from .client import connect, connect_async
 from .fanout import RedisFanout
+from .inbox import BrokerAcks
+from .liveness import held_names
 from .stores import LedgerState, RedisRegistry, RedisState
 from .worker import RedisRecovery
 
@@ -90,13 +92,26 @@ def open_backend(
         capabilities=CAPABILITIES,
         transport=transport,
         state=(
-            RedisState(broker, settings.key_prefix)
+            RedisState(broker, settings.key_prefix, _broker_acks(options, settings.key_prefix))
             if state is None
             else LedgerState(state, broker, settings.key_prefix)
         ),
         registry=registry,
         recovery=RedisRecovery(broker),
         description=f"{without_password(broker_url)}; registry on {where}",
+    )
+
+
+def _broker_acks(options: dict[str, Any], key_prefix: str) -> BrokerAcks:
+    """Where kombu's Redis transport (with ``transport.py``'s holder records) keeps the
+    broker's unacked messages, as the inbox's client names them (with the global prefix)."""
+    prefix = options.get("global_keyprefix", "")
+    held = held_names(key_prefix, prefix)
+    return BrokerAcks(
+        unacked=prefix + options.get("unacked_key", "unacked"),
+        unacked_index=prefix + options.get("unacked_index_key", "unacked_index"),
+        holders=held.holders,
+        held_prefix=held.held_prefix,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -278,7 +278,10 @@ def _connect_sentinel(
         "retry": flavour.retry_class(NoBackoff(), 0),
     }
     primary: dict[str, Any] = {
-        **bounded, "db": db, "retry_on_timeout": False, "health_check_interval": 30
+        **bounded,
+        "db": db,
+        "retry_on_timeout": False,
+        "health_check_interval": 30,
     }
     if first.password is not None:
         primary["password"] = first.password
@@ -304,17 +307,20 @@ def _connect_sentinel(
     return manager.master_for(master_name, redis_class=flavour.redis_class, **options)
 
 
-def _pack(*args: str | int | float) -> bytes:
+def _pack(*args: str | int | float | bytes) -> bytes:
     """Encode one Redis command (RESP) into a single buffer, so it leaves in one send."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
+        if isinstance(arg, bytes):
+            data = arg
+        else:
+            data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
 def run_script(
-    client: redis.Redis, script: Script, keys: list[str], args: list[str | int | float]
+    client: redis.Redis, script: Script, keys: list[str], args: Sequence[str | int | float | bytes]
 ) -> Any:
     """Run ``script`` as one packed ``EVALSHA`` on a pooled connection; return its reply.
 
@@ -328,7 +334,7 @@ def run_script_replicated(
     client: redis.Redis,
     script: Script,
     keys: list[str],
-    args: list[str | int | float],
+    args: Sequence[str | int | float | bytes],
     replicas: int,
     timeout_ms: int,
 ) -> tuple[Any, int]:
@@ -343,7 +349,7 @@ def _run(
     client: redis.Redis,
     script: Script,
     keys: list[str],
-    args: list[str | int | float],
+    args: Sequence[str | int | float | bytes],
     wait: tuple[int, int] | None,
 ) -> tuple[Any, Any]:
     pool = client.connection_pool

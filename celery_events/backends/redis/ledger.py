@@ -208,6 +208,9 @@ class LedgerInbox:
     then skips as done, clearing it.
     """
 
+    #: Its records are in another store: the broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, inbox: InboxRole, client: redis.Redis, service: str, key_prefix: str) -> None:
         self.inbox = inbox
         self.client = client
@@ -231,8 +234,8 @@ class LedgerInbox:
     def process_token(self) -> str:
         return self.inbox.process_token()
 
-    def is_done(self, handler: str, event_id: str) -> bool:
-        return self.inbox.is_done(handler, event_id)
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
+        return self.inbox.is_done(handler, event_id, event_time=event_time)
 
     def new_effects(self) -> Any | None:
         return self.inbox.new_effects()
@@ -243,12 +246,14 @@ class LedgerInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
     ) -> Claim:
         found = self.inbox.claim(
-            handler, event_id, task_id, lease=lease, lease_seconds=lease_seconds, use_inbox=use_inbox
+            handler, event_id, task_id, event_time=event_time, lease=lease,
+            lease_seconds=lease_seconds, use_inbox=use_inbox,
         )
         if found.status == "done":
             self._settle(task_id)
@@ -262,13 +267,15 @@ class LedgerInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         done = self.inbox.succeed(
-            handler, event_id, task_id, lease=lease, use_inbox=use_inbox,
+            handler, event_id, task_id, event_time=event_time, lease=lease, use_inbox=use_inbox,
             ttl_seconds=ttl_seconds, effects=effects,
         )
         if done:  # else the copy that took the lease over settles it

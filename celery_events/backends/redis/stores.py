@@ -36,7 +36,7 @@ import redis
 
 from ..base import DeadLetterRecords, StateStore, StoreError
 from .client import store_error, store_errors
-from .inbox import Inbox
+from .inbox import BrokerAcks, Inbox
 from .ledger import LedgerInbox
 
 __all__ = ["RedisRegistry", "RedisState", "RedisDeadLetters", "RedisTraces", "LedgerState"]
@@ -262,12 +262,17 @@ class RedisTraces:
 class RedisState:
     """Inboxes and dead letters of every service sharing one Redis, and its trace records."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, key_prefix: str, broker_acks: BrokerAcks | None = None
+    ) -> None:
         self.client = client
         self.key_prefix = key_prefix
+        #: On the broker's own Redis: where its unacked messages are, for inboxes that
+        #: acknowledge a delivery's message with its success record.
+        self.broker_acks = broker_acks
 
     def inbox(self, service: str) -> Inbox:
-        return Inbox(self.client, service, self.key_prefix)
+        return Inbox(self.client, service, self.key_prefix, self.broker_acks)
 
     def dead_letters(self, service: str) -> RedisDeadLetters:
         return RedisDeadLetters(self.client, service, self.key_prefix)

@@ -145,12 +145,29 @@ class QoS(kombu_redis.QoS):
     restored (``held:{token}``: tag -> queues and payload, marked redelivered); acking,
     rejecting or restoring it removes both. A sweeper restores the messages of tokens whose
     alive key expired (``liveness.REAP_LUA``); the visibility timeout stays the last resort.
+
+    A delivery's success script removes all of these itself (``inbox.py``, ``BrokerAcks``);
+    its ack (:meth:`acked_with_success`) then only forgets the message here.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Where messages of an exchange and routing key go back (bindings change rarely).
         self._routes: dict[tuple[str, str], list[str]] = {}
+        # Tags of messages a delivery's success record already acknowledged in Redis.
+        self._acked_with_success: set[str] = set()
+
+    def acked_with_success(self, delivery_tag: str) -> None:
+        """Note that the inbox's success script already removed ``delivery_tag``'s unacked
+        records (``inbox.py``, ``BrokerAcks``): its ack then sends nothing to Redis."""
+        self._acked_with_success.add(delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if delivery_tag in self._acked_with_success:
+            self._acked_with_success.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
 
     def _holder(self) -> tuple[str, HeldNames] | None:
         bus = _buses.any_bus()

@@ -210,6 +210,9 @@ class DatabaseInbox:
     Same semantics and return values as the Redis inbox, so the delivery task is the same.
     """
 
+    #: The broker's messages are acknowledged by the worker.
+    acknowledges = False
+
     def __init__(self, using: Alias) -> None:
         self._using = using
 
@@ -228,7 +231,7 @@ class DatabaseInbox:
         """None: ``bus.redis_effects()`` needs the Redis state store."""
         return None
 
-    def is_done(self, handler: str, event_id: str) -> bool:
+    def is_done(self, handler: str, event_id: str, *, event_time: float) -> bool:
         from .models import DeliveryLease
 
         with _translated():
@@ -268,6 +271,7 @@ class DatabaseInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         lease_seconds: float,
         use_inbox: bool,
@@ -331,10 +335,12 @@ class DatabaseInbox:
         event_id: str,
         task_id: str,
         *,
+        event_time: float,
         lease: str,
         use_inbox: bool,
         ttl_seconds: float,
         effects: Any | None = None,
+        delivery_tag: str | None = None,
     ) -> bool:
         """Record success; False, recording nothing, when another run took the lease over."""
         from .models import DeliveryLease, DeliveryRecord

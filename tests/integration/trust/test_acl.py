@@ -130,6 +130,7 @@ def test_a_restricted_service_cannot_touch_another_services_record_queue_or_stat
     redis_client.hset("celery_events:ledger:orders", "t1", "entry")
     redis_client.hset("celery_events:dead:orders", "d1", "letter")
     redis_client.set("celery_events:inbox:orders.welcome:e1", "done")
+    redis_client.hset("celery_events:done:orders.welcome:28333334", "n", 1)
     before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
     as_shop = redis.Redis.from_url(user_url(redis_server, "shop"))
     refused = [
@@ -158,6 +159,8 @@ def test_a_restricted_service_cannot_touch_another_services_record_queue_or_stat
         ("HSETNX", "events.orders", "x", "y"),
         ("SET", "celery_events:inbox:orders.welcome:e2", "done"),
         ("DEL", "celery_events:inbox:orders.welcome:e1"),
+        ("HSET", "celery_events:done:orders.welcome:28333334", "e1", "1"),
+        ("DEL", "celery_events:done:orders.welcome:28333334"),
         ("HSET", "celery_events:dead:orders", "d2", "forged"),
         ("HDEL", "celery_events:dead:orders", "d1"),
         ("SREM", "celery_events:services", "orders"),
