@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 from celery import bootsteps, signals
 
 from . import _buses, trust
+from ._timers import CancelledTimerSweep
 from .backends.base import Backend, Recovery, ServiceBus, check_required
 from .errors import CeleryEventsError, ConfigurationError
 
@@ -177,6 +178,9 @@ def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, 
         return
     # The blueprint is built after this signal, so the step is part of this worker.
     instance.app.steps["worker"].add(StartupCheck)
+    # Every delivery has a hard time limit, whose cancelled timer entry would otherwise stay
+    # in the main process for time_limit seconds after the delivery (see _timers.py).
+    instance.app.steps["consumer"].add(CancelledTimerSweep)
     name_retries_like_deliveries(bus)
     try:
         bus.backend.transport.prepare_worker(bus)
