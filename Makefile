@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Extra arguments for the demo, e.g. `make demo DEMO_ARGS=--once`.
 DEMO_ARGS ?=
+# MkDocs 1.6 prints a banner about its successor at every build; the site builds the same.
+export NO_MKDOCS_2_WARNING = 1
 
-.PHONY: demo test test-serial test-unit lint clean
+.PHONY: demo test test-serial test-unit lint docs docs-serve clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@# Debian's python3 creates virtualenvs only with python3-venv; install it when we can.
@@ -47,9 +49,20 @@ test-unit: $(BIN)/.installed
 ## import cycle (scripts/check-architecture).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check celery_events tests example_project benchmarks scripts/check-architecture \
-		scripts/test-groups
+		scripts/test-groups docs/_hooks
 	$(BIN)/mypy --strict celery_events
 	$(BIN)/python scripts/check-architecture celery_events
 
+## The documentation site (mkdocs.yml, docs/): built into site/ strictly, so a broken link,
+## reference or docstring fails; the catalog graph is drawn at build time (needs Graphviz).
+docs: $(BIN)/.installed
+	scripts/system-packages
+	$(BIN)/mkdocs build --strict
+
+## The site served on http://127.0.0.1:8000, rebuilt as docs/ or the docstrings change.
+docs-serve: $(BIN)/.installed
+	scripts/system-packages
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000 --watch celery_events
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .test-results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .test-results site

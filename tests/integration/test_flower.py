@@ -210,7 +210,7 @@ def test_the_flower_task_list_shows_deliveries_in_a_browser(
         assert delivery.task_id in dom
     assert screenshot.stat().st_size > 10_000
     if os.environ.get("UPDATE_FLOWER_SCREENSHOT"):
-        shutil.copyfile(screenshot, ROOT / "docs" / "flower.png")
+        shutil.copyfile(screenshot, ROOT / "docs" / "images" / "flower.png")
 
     # And a delivery's own page shows its envelope and, when it failed, the traceback
     failed = chromium(

@@ -1,0 +1,69 @@
+"""Every code sample of the documentation site (docs/), run against the test servers.
+
+How a page's blocks are run, and the directives that steer them: tests/docs/samples.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .samples import Addresses, Page, PageRun, SampleError, pages, parse, redis_pairs
+
+PAGES = pages()
+MARKS = {"rabbitmq": "rabbitmq", "rabbitmq-cluster": "rabbitmq", "sentinel": "sentinel",
+         "postgres": "postgres"}
+
+
+def _params() -> list[object]:
+    params = []
+    for page in PAGES:
+        marks = sorted({getattr(pytest.mark, MARKS[s]) for s in page.servers if s in MARKS},
+                       key=lambda mark: mark.name)
+        params.append(pytest.param(page, id=page.name, marks=[pytest.mark.integration, *marks]))
+    return params
+
+
+def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
+    """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them."""
+    pairs: list[tuple[str, str]] = []
+    redis_url = request.getfixturevalue("redis_url")  # every page has Redis, emptied
+    pairs += redis_pairs(redis_url)
+    if "rabbitmq" in page.servers:
+        url = request.getfixturevalue("rabbitmq_server").url.rstrip("/")
+        for host in ("localhost", "127.0.0.1"):
+            pairs.append((f"amqp://guest:guest@{host}:5672", url))
+    if "rabbitmq-cluster" in page.servers:
+        nodes = request.getfixturevalue("rabbitmq_cluster").nodes
+        for number, node in enumerate(nodes):
+            pairs.append((f"amqp://guest:guest@rabbit{number + 1}:5672", node.url.rstrip("/")))
+    if "sentinel" in page.servers:
+        topology = request.getfixturevalue("sentinel_topology")
+        request.getfixturevalue("sentinel_url")  # every node up, emptied
+        for number, sentinel in enumerate(topology.sentinels):
+            pairs.append((f"sentinel://localhost:{26379 + number}", f"sentinel://127.0.0.1:{sentinel.port}"))
+    if "postgres" in page.servers:
+        server = request.getfixturevalue("docs_postgres_server")
+        pairs.append(("postgresql://postgres@localhost:5432", f"postgresql://postgres@127.0.0.1:{server.port}"))
+        pairs.append(("localhost:5432", f"127.0.0.1:{server.port}"))
+    return Addresses(pairs)
+
+
+@pytest.mark.parametrize("page", _params())
+def test_page_samples(page: Page, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Given a page of the site, when each of its samples runs in order, then each does what the
+    page says it does."""
+    addresses = addresses_for(page, request)
+    run = PageRun(parse(page.path), tmp_path, addresses, dict(os.environ))
+    run.run()
+    for skipped in run.skipped:
+        print(f"not run: {skipped}")
+
+
+def test_a_skipped_sample_says_why(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("<!-- sample: skip -->\n```python\nraise SystemExit\n```\n")
+    with pytest.raises(SampleError, match="needs a reason"):
+        PageRun(parse(page), tmp_path, Addresses([]), dict(os.environ)).run()
