@@ -1,6 +1,6 @@
 """The documentation's code samples, found in its Markdown and run against the test servers.
 
-A page (``docs/**/*.md``) runs top to bottom in a fresh directory of its own, its *project*:
+A page (``docs/**/*.md``, and ``README.md``) runs top to bottom in a fresh directory of its own, its *project*:
 
 - a fenced block whose ``title`` is a relative file path (Material's ``python title="orders/tasks.py"``,
   any language) is **written** to that path in the project, replacing what an earlier block wrote;
@@ -112,7 +112,8 @@ class Page:
 
     @property
     def name(self) -> str:
-        return str(self.path.relative_to(DOCS))
+        base = DOCS if self.path.is_relative_to(DOCS) else ROOT
+        return str(self.path.relative_to(base))
 
 
 def parse(path: Path) -> Page:
@@ -164,7 +165,8 @@ def parse(path: Path) -> Page:
 
 
 def pages() -> list[Page]:
-    return [parse(path) for path in sorted(DOCS.rglob("*.md"))]
+    """Every page of the site, and the README (its landing page on the repository)."""
+    return [parse(path) for path in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]]
 
 
 # -- where the servers are -----------------------------------------------------------------
