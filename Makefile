@@ -25,8 +25,9 @@ demo: $(BIN)/.installed
 
 # The groups `make test` runs at once, each a pytest process with its own servers: NAME='marker
 # expression' (tests/conftest.py marks the tests that need RabbitMQ, Sentinel or PostgreSQL).
-TEST_GROUPS ?= redis='not rabbitmq and not sentinel and not postgres' \
-	rabbitmq-sentinel-postgres='rabbitmq or sentinel or postgres'
+# The documentation's samples (marker `docs`) join the shorter group.
+TEST_GROUPS ?= redis='not rabbitmq and not sentinel and not postgres and not docs' \
+	rabbitmq-sentinel-postgres-docs='rabbitmq or sentinel or postgres or docs'
 # Extra pytest arguments for every group, e.g. `make test PYTEST_ARGS='-x --durations=20'`.
 PYTEST_ARGS ?=
 

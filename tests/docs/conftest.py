@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ..django.postgres import PostgresServer, postgres_bin_dir
+
+DOCS_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `make test` runs the documentation's tests in a group of their own choosing (marker docs).
+    for item in items:
+        if item.path.is_relative_to(DOCS_TESTS):
+            item.add_marker(pytest.mark.docs)
 
 
 @pytest.fixture(scope="session")
