@@ -45,6 +45,7 @@ def run_doctest(code: str, name: str) -> str | None:
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
     )
     runner.run(test, out=report.write, clear_globs=False)
+    namespace.update(test.globs)  # a DocTest runs in a copy: keep what the examples defined
     return report.getvalue() if runner.failures else None
 
 

@@ -280,10 +280,15 @@ class Kernel:
 
 
 def matches(want: str, got: str) -> bool:
-    """Doctest's comparison: ``...`` matches anything, runs of whitespace are equal."""
+    """Doctest's comparison: ``...`` matches anything, runs of whitespace are equal; a ``...``
+    standing alone (a line of its own) may also stand for nothing, a blank line included."""
+    words = want.split()
+    joined = ""
+    for index, word in enumerate(words):
+        alone = word == "..." or (index and words[index - 1] == "...")
+        joined += word if not index or alone else f" {word}"
     checker = doctest.OutputChecker()
-    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    return checker.check_output(want.strip() + "\n", got.strip() + "\n", flags)
+    return checker.check_output(joined + "\n", " ".join(got.split()) + "\n", doctest.ELLIPSIS)
 
 
 def appears(want: str, got: str) -> bool:
