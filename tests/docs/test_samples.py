@@ -20,8 +20,8 @@ MARKS = {"rabbitmq": "rabbitmq", "rabbitmq-cluster": "rabbitmq", "sentinel": "se
 def _params() -> list[object]:
     params = []
     for page in PAGES:
-        marks = sorted({getattr(pytest.mark, MARKS[s]) for s in page.servers if s in MARKS},
-                       key=lambda mark: mark.name)
+        # Mark names, not MarkDecorators: those are not hashable.
+        marks = [getattr(pytest.mark, name) for name in sorted({MARKS[s] for s in page.servers if s in MARKS})]
         params.append(pytest.param(page, id=page.name, marks=[pytest.mark.integration, *marks]))
     return params
 
