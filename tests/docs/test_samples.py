@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ..harness import free_port
 from .samples import Addresses, Page, PageRun, SampleError, pages, parse, redis_pairs
 
 PAGES = pages()
@@ -48,6 +49,11 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
         server = request.getfixturevalue("docs_postgres_server")
         pairs.append(("postgresql://postgres@localhost:5432", f"postgresql://postgres@127.0.0.1:{server.port}"))
         pairs.append(("localhost:5432", f"127.0.0.1:{server.port}"))
+    # A web server a page starts (uvicorn, flask run) listens on a free port, not the 8000 shown.
+    web = free_port()
+    for host in ("127.0.0.1", "localhost"):
+        pairs.append((f"http://{host}:8000", f"http://127.0.0.1:{web}"))
+    pairs.append(("--port 8000", f"--port {web}"))
     return Addresses(pairs)
 
 
