@@ -26,6 +26,8 @@ Directives are HTML comments on the line before a block, so the site never shows
 - ``<!-- sample: output -->``: the next block is the output the previous ``python`` block printed;
 - ``<!-- sample: log COMMAND -->``: the next block appears in the output of the background
   command that starts with COMMAND (waited for, up to a minute);
+- ``<!-- sample: ports 9808 9809 -->`` (anywhere in the page): port numbers the samples listen
+  on; each is replaced by a free port when the page runs (and mapped back in outputs);
 - ``<!-- sample: servers redis rabbitmq ... -->`` (anywhere in the page): the servers the page
   needs, of ``redis`` (the default), ``rabbitmq``, ``rabbitmq-cluster``, ``sentinel``,
   ``postgres``.
@@ -108,6 +110,8 @@ class Page:
     path: Path
     blocks: list[Block]
     servers: list[str]
+    #: Fixed ports the page's samples listen on; each gets a free one when run.
+    ports: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -120,6 +124,7 @@ def parse(path: Path) -> Page:
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     servers: list[str] = []
+    ports: list[int] = []
     pending: list[str] = []
     index = 0
     while index < len(lines):
@@ -127,7 +132,9 @@ def parse(path: Path) -> Page:
         directive = _DIRECTIVE.match(line)
         if directive:
             body = directive.group("body")
-            if body.startswith("servers"):
+            if body.startswith("ports"):
+                ports.extend(int(word) for word in body.split()[1:])
+            elif body.startswith("servers"):
                 names = body.split()[1:]
                 unknown = [name for name in names if name not in SERVERS]
                 if unknown:
@@ -160,7 +167,7 @@ def parse(path: Path) -> Page:
         start = index - len(body) - 1
         blocks.append(Block(path, start, language.lower(), title, "\n".join(body) + "\n", pending))
         pending = []
-    return Page(path, blocks, servers or ["redis"])
+    return Page(path, blocks, servers or ["redis"], ports)
 
 
 def pages() -> list[Page]:
@@ -176,15 +183,21 @@ class Addresses:
     """Each server as the samples write it, and as the test run has it."""
 
     pairs: list[tuple[str, str]]
+    #: Port numbers a page shows (``<!-- sample: ports 9808 -->``) and the free ones it gets.
+    ports: dict[int, int] = field(default_factory=dict)
 
     def to_test(self, text: str) -> str:
         for shown, real in self.pairs:
             text = text.replace(shown, real)
+        for port, free in self.ports.items():
+            text = re.sub(rf"(?<![\w.-]){port}(?![\w-])", str(free), text)
         return text
 
     def to_shown(self, text: str) -> str:
         for shown, real in self.pairs:
             text = text.replace(real, shown)
+        for port, free in self.ports.items():
+            text = re.sub(rf"(?<![\w.-]){free}(?![\w-])", str(port), text)
         return text
 
 
@@ -281,19 +294,29 @@ class Kernel:
 def matches(want: str, got: str) -> bool:
     """Doctest's comparison: ``...`` matches anything, runs of whitespace are equal; a ``...``
     standing alone (a line of its own) may also stand for nothing, a blank line included."""
+    words: list[str | None] = []  # None: a lone "...", the words it stands for optional
+    for word in want.split():
+        if word != "...":
+            words.append(word)
+        elif not words or words[-1] is not None:
+            words.append(None)
     pattern = ""
-    for index, word in enumerate(want.split()):
-        if word == "...":
+    for index, word in enumerate(words):
+        if word is None:
             pattern += "(?: .*?)?" if index else "(?:.*? )?"
+            if index and index == len(words) - 1:
+                pattern = pattern[: -len("(?: .*?)?")] + "(?: .*)?"
             continue
         piece = ".*?".join(re.escape(part) for part in word.split("..."))
-        pattern += f" {piece}" if index and not pattern.endswith("? )?") else piece
+        pattern += f" {piece}" if index and words[index - 1] is not None else piece
+    if words == [None]:
+        pattern = ".*"
     return re.fullmatch(pattern, " ".join(got.split()), re.S) is not None
 
 
 def appears(want: str, got: str) -> bool:
     """``want`` is somewhere in ``got`` (a background command's output, still growing)."""
-    return matches(f"...{want.strip()}...", got)
+    return matches(f"...\n{want.strip()}\n...", got)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> bool:

@@ -54,7 +54,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
     for host in ("127.0.0.1", "localhost"):
         pairs.append((f"http://{host}:8000", f"http://127.0.0.1:{web}"))
     pairs.append(("--port 8000", f"--port {web}"))
-    return Addresses(pairs)
+    return Addresses(pairs, {port: free_port() for port in page.ports})
 
 
 @pytest.mark.parametrize("page", _params())
