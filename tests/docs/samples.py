@@ -294,6 +294,10 @@ class Kernel:
 def matches(want: str, got: str) -> bool:
     """Doctest's comparison: ``...`` matches anything, runs of whitespace are equal; a ``...``
     standing alone (a line of its own) may also stand for nothing, a blank line included."""
+    return re.fullmatch(_pattern(want), " ".join(got.split()), re.S) is not None
+
+
+def _pattern(want: str) -> str:
     words: list[str | None] = []  # None: a lone "...", the words it stands for optional
     for word in want.split():
         if word != "...":
@@ -309,14 +313,12 @@ def matches(want: str, got: str) -> bool:
             continue
         piece = ".*?".join(re.escape(part) for part in word.split("..."))
         pattern += f" {piece}" if index and words[index - 1] is not None else piece
-    if words == [None]:
-        pattern = ".*"
-    return re.fullmatch(pattern, " ".join(got.split()), re.S) is not None
+    return ".*" if words == [None] else pattern
 
 
 def appears(want: str, got: str) -> bool:
     """``want`` is somewhere in ``got`` (a background command's output, still growing)."""
-    return matches(f"...\n{want.strip()}\n...", got)
+    return re.search(_pattern(want), " ".join(got.split()), re.S) is not None
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
