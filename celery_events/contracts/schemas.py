@@ -50,6 +50,7 @@ def data_path(parts: Any) -> str:
 class Schema:
     """One event schema, ready to validate data with.
 
+    >>> from celery_events.contracts import schema_from
     >>> schema = schema_from({"type": "object", "required": ["order_id"]}, "order.created")
     >>> schema.validate({"order_id": 1})
     >>> schema.validate({})                                           # doctest: +SKIP

@@ -73,6 +73,7 @@ _ANY_DATA: dict[str, Any] = {"type": "object"}
 class Broker:
     """The broker a fleet runs on, as the document's server describes it.
 
+    >>> from celery_events.spec.asyncapi import Broker
     >>> Broker("amqp", "amqp://guest:secret@rabbit:5672//", exchange="celery_events").backend
     'amqp'
     """
@@ -90,6 +91,7 @@ def channel_key(name: str) -> str:
     digits, ``.``, ``-`` and ``_``, so ``*`` is written ``_word_`` and ``#`` ``_words_`` (no
     word of a name starts with ``_``, so these never clash with one).
 
+    >>> from celery_events.spec.asyncapi import channel_key
     >>> channel_key("order.#")
     'order._words_'
     """

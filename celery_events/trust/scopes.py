@@ -149,6 +149,7 @@ class Policy:
 
     Immutable; build it with :func:`policy_for` (validated settings) or directly.
 
+    >>> from celery_events.trust.scopes import Policy
     >>> policy = Policy({"payments": ("payments.#",)}, None, ("payments.#",))
     >>> policy.may_publish("payments", "payments.refunded"), policy.may_publish("shop", "payments.refunded")
     (True, False)
@@ -411,6 +412,7 @@ def uncovered_name(pattern: str, scope: Iterable[str]) -> str | None:
     """A name ``pattern`` matches that no pattern of ``scope`` matches, or None if ``scope``
     covers every name ``pattern`` can match.
 
+    >>> from celery_events.trust.scopes import uncovered_name
     >>> uncovered_name("payments.#", ["payments.refund.*"])
     'payments'
     >>> uncovered_name("payments.refund.*", ["payments.#"]) is None
@@ -422,6 +424,7 @@ def uncovered_name(pattern: str, scope: Iterable[str]) -> str | None:
 def common_name(pattern: str, other: str) -> str | None:
     """A name both patterns match, or None if they match no name in common.
 
+    >>> from celery_events.trust.scopes import common_name
     >>> common_name("#", "payments.#")
     'payments'
     >>> common_name("order.*", "payments.#") is None

@@ -4,7 +4,9 @@
 ``DocTestFinder`` (each docstring of an object the module defines, once) and runs them:
 
 - each docstring in a fresh namespace, so an example holds its own imports and set-up, as a
-  reader copying it from the site would need;
+  reader copying it from the site would need; but the reference shows a class's methods under
+  the class, so they share the class's namespace: the class docstring's example runs first and
+  what it made (``bus``) is the methods' examples' (which run in the order of the source);
 - with ``ELLIPSIS`` and ``NORMALIZE_WHITESPACE``; top-level ``await`` works (one event loop per
   module);
 - against the test servers: ``redis://127.0.0.1:6379`` and ``redis://localhost:6379`` in an
@@ -86,6 +88,20 @@ def _exec(code: Any, globs: dict[str, Any]) -> None:
         exec(code, globs)
 
 
+def owner(module: types.ModuleType, test: doctest.DocTest) -> str:
+    """The name of the class whose namespace ``test`` runs in, or the test's own name."""
+    parts = test.name.removeprefix(module.__name__).lstrip(".").split(".")
+    if parts[0] and isinstance(getattr(module, parts[0], None), type):
+        return f"{module.__name__}.{parts[0]}"
+    return test.name
+
+
+def order(module: types.ModuleType, test: doctest.DocTest) -> tuple[str, int, int]:
+    """Tests of one namespace together, the class's docstring first, then by source line."""
+    key = owner(module, test)
+    return (key, 0 if test.name == key else 1, test.lineno if test.lineno is not None else 1 << 30)
+
+
 def main(module_name: str) -> int:
     redis = test_redis()
     if module_name.startswith("celery_events.contrib.django"):
@@ -97,11 +113,13 @@ def main(module_name: str) -> int:
     doctest.exec = _exec  # type: ignore[attr-defined]
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=FLAGS, verbose=False)
-    for test in sorted(finder.find(module, globs={"__name__": "__main__"}), key=lambda t: t.name):
+    namespaces: dict[str, dict[str, Any]] = {}
+    for test in sorted(finder.find(module), key=lambda test: order(module, test)):
+        test.globs = namespaces.setdefault(owner(module, test), {"__name__": "__main__"})
         for example in test.examples:
             example.source = rewrite(example.source, redis)
             example.want = rewrite(example.want, redis)
-        runner.run(test, out=sys.stdout.write)
+        runner.run(test, out=sys.stdout.write, clear_globs=False)
     result = runner.summarize(verbose=False)
     print(f"{module_name}: {result.attempted} examples, {result.failed} failed")
     return 1 if result.failed else 0
