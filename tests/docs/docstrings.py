@@ -12,8 +12,10 @@
 - against the test servers: ``redis://127.0.0.1:6379`` and ``redis://localhost:6379`` in an
   example (its code and its shown output) are the test Redis named by ``CELERY_EVENTS_DOCS_REDIS``;
 - a module of ``celery_events.contrib.django`` runs in a minimal Django project, configured
-  here: SQLite in memory, migrated, ``CELERY_EVENTS = {"service": "shop", "app": "proj.celery.app"}``
-  with ``proj/celery.py`` holding ``app = Celery("shop", broker=<the test Redis>)``.
+  here: a migrated SQLite database, ``CELERY_EVENTS = {"service": "shop", "app":
+  "proj.celery.app", "outbox": True}`` with ``proj/celery.py`` holding ``app = Celery("shop",
+  broker=<the test Redis>)``, and two installed apps, ``orders`` and ``billing``, each with a
+  ``subscribers`` module subscribing one handler to ``order.placed``.
 
 It prints doctest's report of the failures and exits 1 when an example fails, 0 otherwise (the
 last line says how many examples ran).
@@ -60,18 +62,27 @@ def configure_django(redis: str) -> None:
     from django.core.management import call_command
 
     project = Path(tempfile.mkdtemp(prefix="celery-events-docstrings-"))
-    (project / "proj").mkdir()
-    (project / "proj" / "__init__.py").write_text("")
-    (project / "proj" / "celery.py").write_text(
-        f'from celery import Celery\n\napp = Celery("shop", broker="{redis}/0")\n'
-    )
+    files = {
+        "proj/__init__.py": "",
+        "proj/celery.py": f'from celery import Celery\n\napp = Celery("shop", broker="{redis}/0")\n',
+    }
+    for app, handler in (("orders", "confirm"), ("billing", "invoice")):
+        files[f"{app}/__init__.py"] = ""
+        files[f"{app}/subscribers.py"] = (
+            "from celery_events.contrib.django import bus\n\n\n"
+            f'@bus.subscribe("order.placed")\ndef {handler}(event):\n    pass\n'
+        )
+    for name, text in files.items():
+        (project / name).parent.mkdir(exist_ok=True)
+        (project / name).write_text(text)
     sys.path.insert(0, str(project))
     settings.configure(
         SECRET_KEY="celery-events-docstrings",
         USE_TZ=True,
-        INSTALLED_APPS=["django.contrib.contenttypes", "celery_events.contrib.django"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        CELERY_EVENTS={"service": "shop", "app": "proj.celery.app"},
+        INSTALLED_APPS=["django.contrib.contenttypes", "celery_events.contrib.django", "orders", "billing"],
+        # A file, not ":memory:", so that a relay's thread sees the tables.
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(project / "db.sqlite3")}},
+        CELERY_EVENTS={"service": "shop", "app": "proj.celery.app", "outbox": True},
     )
     django.setup()
     call_command("migrate", verbosity=0)
