@@ -113,11 +113,20 @@ def asyncapi_document(
     (``registry.publishers()``); ``version`` defaults to the date of the newest registration
     (today when there is none).
 
-    >>> document = asyncapi_document(                                    # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.spec.asyncapi import Broker, asyncapi_document
+    >>> bus = EventBus(Celery("orders", broker="redis://localhost:6379/0"), service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome(event): ...
+    >>> subscriptions = bus.register()
+    >>> document = asyncapi_document(
     ...     bus.registry.declarations(), bus.registry.subscriptions(),
     ...     backend=Broker("redis", "redis://localhost:6379/0"),
     ...     published=bus.registry.publishers(),
     ... )
+    >>> document["asyncapi"], sorted(document["channels"])
+    ('3.0.0', ['user.registered'])
     """
     declarations = list(declarations)
     subscriptions = list(subscriptions)
