@@ -21,11 +21,10 @@ call.
 
 Configuration, read by :meth:`CeleryEvents.init_app` from ``app.config``:
 
-``CELERY_EVENTS`` (required)
-    A dict: ``"service"`` (required), this service's name; ``"middleware"``, a list of
-    :class:`~celery_events.Middleware` for the bus (the app context comes after them); and any
-    :class:`~celery_events.EventBus` setting (``publish_timeout``, ``registry_url``, ...),
-    checked when ``init_app`` runs.
+- ``CELERY_EVENTS`` (required), a dict: ``"service"`` (required), this service's name;
+  ``"middleware"``, a list of :class:`~celery_events.Middleware` for the bus (the app context
+  comes after them); and any :class:`~celery_events.EventBus` setting (``publish_timeout``,
+  ``registry_url``, ...), checked when ``init_app`` runs.
 
 The Celery app is the ``celery=`` argument of ``init_app`` or of the constructor, or else
 ``app.extensions["celery"]``, where Flask's documented Celery set-up (``celery_init_app``)

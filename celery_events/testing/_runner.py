@@ -103,7 +103,7 @@ class HandlerRunner:
     ('succeeded', 1)
     >>> shop_bus.publish("order.placed", {"id": 2}).deliveries
     (Delivery(service='warehouse', handler='warehouse.ship', queue='events.warehouse', ...),)
-    >>> [run] = runner.work(bus)      # what the worker of ``bus`` would do now
+    >>> [run] = runner.work(bus)      # what the worker of bus would do now
     shipping order 2
     """
 
