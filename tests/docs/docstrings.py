@@ -11,6 +11,9 @@
   module);
 - against the test servers: ``redis://127.0.0.1:6379`` and ``redis://localhost:6379`` in an
   example (its code and its shown output) are the test Redis named by ``CELERY_EVENTS_DOCS_REDIS``;
+  ``amqp://guest:guest@localhost//`` and ``http://guest:guest@localhost:15672`` the RabbitMQ
+  node and management API named by ``CELERY_EVENTS_DOCS_AMQP`` and ``CELERY_EVENTS_DOCS_MANAGEMENT``
+  (set for the RabbitMQ backend's modules);
 - a module of ``celery_events.contrib.django`` runs in a minimal Django project, configured
   here: a migrated SQLite database, ``CELERY_EVENTS = {"service": "shop", "app":
   "proj.celery.app", "outbox": True}`` with ``proj/celery.py`` holding ``app = Celery("shop",
@@ -52,6 +55,12 @@ def test_redis() -> str:
 def rewrite(text: str, redis: str) -> str:
     for address in READER_REDIS:
         text = text.replace(address, redis)
+    amqp = os.environ.get("CELERY_EVENTS_DOCS_AMQP")
+    if amqp:
+        text = text.replace("amqp://guest:guest@localhost//", amqp)
+    management = os.environ.get("CELERY_EVENTS_DOCS_MANAGEMENT")
+    if management:
+        text = text.replace("http://guest:guest@localhost:15672", management)
     return text
 
 
