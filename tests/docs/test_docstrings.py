@@ -71,7 +71,20 @@ def docs_rabbitmq() -> Iterator[tuple[str, str]]:
     server.stop()
 
 
-@pytest.mark.parametrize("module", MODULES, ids=MODULES)
+def _params() -> list[object]:
+    """One test per module; the RabbitMQ backend's are marked ``rabbitmq`` (they start a node),
+    so that `make test` runs them in the group that has RabbitMQ servers."""
+    return [
+        pytest.param(
+            module,
+            id=module,
+            marks=[pytest.mark.rabbitmq] if module.startswith("celery_events.backends.amqp") else [],
+        )
+        for module in MODULES
+    ]
+
+
+@pytest.mark.parametrize("module", _params())
 def test_docstring_examples(module: str, redis_url: str, request: pytest.FixtureRequest) -> None:
     servers: dict[str, str] = {}
     if module.startswith("celery_events.backends.amqp"):
