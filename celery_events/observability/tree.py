@@ -20,12 +20,11 @@ expired) are missing: an event with runs but no publish record is shown as unrec
 >>> event = bus.publish("order.placed", {"order_id": 7}).event
 >>> runs = HandlerRunner().work(bus)
 >>> roots = build(bus.backend.state.traces().load(event.correlation_id))
->>> print(render_text([find(roots, event.id)]))
+>>> print(render_text([find(roots, event.id)]), end="")   # the text ends its last line
 order.placed ... from orders
 └── orders orders.reserve: succeeded, on celery@..., waited ... ms, ran ... ms
     └── published stock.reserved ... from orders
         └── orders orders.confirm: succeeded, on celery@..., waited ... ms, ran ... ms
-<BLANKLINE>
 """
 
 from __future__ import annotations
