@@ -7,7 +7,8 @@ reference documents that object, plain code when it does not, never a broken lin
 
 The docstrings' other reST that Markdown would show wrongly is fenced: ``>>>`` examples as
 ``pycon`` blocks, and ``::`` literal blocks (the paragraph ending in ``::``, then an indented
-block) as ``python`` blocks when they parse as Python, else ``text``, the ``::`` shown as
+block) as ``sh`` blocks when each line is a command, ``python`` ones when they parse as
+Python, else ``text``, the ``::`` shown as
 reST shows it (``:``, or nothing after a space).
 """
 
@@ -115,11 +116,15 @@ def fence_literal_blocks(text: str) -> str:
         while not lines[end - 1].strip():
             end -= 1
         block = textwrap.dedent("\n".join(lines[following:end]))
-        try:
-            ast.parse(block)
-            language = "python"
-        except SyntaxError:
-            language = "text"
+        rows = [row for row in block.splitlines() if row.strip()]
+        if all(row.startswith(("celery ", "python ", "manage.py ")) for row in rows):
+            language = "sh"  # commands, as the CLI modules show them
+        else:
+            try:
+                ast.parse(block)
+                language = "python"
+            except SyntaxError:
+                language = "text"
         out.extend(["", f"{base}```{language}", *(f"{base}{row}".rstrip() for row in block.splitlines()), f"{base}```"])
         index = end
     return "\n".join(out)
@@ -135,7 +140,7 @@ def convert(obj: griffe.Object, text: str) -> str:
 
     # ``code`` is reST's inline literal; Markdown's is one backtick. Examples stay verbatim.
     fenced = fence_literal_blocks(fence_examples(text))
-    parts = re.split(r"(^[ \t]*```(?:pycon|python|text)\n.*?^[ \t]*```$)", fenced, flags=re.M | re.S)
+    parts = re.split(r"(^[ \t]*```(?:pycon|python|text|sh)\n.*?^[ \t]*```$)", fenced, flags=re.M | re.S)
     return "".join(
         part if part.lstrip().startswith("```") else DOUBLE_BACKTICKS.sub(r"`\1`", ROLE.sub(replace, part))
         for part in parts
