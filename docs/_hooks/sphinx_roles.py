@@ -8,8 +8,7 @@ reference documents that object, plain code when it does not, never a broken lin
 The docstrings' other reST that Markdown would show wrongly is fenced: ``>>>`` examples as
 ``pycon`` blocks, and ``::`` literal blocks (the paragraph ending in ``::``, then an indented
 block) as ``sh`` blocks when each line is a command, ``python`` ones when they parse as
-Python, else ``text``, the ``::`` shown as
-reST shows it (``:``, or nothing after a space).
+Python, else ``text``; the ``::`` is shown as reST shows it (``:``, or nothing after a space).
 """
 
 from __future__ import annotations
