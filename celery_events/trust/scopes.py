@@ -1,12 +1,19 @@
 """Publish and subscribe scopes: which services may publish and subscribe to which names.
 
 The policy comes from each service's OWN settings, never from the shared registry (which
-anyone with broker access could write)::
+anyone with broker access could write):
 
-    EventBus(app, service="orders",
-             publish_scopes={"payments": ["payments.#"], "orders": ["order.#"]},
-             subscribe_scopes={"ledger": ["payments.#", "order.*"]},
-             protected_names=["payments.#"])
+>>> from celery import Celery
+>>> from celery_events import EventBus
+>>> bus = EventBus(Celery("orders", broker="memory://"), service="orders",
+...                publish_scopes={"payments": ["payments.#"], "orders": ["order.#"]},
+...                subscribe_scopes={"ledger": ["payments.#", "order.*"]},
+...                protected_names=["payments.#"])
+>>> bus.publish("payments.refunded", {"order_id": 7})
+Traceback (most recent call last):
+  ...
+celery_events.errors.PublishNotAllowed: Event 'payments.refunded' was not published: service 'orders' may
+not publish 'payments.refunded': its publish_scopes entry ['order.#'] does not cover it. ...
 
 The rules, after Dapr's pub/sub scopes (``publishingScopes``, ``subscriptionScopes``,
 ``protectedTopics``), with the bus's own patterns (``*`` one word, ``#`` zero or more):
