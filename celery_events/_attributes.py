@@ -66,6 +66,7 @@ class Extensions(Mapping[str, ExtensionValue]):
     from whatever mapping it is given; the rules are checked by ``Event.validate`` (at publish)
     and ``Event.from_envelope`` (on receipt), not here.
 
+    >>> from celery_events._attributes import Extensions
     >>> ext = Extensions({"traceparent": "00-4bf9...-01", "priority": 2})
     >>> ext["priority"], ext == {"priority": 2, "traceparent": "00-4bf9...-01"}
     (2, True)

@@ -121,7 +121,12 @@ class Handler:
 
     ``bus.handlers`` lists them (read-only):
 
-    >>> [(h.task_name, h.pattern, h.queue) for h in bus.handlers]   # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> bus = EventBus(Celery("orders", broker="memory://"), service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome_order(event): ...
+    >>> [(h.task_name, h.pattern, h.queue) for h in bus.handlers]
     [('orders.welcome_order', 'user.registered', 'events.orders')]
     """
 

@@ -89,6 +89,7 @@ def fast_saferepr(value: object, maxlen: int | None, maxlevels: int) -> str:
     saferepr cuts only once its running length reaches ``maxlen``, so any text shorter than
     ``maxlen`` is what it returns. Everything else goes to Celery's own function.
 
+    >>> from celery_events._messages import fast_saferepr
     >>> fast_saferepr([{"a": "it's", "b": [1, 2.5, None, True]}], 1024, 3)
     "[{'a': 'it\\\\'s', 'b': [1, 2.5, None, True]}]"
     """
@@ -113,6 +114,7 @@ def new_ids(count: int) -> list[str]:
 
     ``str(uuid.uuid4())`` costs about 2 µs, a fifth of a delivery's whole encoding.
 
+    >>> from celery_events._messages import new_ids
     >>> import uuid; [uuid.UUID(i).version for i in new_ids(2)]
     [4, 4]
     """

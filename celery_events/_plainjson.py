@@ -54,6 +54,7 @@ def depth_exceeds(value: object, limit: int) -> bool:
 
     ``{}`` and ``[]`` are one level, a scalar none. Iterative, so it never recurses itself.
 
+    >>> from celery_events._plainjson import depth_exceeds
     >>> depth_exceeds({"a": [1, {"b": 2}]}, 3), depth_exceeds({"a": [1, {"b": 2}]}, 2)
     (False, True)
     """
@@ -90,6 +91,7 @@ def find_problem(
     value). With ``values``, every other value must be a string, a finite number, a boolean
     or None. Iterative, so it never recurses itself however deep ``value`` is.
 
+    >>> from celery_events._plainjson import find_problem
     >>> find_problem({"a": [1, {2: "b"}]}, 64, keys=True)
     Problem(kind='key', path='["a"][1]', culprit=2)
     """

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Return ``rows`` as left-aligned columns under ``headers``, two spaces apart.
 
+    >>> from celery_events._table import render_table
     >>> print(render_table(["a", "bb"], [["x", 1]]))
     A  BB
     x  1

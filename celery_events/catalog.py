@@ -86,10 +86,24 @@ class Catalog:
     """Every event name declared, published or subscribed across the services sharing a
     registry.
 
-    >>> catalog = Catalog.load(bus.registry)                           # doctest: +SKIP
-    >>> [(e.name, e.publishers, e.subscribers) for e in catalog.entries]  # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.catalog import Catalog
+    >>> users = EventBus(Celery("users", broker="memory://"), service="users")
+    >>> users.declare("user.registered")
+    Declaration(name='user.registered', ...)
+    >>> users.register()
+    []
+    >>> for service in ("mailer", "orders"):
+    ...     bus = EventBus(Celery(service, broker="memory://"), service=service)
+    ...     welcome = bus.subscribe("user.registered", name="welcome")(lambda event: None)
+    ...     subscriptions = bus.register()
+    >>> catalog = Catalog.load(bus.registry)
+    >>> [(e.name, e.publishers, e.subscribers) for e in catalog.entries]
     [('user.registered', ('users',), ('mailer', 'orders'))]
-    >>> print(catalog.to_mermaid())                                    # doctest: +SKIP
+    >>> print(catalog.to_mermaid())
+    flowchart LR
+    ...
     """
 
     #: Published or declared names first, sorted; then subscribed patterns that match none of

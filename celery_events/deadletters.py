@@ -251,9 +251,21 @@ class DeadLetterStore:
     The bus makes its own (``bus.dead_letters``); ``records`` is a
     :class:`~celery_events.backends.base.DeadLetterRecords` from a backend's state store.
 
-    >>> bus.dead_letters.list(handler="orders.welcome_order")       # doctest: +SKIP
-    [DeadLetter(id='…', reason='retries_exhausted', ...)]
-    >>> bus.dead_letters.replay(event_name="user.registered")       # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.testing import HandlerRunner
+    >>> bus = EventBus(Celery("orders", broker="memory://"), service="orders")
+    >>> @bus.subscribe("user.registered", max_retries=0)
+    ... def welcome_order(event):
+    ...     raise KeyError(event.data["user_id"])
+    >>> bus.register()
+    [Subscription(pattern='user.registered', ...)]
+    >>> result = bus.publish("user.registered", {"user_id": 7})
+    >>> [run] = HandlerRunner().work(bus)
+    >>> bus.dead_letters.list(handler="orders.welcome_order")
+    [DeadLetter(id='...', service='orders', reason='retries_exhausted', ...)]
+    >>> [letter.event_id for letter in bus.dead_letters.replay(event_name="user.registered")]
+    ['...']
     """
 
     def __init__(

@@ -60,8 +60,14 @@ def version_in(name: str, dataschema: str | None) -> int | None:
 class Declaration:
     """One event name (and version) this service publishes, as ``bus.declare`` made it.
 
-    >>> bus.declare("user.registered", schema=UserRegistered, version=2)  # doctest: +SKIP
-    Declaration(name='user.registered', version=2, compatibility='BACKWARD', ...)
+    >>> from celery import Celery
+    >>> from pydantic import BaseModel
+    >>> from celery_events import EventBus
+    >>> class UserRegistered(BaseModel):
+    ...     user_id: int
+    >>> bus = EventBus(Celery("users", broker="memory://"), service="users")
+    >>> bus.declare("user.registered", schema=UserRegistered, version=2)
+    Declaration(name='user.registered', sensitive=(), schema=<Schema ...>, version=2, compatibility='BACKWARD', uri=None)
     """
 
     #: The event name (exact, not a pattern).

@@ -74,6 +74,7 @@ class Event:
     integers or booleans; ``subject`` and ``dataschema`` are the optional core attributes of
     the same names. All three are kept end to end, from the publisher to every handler.
 
+    >>> from celery_events import Event
     >>> event = Event.create("user.registered", {"user_id": 7}, source="users")
     >>> event.name, event.data["user_id"], event.correlation_id == event.id
     ('user.registered', 7, True)
@@ -153,6 +154,7 @@ class Event:
         event before it is sent. Names that are not Python identifiers (``"1x"``) go in the
         positional mapping.
 
+        >>> from celery_events import Event
         >>> event = Event.create("order.placed", {}, source="shop")
         >>> signed = event.with_extensions({"sig": "c2ln"}, keyid=3)
         >>> signed.extensions, event.extensions, signed.id == event.id
@@ -180,6 +182,7 @@ class Event:
         :class:`InvalidEnvelope`, naming the attribute and the rule). The data is checked when
         the event is published (:func:`encode_data`).
 
+        >>> from celery_events import Event
         >>> Event.create("user.registered", {}, source="users").validate()
         """
         validate_name(self.name)
@@ -334,6 +337,7 @@ def signing_input(envelope: dict[str, Any]) -> bytes:
     Computed from the envelope as it travels (``Event.to_envelope()`` on the way out, the
     received JSON object on the way in), so that a receiver checks exactly what arrived.
 
+    >>> from celery_events.envelope import signing_input
     >>> signing_input({"id": "1", "type": "a.b", "data": {"b": 1, "a": "é"}, "signature": "x"})
     b'{"data":{"a":"\xc3\xa9","b":1},"id":"1","type":"a.b"}'
     """

@@ -26,6 +26,7 @@ T = TypeVar("T")
 def validate_name(name: object) -> str:
     """Return ``name`` if it is a valid event name, else raise :class:`InvalidEventName`.
 
+    >>> from celery_events.names import validate_name
     >>> validate_name("user.registered")
     'user.registered'
     """
@@ -44,6 +45,7 @@ def validate_name(name: object) -> str:
 def validate_pattern(pattern: object) -> str:
     """Return ``pattern`` if it is a valid subscription pattern, else raise :class:`InvalidPattern`.
 
+    >>> from celery_events.names import validate_pattern
     >>> validate_pattern("user.*")
     'user.*'
     """
@@ -70,6 +72,7 @@ def pattern_matches(pattern: str, name: str) -> bool:
     Costs at most (pattern words) × (name words) steps, whatever the pattern: the pattern is
     run as a set of positions, never by trying every split of the name among its ``#``.
 
+    >>> from celery_events.names import pattern_matches
     >>> pattern_matches("order.#", "order")
     True
     """
@@ -148,6 +151,7 @@ class Matcher(Generic[T]):
     publishes few distinct names many times. A matcher is immutable once built: to change the
     patterns, build a new one.
 
+    >>> from celery_events.names import Matcher
     >>> m = Matcher([("user.*", "a"), ("user.#", "b"), ("order.created", "c")])
     >>> m.match("user.registered")
     ['a', 'b']

@@ -1,11 +1,22 @@
 """What a handler may raise to steer its own delivery, besides returning or failing.
 
->>> @bus.subscribe("payment.requested")                                # doctest: +SKIP
+>>> from celery import Celery
+>>> from celery_events import EventBus, Reject, Retry
+>>> from celery_events.testing import HandlerRunner
+>>> bus = EventBus(Celery("payments", broker="memory://"), service="payments")
+>>> busy = [False, True]                   # the payment gateway is busy once
+>>> @bus.subscribe("payment.requested")
 ... def charge(event):
-...     if gateway.busy():
+...     if busy.pop():
 ...         raise Retry(delay=30)          # try again in 30 s; logged as a retry, not an error
 ...     if event.data["amount"] <= 0:
 ...         raise Reject("amount must be positive")   # give up now: straight to dead letters
+>>> bus.register()
+[Subscription(pattern='payment.requested', ...)]
+>>> result = bus.publish("payment.requested", {"amount": 0})
+>>> [run] = HandlerRunner().work(bus)      # as the worker would: the retry runs at once
+>>> run.status, run.retry_delays, run.reason
+('dead_lettered', (30.0,), 'rejected')
 """
 
 from __future__ import annotations

@@ -235,9 +235,12 @@ class Registry:
 
     The bus makes its own (``bus.registry``) on its backend's store.
 
-    >>> registry = bus.registry                                       # doctest: +SKIP
-    >>> registry.register("orders", [Subscription("user.*", "orders", "orders.welcome", "events.orders")])  # doctest: +SKIP
-    >>> [s.handler for s in registry.match("user.registered")]        # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus, Subscription
+    >>> bus = EventBus(Celery("orders", broker="memory://"), service="orders")
+    >>> registry = bus.registry
+    >>> registry.register("orders", [Subscription("user.*", "orders", "orders.welcome", "events.orders")])
+    >>> [s.handler for s in registry.match("user.registered")]
     ['orders.welcome']
     """
 

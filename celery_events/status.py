@@ -94,9 +94,17 @@ def read_status(
 
     ``dead_letters(service)`` counts a service's dead letters (``None`` leaves them unknown).
 
-    >>> for s in read_status(bus.registry.subscriptions(), bus.backend.transport.queue_reader(5.0)):  # doctest: +SKIP
-    ...     print(s.service, s.waiting, s.in_flight, s.oldest_waiting)
-    orders 3 1 12.5
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.status import read_status
+    >>> bus = EventBus(Celery("orders", broker="redis://localhost:6379/0"), service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome(event): ...
+    >>> subscriptions = bus.register()
+    >>> results = [bus.publish("user.registered", {"user_id": n}) for n in (1, 2, 3)]
+    >>> for s in read_status(bus.registry.subscriptions(), bus.backend.transport.queue_reader(5.0)):
+    ...     print(s.service, s.waiting, s.in_flight)
+    orders 3 0
     """
     by_service: dict[str, list[Subscription]] = {}
     for subscription in subscriptions:

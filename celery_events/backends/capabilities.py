@@ -14,6 +14,7 @@ __all__ = ["Capabilities", "check_required"]
 class Capabilities:
     """What a backend guarantees, one flag per guarantee (see the README's Guarantees).
 
+    >>> from celery_events import Capabilities
     >>> Capabilities(atomic_fanout=True).missing(["atomic_fanout", "queue_screening"])
     ['queue_screening']
     """

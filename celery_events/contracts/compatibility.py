@@ -29,6 +29,7 @@ open object's writer may already have sent that name with any value (Confluent r
 ``PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL``), and the most common evolution of an event would
 always be refused. A *closed* object (``additionalProperties: false``) gets no such leniency.
 
+>>> from celery_events.contracts import breaking_changes
 >>> old = {"type": "object", "properties": {"total": {"type": "number"}}}
 >>> new = {"type": "object", "properties": {"total": {"type": "integer"}}}
 >>> [change.kind for change in breaking_changes(old, new, "BACKWARD")]
@@ -83,6 +84,7 @@ def reader_breaks(writer: dict[str, Any], reader: dict[str, Any]) -> list[Change
     """The ways a document valid under ``writer`` may be invalid under ``reader``; empty when
     every such document is valid under ``reader`` (as far as the keywords understood tell).
 
+    >>> from celery_events.contracts import reader_breaks
     >>> reader_breaks({"type": "integer"}, {"type": "number"})
     []
     >>> [c.kind for c in reader_breaks({"type": "number"}, {"type": "integer"})]
@@ -113,6 +115,7 @@ def check_against(history: Sequence[dict[str, Any]], new: dict[str, Any], mode: 
     the last one for the plain modes, every one for the ``_TRANSITIVE`` forms, none for
     ``NONE``. A change found against several schemas is listed once.
 
+    >>> from celery_events.contracts import check_against
     >>> v1 = {"type": "object", "properties": {"note": {"type": "string"}}}
     >>> v2 = {"type": "object", "properties": {}}                   # note dropped
     >>> v3 = {"type": "object", "properties": {"note": {"type": "integer"}}}

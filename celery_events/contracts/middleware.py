@@ -176,9 +176,20 @@ class Contracts(ContractsOnReceipt):
     breaks it raises :class:`~celery_events.SchemaError` naming the name, version, path and
     rule, and nothing is sent.
 
-    >>> bus.declare("order.created", schema=OrderCreated, version=2)        # doctest: +SKIP
-    >>> bus.publish("order.created", {"items": [{"qty": "x"}]})             # doctest: +SKIP
-    SchemaError: order.created v2 data: 'x' is not of type 'integer' (at items[0].qty; rule type).
+    >>> from celery import Celery
+    >>> from pydantic import BaseModel
+    >>> from celery_events import EventBus
+    >>> class Item(BaseModel):
+    ...     qty: int
+    >>> class OrderCreated(BaseModel):
+    ...     items: list[Item]
+    >>> bus = EventBus(Celery("shop", broker="memory://"), service="shop")
+    >>> bus.declare("order.created", schema=OrderCreated, version=2)
+    Declaration(name='order.created', ...)
+    >>> bus.publish("order.created", {"items": [{"qty": "x"}]})
+    Traceback (most recent call last):
+      ...
+    celery_events.errors.SchemaError: order.created v2 data: "x" is not of type "integer" (at items[0].qty; rule type).
     """
 
     def __init__(self, host: ContractsHost) -> None:

@@ -1,7 +1,7 @@
 """The Flask extension: a bus per Flask app, handlers run inside the app's context.
 
 >>> from celery import Celery
->>> from flask import Flask
+>>> from flask import Flask, current_app
 >>> from celery_events.contrib.flask import CeleryEvents
 >>> events = CeleryEvents()                       # at import time, app factory style
 >>> @events.subscribe("user.registered")
@@ -21,11 +21,10 @@ call.
 
 Configuration, read by :meth:`CeleryEvents.init_app` from ``app.config``:
 
-``CELERY_EVENTS`` (required)
-    A dict: ``"service"`` (required), this service's name; ``"middleware"``, a list of
-    :class:`~celery_events.Middleware` for the bus (the app context comes after them); and any
-    :class:`~celery_events.EventBus` setting (``publish_timeout``, ``registry_url``, ...),
-    checked when ``init_app`` runs.
+- ``CELERY_EVENTS`` (required), a dict: ``"service"`` (required), this service's name;
+  ``"middleware"``, a list of :class:`~celery_events.Middleware` for the bus (the app context
+  comes after them); and any :class:`~celery_events.EventBus` setting (``publish_timeout``,
+  ``registry_url``, ...), checked when ``init_app`` runs.
 
 The Celery app is the ``celery=`` argument of ``init_app`` or of the constructor, or else
 ``app.extensions["celery"]``, where Flask's documented Celery set-up (``celery_init_app``)
@@ -207,9 +206,17 @@ class CeleryEvents:
     ) -> PublishResult:
         """Publish through the bus of ``current_app``; same arguments as :meth:`EventBus.publish`.
 
-        >>> @app.post("/orders")                                       # doctest: +SKIP
+        >>> from celery import Celery
+        >>> from flask import Flask
+        >>> from celery_events.contrib.flask import CeleryEvents
+        >>> app = Flask("shop")
+        >>> app.config["CELERY_EVENTS"] = {"service": "shop"}
+        >>> events = CeleryEvents(app, celery=Celery("shop", broker="redis://localhost:6379/0"))
+        >>> @app.post("/orders")
         ... def place_order():
         ...     result = events.publish("order.placed", {"order_id": 7})
         ...     return {"event_id": result.event.id}
+        >>> app.test_client().post("/orders").json
+        {'event_id': '...'}
         """
         return self.bus.publish(name, data, **options)

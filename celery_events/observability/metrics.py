@@ -167,9 +167,18 @@ class Metrics(Middleware):
     Made by the bus when its setting ``metrics`` is true; ``registry`` (prometheus_client's
     default one when ``None``) is where the series go.
 
-    >>> bus = EventBus(app, service="orders", metrics=True, metrics_port=9808)  # doctest: +SKIP
-    >>> registry = CollectorRegistry()  # doctest: +SKIP
-    >>> bus = EventBus(app, service="orders", middleware=[Metrics(registry=registry)])  # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from prometheus_client import CollectorRegistry
+    >>> from celery_events import EventBus
+    >>> from celery_events.observability.metrics import Metrics
+    >>> app = Celery("orders", broker="memory://")
+    >>> bus = EventBus(app, service="orders", metrics=True)   # the default registry
+    >>> registry = CollectorRegistry()
+    >>> app = Celery("orders", broker="memory://")       # one bus per app: a new one
+    >>> bus = EventBus(app, service="orders", middleware=[Metrics(registry=registry)])
+    >>> result = bus.publish("order.placed", {"order_id": 7})
+    >>> registry.get_sample_value("celery_events_published_total", {"service": "orders", "event": "order.placed"})
+    1.0
     """
 
     def __init__(self, bus: Any = None, *, registry: CollectorRegistry | None = None) -> None:
@@ -226,7 +235,13 @@ class QueueStatusCollector:
     default) runs at most once per ``ttl`` seconds; a reading that fails leaves the gauges out
     of that scrape and counts ``celery_events_status_errors_total``.
 
-    >>> registry.register(QueueStatusCollector(bus))  # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from prometheus_client import CollectorRegistry
+    >>> from celery_events import EventBus
+    >>> from celery_events.observability.metrics import QueueStatusCollector
+    >>> bus = EventBus(Celery("orders", broker="redis://localhost:6379/0"), service="orders")
+    >>> registry = CollectorRegistry()
+    >>> registry.register(QueueStatusCollector(bus))
     """
 
     def __init__(

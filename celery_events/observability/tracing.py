@@ -85,9 +85,22 @@ class Tracing(Middleware):
     Uses only ``opentelemetry-api``: spans go wherever the application's tracer provider
     sends them (configure the SDK in each process, workers included).
 
-    >>> bus = EventBus(app, service="shop", tracing=True)             # doctest: +SKIP
-    >>> with tracer.start_as_current_span("POST /orders"):            # doctest: +SKIP
-    ...     bus.publish("order.placed", {"order_id": 7})  # span "send order.placed"
+    >>> from celery import Celery
+    >>> from opentelemetry import trace
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    >>> from celery_events import EventBus
+    >>> spans = InMemorySpanExporter()
+    >>> provider = TracerProvider()
+    >>> provider.add_span_processor(SimpleSpanProcessor(spans))
+    >>> trace.set_tracer_provider(provider)       # the application's, once per process
+    >>> tracer = trace.get_tracer("shop")
+    >>> bus = EventBus(Celery("shop", broker="memory://"), service="shop", tracing=True)
+    >>> with tracer.start_as_current_span("POST /orders"):
+    ...     result = bus.publish("order.placed", {"order_id": 7})
+    >>> [span.name for span in spans.get_finished_spans()]
+    ['send order.placed', 'POST /orders']
     """
 
     def __init__(self, bus: Any) -> None:

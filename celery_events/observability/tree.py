@@ -6,8 +6,25 @@ the handled event) hangs under that delivery; one whose cause is known but not t
 hangs under the cause itself. Records of a service that does not keep them (or that
 expired) are missing: an event with runs but no publish record is shown as unrecorded.
 
->>> roots = build(bus.backend.state.traces().load(correlation_id))   # doctest: +SKIP
->>> print(render_text([find(roots, event_id)]))                     # doctest: +SKIP
+>>> from celery import Celery
+>>> from celery_events import EventBus
+>>> from celery_events.observability.tree import build, find, render_text
+>>> from celery_events.testing import HandlerRunner
+>>> bus = EventBus(Celery("orders", broker="memory://"), service="orders", trace_records=True)
+>>> @bus.subscribe("order.placed")
+... def reserve(event):
+...     bus.publish("stock.reserved", {"order_id": event.data["order_id"]})
+>>> @bus.subscribe("stock.reserved")
+... def confirm(event): ...
+>>> subscriptions = bus.register()
+>>> event = bus.publish("order.placed", {"order_id": 7}).event
+>>> runs = HandlerRunner().work(bus)
+>>> roots = build(bus.backend.state.traces().load(event.correlation_id))
+>>> print(render_text([find(roots, event.id)]), end="")   # the text ends its last line
+order.placed ... from orders
+└── orders orders.reserve: succeeded, on celery@..., waited ... ms, ran ... ms
+    └── published stock.reserved ... from orders
+        └── orders orders.confirm: succeeded, on celery@..., waited ... ms, ran ... ms
 """
 
 from __future__ import annotations

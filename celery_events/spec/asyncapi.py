@@ -73,6 +73,7 @@ _ANY_DATA: dict[str, Any] = {"type": "object"}
 class Broker:
     """The broker a fleet runs on, as the document's server describes it.
 
+    >>> from celery_events.spec.asyncapi import Broker
     >>> Broker("amqp", "amqp://guest:secret@rabbit:5672//", exchange="celery_events").backend
     'amqp'
     """
@@ -90,6 +91,7 @@ def channel_key(name: str) -> str:
     digits, ``.``, ``-`` and ``_``, so ``*`` is written ``_word_`` and ``#`` ``_words_`` (no
     word of a name starts with ``_``, so these never clash with one).
 
+    >>> from celery_events.spec.asyncapi import channel_key
     >>> channel_key("order.#")
     'order._words_'
     """
@@ -111,11 +113,20 @@ def asyncapi_document(
     (``registry.publishers()``); ``version`` defaults to the date of the newest registration
     (today when there is none).
 
-    >>> document = asyncapi_document(                                    # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.spec.asyncapi import Broker, asyncapi_document
+    >>> bus = EventBus(Celery("orders", broker="redis://localhost:6379/0"), service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome(event): ...
+    >>> subscriptions = bus.register()
+    >>> document = asyncapi_document(
     ...     bus.registry.declarations(), bus.registry.subscriptions(),
     ...     backend=Broker("redis", "redis://localhost:6379/0"),
     ...     published=bus.registry.publishers(),
     ... )
+    >>> document["asyncapi"], sorted(document["channels"])
+    ('3.0.0', ['user.registered'])
     """
     declarations = list(declarations)
     subscriptions = list(subscriptions)

@@ -53,9 +53,13 @@ def capture_published(bus: EventBus) -> Iterator[Captured]:
     dead letters (and the deliveries of a :class:`~celery_events.testing.HandlerRunner`) are
     not publishes: they are sent, not captured.
 
-    >>> with capture_published(bus) as published:                      # doctest: +SKIP
-    ...     bus.publish("order.placed", {"order_id": 7})
-    >>> published.names, published[0].data                             # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.testing import capture_published
+    >>> bus = EventBus(Celery("shop", broker="memory://"), service="shop")
+    >>> with capture_published(bus) as published:
+    ...     result = bus.publish("order.placed", {"order_id": 7})
+    >>> published.names, published[0].data
     (['order.placed'], {'order_id': 7})
     """
     captured = Captured()

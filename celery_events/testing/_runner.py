@@ -86,12 +86,25 @@ class HandlerRunner:
     ``run_retries=False`` leaves every retry on its queue and reports the delivery as
     ``retrying``; a later :meth:`work` runs it.
 
+    >>> from celery import Celery
+    >>> from celery_events import Event, EventBus
+    >>> from celery_events.testing import HandlerRunner
+    >>> shop_bus = EventBus(Celery("shop", broker="memory://"), service="shop")
+    >>> bus = EventBus(Celery("warehouse", broker="memory://"), service="warehouse")
+    >>> @bus.subscribe("order.placed")
+    ... def ship(event):
+    ...     print("shipping order", event.data["id"])
+    >>> bus.register()
+    [Subscription(pattern='order.placed', service='warehouse', ...)]
     >>> runner = HandlerRunner()
-    >>> [run] = runner.run(bus, Event.create("order.placed", {"id": 1}, source="shop"))  # doctest: +SKIP
-    >>> run.status, run.attempts                                        # doctest: +SKIP
+    >>> [run] = runner.run(bus, Event.create("order.placed", {"id": 1}, source="shop"))
+    shipping order 1
+    >>> run.status, run.attempts
     ('succeeded', 1)
-    >>> shop_bus.publish("order.placed", {"id": 2})                     # doctest: +SKIP
-    >>> [run] = runner.work(bus)      # what the worker of ``bus`` would do now  # doctest: +SKIP
+    >>> shop_bus.publish("order.placed", {"id": 2}).deliveries
+    (Delivery(service='warehouse', handler='warehouse.ship', queue='events.warehouse', ...),)
+    >>> [run] = runner.work(bus)      # what the worker of bus would do now
+    shipping order 2
     """
 
     def __init__(self, *, run_retries: bool = True) -> None:

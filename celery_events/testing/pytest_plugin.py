@@ -10,11 +10,25 @@ to your top-level ``conftest.py``. The plugin is never loaded on its own.
 Services under test use the memory backend: ``Celery(..., broker="memory://")`` (with Django,
 ``CELERY_BROKER_URL = "memory://"`` in the test settings).
 
->>> def test_placing_an_order_ships_it(handler_runner):                # doctest: +SKIP
+>>> from celery import Celery
+>>> from celery_events import EventBus
+>>> shop_bus = EventBus(Celery("shop", broker="memory://"), service="shop")
+>>> warehouse_bus = EventBus(Celery("warehouse", broker="memory://"), service="warehouse")
+>>> @warehouse_bus.subscribe("order.placed")
+... def ship(event): ...
+>>> def place_order(order_id):
+...     shop_bus.publish("order.placed", {"order_id": order_id})
+>>> def test_placing_an_order_ships_it(handler_runner):
 ...     warehouse_bus.register()            # as its worker does when it starts
 ...     place_order(7)                      # publishes order.placed on memory://
 ...     [run] = handler_runner.work(warehouse_bus)
 ...     assert (run.handler, run.status) == ("warehouse.ship", "succeeded")
+
+pytest gives the test its ``handler_runner``; called by hand, it is a fresh
+:class:`~celery_events.testing.HandlerRunner`:
+
+>>> from celery_events.testing import HandlerRunner
+>>> test_placing_an_order_ships_it(HandlerRunner())
 """
 
 from __future__ import annotations

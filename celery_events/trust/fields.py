@@ -47,6 +47,7 @@ def check_paths(paths: object, where: str) -> tuple[str, ...]:
     (``"address"`` and ``"address.street"``) is refused, since the outer one already covers
     it. Duplicates are dropped.
 
+    >>> from celery_events.trust.fields import check_paths
     >>> check_paths(["email", "address.street"], "here")
     ('email', 'address.street')
     """
@@ -130,6 +131,7 @@ def _masked(value: Any, where: str) -> str:
 def mask_data(data: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
     """A copy of ``data`` with ``"***"`` for the value at each path.
 
+    >>> from celery_events.trust.fields import mask_data
     >>> mask_data({"email": "a@b.c", "cards": [{"no": 1}, {"no": 2}]}, ["email", "cards.no"])
     {'email': '***', 'cards': [{'no': '***'}, {'no': '***'}]}
     """

@@ -175,9 +175,14 @@ class Keyring:
     """The keys one service works with: its own signing key (if it signs) and the
     verification keys of every service it trusts, several per service during a rotation.
 
-    >>> ring = Keyring(signing, [orders_key, payments_old, payments_new])  # doctest: +SKIP
-    >>> key_id, signature = ring.sign(b"message")                            # doctest: +SKIP
-    >>> ring.verify("orders", key_id, b"message", signature)                 # doctest: +SKIP
+    >>> from celery_events.trust import Keyring, generate_hmac, load_signing_key, load_trusted_keys
+    >>> secret = generate_hmac().decode()          # shared by orders and those who trust it
+    >>> signing = load_signing_key("orders", {"key_id": "2026-01", "key": secret})
+    >>> ring = Keyring(signing, load_trusted_keys({"orders": {"2026-01": secret}}))
+    >>> key_id, signature = ring.sign(b"message")
+    >>> key_id
+    '2026-01'
+    >>> ring.verify("orders", key_id, b"message", signature)    # returns, or raises InvalidSignature
     """
 
     def __init__(

@@ -1,12 +1,19 @@
 """Publish and subscribe scopes: which services may publish and subscribe to which names.
 
 The policy comes from each service's OWN settings, never from the shared registry (which
-anyone with broker access could write)::
+anyone with broker access could write):
 
-    EventBus(app, service="orders",
-             publish_scopes={"payments": ["payments.#"], "orders": ["order.#"]},
-             subscribe_scopes={"ledger": ["payments.#", "order.*"]},
-             protected_names=["payments.#"])
+>>> from celery import Celery
+>>> from celery_events import EventBus
+>>> bus = EventBus(Celery("orders", broker="memory://"), service="orders",
+...                publish_scopes={"payments": ["payments.#"], "orders": ["order.#"]},
+...                subscribe_scopes={"ledger": ["payments.#", "order.*"]},
+...                protected_names=["payments.#"])
+>>> bus.publish("payments.refunded", {"order_id": 7})
+Traceback (most recent call last):
+  ...
+celery_events.errors.PublishNotAllowed: Event 'payments.refunded' was not published: service 'orders' may
+not publish 'payments.refunded': its publish_scopes entry ['order.#'] does not cover it. ...
 
 The rules, after Dapr's pub/sub scopes (``publishingScopes``, ``subscriptionScopes``,
 ``protectedTopics``), with the bus's own patterns (``*`` one word, ``#`` zero or more):
@@ -149,6 +156,7 @@ class Policy:
 
     Immutable; build it with :func:`policy_for` (validated settings) or directly.
 
+    >>> from celery_events.trust.scopes import Policy
     >>> policy = Policy({"payments": ("payments.#",)}, None, ("payments.#",))
     >>> policy.may_publish("payments", "payments.refunded"), policy.may_publish("shop", "payments.refunded")
     (True, False)
@@ -411,6 +419,7 @@ def uncovered_name(pattern: str, scope: Iterable[str]) -> str | None:
     """A name ``pattern`` matches that no pattern of ``scope`` matches, or None if ``scope``
     covers every name ``pattern`` can match.
 
+    >>> from celery_events.trust.scopes import uncovered_name
     >>> uncovered_name("payments.#", ["payments.refund.*"])
     'payments'
     >>> uncovered_name("payments.refund.*", ["payments.#"]) is None
@@ -422,6 +431,7 @@ def uncovered_name(pattern: str, scope: Iterable[str]) -> str | None:
 def common_name(pattern: str, other: str) -> str | None:
     """A name both patterns match, or None if they match no name in common.
 
+    >>> from celery_events.trust.scopes import common_name
     >>> common_name("#", "payments.#")
     'payments'
     >>> common_name("order.*", "payments.#") is None

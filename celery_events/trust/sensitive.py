@@ -162,6 +162,7 @@ def _check_key_id(key_id: object, where: str) -> str:
 class EncryptionKeys:
     """The AES-256 keys of a service, by id, and the id of the one that encrypts.
 
+    >>> from celery_events.trust.sensitive import EncryptionKeys
     >>> keys = EncryptionKeys({"k1": bytes(32)})
     >>> text = keys.encrypt("a@b.c", "event-1", "email")
     >>> text.startswith("enc:v1:k1:"), keys.decrypt(text, "event-1", "email")

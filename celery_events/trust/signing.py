@@ -79,8 +79,12 @@ def sign_event(event: Event, key: SigningKey, *, data_json: str | None = None) -
     For tools and tests that make signed events by hand (the bus signs its own). ``data_json``
     is the JSON text the data goes on the wire as, if known.
 
-    >>> signed = sign_event(Event.create("order.placed", {}, source="shop"), key)  # doctest: +SKIP
-    >>> signed.extensions["signaturekeyid"] == key.key_id                         # doctest: +SKIP
+    >>> from celery_events import Event
+    >>> from celery_events.trust import generate_hmac, load_signing_key
+    >>> from celery_events.trust.signing import sign_event
+    >>> key = load_signing_key("shop", {"key_id": "2026-01", "key": generate_hmac().decode()})
+    >>> signed = sign_event(Event.create("order.placed", {}, source="shop"), key)
+    >>> signed.extensions["signaturekeyid"] == key.key_id
     True
     """
     if event.source != key.service:

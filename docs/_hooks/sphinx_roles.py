@@ -4,11 +4,18 @@ The package's docstrings cross-reference with Sphinx roles, which Markdown would
 literal text. Each role becomes an optional autoref to the object it names (resolved as
 Python would from the docstring's module, then from ``celery_events``): a link when the
 reference documents that object, plain code when it does not, never a broken link.
+
+The docstrings' other reST that Markdown would show wrongly is fenced: ``>>>`` examples as
+``pycon`` blocks, and ``::`` literal blocks (the paragraph ending in ``::``, then an indented
+block) as ``sh`` blocks when each line is a command, ``python`` ones when they parse as
+Python, else ``text``; the ``::`` is shown as reST shows it (``:``, or nothing after a space).
 """
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from typing import Any
 
 import griffe
@@ -75,6 +82,53 @@ def fence_examples(text: str) -> str:
     return "\n".join(out)
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def fence_literal_blocks(text: str) -> str:
+    """Put each reST literal block (after a line ending in ``::``) in a fence."""
+    lines = text.splitlines()
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        following = next((i for i in range(index + 1, len(lines)) if lines[i].strip()), None)
+        if (
+            not line.rstrip().endswith("::")
+            or line.lstrip().startswith(">>>")
+            or following is None
+            or following == index + 1
+            or _indent(lines[following]) <= _indent(line)
+        ):
+            out.append(line)
+            index += 1
+            continue
+        base = line[: _indent(line)]
+        head = line.rstrip()[:-2]
+        head = head.rstrip() if head.endswith((" ", "\t")) or not head.strip() else f"{head}:"
+        if head.strip():
+            out.append(head)
+        end = following
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > _indent(line)):
+            end += 1
+        while not lines[end - 1].strip():
+            end -= 1
+        block = textwrap.dedent("\n".join(lines[following:end]))
+        rows = [row for row in block.splitlines() if row.strip()]
+        if all(row.startswith(("celery ", "python ", "manage.py ")) for row in rows):
+            language = "sh"  # commands, as the CLI modules show them
+        else:
+            try:
+                ast.parse(block)
+                language = "python"
+            except SyntaxError:
+                language = "text"
+        out.extend(["", f"{base}```{language}", *(f"{base}{row}".rstrip() for row in block.splitlines()), f"{base}```"])
+        index = end
+    return "\n".join(out)
+
+
 def convert(obj: griffe.Object, text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         role, short, name = match.groups()
@@ -84,9 +138,10 @@ def convert(obj: griffe.Object, text: str) -> str:
         return f'<autoref optional identifier="{identifier(obj, name)}"><code>{shown}</code></autoref>'
 
     # ``code`` is reST's inline literal; Markdown's is one backtick. Examples stay verbatim.
-    parts = re.split(r"(^[ \t]*```pycon\n.*?^[ \t]*```$)", fence_examples(text), flags=re.M | re.S)
+    fenced = fence_literal_blocks(fence_examples(text))
+    parts = re.split(r"(^[ \t]*```(?:pycon|python|text|sh)\n.*?^[ \t]*```$)", fenced, flags=re.M | re.S)
     return "".join(
-        part if part.lstrip().startswith("```pycon") else DOUBLE_BACKTICKS.sub(r"`\1`", ROLE.sub(replace, part))
+        part if part.lstrip().startswith("```") else DOUBLE_BACKTICKS.sub(r"`\1`", ROLE.sub(replace, part))
         for part in parts
     )
 

@@ -101,9 +101,10 @@ class AmqpRegistry:
     the app's ``broker_use_ssl``. Thread-safe; each process (a fork included) has its own
     connection.
 
-    >>> store = AmqpRegistry("amqp://guest:guest@localhost//")       # doctest: +SKIP
-    >>> store.write("orders", '{"registered_at": 1, "subscriptions": []}')  # doctest: +SKIP
-    >>> store.load()[1]                                              # doctest: +SKIP
+    >>> from celery_events.backends.amqp.registry import AmqpRegistry
+    >>> store = AmqpRegistry("amqp://guest:guest@localhost//")
+    >>> store.write("orders", '{"registered_at": 1, "subscriptions": []}')
+    >>> store.load()[1]
     {b'orders': b'{"registered_at": 1, "subscriptions": []}'}
     """
 

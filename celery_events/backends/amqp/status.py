@@ -67,9 +67,17 @@ def default_management_url(broker_url: str) -> str:
 class AmqpQueues:
     """Reads RabbitMQ's queues over AMQP (counts) and the management API (in flight, age).
 
-    >>> queues = AmqpQueues("amqp://guest:guest@localhost//", "http://guest:guest@localhost:15672")  # doctest: +SKIP
-    >>> queues.waiting("events.orders")                               # doctest: +SKIP
-    (3, 12.0)
+    >>> from kombu import Connection
+    >>> from celery_events.backends.amqp.status import AmqpQueues
+    >>> confirmed = {"confirm_publish": True}       # each put waits for the broker's confirm
+    >>> with Connection("amqp://guest:guest@localhost//", transport_options=confirmed) as connection:
+    ...     queue = connection.SimpleQueue("events.orders")
+    ...     for n in range(3):
+    ...         queue.put({"n": n})
+    ...     queue.close()
+    >>> queues = AmqpQueues("amqp://guest:guest@localhost//", "http://guest:guest@localhost:15672")
+    >>> queues.waiting("events.orders")      # 3 waiting, and the oldest's age (None if unknown)
+    (3, ...)
     """
 
     def __init__(

@@ -68,6 +68,7 @@ def handler_queue(queue: str, handler: str) -> str:
     """The RabbitMQ queue of ``handler`` (a task name ``{service}.{name}``) whose service-level
     queue is ``queue``.
 
+    >>> from celery_events.backends.amqp.topology import handler_queue
     >>> handler_queue("events.orders", "orders.welcome_order")
     'events.orders.welcome_order'
     """
@@ -77,6 +78,7 @@ def handler_queue(queue: str, handler: str) -> str:
 def retry_token(queue: str) -> str:
     """One topic word naming ``queue`` alone (queue names hold dots, which topic keys split on).
 
+    >>> from celery_events.backends.amqp.topology import retry_token
     >>> retry_token("events.orders.welcome_order")
     'qa31e0f254fe876ac31f8cb05'
     """
@@ -93,6 +95,7 @@ def delivery_id(message_id: str, handler: str) -> str:
     messages differ in their first 80 random bits. A message id of another shape (a foreign
     message) is hashed with the handler instead, UUID5-style.
 
+    >>> from celery_events.backends.amqp.topology import delivery_id
     >>> delivery_id("1b4e28ba-2fa1-41d2-883f-0016d3cca427", "orders.welcome_order")
     '1b4e28ba-2fa1-41d2-883f-c8dcbfe23028'
     """

@@ -37,8 +37,13 @@ __all__ = ["LoopClients", "ScriptPipeline", "run_script"]
 class LoopClients:
     """One ``redis.asyncio`` client per running event loop, all made by ``connect``.
 
-    >>> clients = LoopClients(lambda: connect_async(url, 5.0))     # doctest: +SKIP
-    >>> client = clients.current()        # inside a coroutine: this loop's client
+    >>> from celery_events.backends.redis.aio import LoopClients
+    >>> from celery_events.backends.redis.client import connect_async
+    >>> clients = LoopClients(lambda: connect_async("redis://localhost:6379/0", 5.0))
+    >>> async def ping() -> bool:
+    ...     return await clients.current().ping()    # in a coroutine: this loop's client
+    >>> await ping()
+    True
     """
 
     def __init__(self, connect: Callable[[], redis.asyncio.Redis]) -> None:
@@ -116,7 +121,14 @@ class ScriptPipeline:
     scripts may have run. A caller cancelled while it waits stops waiting; the pipeline still
     reads its reply, so the connection never holds one unread.
 
-    >>> reply = await LoopClients(connect).pipeline().run(script, [], args)  # doctest: +SKIP
+    >>> import redis
+    >>> from redis.commands.core import Script
+    >>> from celery_events.backends.redis.aio import LoopClients
+    >>> from celery_events.backends.redis.client import connect_async
+    >>> clients = LoopClients(lambda: connect_async("redis://localhost:6379/0", 5.0))
+    >>> echo = Script(redis.Redis(), "return ARGV[1]")
+    >>> await clients.pipeline().run(echo, [], ["hello"])
+    b'hello'
     """
 
     def __init__(self, client: redis.asyncio.Redis) -> None:

@@ -326,6 +326,7 @@ def read_ledger_entry(raw: bytes) -> dict[str, Any] | None:
     event id, handler, redeliveries), in this format or the JSON one before it; None for
     anything else.
 
+    >>> from celery_events.backends.redis.ledger import ledger_entry, read_ledger_entry
     >>> read_ledger_entry(ledger_entry("events.a", "{}", "e1", "a.h"))["h"]
     'a.h'
     """

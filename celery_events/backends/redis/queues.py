@@ -33,9 +33,18 @@ _OLDEST_SAMPLE = 10
 class BrokerQueues:
     """Reads queue lists and kombu's ``unacked`` hash on a Redis broker, without consuming.
 
-    >>> queues = BrokerQueues.from_app(app)                           # doctest: +SKIP
-    >>> queues.waiting("events.orders")                               # doctest: +SKIP
-    (3, 12.5)
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.backends.redis.queues import BrokerQueues
+    >>> app = Celery("orders", broker="redis://localhost:6379/0")
+    >>> bus = EventBus(app, service="orders")
+    >>> @bus.subscribe("user.registered")
+    ... def welcome(event): ...
+    >>> subscriptions = bus.register()
+    >>> results = [bus.publish("user.registered", {"user_id": n}) for n in (1, 2, 3)]
+    >>> queues = BrokerQueues.from_app(app)
+    >>> queues.waiting("events.orders")   # no worker yet: 3 waiting, and the oldest's age
+    (3, ...)
     """
 
     def __init__(

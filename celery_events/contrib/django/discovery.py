@@ -20,7 +20,7 @@ def autodiscover() -> list[str]:
     process at start-up instead of silently losing its handlers.
 
     >>> from celery_events.contrib.django.discovery import autodiscover
-    >>> autodiscover()                                               # doctest: +SKIP
+    >>> autodiscover()
     ['orders.subscribers', 'billing.subscribers']
     """
     from ._bus import get_bus

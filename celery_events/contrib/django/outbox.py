@@ -50,10 +50,23 @@ CLEANUP_EVERY = 60.0
 class OutboxRelay:
     """Sends the outbox's unsent rows through ``bus``.
 
-    >>> relay = OutboxRelay(get_bus())                               # doctest: +SKIP
+    >>> import threading
+    >>> from django.conf import settings
+    >>> from django.db import transaction
+    >>> from celery_events.contrib.django import get_bus
+    >>> from celery_events.contrib.django.outbox import OutboxRelay
+    >>> settings.CELERY_EVENTS["outbox"]       # so publish() writes rows of the outbox
+    True
+    >>> with transaction.atomic():
+    ...     for order_id in (1, 2, 3):
+    ...         result = get_bus().publish("order.placed", {"order_id": order_id})
+    >>> relay = OutboxRelay(get_bus())
     >>> relay.relay_once()        # one batch: returns how many events were sent
     3
-    >>> relay.run(stop)           # until the threading.Event ``stop`` is set
+    >>> stop = threading.Event()
+    >>> thread = threading.Thread(target=relay.run, args=(stop,))
+    >>> thread.start()            # relay.run(stop) relays until the threading.Event is set
+    >>> stop.set(); thread.join()
     """
 
     def __init__(

@@ -494,7 +494,13 @@ class DatabaseState:
     ``CELERY_EVENTS["database"]`` is). The project's bus makes one when
     ``CELERY_EVENTS["state"]`` is ``"database"``; another bus can share the tables:
 
-    >>> bus = EventBus(app, service="orders", state=DatabaseState("default"))  # doctest: +SKIP
+    >>> from celery import Celery
+    >>> from celery_events import EventBus
+    >>> from celery_events.contrib.django.state import DatabaseState
+    >>> app = Celery("orders", broker="redis://localhost:6379/0")
+    >>> bus = EventBus(app, service="orders", state=DatabaseState("default"))
+    >>> bus.dead_letters.list()
+    []
     """
 
     def __init__(self, using: Alias = "default") -> None:
