@@ -20,8 +20,9 @@ MARKS = {"rabbitmq": "rabbitmq", "rabbitmq-cluster": "rabbitmq", "sentinel": "se
 def _params() -> list[object]:
     params = []
     for page in PAGES:
-        marks = sorted({getattr(pytest.mark, MARKS[s]) for s in page.servers if s in MARKS},
-                       key=lambda mark: mark.name)
+        # MarkDecorators are not hashable: one per name, by name.
+        names = sorted({MARKS[server] for server in page.servers if server in MARKS})
+        marks = [getattr(pytest.mark, name) for name in names]
         params.append(pytest.param(page, id=page.name, marks=[pytest.mark.integration, *marks]))
     return params
 
@@ -32,13 +33,18 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
     redis_url = request.getfixturevalue("redis_url")  # every page has Redis, emptied
     pairs += redis_pairs(redis_url)
     if "rabbitmq" in page.servers:
-        url = request.getfixturevalue("rabbitmq_server").url.rstrip("/")
+        node = request.getfixturevalue("docs_rabbitmq_server")  # with the management plugin
+        url = node.url.rstrip("/")
         for host in ("localhost", "127.0.0.1"):
             pairs.append((f"amqp://guest:guest@{host}:5672", url))
+            pairs.append((f"http://guest:guest@{host}:15672", node.management_url))
+            pairs.append((f"http://guest:***@{host}:15672", node.management_url.replace(":guest@", ":***@")))
     if "rabbitmq-cluster" in page.servers:
-        nodes = request.getfixturevalue("rabbitmq_cluster").nodes
-        for number, node in enumerate(nodes):
+        cluster = request.getfixturevalue("docs_rabbitmq_cluster")
+        for number, (node, port) in enumerate(zip(cluster.nodes, cluster.management_ports)):
             pairs.append((f"amqp://guest:guest@rabbit{number + 1}:5672", node.url.rstrip("/")))
+            pairs.append((f"http://guest:guest@rabbit{number + 1}:15672", f"http://guest:guest@127.0.0.1:{port}"))
+            pairs.append((f"http://guest:***@rabbit{number + 1}:15672", f"http://guest:***@127.0.0.1:{port}"))
     if "sentinel" in page.servers:
         topology = request.getfixturevalue("sentinel_topology")
         request.getfixturevalue("sentinel_url")  # every node up, emptied
