@@ -37,12 +37,15 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
         url = node.url.rstrip("/")
         for host in ("localhost", "127.0.0.1"):
             pairs.append((f"amqp://guest:guest@{host}:5672", url))
+            pairs.append((f"amqp://guest:***@{host}:5672", url.replace(":guest@", ":***@")))
             pairs.append((f"http://guest:guest@{host}:15672", node.management_url))
             pairs.append((f"http://guest:***@{host}:15672", node.management_url.replace(":guest@", ":***@")))
+            pairs.append((f"http://{host}:15672", f"http://127.0.0.1:{node.management_port}"))
     if "rabbitmq-cluster" in page.servers:
         cluster = request.getfixturevalue("docs_rabbitmq_cluster")
         for number, (node, port) in enumerate(zip(cluster.nodes, cluster.management_ports)):
             pairs.append((f"amqp://guest:guest@rabbit{number + 1}:5672", node.url.rstrip("/")))
+            pairs.append((f"amqp://guest:***@rabbit{number + 1}:5672", node.url.rstrip("/").replace(":guest@", ":***@")))
             pairs.append((f"http://guest:guest@rabbit{number + 1}:15672", f"http://guest:guest@127.0.0.1:{port}"))
             pairs.append((f"http://guest:***@rabbit{number + 1}:15672", f"http://guest:***@127.0.0.1:{port}"))
     if "sentinel" in page.servers:
