@@ -53,6 +53,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
         request.getfixturevalue("sentinel_url")  # every node up, emptied
         for number, sentinel in enumerate(topology.sentinels):
             pairs.append((f"sentinel://localhost:{26379 + number}", f"sentinel://127.0.0.1:{sentinel.port}"))
+            pairs.append((f"redis-cli -p {26379 + number} ", f"redis-cli -p {sentinel.port} "))
     if "postgres" in page.servers:
         server = request.getfixturevalue("docs_postgres_server")
         pairs.append(("postgresql://postgres@localhost:5432", f"postgresql://postgres@127.0.0.1:{server.port}"))
