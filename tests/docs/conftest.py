@@ -15,6 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+# Resolved here, once: the cluster's nodes are waited for in threads, each importing
+# kombu.Connection, and kombu's lazy attributes may fail to resolve in two threads at once.
+from kombu import Connection  # noqa: F401
+
 from ..django.postgres import PostgresServer, postgres_bin_dir
 from ..harness import RabbitMQServer, free_port, rabbitmq_server_binary, wait_until
 from ..rabbitmq_cluster import RabbitMQCluster

@@ -48,6 +48,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
             pairs.append((f"amqp://guest:***@rabbit{number + 1}:5672", node.url.rstrip("/").replace(":guest@", ":***@")))
             pairs.append((f"http://guest:guest@rabbit{number + 1}:15672", f"http://guest:guest@127.0.0.1:{port}"))
             pairs.append((f"http://guest:***@rabbit{number + 1}:15672", f"http://guest:***@127.0.0.1:{port}"))
+            pairs.append((f"http://rabbit{number + 1}:15672", f"http://127.0.0.1:{port}"))
     if "sentinel" in page.servers:
         topology = request.getfixturevalue("sentinel_topology")
         request.getfixturevalue("sentinel_url")  # every node up, emptied
