@@ -28,7 +28,15 @@ def _params() -> list[object]:
 
 
 def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
-    """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them."""
+    """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them.
+
+    RabbitMQ (one node, and each node of the cluster) has the management plugin on a port of
+    its own (tests/docs/conftest.py): samples write it ``http://guest:guest@localhost:15672``
+    (``rabbit1:15672`` .. ``rabbit3:15672`` on the cluster) and name it in ``management_url``,
+    since the default (the broker's host, port 15672) is not where the test node has it.
+    Passwords shown as ``***`` (in ``eventbus status``) are mapped back too. On Sentinel,
+    ``redis-cli -p 26379`` .. ``26381`` reach the sentinels.
+    """
     pairs: list[tuple[str, str]] = []
     redis_url = request.getfixturevalue("redis_url")  # every page has Redis, emptied
     pairs += redis_pairs(redis_url)
@@ -43,7 +51,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
             pairs.append((f"http://{host}:15672", f"http://127.0.0.1:{node.management_port}"))
     if "rabbitmq-cluster" in page.servers:
         cluster = request.getfixturevalue("docs_rabbitmq_cluster")
-        for number, (node, port) in enumerate(zip(cluster.nodes, cluster.management_ports)):
+        for number, (node, port) in enumerate(zip(cluster.nodes, cluster.management_ports, strict=True)):
             pairs.append((f"amqp://guest:guest@rabbit{number + 1}:5672", node.url.rstrip("/")))
             pairs.append((f"amqp://guest:***@rabbit{number + 1}:5672", node.url.rstrip("/").replace(":guest@", ":***@")))
             pairs.append((f"http://guest:guest@rabbit{number + 1}:15672", f"http://guest:guest@127.0.0.1:{port}"))
