@@ -21,30 +21,49 @@ MARKS = {"rabbitmq": "rabbitmq", "rabbitmq-cluster": "rabbitmq", "sentinel": "se
 def _params() -> list[object]:
     params = []
     for page in PAGES:
-        # Mark names, not MarkDecorators: those are not hashable.
-        marks = [getattr(pytest.mark, name) for name in sorted({MARKS[s] for s in page.servers if s in MARKS})]
+        # MarkDecorators are not hashable: one per name, by name.
+        names = sorted({MARKS[server] for server in page.servers if server in MARKS})
+        marks = [getattr(pytest.mark, name) for name in names]
         params.append(pytest.param(page, id=page.name, marks=[pytest.mark.integration, *marks]))
     return params
 
 
 def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
-    """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them."""
+    """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them.
+
+    RabbitMQ (one node, and each node of the cluster) has the management plugin on a port of
+    its own (tests/docs/conftest.py): samples write it ``http://guest:guest@localhost:15672``
+    (``rabbit1:15672`` .. ``rabbit3:15672`` on the cluster) and name it in ``management_url``,
+    since the default (the broker's host, port 15672) is not where the test node has it.
+    Passwords shown as ``***`` (in ``eventbus status``) are mapped back too. On Sentinel,
+    ``redis-cli -p 26379`` .. ``26381`` reach the sentinels.
+    """
     pairs: list[tuple[str, str]] = []
     redis_url = request.getfixturevalue("redis_url")  # every page has Redis, emptied
     pairs += redis_pairs(redis_url)
     if "rabbitmq" in page.servers:
-        url = request.getfixturevalue("rabbitmq_server").url.rstrip("/")
+        node = request.getfixturevalue("docs_rabbitmq_server")  # with the management plugin
+        url = node.url.rstrip("/")
         for host in ("localhost", "127.0.0.1"):
             pairs.append((f"amqp://guest:guest@{host}:5672", url))
+            pairs.append((f"amqp://guest:***@{host}:5672", url.replace(":guest@", ":***@")))
+            pairs.append((f"http://guest:guest@{host}:15672", node.management_url))
+            pairs.append((f"http://guest:***@{host}:15672", node.management_url.replace(":guest@", ":***@")))
+            pairs.append((f"http://{host}:15672", f"http://127.0.0.1:{node.management_port}"))
     if "rabbitmq-cluster" in page.servers:
-        nodes = request.getfixturevalue("rabbitmq_cluster").nodes
-        for number, node in enumerate(nodes):
+        cluster = request.getfixturevalue("docs_rabbitmq_cluster")
+        for number, (node, port) in enumerate(zip(cluster.nodes, cluster.management_ports, strict=True)):
             pairs.append((f"amqp://guest:guest@rabbit{number + 1}:5672", node.url.rstrip("/")))
+            pairs.append((f"amqp://guest:***@rabbit{number + 1}:5672", node.url.rstrip("/").replace(":guest@", ":***@")))
+            pairs.append((f"http://guest:guest@rabbit{number + 1}:15672", f"http://guest:guest@127.0.0.1:{port}"))
+            pairs.append((f"http://guest:***@rabbit{number + 1}:15672", f"http://guest:***@127.0.0.1:{port}"))
+            pairs.append((f"http://rabbit{number + 1}:15672", f"http://127.0.0.1:{port}"))
     if "sentinel" in page.servers:
         topology = request.getfixturevalue("sentinel_topology")
         request.getfixturevalue("sentinel_url")  # every node up, emptied
         for number, sentinel in enumerate(topology.sentinels):
             pairs.append((f"sentinel://localhost:{26379 + number}", f"sentinel://127.0.0.1:{sentinel.port}"))
+            pairs.append((f"redis-cli -p {26379 + number} ", f"redis-cli -p {sentinel.port} "))
     if "postgres" in page.servers:
         server = request.getfixturevalue("docs_postgres_server")
         pairs.append(("postgresql://postgres@localhost:5432", f"postgresql://postgres@127.0.0.1:{server.port}"))
