@@ -1,20 +1,23 @@
 """The Django integration: ``INSTALLED_APPS += ["celery_events.contrib.django"]``.
 
-Configure it with one dict in your settings (all keys: ``celery_events.contrib.django.conf``)::
+Configure it with one dict in your settings (every key: :mod:`celery_events.contrib.django.conf`),
+``CELERY_EVENTS = {"service": "orders", "app": "proj.celery.app"}``, and use the project's bus,
+made on first use (``bus``, or ``get_bus()``):
 
-    CELERY_EVENTS = {"service": "orders", "app": "proj.celery.app"}
+>>> from celery_events.contrib.django import get_bus
+>>> bus = get_bus()
+>>> bus.service
+'shop'
 
-and use the project's bus, made on first use::
+Handlers subscribe in ``<app>/subscribers.py`` (``@bus.subscribe("user.registered",
+atomic=True)`` runs the handler and its inbox row in one transaction). A publish inside a
+transaction is sent after the commit, or written to the outbox when ``outbox`` is on:
 
-    from celery_events.contrib.django import bus       # or get_bus()
-
-    @bus.subscribe("user.registered", atomic=True)      # in <app>/subscribers.py
-    def open_account(event):
-        Account.objects.create(user_id=event.data["user_id"])
-
-    with transaction.atomic():
-        order = Order.objects.create(...)
-        bus.publish("order.placed", {"order_id": order.pk})   # sent after the commit
+>>> from django.db import transaction
+>>> with transaction.atomic():
+...     result = bus.publish("order.placed", {"order_id": 1})
+>>> result.deferred
+True
 
 ``subscribers`` modules of installed apps are imported at start-up, in web processes and in
 ``celery -A proj worker`` alike.

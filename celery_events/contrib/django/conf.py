@@ -1,21 +1,29 @@
 """The ``CELERY_EVENTS`` Django setting: its keys, defaults and validation.
 
-One dict holds everything::
+One dict holds everything. Its keys, with their defaults: ``service`` (this service's name,
+required), ``app`` (the Celery app as an import path, required), ``outbox`` (``False``: write
+published events to the outbox table), ``database`` (``"default"``: the alias of the outbox
+and the inbox), ``state`` (``"backend"``; ``"database"`` keeps inboxes, leases and dead letters
+in it), ``relay_in_worker`` (``False``: run the outbox relay inside ``celery worker``),
+``relay_interval`` (``1.0`` second between two polls of an idle outbox), ``relay_batch_size``
+(``100`` rows per relay transaction), ``outbox_retention`` and ``inbox_retention``
+(``604800.0`` seconds a sent outbox row and an inbox row are kept), ``middleware`` (``[]``:
+import paths of :class:`~celery_events.Middleware`, outermost first), and any
+:class:`~celery_events.Settings` of the bus:
 
-    CELERY_EVENTS = {
-        "service": "orders",              # this service's name (required)
-        "app": "proj.celery.app",         # the Celery app, as an import path (required)
-        "outbox": False,                  # write published events to the outbox table
-        "database": "default",            # the database alias of the outbox and the inbox
-        "state": "backend",               # "database": inbox, leases, dead letters in it
-        "relay_in_worker": False,         # run the outbox relay inside `celery worker`
-        "relay_interval": 1.0,            # seconds between two relay polls of an idle outbox
-        "relay_batch_size": 100,          # rows one relay transaction sends at most
-        "outbox_retention": 604800.0,     # seconds a sent outbox row is kept
-        "inbox_retention": 604800.0,      # seconds an inbox row is kept
-        "middleware": [],                 # import paths of celery_events.Middleware, outermost first
-        "publish_timeout": 5.0,           # ...and any EventBus setting (see the README)
-    }
+>>> from django.test import override_settings
+>>> from celery_events.contrib.django.conf import read_config
+>>> CELERY_EVENTS = {"service": "orders", "app": "proj.celery.app", "outbox": True,
+...                  "publish_timeout": 2.0}
+>>> with override_settings(CELERY_EVENTS=CELERY_EVENTS):
+...     config = read_config()
+>>> config.service, config.outbox, config.relay_batch_size, config.bus_settings
+('orders', True, 100, (('publish_timeout', 2.0),))
+>>> with override_settings(CELERY_EVENTS={"service": "orders", "app": "proj.celery.app", "outbx": True}):
+...     read_config()
+Traceback (most recent call last):
+...
+celery_events.errors.ConfigurationError: ...outbx...
 
 The setting is read when it is used, not at import, so ``override_settings`` works for every
 key read per call (``outbox``, ``database``, the relay's and the retention keys). ``service``,
