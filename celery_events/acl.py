@@ -165,7 +165,7 @@ def service_rules(
     # Appending to other services: the registry index (add only, so that no service can hide
     # another), and deliveries with their ledger entries. Nothing here can read, pop, delete,
     # trim or overwrite: LPUSH and HSETNX only add, ZADD may also move a due time (see the
-    # README's threat model).
+    # threat model on the documentation's Security page).
     # Each command has a selector of its own, on keys of the one type it makes: a selector
     # that allowed HSETNX on a queue key, or LPUSH on a ledger key, would let a service create
     # a key of the wrong type where another's is missing, and every publish to that service

@@ -76,7 +76,7 @@ class EventBus:
 
     ``celery -A orders worker`` then consumes ``events.orders`` and records the service's
     subscriptions in the registry before it starts consuming. Keyword settings are listed in
-    :class:`~celery_events.settings.Settings` and the README.
+    :class:`~celery_events.settings.Settings` and on the documentation's Settings page.
     """
 
     def __init__(

@@ -118,7 +118,7 @@ def _queue_template_problem(template: str) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """The bus's settings (see the README's "Settings" table for each one's meaning)."""
+    """The bus's settings (the documentation's Settings page says what each one means)."""
 
     #: Where the subscription registry lives. ``None``: the broker, when it is Redis.
     registry_url: str | None = None
@@ -188,7 +188,7 @@ class Settings:
     #: sent again. The subscribing service's setting counts. Short, since nothing that waits
     #: in a queue, sits in a worker's prefetch or runs is resent: the case is a message a
     #: worker took from Redis and died before recording (kombu pops, then records), which
-    #: should run again within the recovery time the README promises.
+    #: should run again within the recovery time the documentation promises (Recovery).
     redelivery_timeout: float = 15.0
     #: How often a worker looks for lost deliveries of its service, in seconds.
     sweep_interval: float = 5.0
@@ -207,7 +207,7 @@ class Settings:
     #: :class:`~celery_events.backends.base.Capabilities` fields, such as ``"atomic_fanout"``);
     #: a backend lacking one is a ConfigurationError when it is made, never a downgrade.
     require: tuple[str, ...] = ()
-    # -- trust (see celery_events/trust and the README's "Security") ------------------------
+    # -- trust (see celery_events/trust and the documentation's Security page) ------------------------
     #: This service's signing key: the path of its ``{service}.{key_id}.key`` (Ed25519) or
     #: ``.hmac`` file, or ``{"key_id": ..., "key": text}``; ``None``: it does not sign.
     signing_key: Any = None
@@ -237,12 +237,12 @@ class Settings:
     #: The id of the key in ``encryption_keys`` that encrypts; ``None``: the greatest id (with
     #: ids made by ``celery eventbus keys generate --aes``, the newest). Every key decrypts.
     encryption_key_id: str | None = None
-    # -- contracts (see celery_events/contracts and the README's "Event contracts") ---------
+    # -- contracts (see celery_events/contracts and the documentation's Event contracts page) ---------
     #: Refuse to publish names this service did not declare (``bus.declare``) with
     #: :class:`~celery_events.EventNotDeclared`; by default an undeclared name is published
     #: without a schema.
     require_declarations: bool = False
-    # -- observability (see celery_events/observability and the README's "Observability") -
+    # -- observability (see celery_events/observability and the documentation's Observability page) -
     #: OpenTelemetry spans: a ``send {event}`` producer span per publish and a ``process
     #: {event}`` consumer span per delivery run, the context carried in the envelope
     #: (``traceparent``, ``tracestate``). Needs the ``otel`` extra.

@@ -12,7 +12,7 @@ __all__ = ["Capabilities", "check_required"]
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend guarantees, one flag per guarantee (see the README's Guarantees).
+    """What a backend guarantees, one flag per guarantee (the documentation's Guarantees page has them per backend).
 
     >>> from celery_events import Capabilities
     >>> Capabilities(atomic_fanout=True).missing(["atomic_fanout", "queue_screening"])
