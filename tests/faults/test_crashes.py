@@ -32,6 +32,7 @@ from .conftest import Broker
 SEED = int(os.environ.get("FAULTS_SEED", "20261127"))
 EVENTS = int(os.environ.get("FAULTS_EVENTS", "2000"))
 RATE = 60.0  # events per second
+START_UP = 5.0  # seconds after its start before the chaos kills a worker's pool processes
 SERVICES = ("fault_a", "fault_b")
 
 
@@ -74,6 +75,7 @@ class Fleet:
         self._start = start
         self.broker = broker
         self.workers: dict[str, list[Worker]] = {s: [] for s in SERVICES}
+        self.started: dict[int, float] = {}
         self.count = 0
 
     def add(self, service: str, ready: bool = True) -> None:
@@ -85,9 +87,30 @@ class Fleet:
             ready=ready,
         )
         self.workers[service].append(worker)
+        self.started[id(worker)] = time.monotonic()
+
+    def replace_exited(self) -> int:
+        """Start a worker for each one that exited (as a supervisor would); how many."""
+        replaced = 0
+        for service, workers in self.workers.items():
+            for worker in [w for w in workers if w.process.poll() is not None]:
+                workers.remove(worker)
+                self.add(service, ready=False)
+                replaced += 1
+        return replaced
 
     def kill_pool_process(self, rng: random.Random) -> bool:
-        worker = rng.choice([w for ws in self.workers.values() for w in ws])
+        # Only a worker past its start-up: Celery's worker exits for good ("Could not start
+        # worker processes") when a pool process dies before its first loop has seen them all
+        # start, a crash of the worker, not of a pool process.
+        settled = [
+            w for ws in self.workers.values() for w in ws
+            if w.process.poll() is None and " ready." in w.log()
+            and time.monotonic() - self.started[id(w)] > START_UP
+        ]
+        if not settled:
+            return False
+        worker = rng.choice(settled)
         children = _children(worker.process.pid)
         if not children:
             return False
@@ -160,8 +183,10 @@ def test_no_effect_is_lost_or_duplicated_under_crashes(start_worker, broker: Bro
         else:
             fleet.kill_worker(rng)
             kills["whole worker"] += 1
+        fleet.replace_exited()
     thread.join(timeout=120)
     assert done.is_set()
+    fleet.replace_exited()
 
     expected, expected_dead = expectations(published)
     ops = {
