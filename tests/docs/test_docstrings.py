@@ -11,15 +11,11 @@ modules), importing the ``celery_events`` of this checkout.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from ..harness import RabbitMQServer, free_port, rabbitmq_server_binary, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "celery_events"
@@ -40,37 +36,6 @@ def test_the_examples_are_found() -> None:
     assert "celery_events.bus" in MODULES and "celery_events.contrib.django.outbox" in MODULES
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def docs_rabbitmq() -> Iterator[tuple[str, str]]:
-    """A RabbitMQ node with the management plugin: its AMQP URL and its management API's.
-    Missing RabbitMQ fails in CI, skips locally."""
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    server = RabbitMQServer(
-        binary,
-        plugins=["rabbitmq_management"],
-        config=[f"management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"],
-    )
-    server.start()
-    # The plugin's listener opens a moment after the AMQP one.
-    wait_until(lambda: _listening(port), timeout=30, what="the management API")
-    yield server.url, f"http://guest:guest@127.0.0.1:{port}"
-    server.stop()
-
-
 def _params() -> list[object]:
     """One test per module; the RabbitMQ backend's are marked ``rabbitmq`` (they start a node),
     so that `make test` runs them in the group that has RabbitMQ servers."""
@@ -88,7 +53,8 @@ def _params() -> list[object]:
 def test_docstring_examples(module: str, redis_url: str, request: pytest.FixtureRequest) -> None:
     servers: dict[str, str] = {}
     if module.startswith("celery_events.backends.amqp"):
-        amqp, management = request.getfixturevalue("docs_rabbitmq")
+        node = request.getfixturevalue("docs_rabbitmq_server")  # tests/docs/conftest.py
+        amqp, management = node.url, node.management_url
         servers = {"CELERY_EVENTS_DOCS_AMQP": amqp, "CELERY_EVENTS_DOCS_MANAGEMENT": management}
     env = {
         **os.environ,
