@@ -11,6 +11,7 @@ import redis
 
 # The official AsyncAPI 3.0.0 JSON Schema (installed with npm into .test-cache/ once).
 from .asyncapi_schema import asyncapi_schema  # noqa: F401
+from .django.postgres import PostgresServer, postgres_bin_dir
 from .harness import (
     RabbitMQServer,
     RedisServer,
@@ -70,6 +71,21 @@ def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
             pytest.fail(message)
         pytest.skip(message)
     yield from cluster(binary)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server. Missing PostgreSQL fails in CI, skips locally."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

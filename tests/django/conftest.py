@@ -16,7 +16,7 @@ from django.conf import settings
 
 from ..harness import RedisServer, Worker
 from . import settings as test_settings
-from .postgres import PostgresServer, postgres_bin_dir
+from .postgres import PostgresServer
 
 if not settings.configured:
     settings.configure(**{k: getattr(test_settings, k) for k in dir(test_settings) if k.isupper()})
@@ -24,21 +24,6 @@ if not settings.configured:
 
 SETTINGS_MODULE = "tests.django.settings"
 BOTH = ["default", "pg"]
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A private PostgreSQL server. Missing PostgreSQL fails in CI, skips locally."""
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = PostgresServer(bin_dir)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")

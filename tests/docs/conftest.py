@@ -20,7 +20,6 @@ import pytest
 # kombu.Connection, and kombu's lazy attributes may fail to resolve in two threads at once.
 from kombu import Connection  # noqa: F401
 
-from ..django.postgres import PostgresServer, postgres_bin_dir
 from ..harness import RabbitMQServer, free_port, rabbitmq_server_binary, wait_until
 from ..rabbitmq_cluster import RabbitMQCluster
 
@@ -32,21 +31,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(DOCS_TESTS):
             item.add_marker(pytest.mark.docs)
-
-
-@pytest.fixture(scope="session")
-def docs_postgres_server() -> Iterator[PostgresServer]:
-    """A private PostgreSQL server. Missing PostgreSQL fails in CI, skips locally."""
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = PostgresServer(bin_dir)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _rabbitmq_binary() -> str:

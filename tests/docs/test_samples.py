@@ -65,7 +65,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
             pairs.append((f"sentinel://localhost:{26379 + number}", f"sentinel://127.0.0.1:{sentinel.port}"))
             pairs.append((f"redis-cli -p {26379 + number} ", f"redis-cli -p {sentinel.port} "))
     if "postgres" in page.servers:
-        server = request.getfixturevalue("docs_postgres_server")
+        server = request.getfixturevalue("postgres_server")
         pairs.append(("postgresql://postgres@localhost:5432", f"postgresql://postgres@127.0.0.1:{server.port}"))
         pairs.append(("localhost:5432", f"127.0.0.1:{server.port}"))
     # A web server a page starts (uvicorn, flask run) listens on a free port, not the 8000 shown.
