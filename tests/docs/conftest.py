@@ -8,9 +8,13 @@ reads in-flight counts from it), on a loopback port of their own that the sample
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,11 +83,31 @@ class ManagedNode:
     def management_url(self) -> str:
         return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
+    def _api(self, method: str, path: str) -> object:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.management_port}/api/{path}", method=method,
+            headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def empty(self) -> None:
+        """Delete every queue and every exchange but the broker's own (``amq.*`` and the
+        default), so that a test sees only what it declares, as on a fresh node."""
+        vhost = urllib.parse.quote("/", safe="")
+        for queue in self._api("GET", f"queues/{vhost}") or []:  # type: ignore[union-attr]
+            self._api("DELETE", f"queues/{vhost}/{urllib.parse.quote(queue['name'], safe='')}")
+        for exchange in self._api("GET", f"exchanges/{vhost}") or []:  # type: ignore[union-attr]
+            name = exchange["name"]
+            if name and not name.startswith("amq."):
+                self._api("DELETE", f"exchanges/{vhost}/{urllib.parse.quote(name, safe='')}")
+
 
 @pytest.fixture(scope="session")
-def docs_rabbitmq_server() -> Iterator[ManagedNode]:
-    """A private RabbitMQ node with the management plugin. Missing RabbitMQ fails in CI,
-    skips locally."""
+def docs_rabbitmq_node() -> Iterator[ManagedNode]:
+    """A private RabbitMQ node with the management plugin, for the whole session. Missing
+    RabbitMQ fails in CI, skips locally."""
     binary = _rabbitmq_binary()
     port = free_port()
     server = _managed(binary, port)
@@ -93,6 +117,14 @@ def docs_rabbitmq_server() -> Iterator[ManagedNode]:
         yield ManagedNode(server, port)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def docs_rabbitmq_server(docs_rabbitmq_node: ManagedNode) -> ManagedNode:
+    """The session's managed node, emptied of what earlier tests declared (a page's listing of
+    queues shows only its own, as ``redis_url`` is an emptied Redis)."""
+    docs_rabbitmq_node.empty()
+    return docs_rabbitmq_node
 
 
 class ManagedCluster(RabbitMQCluster):
