@@ -57,15 +57,11 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         subscriptions = bus.subscriptions()
         if write_to is not None and against is None:
             # Writing alone checks nothing: it records what the code declares now.
-            written = _write(write_to, bus.service, declarations, subscriptions)
+            alone = _write(write_to, bus.service, declarations, subscriptions)
             if as_json:
-                _echo_json({"service": bus.service, "written": str(write_to), **written})
+                _echo_json({"service": bus.service, "written": str(write_to), **alone})
             else:
-                click.echo(
-                    f"Wrote {written['declarations']} declaration(s) and"
-                    f" {written['subscriptions']} subscription(s) of service {bus.service!r}"
-                    f" to {write_to}."
-                )
+                click.echo(_wrote(alone, bus.service, write_to))
             return
         if against is None:
             registered = bus.registry.declarations()
@@ -79,8 +75,9 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         found = checks.breaking(
             bus.service, declarations, subscriptions, registered, registered_subscriptions
         )
+        written: dict[str, int] | None = None
         if write_to is not None and not found:
-            _write(write_to, bus.service, declarations, subscriptions)
+            written = _write(write_to, bus.service, declarations, subscriptions)
     if as_json:
         _echo_json(
             {
@@ -89,6 +86,7 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
                 "checked": len(declarations),
                 "subscriptions_checked": len(subscriptions),
                 "breaking": [b.to_json() for b in found],
+                **({"written": str(write_to), **written} if written is not None else {}),
             }
         )
     elif found:
@@ -103,8 +101,19 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
             f"No breaking changes: {len(declarations)} declaration(s) and"
             f" {len(subscriptions)} subscription(s) checked against {where}."
         )
+        if written is not None:
+            click.echo(_wrote(written, bus.service, write_to))
     if found:
+        if write_to is not None:
+            click.echo(f"{write_to} left as it was: the breaking changes come first.", err=True)
         ctx.exit(ExitCode.BREAKING)
+
+
+def _wrote(written: dict[str, int], service: str, path: Path | None) -> str:
+    return (
+        f"Wrote {written['declarations']} declaration(s) and {written['subscriptions']}"
+        f" subscription(s) of service {service!r} to {path}."
+    )
 
 
 def _write(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from celery_events import EventBus
 from celery_events.contrib.django import get_bus
 from celery_events.contrib.django.discovery import autodiscover
 
@@ -28,8 +29,9 @@ def test_the_bus_is_made_once_from_the_setting() -> None:
 
     from .proj.celery import app
 
-    assert bus is get_bus() and bus.app is app and bus.service == "warehouse"
+    assert bus == get_bus() and bus.app is app and bus.service == "warehouse"
     assert bus.settings.publish_timeout == 1.0
+    assert isinstance(bus, EventBus) and repr(bus) == repr(get_bus())
 
 
 def test_an_import_error_inside_a_subscribers_module_stops_django_setup() -> None:
@@ -56,3 +58,12 @@ def test_an_import_error_inside_a_subscribers_module_stops_the_worker(
     assert worker.process.returncode != 0
     assert "No module named 'celery_events_no_such_module'" in worker.log()
     assert " ready." not in worker.log()
+
+
+def test_a_view_using_the_bus_imported_at_the_top_of_its_module_publishes(bus: EventBus) -> None:
+    from django.test import Client
+
+    # tests/django/warehouse/views.py: `from celery_events.contrib.django import bus`
+    response = Client(SERVER_NAME="localhost").get("/orders/", {"order_id": 7})
+    assert response.status_code == 200, response.content
+    assert response.json() == {"deferred": False, "handlers": ["warehouse.count_orders", "warehouse.ship"]}

@@ -1,4 +1,6 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from .warehouse.views import place_order
+
+urlpatterns = [path("admin/", admin.site.urls), path("orders/", place_order)]

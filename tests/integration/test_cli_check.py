@@ -145,12 +145,14 @@ def test_check_and_write_updates_the_file_only_when_nothing_breaks(tmp_path: Pat
     # When a breaking change is checked against the file and written to it
     args = ("check", "--against", str(path), "--write", str(path))
     broken = eventbus(*args, app=DECLARED, env={**env, "DECLARED_SCHEMAS": "1:v1-narrowed"})
-    # Then nothing is written
+    # Then nothing is written, and the command says so
     assert broken.returncode == 1 and path.read_bytes() == before
+    assert f"{path} left as it was" in broken.stderr
 
     # And a compatible one is written, the old schema kept as its history
     fine = eventbus(*args, app=DECLARED, env={**env, "DECLARED_SCHEMAS": "1:v1-noted"})
     assert fine.returncode == 0, fine.stdout + fine.stderr
+    assert f"Wrote 1 declaration(s) and 1 subscription(s) of service 'declared' to {path}." in fine.stdout
     (declared,) = json.loads(path.read_text())["services"]["declared"]["declarations"]
     assert declared["schema"]["properties"]["note"] == {"type": "string"}
     assert declared["history"][0]["properties"]["total"] == {"type": "number"}

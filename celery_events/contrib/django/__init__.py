@@ -40,9 +40,42 @@ def get_bus() -> EventBus:
     return _get_bus()
 
 
+class _ProjectBus:
+    """``bus``: stands for :func:`get_bus`'s bus, looked up at each use.
+
+    Importing it never makes the bus, so that a module importing it at the top (a views module
+    that ``manage.py check`` imports with the URLconf) imports even while ``CELERY_EVENTS`` is
+    broken, and the check reports the setting (``celery_events.E002``) instead of a traceback.
+    The first attribute used makes the bus, or raises the setting's ConfigurationError.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_bus(), name)
+
+    # isinstance(bus, EventBus) holds, as for the bus itself.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(get_bus())
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or get_bus() == other
+
+    def __hash__(self) -> int:
+        return hash(get_bus())
+
+    def __repr__(self) -> str:
+        return repr(get_bus())
+
+
+_PROJECT_BUS = _ProjectBus()
+
+
 def __getattr__(name: str) -> Any:
-    # `bus` is looked up on use, so that importing this package from settings or an app's
-    # __init__ does not need the app registry to be ready.
+    # `bus` stands for the bus without making it, so that importing this package (from
+    # settings, an app's __init__, a views module) needs neither the app registry nor a
+    # working CELERY_EVENTS.
     if name == "bus":
-        return get_bus()
+        return _PROJECT_BUS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
