@@ -21,6 +21,7 @@ from .harness import (
     stop_workers,
 )
 from .rabbitmq_cluster import RabbitMQCluster, cluster
+from .rabbitmq_managed import ManagedNode
 
 # The Sentinel topology's fixtures (sentinel_topology, sentinel_url), for every test.
 from .sentinel_harness import sentinel_topology, sentinel_url  # noqa: F401
@@ -58,6 +59,28 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def _managed_rabbitmq_node() -> Iterator[ManagedNode]:
+    binary = rabbitmq_server_binary()
+    if binary is None:
+        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    node = ManagedNode.start(binary)
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def managed_rabbitmq(_managed_rabbitmq_node: ManagedNode) -> ManagedNode:
+    """A private RabbitMQ node with the management plugin (tests/rabbitmq_managed.py), one for
+    the session, emptied of every queue and exchange earlier tests declared. Missing RabbitMQ
+    fails in CI, skips locally."""
+    _managed_rabbitmq_node.empty()
+    return _managed_rabbitmq_node
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +173,7 @@ def servers_of(item: pytest.Item) -> list[str]:
     ids = callspec.id.lower() if callspec is not None else ""
     found = []
     if (
-        fixtures & {"rabbitmq_server", "rabbitmq_cluster"}
+        fixtures & {"rabbitmq_server", "rabbitmq_cluster", "managed_rabbitmq"}
         or "amqp" in item.path.parts
         or "rabbitmq" in ids
     ):

@@ -20,7 +20,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ from celery_events.contrib.django.models import DeadLetterRecord, DeliveryLease
 from celery_events.contrib.django.state import DatabaseState
 
 from ..conftest import WORKER_ARGS
-from ..harness import ROOT, RabbitMQServer, Worker, free_port, rabbitmq_server_binary, wait_until
+from ..harness import ROOT, Worker, wait_until
+from ..rabbitmq_managed import ManagedNode
 from .conftest import BOTH, SETTINGS_MODULE
 from .postgres import PostgresServer
 from .settings import CELERY_EVENTS
@@ -109,51 +109,10 @@ def nothing_connects_to_redis(tripwire: Tripwire) -> Iterator[None]:
     assert not tripwire.connections, f"something connected to a Redis port: {tripwire.connections}"
 
 
-@dataclass
-class Node:
-    server: RabbitMQServer
-    management_port: int
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def management_url(self) -> str:
-        return f"http://guest:guest@127.0.0.1:{self.management_port}"
-
-
-@pytest.fixture(scope="module")
-def node(tripwire: Tripwire) -> Iterator[Node]:
-    """A private RabbitMQ node with the management plugin, statistics every 0.5 s."""
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    server = RabbitMQServer(
-        binary,
-        plugins=["rabbitmq_management"],
-        config=[
-            f"management.tcp.port = {port}",
-            "management.tcp.ip = 127.0.0.1",
-            "collect_statistics_interval = 500",
-        ],
-    )
-    server.start()
-
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    wait_until(listening, timeout=30, what="the management API")
-    yield Node(server, port)
-    server.stop()
+@pytest.fixture
+def node(tripwire: Tripwire, managed_rabbitmq: ManagedNode) -> ManagedNode:
+    """A private RabbitMQ node with the management plugin (tests/rabbitmq_managed.py)."""
+    return managed_rabbitmq
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +122,7 @@ def state_in_postgres() -> Iterator[None]:
 
 
 @pytest.fixture
-def fleet_env(node: Node, postgres_server: PostgresServer, tmp_path: Path) -> dict[str, str]:
+def fleet_env(node: ManagedNode, postgres_server: PostgresServer, tmp_path: Path) -> dict[str, str]:
     """The environment of the warehouse's processes: the test project's settings on RabbitMQ
     and PostgreSQL, and nothing of the other tests' (their Redis) inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_EVENTS_TEST_")}
@@ -195,7 +154,7 @@ def worker(
 
 
 @pytest.fixture
-def shop(node: Node) -> Iterator[EventBus]:
+def shop(node: ManagedNode) -> Iterator[EventBus]:
     """A plain Celery publisher on the same node; its state store is the same database."""
     bus = EventBus(Celery("shop", broker=node.url), service="shop", state=DatabaseState("pg"))
     yield bus

@@ -53,7 +53,7 @@ def _params() -> list[object]:
 def test_docstring_examples(module: str, redis_url: str, request: pytest.FixtureRequest) -> None:
     servers: dict[str, str] = {}
     if module.startswith("celery_events.backends.amqp"):
-        node = request.getfixturevalue("docs_rabbitmq_server")  # tests/docs/conftest.py
+        node = request.getfixturevalue("managed_rabbitmq")  # tests/rabbitmq_managed.py
         amqp, management = node.url, node.management_url
         servers = {"CELERY_EVENTS_DOCS_AMQP": amqp, "CELERY_EVENTS_DOCS_MANAGEMENT": management}
     env = {

@@ -32,7 +32,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
     """Start (or reuse) the servers ``page`` asks for; the addresses its samples use for them.
 
     RabbitMQ (one node, and each node of the cluster) has the management plugin on a port of
-    its own (tests/docs/conftest.py): samples write it ``http://guest:guest@localhost:15672``
+    its own (tests/rabbitmq_managed.py, tests/docs/conftest.py): samples write it ``http://guest:guest@localhost:15672``
     (``rabbit1:15672`` .. ``rabbit3:15672`` on the cluster) and name it in ``management_url``,
     since the default (the broker's host, port 15672) is not where the test node has it.
     Passwords shown as ``***`` (in ``eventbus status``) are mapped back too. On Sentinel,
@@ -42,7 +42,7 @@ def addresses_for(page: Page, request: pytest.FixtureRequest) -> Addresses:
     redis_url = request.getfixturevalue("redis_url")  # every page has Redis, emptied
     pairs += redis_pairs(redis_url)
     if "rabbitmq" in page.servers:
-        node = request.getfixturevalue("docs_rabbitmq_server")  # with the management plugin
+        node = request.getfixturevalue("managed_rabbitmq")  # with the management plugin, emptied
         url = node.url.rstrip("/")
         for host in ("localhost", "127.0.0.1"):
             pairs.append((f"amqp://guest:guest@{host}:5672", url))

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import amqp
@@ -23,60 +21,14 @@ from celery_events.errors import BrokerError
 from celery_events.registry import Subscription
 from celery_events.status import read_status
 
-from ...harness import ROOT, RabbitMQServer, free_port, rabbitmq_server_binary, wait_until
+from ...harness import ROOT, wait_until
+from ...rabbitmq_managed import ManagedNode
 
 
-@dataclass
-class ManagedNode:
-    """A node with the management plugin on a loopback port of its own."""
-
-    server: RabbitMQServer
-    management_port: int
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def management_url(self) -> str:
-        return f"http://guest:guest@127.0.0.1:{self.management_port}"
-
-
-@pytest.fixture(scope="module")
-def managed_node() -> Iterator[ManagedNode]:
-    """A node with the management plugin, its statistics refreshed every 0.5 s (5 s by
-    default) so that the tests wait less for them."""
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
-    port = free_port()
-    server = RabbitMQServer(
-        binary,
-        plugins=["rabbitmq_management"],
-        config=[
-            f"management.tcp.port = {port}",
-            "management.tcp.ip = 127.0.0.1",
-            "collect_statistics_interval = 500",
-        ],
-    )
-    server.start()
-    node = ManagedNode(server, port)
-    # The plugin's listener opens a moment after the AMQP one.
-    wait_until(lambda: _listening(port), timeout=30, what="the management API")
-    yield node
-    server.stop()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+@pytest.fixture
+def managed_node(managed_rabbitmq: ManagedNode) -> ManagedNode:
+    """A node with the management plugin (tests/rabbitmq_managed.py), emptied."""
+    return managed_rabbitmq
 
 
 @pytest.fixture
