@@ -47,8 +47,21 @@ def shown(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _restored(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class CeleryEventsError(Exception):
     """Base class of every error celery-events raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as it is, its keyword-only attributes included (Celery pickles a run's
+        # exception: the prefork pool's result, a chained cause), not made again by calling
+        # the class with its message, which a class with required keywords refuses.
+        return _restored, (type(self), self.args, dict(self.__dict__))
 
 
 class ConfigurationError(CeleryEventsError):

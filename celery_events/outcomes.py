@@ -38,6 +38,11 @@ class Retry(Exception):
         self.reason = reason
         super().__init__(reason or (f"retry in {delay} s" if delay is not None else "retry"))
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, str]]:
+        # Made again from its own arguments: Celery pickles a run's exception (the prefork
+        # pool's result, HandlerRun.error), and Exception's default would call Retry(message).
+        return type(self), (self.delay, self.reason)
+
 
 class Reject(Exception):
     """Give up on this delivery at once: no retries, straight to the dead letters."""

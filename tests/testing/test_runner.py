@@ -124,6 +124,22 @@ def test_reject_retry_and_dont_retry_for_steer_the_delivery(bus: EventBus) -> No
     assert (not_retried.status, not_retried.reason) == ("dead_lettered", "not_retried")
 
 
+def test_a_retry_asked_for_then_a_success_keeps_the_retry_as_the_last_error(bus: EventBus) -> None:
+    runs = []
+
+    @bus.subscribe("order.placed")
+    def settle(event: Event) -> None:
+        runs.append(event.id)
+        if len(runs) == 1:
+            raise Retry(0, "the ledger is closing")
+
+    [run] = HandlerRunner().run(bus, placed())
+    assert (run.status, run.attempts) == ("succeeded", 2)
+    # The handler's own Retry, not Celery's stand-in for an exception it could not pickle
+    assert type(run.error) is Retry
+    assert (run.error.delay, run.error.reason) == (0, "the ledger is closing")
+
+
 def test_an_invalid_envelope_is_dead_lettered_as_on_a_worker(bus: EventBus) -> None:
     @bus.subscribe("order.placed")
     def invoice(event: Event) -> None:

@@ -25,3 +25,22 @@ def test_every_error_class_of_the_module_is_in_its_all_and_the_package() -> None
 def test_every_error_is_a_celery_events_error() -> None:
     for name in _error_classes():
         assert issubclass(getattr(errors, name), errors.CeleryEventsError), name
+
+
+def test_errors_survive_pickling_with_their_attributes() -> None:
+    # Celery pickles a run's exception (the prefork pool hands it to the worker's main process)
+    import pickle
+
+    from celery_events import Retry
+
+    cases = [
+        errors.NotReplicatedError("1 of 2 replicas acknowledged", acknowledged=1, wanted=2),
+        errors.SchemaError("total must be a number", path="$.total", rule="type"),
+        errors.DeliveryRefused("unsigned", reason="unsigned"),
+        errors.PublishError("broker down"),
+        Retry(2.5, "the ledger is closing"),
+    ]
+    for error in cases:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and copy.args == error.args
+        assert vars(copy) == vars(error), type(error).__name__
