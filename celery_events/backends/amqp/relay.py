@@ -57,7 +57,7 @@ class _Declarer(Protocol):
 
     def _ensure_queues(self, link: Any, messages: Any, left: float) -> None:
         """Declare the queues of ``messages``' subscriptions on ``link`` (its ``channel()``,
-        its ``declared`` set) with their records' arguments."""
+        its ``declared`` and ``queues`` sets) with their records' arguments."""
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,13 @@ class _InFlight:
 
 class _Link:
     """The relay's connection and its confirming channel, as the transport's declaration
-    reads a link: ``channel()`` and the ``declared`` set."""
+    reads a link: ``channel()``, the ``declared`` and ``queues`` sets."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.confirmed: Any = None
         self.declared: set[str] = set()
+        self.queues: set[tuple[str, str, float]] = set()
 
     def channel(self, left: float | None = None) -> Any:
         # ``left`` (the transport's publish deadline) does not bound the relay's own link.
@@ -424,6 +425,7 @@ class Relay:
         link = self._link
         # The link's memory of declared queues is what turned out wrong: declare them all.
         link.declared.clear()
+        link.queues.clear()
         try:
             self.transport._ensure_queues(
                 link, [_Wanted(s) for s in subscriptions], self.transport.timeout

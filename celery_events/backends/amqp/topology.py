@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "DELIVERY_LIMIT_MARGIN",
     "Topology",
     "delivery_id",
+    "delivery_ids",
     "handler_queue",
     "retry_token",
 ]
@@ -113,6 +115,27 @@ def delivery_id(message_id: str, handler: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def delivery_ids(message_id: str, handlers: Sequence[str]) -> list[str]:
+    """:func:`delivery_id` of each of ``handlers``, the message id read once (a publish to
+    100 names 100 deliveries of one message).
+
+    >>> from celery_events.backends.amqp.topology import delivery_id, delivery_ids
+    >>> message = "1b4e28ba-2fa1-41d2-883f-0016d3cca427"
+    >>> delivery_ids(message, ["orders.welcome_order"]) == [
+    ...     delivery_id(message, "orders.welcome_order")]
+    True
+    """
+    if len(message_id) == 36 and message_id[23] == "-":
+        try:
+            tail = int(message_id[24:], 16)
+        except ValueError:
+            pass
+        else:
+            head = message_id[:24]
+            return [f"{head}{tail ^ _handler_mask(handler):012x}" for handler in handlers]
+    return [delivery_id(message_id, handler) for handler in handlers]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -40,7 +40,7 @@ from ..._messages import SentEvents, TaskMessage, new_id
 from ...errors import PublishError, describe
 from ..base import QueueReader, RegistryStore, ServiceBus, send_each, send_in_thread
 from . import relay
-from .topology import FANOUT_TASK, Topology, delivery_id, retry_token
+from .topology import FANOUT_TASK, Topology, delivery_ids, retry_token
 from .worker import check_worker, prepare_worker
 
 if TYPE_CHECKING:
@@ -83,8 +83,13 @@ class _Link:
         self.confirmed: Any = None
         self.events: Any = None
         self.returned: list[str] = []
-        #: The exchanges and queues declared on this connection (their declaration key).
+        #: The exchanges and the services' queues (dead-letter, intake) declared on this
+        #: connection (their declaration key).
         self.declared: set[str] = set()
+        #: The subscriptions whose queue was declared on this connection: (queue, pattern,
+        #: registered_at). A tuple, not a text: a publish to 100 looks up 100 of them, and
+        #: formatting each float ``registered_at`` cost more than the rest of the lookup.
+        self.queues: set[tuple[str, str, float]] = set()
         #: The queue being declared, for the message of a refusal.
         self.declaring: str | None = None
         #: True from sending a message until its confirm: a failure then may have queued it.
@@ -118,6 +123,7 @@ class _Link:
         """Forget the broken connection; after losing an established one, fail over."""
         self.confirmed = self.events = None
         self.declared.clear()
+        self.queues.clear()
         self.declaring = None
         self.unconfirmed = False
         connection = self.connection
@@ -264,8 +270,9 @@ class AmqpTransport:
         first = messages[0]
         parts = first.parts
         shared_id = new_id()
-        for message in messages:
-            message.task_id = delivery_id(shared_id, message.task_name)
+        ids = delivery_ids(shared_id, [message.task_name for message in messages])
+        for message, task_id in zip(messages, ids, strict=True):
+            message.task_id = task_id
             message._headers = None
             message._properties = None
         name = str(parts.envelope["type"])
@@ -322,8 +329,8 @@ class AmqpTransport:
             subscription = message.subscription
             if subscription is None:
                 continue
-            key = f"{subscription.queue} {subscription.pattern} {subscription.registered_at}"
-            if key in link.declared:
+            key = (subscription.queue, subscription.pattern, subscription.registered_at)
+            if key in link.queues:
                 continue
             channel = link.channel(left)
             link.declaring = subscription.queue
@@ -345,7 +352,7 @@ class AmqpTransport:
                     topology.retry_exchange_name,
                     f"#.{retry_token(subscription.queue)}",
                 )
-            link.declared.add(key)
+            link.queues.add(key)
         link.declaring = None
 
     def _declare_exchanges(
