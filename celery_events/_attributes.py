@@ -25,6 +25,7 @@ __all__ = [
     "ExtensionValue",
     "Extensions",
     "NO_EXTENSIONS",
+    "adopt_extensions",
     "RESERVED",
     "MAX_ATTRIBUTES_SIZE",
     "check_attributes",
@@ -115,6 +116,14 @@ class Extensions(Mapping[str, ExtensionValue]):
 NO_EXTENSIONS = Extensions()
 
 
+def adopt_extensions(items: dict[str, ExtensionValue]) -> Extensions:
+    """Extensions holding ``items`` itself, not a copy: only for a dict that the caller just
+    made and gives up (``Event.with_extensions``' merged one)."""
+    found = object.__new__(Extensions)
+    found._items = items
+    return found
+
+
 def check_attributes(
     extensions: Mapping[Any, object],
     subject: object = None,
@@ -128,21 +137,25 @@ def check_attributes(
     ``received`` words the message for an envelope read from the wire rather than an event
     being published.
     """
-    check_text_attribute("subject", subject, received=received)
-    check_text_attribute("dataschema", dataschema, received=received)
+    # Encoded only when it might not fit: no character takes more than 12 bytes of JSON
+    # (an escaped surrogate pair), no integer more than 11. The bound is summed as each
+    # attribute is checked (this runs for every traceparent and signature added).
+    bound = 0
+    if subject is not None:
+        check_text_attribute("subject", subject, received=received)
+        bound += 7 + 8 + 12 * len(subject)  # type: ignore[arg-type]
+    if dataschema is not None:
+        check_text_attribute("dataschema", dataschema, received=received)
+        bound += 10 + 8 + 12 * len(dataschema)  # type: ignore[arg-type]
     for name, value in extensions.items():
         check_extension(name, value, received=received)
-    optional = dict(extensions)
-    if subject is not None:
-        optional["subject"] = subject
-    if dataschema is not None:
-        optional["dataschema"] = dataschema
-    # Encoded only when it might not fit: no character takes more than 12 bytes of JSON
-    # (an escaped surrogate pair), no integer more than 11.
-    if optional and sum(
-        len(name) + 8 + (12 * len(value) if isinstance(value, str) else 11)
-        for name, value in optional.items()
-    ) > MAX_ATTRIBUTES_SIZE:
+        bound += len(name) + 8 + (12 * len(value) if isinstance(value, str) else 11)
+    if bound > MAX_ATTRIBUTES_SIZE:
+        optional = dict(extensions)
+        if subject is not None:
+            optional["subject"] = subject
+        if dataschema is not None:
+            optional["dataschema"] = dataschema
         size = len(json.dumps(optional))
         if size > MAX_ATTRIBUTES_SIZE:
             whose = "The envelope's" if received else "The event's"

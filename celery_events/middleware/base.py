@@ -140,7 +140,16 @@ class PublishCall:
         """
         # Only the attributes changed, and Event.with_extensions checked them: the rest of
         # the event was validated when the call was made.
-        return replace(self, event=self.event.with_extensions(attributes))
+        event = self.event.with_extensions(attributes)
+        if type(self) is not PublishCall:
+            return replace(self, event=event)
+        # A copy of the fields, not dataclasses.replace (which runs __init__ again): tracing
+        # does this on every publish.
+        call = object.__new__(PublishCall)
+        fields = call.__dict__
+        fields.update(self.__dict__)
+        fields["event"] = event
+        return call
 
     def check_subscribers(self) -> None:
         """Raise :class:`~celery_events.NoSubscribersError` now if ``require_subscribers`` is
