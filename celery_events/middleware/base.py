@@ -101,6 +101,32 @@ class PublishCall:
     _check: Callable[[PublishCall], None] | None = field(default=None, repr=False, compare=False)
     _encode: Callable[[Event], str] | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def _made(
+        cls,
+        event: Event,
+        require_subscribers: bool,
+        origin: str,
+        data_json: str,
+        targets: tuple[Subscription, ...] | None,
+        check: Callable[[PublishCall], None] | None,
+        encode: Callable[[Event], str] | None,
+    ) -> PublishCall:
+        """``PublishCall(...)`` as the publish path makes one for every event, without the
+        frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field: most of what
+        having publish middleware at all costs a publish)."""
+        call = object.__new__(cls)
+        call.__dict__.update(
+            event=event,
+            require_subscribers=require_subscribers,
+            origin=origin,
+            data_json=data_json,
+            targets=targets,
+            _check=check,
+            _encode=encode,
+        )
+        return call
+
     def with_event(self, event: Event) -> PublishCall:
         """This call with ``event`` instead, such as one with more extension attributes.
 
