@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any, TypeAlias
 
 from .errors import InvalidEnvelope, shown
@@ -98,6 +98,16 @@ class Extensions(Mapping[str, ExtensionValue]):
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
+    # The held dict's own (read-only) views: Mapping's would walk it key by key in Python.
+    def keys(self) -> KeysView[str]:
+        return self._items.keys()
+
+    def items(self) -> ItemsView[str, ExtensionValue]:
+        return self._items.items()
+
+    def values(self) -> ValuesView[ExtensionValue]:
+        return self._items.values()
+
     def __repr__(self) -> str:
         return repr(self._items)
 
@@ -169,6 +179,16 @@ def check_attributes(
 
 def check_extension(name: object, value: object, *, received: bool = False) -> None:
     """Raise :class:`InvalidEnvelope` unless ``name`` and ``value`` make a valid extension."""
+    if (
+        type(value) is str
+        and value.isascii()
+        and value.isprintable()
+        and type(name) is str
+        and name not in RESERVED
+        and _NAME_RE.match(name)
+    ):
+        # Most attributes (a traceparent, a signature, ids): the tests below, in one line.
+        return
     whose = "The envelope's" if received else "The event's"
     if not isinstance(name, str) or not _NAME_RE.match(name):
         suggestion = _SUGGEST_RE.sub("", name.lower()) if isinstance(name, str) else ""

@@ -256,8 +256,12 @@ class Event:
             envelope["subject"] = self.subject
         if self.dataschema is not None:
             envelope["dataschema"] = self.dataschema
-        if self.extensions is not NO_EXTENSIONS:
-            envelope.update(self.extensions)
+        extensions = self.extensions
+        if extensions is not NO_EXTENSIONS:
+            # A dict: dict.update reads any other mapping one key at a time.
+            envelope.update(
+                extensions.as_dict() if isinstance(extensions, Extensions) else extensions
+            )
         envelope["data"] = self.data
         return envelope
 
