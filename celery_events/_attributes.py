@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any, TypeAlias
 
 from .errors import InvalidEnvelope, shown
@@ -25,6 +25,7 @@ __all__ = [
     "ExtensionValue",
     "Extensions",
     "NO_EXTENSIONS",
+    "adopt_extensions",
     "RESERVED",
     "MAX_ATTRIBUTES_SIZE",
     "check_attributes",
@@ -97,6 +98,16 @@ class Extensions(Mapping[str, ExtensionValue]):
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
+    # The held dict's own (read-only) views: Mapping's would walk it key by key in Python.
+    def keys(self) -> KeysView[str]:
+        return self._items.keys()
+
+    def items(self) -> ItemsView[str, ExtensionValue]:
+        return self._items.items()
+
+    def values(self) -> ValuesView[ExtensionValue]:
+        return self._items.values()
+
     def __repr__(self) -> str:
         return repr(self._items)
 
@@ -115,6 +126,14 @@ class Extensions(Mapping[str, ExtensionValue]):
 NO_EXTENSIONS = Extensions()
 
 
+def adopt_extensions(items: dict[str, ExtensionValue]) -> Extensions:
+    """Extensions holding ``items`` itself, not a copy: only for a dict that the caller just
+    made and gives up (``Event.with_extensions``' merged one)."""
+    found = object.__new__(Extensions)
+    found._items = items
+    return found
+
+
 def check_attributes(
     extensions: Mapping[Any, object],
     subject: object = None,
@@ -128,21 +147,25 @@ def check_attributes(
     ``received`` words the message for an envelope read from the wire rather than an event
     being published.
     """
-    check_text_attribute("subject", subject, received=received)
-    check_text_attribute("dataschema", dataschema, received=received)
+    # Encoded only when it might not fit: no character takes more than 12 bytes of JSON
+    # (an escaped surrogate pair), no integer more than 11. The bound is summed as each
+    # attribute is checked (this runs for every traceparent and signature added).
+    bound = 0
+    if subject is not None:
+        check_text_attribute("subject", subject, received=received)
+        bound += 7 + 8 + 12 * len(subject)  # type: ignore[arg-type]
+    if dataschema is not None:
+        check_text_attribute("dataschema", dataschema, received=received)
+        bound += 10 + 8 + 12 * len(dataschema)  # type: ignore[arg-type]
     for name, value in extensions.items():
         check_extension(name, value, received=received)
-    optional = dict(extensions)
-    if subject is not None:
-        optional["subject"] = subject
-    if dataschema is not None:
-        optional["dataschema"] = dataschema
-    # Encoded only when it might not fit: no character takes more than 12 bytes of JSON
-    # (an escaped surrogate pair), no integer more than 11.
-    if optional and sum(
-        len(name) + 8 + (12 * len(value) if isinstance(value, str) else 11)
-        for name, value in optional.items()
-    ) > MAX_ATTRIBUTES_SIZE:
+        bound += len(name) + 8 + (12 * len(value) if isinstance(value, str) else 11)
+    if bound > MAX_ATTRIBUTES_SIZE:
+        optional = dict(extensions)
+        if subject is not None:
+            optional["subject"] = subject
+        if dataschema is not None:
+            optional["dataschema"] = dataschema
         size = len(json.dumps(optional))
         if size > MAX_ATTRIBUTES_SIZE:
             whose = "The envelope's" if received else "The event's"
@@ -156,6 +179,16 @@ def check_attributes(
 
 def check_extension(name: object, value: object, *, received: bool = False) -> None:
     """Raise :class:`InvalidEnvelope` unless ``name`` and ``value`` make a valid extension."""
+    if (
+        type(value) is str
+        and value.isascii()
+        and value.isprintable()
+        and type(name) is str
+        and name not in RESERVED
+        and _NAME_RE.match(name)
+    ):
+        # Most attributes (a traceparent, a signature, ids): the tests below, in one line.
+        return
     whose = "The envelope's" if received else "The event's"
     if not isinstance(name, str) or not _NAME_RE.match(name):
         suggestion = _SUGGEST_RE.sub("", name.lower()) if isinstance(name, str) else ""

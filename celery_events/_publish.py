@@ -405,14 +405,8 @@ class Publisher:
         if self.chain.publish_scope is None:
             return self._send(event, data_json, required, None)
         return self.chain.run_publish(
-            PublishCall(
-                event,
-                required,
-                PUBLISH,
-                data_json,
-                None,
-                _check=self._check_subscribers,
-                _encode=self.encode,
+            PublishCall._made(
+                event, required, PUBLISH, data_json, None, self._check_subscribers, self.encode
             )
         )
 

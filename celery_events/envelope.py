@@ -30,6 +30,7 @@ from ._attributes import (
     NO_EXTENSIONS,
     Extensions,
     ExtensionValue,
+    adopt_extensions,
     check_attributes,
 )
 from ._plainjson import DEFAULT_MAX_DEPTH, Problem, find_problem
@@ -160,15 +161,33 @@ class Event:
         >>> signed.extensions, event.extensions, signed.id == event.id
         ({'sig': 'c2ln', 'keyid': 3}, {}, True)
         """
-        merged: dict[str, ExtensionValue] = dict(self.extensions)
-        for changes in (attributes or {}, more):
+        extensions = self.extensions
+        merged: dict[str, ExtensionValue] = (
+            extensions.as_dict() if isinstance(extensions, Extensions) else dict(extensions)
+        )
+        for changes in (attributes, more):
+            if not changes:
+                continue
             for name, value in changes.items():
                 if value is None:
                     merged.pop(name, None)
                 else:
                     merged[name] = value
         check_attributes(merged, self.subject, self.dataschema)
-        return replace(self, extensions=Extensions(merged) if merged else NO_EXTENSIONS)
+        return self._with_checked(adopt_extensions(merged) if merged else NO_EXTENSIONS)
+
+    def _with_checked(self, extensions: Extensions) -> Event:
+        """This event with ``extensions`` (already checked) instead of its own."""
+        if type(self) is not Event:
+            return replace(self, extensions=extensions)
+        # A copy of the fields as they are: dataclasses.replace looks every field up and runs
+        # __init__ and __post_init__ again, which made up most of what adding a traceparent
+        # cost a publish. Nothing else is kept on an event, and every field is immutable.
+        event = object.__new__(Event)
+        fields = event.__dict__
+        fields.update(self.__dict__)
+        fields["extensions"] = extensions
+        return event
 
     def validate(self) -> None:
         """Raise if this event cannot be sent as it is, so that no subscriber dead-letters it.
@@ -237,8 +256,12 @@ class Event:
             envelope["subject"] = self.subject
         if self.dataschema is not None:
             envelope["dataschema"] = self.dataschema
-        if self.extensions is not NO_EXTENSIONS:
-            envelope.update(self.extensions)
+        extensions = self.extensions
+        if extensions is not NO_EXTENSIONS:
+            # A dict: dict.update reads any other mapping one key at a time.
+            envelope.update(
+                extensions.as_dict() if isinstance(extensions, Extensions) else extensions
+            )
         envelope["data"] = self.data
         return envelope
 

@@ -101,6 +101,32 @@ class PublishCall:
     _check: Callable[[PublishCall], None] | None = field(default=None, repr=False, compare=False)
     _encode: Callable[[Event], str] | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def _made(
+        cls,
+        event: Event,
+        require_subscribers: bool,
+        origin: str,
+        data_json: str,
+        targets: tuple[Subscription, ...] | None,
+        check: Callable[[PublishCall], None] | None,
+        encode: Callable[[Event], str] | None,
+    ) -> PublishCall:
+        """``PublishCall(...)`` as the publish path makes one for every event, without the
+        frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field: most of what
+        having publish middleware at all costs a publish)."""
+        call = object.__new__(cls)
+        call.__dict__.update(
+            event=event,
+            require_subscribers=require_subscribers,
+            origin=origin,
+            data_json=data_json,
+            targets=targets,
+            _check=check,
+            _encode=encode,
+        )
+        return call
+
     def with_event(self, event: Event) -> PublishCall:
         """This call with ``event`` instead, such as one with more extension attributes.
 
@@ -140,7 +166,16 @@ class PublishCall:
         """
         # Only the attributes changed, and Event.with_extensions checked them: the rest of
         # the event was validated when the call was made.
-        return replace(self, event=self.event.with_extensions(attributes))
+        event = self.event.with_extensions(attributes)
+        if type(self) is not PublishCall:
+            return replace(self, event=event)
+        # A copy of the fields, not dataclasses.replace (which runs __init__ again): tracing
+        # does this on every publish.
+        call = object.__new__(PublishCall)
+        fields = call.__dict__
+        fields.update(self.__dict__)
+        fields["event"] = event
+        return call
 
     def check_subscribers(self) -> None:
         """Raise :class:`~celery_events.NoSubscribersError` now if ``require_subscribers`` is

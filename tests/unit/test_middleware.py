@@ -344,3 +344,31 @@ def test_a_middleware_adds_extension_attributes_to_the_call_checked_once(
     with capture_published(refused) as nothing, pytest.raises(InvalidEnvelope):
         refused.publish("order.placed", {})
     assert len(nothing) == 0
+
+
+def test_the_publish_paths_own_copies_of_a_call_are_those_of_its_dataclass() -> None:
+    # PublishCall._made and with_extensions fill the instance's fields directly (for speed):
+    # they must give exactly what the constructor and dataclasses.replace give.
+    import dataclasses
+
+    event = Event.create("order.placed", {"order_id": 7}, source="shop", subject="7")
+
+    def check(call: PublishCall) -> None:
+        raise AssertionError
+
+    def encode(event: Event) -> str:
+        return "{}"
+
+    made = PublishCall._made(event, True, "publish", "{}", None, check, encode)
+    built = PublishCall(event, True, "publish", "{}", None, _check=check, _encode=encode)
+    assert vars(made) == vars(built) and list(vars(made)) == list(vars(built))
+    assert [f.name for f in dataclasses.fields(PublishCall)] == list(vars(made))
+
+    stamped = made.with_extensions({"tenant": "acme"})
+    replaced = dataclasses.replace(
+        built, event=dataclasses.replace(event, extensions={"tenant": "acme"})
+    )
+    assert vars(stamped) == vars(replaced) and vars(stamped.event) == vars(replaced.event)
+    assert type(stamped.event.extensions) is type(replaced.event.extensions)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stamped.event.name = "order.paid"  # type: ignore[misc]
