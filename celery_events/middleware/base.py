@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._frozen import copied
 from ..envelope import Event, ExtensionValue
 from ..results import PublishResult
 
@@ -166,16 +167,7 @@ class PublishCall:
         """
         # Only the attributes changed, and Event.with_extensions checked them: the rest of
         # the event was validated when the call was made.
-        event = self.event.with_extensions(attributes)
-        if type(self) is not PublishCall:
-            return replace(self, event=event)
-        # A copy of the fields, not dataclasses.replace (which runs __init__ again): tracing
-        # does this on every publish.
-        call = object.__new__(PublishCall)
-        fields = call.__dict__
-        fields.update(self.__dict__)
-        fields["event"] = event
-        return call
+        return copied(self, PublishCall, event=self.event.with_extensions(attributes))
 
     def check_subscribers(self) -> None:
         """Raise :class:`~celery_events.NoSubscribersError` now if ``require_subscribers`` is

@@ -90,3 +90,26 @@ def test_data_over_the_size_limit_is_refused() -> None:
     with pytest.raises(EventTooLarge, match="max_event_size of 100 bytes"):
         encode_data("user.registered", {"blob": "x" * 200}, 100)
     assert encode_data("user.registered", {"blob": "x"}, 100) == '{"blob": "x"}'
+
+
+def test_a_copy_with_fields_changed_is_what_dataclasses_replace_makes() -> None:
+    import dataclasses
+
+    from celery_events._frozen import copied
+
+    event = Event.create("order.placed", {"n": 1}, source="shop", extensions={"tenant": "acme"})
+    changed = {"data": {"n": 2}, "subject": "orders/7"}
+    assert copied(event, Event, **changed) == dataclasses.replace(event, **changed)
+    assert event.data == {"n": 1} and event.subject is None  # the original is left as it was
+
+    @dataclasses.dataclass(frozen=True)
+    class Checked(Event):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.subject == "refused":
+                raise ValueError("refused")
+
+    special = Checked(*(getattr(event, f.name) for f in dataclasses.fields(Event)))
+    # A subclass goes through dataclasses.replace, its own checks included
+    with pytest.raises(ValueError, match="refused"):
+        copied(special, Event, subject="refused")

@@ -464,3 +464,15 @@ def test_a_refusal_keeps_its_reason_when_celery_rebuilds_or_pickles_it() -> None
     assert (str(again), again.reason) == ("The event is not signed.", "invalid_signature")
     # Celery rebuilds a failed task's exception from its type and message alone
     assert DeliveryRefused(*refused.args).reason == "rejected"
+
+
+def test_libsodium_and_openssl_make_the_same_ed25519_signature(tmp_path: Path) -> None:
+    # The signing key signs with libsodium when PyNaCl is there: Ed25519 is deterministic, so
+    # a subscriber sees exactly what OpenSSL would have made.
+    private, _ = generate_ed25519()
+    (tmp_path / "shop.k1.key").write_bytes(private)
+    key = load_signing_key("shop", str(tmp_path / "shop.k1.key"))
+    assert key._sodium is not None
+    for message in (b"", b"x", "é".encode() * 500):
+        assert key.sign(message) == key._material.sign(message)
+        assert key.verification_key().verify(message, key.sign(message))
