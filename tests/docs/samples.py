@@ -297,6 +297,16 @@ def matches(want: str, got: str) -> bool:
     return re.fullmatch(_pattern(want), " ".join(got.split()), re.S) is not None
 
 
+def _escaped(text: str) -> str:
+    # A pool process's number is whichever of the worker's processes took the task (a worker
+    # without -c has one per core): a page's ForkPoolWorker-1 matches any of them.
+    return _POOL_PROCESS.join(re.escape(part) for part in _POOL_PROCESS_RE.split(text))
+
+
+_POOL_PROCESS = r"ForkPoolWorker-\d+"
+_POOL_PROCESS_RE = re.compile(_POOL_PROCESS)
+
+
 def _pattern(want: str) -> str:
     words: list[str | None] = []  # None: a lone "...", the words it stands for optional
     for word in want.split():
@@ -311,7 +321,7 @@ def _pattern(want: str) -> str:
             if index and index == len(words) - 1:
                 pattern = pattern[: -len("(?: .*?)?")] + "(?: .*)?"
             continue
-        piece = ".*?".join(re.escape(part) for part in word.split("..."))
+        piece = ".*?".join(_escaped(part) for part in word.split("..."))
         pattern += f" {piece}" if index and words[index - 1] is not None else piece
     return ".*" if words == [None] else pattern
 
