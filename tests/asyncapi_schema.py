@@ -22,7 +22,7 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from .harness import ROOT
+from .harness import ROOT, missing
 
 #: The @asyncapi/specs release the tests validate against (the newest 6.x).
 SPECS_VERSION = "6.11.1"
@@ -43,7 +43,7 @@ def _installed_version(prefix: Path) -> str | None:
 def _install() -> None:
     npm = shutil.which("npm")
     if npm is None:
-        _missing("npm is not installed (apt-get install nodejs npm)")
+        missing("npm is not installed (apt-get install nodejs npm)")
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix="npm-", dir=CACHE.parent))
     try:
@@ -53,7 +53,7 @@ def _install() -> None:
             capture_output=True, text=True, timeout=300,
         )
         if done.returncode != 0 or not (fresh / SCHEMA).is_file():
-            _missing(f"npm could not install @asyncapi/specs@{SPECS_VERSION}: {done.stderr[-500:]}")
+            missing(f"npm could not install @asyncapi/specs@{SPECS_VERSION}: {done.stderr[-500:]}")
         if CACHE.exists() and _installed_version(CACHE) != SPECS_VERSION:
             # An older pin: set it aside (another process may do the same; either wins).
             stale = Path(tempfile.mkdtemp(prefix="stale-", dir=CACHE.parent))
@@ -68,12 +68,6 @@ def _install() -> None:
             pass  # another process renamed its copy first: the same pinned package
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _missing(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

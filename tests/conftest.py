@@ -16,7 +16,8 @@ from .harness import (
     RabbitMQServer,
     RedisServer,
     Worker,
-    rabbitmq_server_binary,
+    installed,
+    rabbitmq_binary_or_skip,
     redis_server_binary,
     stop_workers,
 )
@@ -33,12 +34,7 @@ WORKER_ARGS = ["--without-mingle", "--without-gossip", "-c", "1"]
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for the whole run. Missing Redis fails in CI, skips locally."""
-    binary = redis_server_binary()
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = installed(redis_server_binary(), "redis-server is not installed (apt-get install redis-server)")
     server = RedisServer(binary)
     server.start()
     yield server
@@ -49,12 +45,7 @@ def redis_server() -> Iterator[RedisServer]:
 def rabbitmq_server() -> Iterator[RabbitMQServer]:
     """A private RabbitMQ node, started (a few seconds) only for the tests that ask for it.
     Missing RabbitMQ fails in CI, skips locally."""
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = rabbitmq_binary_or_skip()
     server = RabbitMQServer(binary)
     server.start()
     yield server
@@ -63,12 +54,7 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
 
 @pytest.fixture(scope="session")
 def _managed_rabbitmq_node() -> Iterator[ManagedNode]:
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = rabbitmq_binary_or_skip()
     node = ManagedNode.start(binary)
     yield node
     node.stop()
@@ -87,24 +73,14 @@ def managed_rabbitmq(_managed_rabbitmq_node: ManagedNode) -> ManagedNode:
 def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
     """Three private RabbitMQ nodes clustered together (tests/rabbitmq_cluster.py), started
     for the tests that ask for it. Missing RabbitMQ fails in CI, skips locally."""
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = rabbitmq_binary_or_skip()
     yield from cluster(binary)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A private PostgreSQL server. Missing PostgreSQL fails in CI, skips locally."""
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    bin_dir = installed(postgres_bin_dir(), "PostgreSQL is not installed (apt-get install postgresql)")
     server = PostgresServer(bin_dir)
     server.start()
     yield server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +14,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
-import pytest
-
-from .harness import ROOT, free_port, wait_until
+from .harness import ROOT, free_port, installed, wait_until
 
 USER, PASSWORD = "user", "pass"
 
@@ -131,12 +128,7 @@ def chromium_binary() -> str | None:
 def chromium_or_skip() -> str:
     """The Chromium binary; without one the test is skipped, or fails in CI (which installs
     it), so that a browser check never passes unrun there."""
-    binary = chromium_binary()
-    if binary is None:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = installed(chromium_binary(), "chromium is not installed (apt-get install chromium)")
     return binary
 
 

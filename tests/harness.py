@@ -17,8 +17,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
+import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def missing(message: str) -> NoReturn:
+    """Stop a test that needs a program this machine lacks: fail in CI (which installs every
+    one), skip elsewhere, so that nothing passes unrun in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def installed(found: T | None, message: str) -> T:
+    """``found`` (a program's path), or :func:`missing` with ``message``."""
+    if found is None:
+        missing(message)
+    return found
 
 
 def redis_server_binary() -> str | None:
@@ -117,6 +133,13 @@ def rabbitmq_server_binary() -> str | None:
     if debian.exists():
         return str(debian)
     return shutil.which("rabbitmq-server")
+
+
+def rabbitmq_binary_or_skip() -> str:
+    """The RabbitMQ server script, or :func:`missing` (fail in CI, skip elsewhere)."""
+    return installed(
+        rabbitmq_server_binary(), "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+    )
 
 
 def rabbitmq_cli(name: str) -> str:

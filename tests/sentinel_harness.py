@@ -16,7 +16,6 @@ does):
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .harness import RedisServer, free_port, redis_server_binary, wait_until
+from .harness import RedisServer, free_port, installed, redis_server_binary, wait_until
 
 MASTER_NAME = "mymaster"
 #: The transport options that go with a topology's broker URL (kombu reads master_name).
@@ -256,12 +255,7 @@ def sentinel_binary() -> str | None:
 
 
 def _topology(replicas: int) -> Iterator[SentinelTopology]:
-    binary = sentinel_binary()
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server redis-sentinel)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = installed(sentinel_binary(), "redis-server is not installed (apt-get install redis-server redis-sentinel)")
     topology = SentinelTopology(binary, replicas=replicas)
     started = time.monotonic()
     topology.start()

@@ -9,7 +9,6 @@ statistics refreshed every 0.5 s (5 s by default) so that a page waits less.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 # kombu.Connection, and kombu's lazy attributes may fail to resolve in two threads at once.
 from kombu import Connection  # noqa: F401
 
-from ..harness import free_port, rabbitmq_server_binary
+from ..harness import free_port, rabbitmq_binary_or_skip
 from ..rabbitmq_cluster import RabbitMQCluster
 from ..rabbitmq_managed import managed_server, wait_for_management
 
@@ -32,16 +31,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(DOCS_TESTS):
             item.add_marker(pytest.mark.docs)
-
-
-def _rabbitmq_binary() -> str:
-    binary = rabbitmq_server_binary()
-    if binary is None:
-        message = "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 class ManagedCluster(RabbitMQCluster):
@@ -62,7 +51,7 @@ class ManagedCluster(RabbitMQCluster):
 @pytest.fixture(scope="session")
 def docs_rabbitmq_cluster() -> Iterator[ManagedCluster]:
     """A started three-node cluster with the management plugin, stopped afterwards."""
-    nodes = ManagedCluster(_rabbitmq_binary())
+    nodes = ManagedCluster(rabbitmq_binary_or_skip())
     try:
         nodes.start()
         for port in nodes.management_ports:

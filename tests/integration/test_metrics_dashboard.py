@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from ..flower_harness import chromium, chromium_or_skip
-from ..harness import ROOT, wait_until
+from ..harness import ROOT, installed, wait_until
 
 pytestmark = pytest.mark.docs
 
@@ -201,12 +201,7 @@ class Prometheus:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        message = "prometheus is not installed (apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = installed(shutil.which("prometheus"), "prometheus is not installed (apt-get install prometheus)")
     return binary
 
 

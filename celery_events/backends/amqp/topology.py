@@ -101,13 +101,10 @@ def delivery_id(message_id: str, handler: str) -> str:
     >>> delivery_id("1b4e28ba-2fa1-41d2-883f-0016d3cca427", "orders.welcome_order")
     '1b4e28ba-2fa1-41d2-883f-c8dcbfe23028'
     """
-    if len(message_id) == 36 and message_id[23] == "-":
-        try:
-            tail = int(message_id[24:], 16)
-        except ValueError:
-            pass
-        else:
-            return f"{message_id[:24]}{tail ^ _handler_mask(handler):012x}"
+    split = _uuid_tail(message_id)
+    if split is not None:
+        head, tail = split
+        return f"{head}{tail ^ _handler_mask(handler):012x}"
     digest = bytearray(
         hashlib.sha1(_DELIVERY_IDS_BYTES + f"{message_id} {handler}".encode()).digest()[:16]
     )
@@ -127,15 +124,21 @@ def delivery_ids(message_id: str, handlers: Sequence[str]) -> list[str]:
     ...     delivery_id(message, "orders.welcome_order")]
     True
     """
+    split = _uuid_tail(message_id)
+    if split is None:
+        return [delivery_id(message_id, handler) for handler in handlers]
+    head, tail = split
+    return [f"{head}{tail ^ _handler_mask(handler):012x}" for handler in handlers]
+
+
+def _uuid_tail(message_id: str) -> tuple[str, int] | None:
+    """A UUID's first 80 bits as text and its last 48 as a number, or None for another id."""
     if len(message_id) == 36 and message_id[23] == "-":
         try:
-            tail = int(message_id[24:], 16)
+            return message_id[:24], int(message_id[24:], 16)
         except ValueError:
-            pass
-        else:
-            head = message_id[:24]
-            return [f"{head}{tail ^ _handler_mask(handler):012x}" for handler in handlers]
-    return [delivery_id(message_id, handler) for handler in handlers]
+            return None
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
