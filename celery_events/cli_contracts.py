@@ -53,15 +53,16 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
     file) and list every breaking change; exit 1 if there is one."""
     bus = _bus(ctx)
     declarations = bus.declarations
+    written: dict[str, int] | None = None
     with _translated_errors(bus):
         subscriptions = bus.subscriptions()
         if write_to is not None and against is None:
             # Writing alone checks nothing: it records what the code declares now.
-            alone = _write(write_to, bus.service, declarations, subscriptions)
+            written = _write(write_to, bus.service, declarations, subscriptions)
             if as_json:
-                _echo_json({"service": bus.service, "written": str(write_to), **alone})
+                _echo_json({"service": bus.service, "written": str(write_to), **written})
             else:
-                click.echo(_wrote(alone, bus.service, write_to))
+                click.echo(_wrote(written, bus.service, write_to))
             return
         if against is None:
             registered = bus.registry.declarations()
@@ -75,7 +76,6 @@ def check(ctx: click.Context, against: Path | None, write_to: Path | None, as_js
         found = checks.breaking(
             bus.service, declarations, subscriptions, registered, registered_subscriptions
         )
-        written: dict[str, int] | None = None
         if write_to is not None and not found:
             written = _write(write_to, bus.service, declarations, subscriptions)
     if as_json:

@@ -148,17 +148,7 @@ class Tracing(Middleware):
             _safely(_failed, span, exc)
             raise
         otel_context.detach(token)
-        # Written out rather than through _safely: this runs on every publish.
-        try:
-            try:
-                if result.deferred:
-                    span.set_attribute(DEFERRED, True)
-                else:
-                    span.set_attribute("messaging.batch.message_count", len(result.deliveries))
-            finally:
-                span.end()
-        except Exception:
-            log.exception("celery-events: tracing failed (the publish or delivery goes on)")
+        _safely(_sent, span, result)
         return result
 
     def _send_started(self, call: PublishCall) -> tuple[Span, Context, PublishCall]:
@@ -192,14 +182,10 @@ class Tracing(Middleware):
             f"00-{sent.trace_id.to_bytes(16, 'big').hex()}"
             f"-{sent.span_id.to_bytes(8, 'big').hex()}-{sent.trace_flags:02x}"
         )
-        state = sent.trace_state
-        if state:
-            attributes = {"traceparent": traceparent, "tracestate": state.to_header() or None}
-        elif "tracestate" in event.extensions:
-            attributes = {"traceparent": traceparent, "tracestate": None}
-        else:
-            attributes = {"traceparent": traceparent}
-        return span, context, call.with_extensions(attributes)
+        state = sent.trace_state.to_header() if sent.trace_state else None
+        return span, context, call.with_extensions(
+            {"traceparent": traceparent, "tracestate": state or None}
+        )
 
     def _carried(self, event: Event) -> trace.SpanContext | None:
         """The producer's span context the event carries, or None."""
@@ -297,6 +283,16 @@ def _links(context: trace.SpanContext | None) -> list[Link] | None:
 
 def _nanoseconds(unix_time: float) -> int:
     return int(unix_time * 1e9)
+
+
+def _sent(span: Span, result: PublishResult) -> None:
+    try:
+        if result.deferred:
+            span.set_attribute(DEFERRED, True)
+        else:
+            span.set_attribute("messaging.batch.message_count", len(result.deliveries))
+    finally:
+        span.end()
 
 
 def _failed(span: Span, error: BaseException) -> None:

@@ -39,7 +39,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._attributes import Extensions, check_attributes
+from .._attributes import adopt_extensions, check_attributes
 from .._frozen import copied
 from ..deadletters import Reason, ReplayError
 from ..envelope import Event, signing_input
@@ -206,7 +206,9 @@ class Signing(Middleware):
         # The event goes on with the data as signed (parsed from data_json, which is still its
         # JSON): a transport that encodes the event's dict again (kombu's) sends the same, and
         # a caller that changes its dict later changes nothing that was signed.
-        signed = copied(event, Event, data=envelope["data"], extensions=Extensions(extensions))
+        signed = copied(
+            event, Event, data=envelope["data"], extensions=adopt_extensions(extensions)
+        )
         return call_next(copied(call, PublishCall, event=signed))
 
     def replay_problem(self, envelope: dict[str, Any]) -> str | None:
