@@ -12,6 +12,7 @@
     python -m benchmarks --only observability-publish   # tracing, metrics, trace records (1 min)
     python -m benchmarks --only publish-many,relay   # publish_many; the outbox relay on PostgreSQL
     python -m benchmarks --only fanout      # Redis's time and bytes per fan-out, old and new (1 min)
+    python -m benchmarks --only fanout-floor   # a fan-out to 100: shipped against leaner designs
     python -m benchmarks --only apublish    # asyncio: apublish from 100 tasks, loop lag (1 min)
     python -m benchmarks --soak --events 20000 --window 20   # a soak run alone (benchmarks/soak.py)
 
@@ -55,6 +56,7 @@ from . import (
     batch,
     contracts,
     fanout,
+    fanout_floor,
     inbox,
     matching,
     memory,
@@ -85,6 +87,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "publish-many": batch.publish_many,
     "relay": batch.relay,
     "fanout": fanout.run,
+    "fanout-floor": fanout_floor.run,
     "apublish": aio.run,
 }
 #: Run only with ``--baseline``, which they take as their first argument.
@@ -103,7 +106,7 @@ STANDALONE: dict[str, Callable[[bool], list[Section]]] = {
 }
 #: The order of a full run: each comparison right after the benchmark it repeats.
 ORDER = [
-    "publish", "baseline-publish", "fanout", "matching", "memory", "inbox-memory", "throughput",
+    "publish", "baseline-publish", "fanout", "fanout-floor", "matching", "memory", "inbox-memory", "throughput",
     "baseline-throughput", "latency", "signing-publish", "signing-throughput", "contracts-publish",
     "observability-publish", "publish-many", "relay", "apublish", "rabbitmq-publish",
     "rabbitmq-throughput", "sentinel-publish",

@@ -10,12 +10,19 @@ order; every ratio is taken between figures of the same repeat:
   loop's default executor, and with an executor of 100 threads.
 
 While an asyncio variant runs, a watcher task sleeps 1 ms in a loop and records how late it
-wakes: the loop's lag, printed as its p99 and maximum (the target: never above 5 ms).
+wakes: the loop's lag, printed as its p99 and maximum (the target: never above 5 ms). For what
+the machine alone gives, each repeat also watches an idle loop (the watcher and nothing else)
+for as long, while another process publishes as fast as it can (``_publish_for``), so that
+Redis and the other core are as busy as during the asyncio runs: on two cores a late wake-up
+may be the OS running another process, and that is the least lag any code on the loop sees.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +32,7 @@ import redis
 from celery import Celery
 
 from celery_events import EventBus, Subscription
+from tests.harness import ROOT
 
 from ._stats import Section, Series, Target, interleaved, ratios
 
@@ -38,23 +46,47 @@ class LoopLag:
 
     Each lateness is also taken in CPU time of the loop's thread (``time.thread_time``): on
     a busy machine a late wake-up may be the OS running another process; the CPU the loop's
-    thread used meanwhile is what work on the loop itself held it for.
+    thread used meanwhile is what work on the loop itself held it for. And the time the
+    interpreter spent in full (generation 2) garbage collections during it, which any Python
+    code that allocates meets, whatever runs on the loop (``gc.callbacks``).
     """
 
     def __init__(self) -> None:
         self.lags: list[float] = []
         self.cpu_lags: list[float] = []
+        self.collection_lags: list[float] = []
+        self._collected = 0.0
+        self._collecting: float | None = None
         self._stop = asyncio.Event()
 
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._collecting = time.perf_counter()
+        elif self._collecting is not None:
+            self._collected += time.perf_counter() - self._collecting
+            self._collecting = None
+
     async def watch(self) -> None:
-        while not self._stop.is_set():
-            started, cpu = time.perf_counter(), time.thread_time()
-            await asyncio.sleep(0.001)
-            self.lags.append(time.perf_counter() - started - 0.001)
-            self.cpu_lags.append(max(0.0, time.thread_time() - cpu - 0.001))
+        gc.callbacks.append(self._collection)
+        try:
+            while not self._stop.is_set():
+                started, cpu = time.perf_counter(), time.thread_time()
+                self._collected = 0.0
+                await asyncio.sleep(0.001)
+                self.lags.append(time.perf_counter() - started - 0.001)
+                self.cpu_lags.append(max(0.0, time.thread_time() - cpu - 0.001))
+                self.collection_lags.append(max(0.0, self.lags[-1] - self._collected))
+        finally:
+            gc.callbacks.remove(self._collection)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def max_without_collections_ms(self) -> float:
+        """The largest lateness less the full collections that ran in it."""
+        return max(self.collection_lags, default=0.0) * 1000
 
     def p99_ms(self, cpu: bool = False) -> float:
         ordered = sorted(self.cpu_lags if cpu else self.lags)
@@ -86,6 +118,36 @@ def _concurrently(
         return elapsed
 
     return run()
+
+
+def _publish_for(url: str, seconds: float) -> None:
+    """Publish sequentially for ``seconds`` (the other process of the idle-loop reference)."""
+    bus = EventBus(Celery("bench-aio-load", broker=url), service="bench-aio")
+    ends = time.monotonic() + seconds
+    try:
+        while time.monotonic() < ends:
+            bus.publish("bench.aio", DATA)
+    finally:
+        bus.close()
+
+
+def _idle_loop(url: str, seconds: float, lag: LoopLag) -> None:
+    """Watch an idle loop for ``seconds`` while another process publishes."""
+    code = f"from benchmarks.aio import _publish_for; _publish_for({url!r}, {seconds + 1.0!r})"
+    load = subprocess.Popen([sys.executable, "-c", code], cwd=str(ROOT))
+    try:
+        time.sleep(0.5)  # its bus connected and publishing
+
+        async def main() -> None:
+            watcher = asyncio.create_task(lag.watch())
+            await asyncio.sleep(seconds)
+            lag.stop()
+            await watcher
+
+        asyncio.run(main())
+    finally:
+        if load.wait(timeout=60) != 0:
+            raise RuntimeError("the idle-loop reference's publishing process failed")
 
 
 def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
@@ -131,6 +193,15 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
 
         return measure
 
+    idle_label = "idle loop, another process publishing"
+
+    def idle() -> float:
+        lag = LoopLag()
+        lags.setdefault(idle_label, []).append(lag)
+        _idle_loop(url, 0.3 if smoke else 1.0, lag)
+        client.delete(QUEUE, "celery_events:ledger:aio", "celery_events:ledger:aio:due")
+        return float(len(lag.lags))
+
     def apublish() -> Coroutine[Any, Any, Any]:
         return bus.apublish("bench.aio", DATA)
 
@@ -148,6 +219,7 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         labels["apublish"]: in_loop(labels["apublish"], apublish),
         labels["to_thread"]: in_loop(labels["to_thread"], to_thread),
         labels["to_thread_big"]: in_loop(labels["to_thread_big"], to_thread, TASKS),
+        idle_label: idle,
     }
     # Warm-up: connections, the script, the registry's view.
     for name, measure in plan.items():
@@ -165,7 +237,11 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
             f" repeats; one event loop per asyncio run, {TASKS} tasks; loop lag from a task"
             " sleeping 1 ms at a time (and the loop thread's CPU time in that lag)."
         ),
-        figures=[Series(name, "events/s", values) for name, values in results.items()],
+        figures=[
+            Series(name, "events/s", values)
+            for name, values in results.items()
+            if name != idle_label
+        ],
     )
     for name, watched in lags.items():
         section.figures.append(Series(f"{name}: loop lag p99", "ms", [w.p99_ms() for w in watched]))
@@ -173,6 +249,13 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         section.figures.append(
             Series(
                 f"{name}: loop lag max, loop thread's CPU", "ms", [w.max_ms(True) for w in watched]
+            )
+        )
+        section.figures.append(
+            Series(
+                f"{name}: loop lag max, less full garbage collections in it",
+                "ms",
+                [w.max_without_collections_ms() for w in watched],
             )
         )
     speedup = Series(
