@@ -152,14 +152,21 @@ class Bench:
         }
 
     def _server(self) -> dict[str, float]:
-        info = self.client.info("all")
-        evalsha = info.get("cmdstat_evalsha", {})
-        return {
-            "usec": float(evalsha.get("usec", 0)),
-            "calls": float(evalsha.get("calls", 0)),
-            "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
-            "bytes": float(info["total_net_input_bytes"]),
-        }
+        return server_figures(self.client)
+
+
+def server_figures(client: redis.Redis) -> dict[str, float]:
+    """The server's counters a chunk's figures are the growth of: the fan-out script's run
+    time and calls, its CPU, the bytes it read and its memory."""
+    info = client.info("all")
+    evalsha = info.get("cmdstat_evalsha", {})
+    return {
+        "usec": float(evalsha.get("usec", 0)),
+        "calls": float(evalsha.get("calls", 0)),
+        "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+        "bytes": float(info["total_net_input_bytes"]),
+        "memory": float(info["used_memory"]),
+    }
 
 
 def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:

@@ -41,6 +41,7 @@ from celery_events._messages import TaskMessage, build_messages, encode_body, re
 from celery_events.backends.redis import fanout as shipped
 
 from ._stats import Section, Series, Target, interleaved
+from .fanout import server_figures
 
 FAN_OUT = 100
 DATA = {"user_id": 7, "email": "someone@example.com", "plan": "pro", "note": "x" * 200}
@@ -188,13 +189,7 @@ class Floor:
         }
 
     def _server(self) -> dict[str, float]:
-        info = self.client.info("all")
-        evalsha = info.get("cmdstat_evalsha", {})
-        return {
-            "usec": float(evalsha.get("usec", 0)),
-            "calls": float(evalsha.get("calls", 0)),
-            "memory": float(info["used_memory"]),
-        }
+        return server_figures(self.client)
 
 
 DESIGNS = (
