@@ -47,8 +47,8 @@ class LoopLag:
     Each lateness is also taken in CPU time of the loop's thread (``time.thread_time``): on
     a busy machine a late wake-up may be the OS running another process; the CPU the loop's
     thread used meanwhile is what work on the loop itself held it for. And the time the
-    interpreter spent in full (generation 2) garbage collections during it, which any Python
-    code that allocates meets, whatever runs on the loop (``gc.callbacks``).
+    interpreter spent collecting garbage during it (``gc.callbacks``), which any Python code
+    that allocates meets, whatever runs on the loop.
     """
 
     def __init__(self) -> None:
@@ -60,8 +60,6 @@ class LoopLag:
         self._stop = asyncio.Event()
 
     def _collection(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
         if phase == "start":
             self._collecting = time.perf_counter()
         elif self._collecting is not None:
@@ -85,7 +83,7 @@ class LoopLag:
         self._stop.set()
 
     def max_without_collections_ms(self) -> float:
-        """The largest lateness less the full collections that ran in it."""
+        """The largest lateness less the garbage collections that ran in it."""
         return max(self.collection_lags, default=0.0) * 1000
 
     def p99_ms(self, cpu: bool = False) -> float:
@@ -253,7 +251,7 @@ def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:
         )
         section.figures.append(
             Series(
-                f"{name}: loop lag max, less full garbage collections in it",
+                f"{name}: loop lag max, less garbage collections in it",
                 "ms",
                 [w.max_without_collections_ms() for w in watched],
             )

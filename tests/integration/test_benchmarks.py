@@ -55,7 +55,7 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
         "| + one ledger record per event: bookkeeping beyond its message | ",
         "| bare LPUSHes: Redis busy per publish | ",
         "| idle loop, another process publishing: loop lag max | ",
-        "| apublish, 100 tasks: loop lag max, less full garbage collections in it | ",
+        "| apublish, 100 tasks: loop lag max, less garbage collections in it | ",
     ):
         assert row in out, row
     assert "| 15. tracing and metrics on, publish to 10 ÷ off | " in out
