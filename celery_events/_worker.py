@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 
 from celery import bootsteps, signals
 
-from . import _buses, trust
+from . import _buses, _selection, trust
 from ._timers import CancelledTimerSweep
 from .backends.base import Backend, Recovery, ServiceBus, check_required
 from .errors import CeleryEventsError, ConfigurationError
@@ -113,7 +113,7 @@ def check_worker(bus: WorkerBus) -> None:
         log.info(
             "celery-events: service %r consumes %s with %d subscription(s)",
             bus.service,
-            ", ".join(bus.queues) or "no event queue",
+            ", ".join(_selection.consumed_queues(bus)) or "no event queue",
             len(subscriptions),
         )
     else:
@@ -176,6 +176,8 @@ def _on_worker_init(sender: Any = None, conf: Any = None, instance: Any = None, 
     bus = _bus(instance.app) if instance is not None else None
     if bus is None:
         return
+    # The worker's -Q and -X, for what it consumes of the event queues (_selection.py).
+    _selection.remember(instance.app, kwargs.get("options"))
     # The blueprint is built after this signal, so the step is part of this worker.
     instance.app.steps["worker"].add(StartupCheck)
     # Every delivery has a hard time limit, whose cancelled timer entry would otherwise stay
@@ -196,15 +198,21 @@ def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
         topology = bus.backend.topology
     except CeleryEventsError:
         return  # the start-up check refuses the worker with this message
+    queues = instance.app.amqp.queues
     if topology is not None:
         # The backend consumes each handler's own queue itself (RabbitMQ: a consumer bootstep
         # added by prepare_worker, with the owner's queue arguments). select_add(name) would
-        # add a plain classic Queue of that name and replace a Queue object the user declared.
+        # add a plain classic Queue of that name and replace a Queue object the user declared;
+        # an event queue -Q names is taken out of Celery's own consumer for the same reason.
+        every = set().union(*_selection.handler_queues(bus).values())
+        named = _selection.of(instance.app).named & every
+        if named:
+            queues.deselect(sorted(named))
         return
     # Consume the service's event queues in addition to whatever the worker was told to
-    # consume, so that plain `celery -A svc worker` receives deliveries.
-    queues = instance.app.amqp.queues
-    for queue in bus.queues:
+    # consume, so that plain `celery -A svc worker` receives deliveries; -Q and -X choose
+    # among them (_selection.py).
+    for queue in _selection.consumed_queues(bus):
         queues.select_add(queue)
 
 

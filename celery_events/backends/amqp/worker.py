@@ -44,7 +44,7 @@ from kombu.transport.native_delayed_delivery import (
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
-from ... import _buses
+from ... import _buses, _selection
 from ...deadletters import Reason, new_letter
 from ...errors import CeleryEventsError, ConfigurationError, describe
 from ..base import ServiceBus
@@ -206,9 +206,19 @@ class EventQueues(bootsteps.ConsumerStep):  # type: ignore[misc]
         prefetch = max(int(c.initial_prefetch_count or 0), 1)
         consumers = []
         queues: dict[str, str] = {}
+        # The handlers whose queues this worker's -Q and -X leave it (_selection.py).
+        selection = _selection.of(c.app)
+        names = _selection.handler_queues(bus)
+        every = set().union(*names.values())
+        consumed: list[str] = []
         for handler in _handlers(bus):
             name = handler_queue(handler.queue, handler.task_name)
+            # Every handler's, for the dead letters of the service's queue, which the worker
+            # consumes whatever -Q says.
             queues[name] = handler.task_name
+            if not selection.consumes(names[handler.task_name], every):
+                continue
+            consumed.append(name)
             queue = topology.handler_queue(name, handler.pattern, arguments)
             consumers.append(
                 Consumer(
@@ -230,7 +240,7 @@ class EventQueues(bootsteps.ConsumerStep):  # type: ignore[misc]
         )
         log.info(
             "celery-events: consuming %s on RabbitMQ (%s queues)",
-            ", ".join(sorted(queues)) or "no handler queue",
+            ", ".join(sorted(consumed)) or "no handler queue",
             topology.queue_type,
         )
         return consumers
