@@ -207,6 +207,8 @@ def _connect(
         options = {**tls, **options}
     options = {**_driver_options(), **options}
     try:
+        if flavour is _BLOCKING:
+            return _blocking_client(url, timeout, options)
         return flavour.redis_class.from_url(
             url,
             socket_timeout=timeout,
@@ -223,6 +225,32 @@ def _connect(
             f"The Redis URL with scheme {scheme!r} cannot be used: {describe(exc)}. Fix the"
             " broker_url or registry_url, such as redis://host:6379/0."
         ) from exc
+
+
+#: The connections one blocking client keeps at most (redis-py's own bound since 8.0).
+MAX_CONNECTIONS = 100
+
+
+def _blocking_client(url: str, timeout: float, options: dict[str, Any]) -> redis.Redis:
+    """A blocking client whose pool makes a caller wait for a free connection (up to
+    ``timeout``) once :data:`MAX_CONNECTIONS` are in use: redis-py's own pool raises "Too
+    many connections" at once instead, which more threads publishing through one bus than
+    that (a threaded web server) would meet as a failed attempt and a retry."""
+    options = {"max_connections": MAX_CONNECTIONS, **options}
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=30,
+        **options,
+    )
+    client = redis.Redis(connection_pool=pool)
+    # Closing the client closes its pool, as for a client made by from_url.
+    client.auto_close_connection_pool = True
+    return client
 
 
 def connect_sentinel(
