@@ -124,10 +124,18 @@ class _Flavour:
     redis_class: Any
     retry_class: Any
     sentinel_class: Any
+    pool_class: Any
 
 
-_BLOCKING = _Flavour(redis.Redis, Retry, redis.sentinel.Sentinel)
-_ASYNCIO = _Flavour(redis.asyncio.Redis, AsyncRetry, redis.asyncio.sentinel.Sentinel)
+_BLOCKING = _Flavour(
+    redis.Redis, Retry, redis.sentinel.Sentinel, redis.BlockingConnectionPool
+)
+_ASYNCIO = _Flavour(
+    redis.asyncio.Redis,
+    AsyncRetry,
+    redis.asyncio.sentinel.Sentinel,
+    redis.asyncio.BlockingConnectionPool,
+)
 
 
 def connect(
@@ -207,17 +215,7 @@ def _connect(
         options = {**tls, **options}
     options = {**_driver_options(), **options}
     try:
-        if flavour is _BLOCKING:
-            return _blocking_client(url, timeout, options)
-        return flavour.redis_class.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=flavour.retry_class(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=30,
-            **options,
-        )
+        return _client(flavour, url, timeout, options)
     except ValueError as exc:
         # A malformed URL (a port that is not a number, an unknown scheme) is a setting to fix,
         # not a broker to retry. The message leaves the URL out: it may hold a password.
@@ -227,27 +225,29 @@ def _connect(
         ) from exc
 
 
-#: The connections one blocking client keeps at most (redis-py's own bound since 8.0).
+#: The connections one client keeps at most (redis-py's own bound since 8.0).
 MAX_CONNECTIONS = 100
 
 
-def _blocking_client(url: str, timeout: float, options: dict[str, Any]) -> redis.Redis:
-    """A blocking client whose pool makes a caller wait for a free connection (up to
-    ``timeout``) once :data:`MAX_CONNECTIONS` are in use: redis-py's own pool raises "Too
-    many connections" at once instead, which more threads publishing through one bus than
-    that (a threaded web server) would meet as a failed attempt and a retry."""
-    options = {"max_connections": MAX_CONNECTIONS, **options}
-    pool = redis.BlockingConnectionPool.from_url(
+def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]) -> Any:
+    """A client whose pool makes a caller wait for a free connection (up to ``timeout``)
+    once :data:`MAX_CONNECTIONS` are in use: redis-py's own pool raises "Too many
+    connections" at once instead, which more threads (a threaded web server) or coroutines
+    publishing through one bus than that would meet as a failed publish."""
+    pool = flavour.pool_class.from_url(
         url,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=30,
-        **options,
+        **{
+            "max_connections": MAX_CONNECTIONS,
+            "timeout": timeout,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": flavour.retry_class(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "health_check_interval": 30,
+            **options,
+        },
     )
-    client = redis.Redis(connection_pool=pool)
+    client = flavour.redis_class(connection_pool=pool)
     # Closing the client closes its pool, as for a client made by from_url.
     client.auto_close_connection_pool = True
     return client
