@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from celery import Celery
@@ -110,6 +111,25 @@ def per_event_ledger_script() -> str:
     return _replaced(text, _ENTRY_WRITE, _EVENT_RECORD)
 
 
+@dataclass(frozen=True)
+class Design:
+    """What one design sends: which script (``Floor.scripts``), whether each queue message
+    refers to the event instead of carrying its data, and whether task-sent events go out."""
+
+    script: str
+    reference: bool = True
+    task_events: bool = True
+
+
+DESIGNS = {
+    "shipped": Design("shipped", reference=False),
+    "reference messages": Design("shipped"),
+    "+ one ledger record per event": Design("per event"),
+    "+ no task-sent events": Design("per event", task_events=False),
+    "bare LPUSHes": Design("bare"),
+}
+
+
 class Floor:
     def __init__(self, url: str, client: redis.Redis) -> None:
         self.client = client
@@ -150,15 +170,13 @@ class Floor:
         made = build_messages(app, envelope, body_json, targets, parent_id=None, root_id=None)
         return made, body
 
-    def chunk(self, design: str, ops: int) -> dict[str, float]:
-        events = design != "+ no task-sent events"
-        app = self.app if events else self.quiet
-        reference = design != "shipped"
-        script = {"shipped": "shipped", "reference messages": "shipped", "bare LPUSHes": "bare"}
-        sender = self.fanout(app, self.scripts[script.get(design, "per event")])
-        batches = [self.messages(app, reference) for _ in range(ops)]
+    def chunk(self, name: str, ops: int) -> dict[str, float]:
+        design = DESIGNS[name]
+        app = self.app if design.task_events else self.quiet
+        sender = self.fanout(app, self.scripts[design.script])
+        batches = [self.messages(app, design.reference) for _ in range(ops)]
         send: Callable[[list[TaskMessage], str], object]
-        if design == "bare LPUSHes":
+        if design.script == "bare":
             bare = sender.script
 
             def send(ms: list[TaskMessage], body: str) -> object:
@@ -180,7 +198,7 @@ class Floor:
         after = self._server()
         queued = sum(int(self.client.llen(f"events.s{i}")) for i in range(FAN_OUT))
         if queued != FAN_OUT * (ops - 1):
-            raise RuntimeError(f"{design}: {queued} deliveries queued, not {FAN_OUT * (ops - 1)}")
+            raise RuntimeError(f"{name}: {queued} deliveries queued, not {FAN_OUT * (ops - 1)}")
         self.client.flushdb()
         sender.client.close()
         return {
@@ -190,15 +208,6 @@ class Floor:
 
     def _server(self) -> dict[str, float]:
         return server_figures(self.client)
-
-
-DESIGNS = (
-    "shipped",
-    "reference messages",
-    "+ one ledger record per event",
-    "+ no task-sent events",
-    "bare LPUSHes",
-)
 
 
 def run(url: str, client: redis.Redis, smoke: bool) -> list[Section]:

@@ -16,20 +16,26 @@ what the worker consumes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection, Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["QueueSelection", "consumed_queues", "handler_queues", "of", "remember"]
+from celery.utils.text import str_to_list
+
+__all__ = [
+    "QueueSelection",
+    "consumed_handlers",
+    "consumed_queues",
+    "event_queue_names",
+    "handler_queues",
+    "of",
+    "remember",
+]
 
 
 def _names(value: object) -> frozenset[str]:
-    # What Celery accepts (celery.utils.text.str_to_list): "a,b", or a list of names.
-    if not value:
-        return frozenset()
-    if isinstance(value, str):
-        value = value.split(",")
-    return frozenset(str(name).strip() for name in value if str(name).strip())  # type: ignore[attr-defined]
+    # As Celery reads -Q and -X itself (WorkController.setup_queues): "a,b", or a list.
+    return frozenset(str_to_list(value) or ())
 
 
 @dataclass(frozen=True)
@@ -39,28 +45,29 @@ class QueueSelection:
     named: frozenset[str] = frozenset()
     excluded: frozenset[str] = frozenset()
 
-    def consumes(self, names: Iterable[str], event_queues: Collection[str]) -> bool:
-        """Whether the worker consumes a handler's queue, known by ``names``, among the
-        service's ``event_queues`` (every name any of its handlers' queues goes by).
+    def consumed(self, queues: Mapping[str, frozenset[str]]) -> set[str]:
+        """Of the handlers in ``queues`` (task name: the names its queue goes by), those
+        whose queue the worker consumes.
 
         >>> from celery_events._selection import QueueSelection
-        >>> events = {"events.orders", "events.orders.slow"}
-        >>> QueueSelection().consumes(["events.orders.slow"], events)
-        True
-        >>> QueueSelection(named=frozenset({"events.orders"})).consumes(["events.orders.slow"], events)
-        False
-        >>> QueueSelection(named=frozenset({"celery"})).consumes(["events.orders.slow"], events)
-        True
-        >>> QueueSelection(excluded=frozenset({"events.orders.slow"})).consumes(
-        ...     ["events.orders.slow"], events)
-        False
+        >>> queues = {"orders.fast": frozenset({"events.orders"}),
+        ...           "orders.slow": frozenset({"events.orders.slow"})}
+        >>> sorted(QueueSelection().consumed(queues))
+        ['orders.fast', 'orders.slow']
+        >>> sorted(QueueSelection(named=frozenset({"events.orders.slow"})).consumed(queues))
+        ['orders.slow']
+        >>> sorted(QueueSelection(named=frozenset({"celery"})).consumed(queues))
+        ['orders.fast', 'orders.slow']
+        >>> sorted(QueueSelection(excluded=frozenset({"events.orders.slow"})).consumed(queues))
+        ['orders.fast']
         """
-        names = set(names)
-        if names & self.excluded:
-            return False
-        if not self.named & set(event_queues):
-            return True
-        return bool(names & self.named)
+        # A -Q naming none of the event queues chooses among the app's other queues only.
+        chooses = bool(self.named & event_queue_names(queues))
+        return {
+            handler
+            for handler, names in queues.items()
+            if not names & self.excluded and (not chooses or names & self.named)
+        }
 
 
 def handler_queues(bus: Any) -> dict[str, frozenset[str]]:
@@ -77,17 +84,21 @@ def handler_queues(bus: Any) -> dict[str, frozenset[str]]:
     return names
 
 
+def event_queue_names(queues: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """Every name any handler's queue in ``queues`` (as :func:`handler_queues`) goes by."""
+    return frozenset().union(*queues.values())
+
+
+def consumed_handlers(bus: Any) -> set[str]:
+    """The task names of the handlers whose queues ``bus``'s worker consumes."""
+    return of(bus.app).consumed(handler_queues(bus))
+
+
 def consumed_queues(bus: Any) -> list[str]:
     """The queues (as subscriptions name them) of the handlers ``bus``'s worker consumes."""
-    selection = of(bus.app)
-    names = handler_queues(bus)
-    every = set().union(*names.values())
+    consumed = consumed_handlers(bus)
     return sorted(
-        {
-            handler.queue
-            for handler in getattr(bus, "handlers", [])
-            if selection.consumes(names[handler.task_name], every)
-        }
+        {handler.queue for handler in getattr(bus, "handlers", []) if handler.task_name in consumed}
     )
 
 

@@ -204,7 +204,7 @@ def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
         # added by prepare_worker, with the owner's queue arguments). select_add(name) would
         # add a plain classic Queue of that name and replace a Queue object the user declared;
         # an event queue -Q names is taken out of Celery's own consumer for the same reason.
-        every = set().union(*_selection.handler_queues(bus).values())
+        every = _selection.event_queue_names(_selection.handler_queues(bus))
         named = _selection.of(instance.app).named & every
         if named:
             queues.deselect(sorted(named))

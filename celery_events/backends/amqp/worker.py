@@ -207,16 +207,14 @@ class EventQueues(bootsteps.ConsumerStep):  # type: ignore[misc]
         consumers = []
         queues: dict[str, str] = {}
         # The handlers whose queues this worker's -Q and -X leave it (_selection.py).
-        selection = _selection.of(c.app)
-        names = _selection.handler_queues(bus)
-        every = set().union(*names.values())
+        selected = _selection.consumed_handlers(bus)
         consumed: list[str] = []
         for handler in _handlers(bus):
             name = handler_queue(handler.queue, handler.task_name)
             # Every handler's, for the dead letters of the service's queue, which the worker
             # consumes whatever -Q says.
             queues[name] = handler.task_name
-            if not selection.consumes(names[handler.task_name], every):
+            if handler.task_name not in selected:
                 continue
             consumed.append(name)
             queue = topology.handler_queue(name, handler.pattern, arguments)
