@@ -125,16 +125,36 @@ class _Flavour:
     retry_class: Any
     sentinel_class: Any
     pool_class: Any
+    sentinel_pool_class: Any
+
+
+class _BlockingSentinelPool(
+    redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool
+):
+    """The pool of a Sentinel-watched primary that waits for a free connection, as
+    ``BlockingConnectionPool`` does (see :func:`_client`); connections to a primary that is
+    no longer the one the sentinels name are still dropped when released."""
+
+
+class _AsyncBlockingSentinelPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """:class:`_BlockingSentinelPool` for ``redis.asyncio``."""
 
 
 _BLOCKING = _Flavour(
-    redis.Redis, Retry, redis.sentinel.Sentinel, redis.BlockingConnectionPool
+    redis.Redis,
+    Retry,
+    redis.sentinel.Sentinel,
+    redis.BlockingConnectionPool,
+    _BlockingSentinelPool,
 )
 _ASYNCIO = _Flavour(
     redis.asyncio.Redis,
     AsyncRetry,
     redis.asyncio.sentinel.Sentinel,
     redis.asyncio.BlockingConnectionPool,
+    _AsyncBlockingSentinelPool,
 )
 
 
@@ -348,7 +368,14 @@ def _connect_sentinel(
         sentinel_kwargs=sentinel_kwargs,
         **primary,
     )
-    return manager.master_for(master_name, redis_class=flavour.redis_class, **options)
+    return manager.master_for(
+        master_name,
+        redis_class=flavour.redis_class,
+        connection_pool_class=flavour.sentinel_pool_class,
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout,
+        **options,
+    )
 
 
 def _pack(*args: str | int | float | bytes) -> bytes:
