@@ -132,8 +132,9 @@ class Settings:
     #: RabbitMQ only: the broker's ``consumer_timeout`` in seconds (RabbitMQ's default is 30
     #: minutes). On classic queues a retry waits in the worker, which must ack within it.
     broker_consumer_timeout: float = 1800.0
-    #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``);
-    #: ``None``: the broker's host on port 15672 with the broker's user and password.
+    #: The RabbitMQ management API ``celery eventbus status`` reads (``http://user:pw@host:15672``;
+    #: several joined by ``;`` are tried in turn); ``None``: each node of the broker URL on port
+    #: 15672 with its user and password, in turn.
     management_url: str | None = None
     #: RabbitMQ only: a publish to more subscriptions than this goes to one intake queue
     #: (one confirm, as cheap as a publish to one) and every worker's relay republishes it to
@@ -409,14 +410,19 @@ class Settings:
             )
         if self.management_url is not None and (
             not isinstance(self.management_url, str)
-            or not self.management_url.startswith(("http://", "https://"))
-            or not urllib.parse.urlsplit(self.management_url).hostname
+            or not self.management_url.strip(" ;")
+            or not all(
+                piece.startswith(("http://", "https://"))
+                and urllib.parse.urlsplit(piece).hostname
+                for piece in (p.strip() for p in self.management_url.split(";"))
+                if piece
+            )
         ):
             raise ConfigurationError(
                 f"The setting management_url {shown(self.management_url)} must be the http:// or"
                 " https:// URL of the RabbitMQ management API, such as"
-                " 'http://guest:guest@localhost:15672', or None to use the broker's host on"
-                " port 15672."
+                " 'http://guest:guest@localhost:15672' (or several, one per node, joined by"
+                " ';'), or None to use each broker node's host on port 15672."
             )
         for name in (
             "require_subscribers", "register_on_worker_start", "retry_jitter", "task_events",

@@ -151,3 +151,28 @@ def test_a_complete_store_ignores_snapshots_and_a_lost_beginning_makes_it_incomp
     assert not truncated._complete
     truncated._on_message(_Message(channel, 5001, b"{not json", kind="snapshot"))
     assert not truncated._complete  # an unreadable snapshot completes nothing
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "amqp://app:pw@rabbit1//;amqp://app:pw@rabbit2:5673//",
+        ["amqp://app:pw@rabbit1//", "amqp://app:pw@rabbit2:5673//"],
+    ],
+)
+def test_a_cluster_brokers_reader_reads_each_node_in_turn(broker: object) -> None:
+    from celery import Celery
+
+    queues = AmqpQueues.from_app(Celery("orders", broker=broker), None, 1.0)
+    assert queues.nodes == ["amqp://app:pw@rabbit1//", "amqp://app:pw@rabbit2:5673//"]
+    assert queues.management_url == "http://app:***@rabbit1:15672;http://app:***@rabbit2:15672"
+    assert queues.vhost == "/"
+
+
+def test_several_management_urls_are_accepted() -> None:
+    urls = "http://monitor:pw@rabbit1:15672; http://monitor:pw@rabbit2:15672"
+    assert Settings.from_options({"management_url": urls}).management_url == urls
+    with pytest.raises(ConfigurationError, match="management_url"):
+        Settings.from_options({"management_url": "http://rabbit1:15672;rabbit2:15672"})
+    with pytest.raises(ConfigurationError, match="management_url"):
+        Settings.from_options({"management_url": " ; "})

@@ -22,6 +22,11 @@ The management API's numbers are the broker's statistics, refreshed every
 that old. When the API cannot be reached, the reader raises
 :class:`~celery_events.errors.BrokerError` saying so (``status`` exits as for an unreachable
 broker).
+
+A broker URL that lists the nodes of a cluster (``amqp://rabbit1//;amqp://rabbit2//``) is read
+as kombu reads it: the counts from the first node that answers, the management API of each
+node in turn (its host, port 15672, unless ``management_url`` says where, one URL or several
+joined by ``;``) until one answers. Any node's queue statistics cover the whole cluster.
 """
 
 from __future__ import annotations
@@ -84,34 +89,46 @@ class AmqpQueues:
         self, broker_url: str, management_url: str, *, timeout: float = 5.0, ssl: Any = None
     ) -> None:
         self.broker_url = broker_url
-        self.vhost = vhost_of(broker_url)
+        self.nodes = [piece.strip() for piece in broker_url.split(";") if piece.strip()]
+        self.vhost = vhost_of(self.nodes[0] if self.nodes else broker_url)
         self.timeout = timeout
         self.ssl = ssl
-        parts = urllib.parse.urlsplit(management_url)
-        self._auth = None
-        if parts.username is not None:
-            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-            self._auth = "Basic " + base64.b64encode(pair.encode()).decode()
-        netloc = parts.hostname or "localhost"
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        self.api = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self.management_url = without_password(management_url)
+        self._apis = [
+            _ManagementApi.parse(piece.strip())
+            for piece in management_url.split(";")
+            if piece.strip()
+        ]
         self._connection: Any = None
         self._queues: dict[str, dict[str, Any]] | None = None
 
+    @property
+    def api(self) -> str:
+        """The management API tried first (the one that answered last)."""
+        return self._apis[0].api
+
+    @property
+    def management_url(self) -> str:
+        """The management API's URL (or URLs, joined by ``;``), the passwords hidden."""
+        return ";".join(api.shown for api in self._apis)
+
+    @property
+    def _auth(self) -> str | None:
+        return self._apis[0].auth
+
     @classmethod
     def from_app(cls, app: Any, management_url: str | None, timeout: float) -> AmqpQueues:
-        """The reader of ``app``'s broker (its first URL), with the management API at
-        ``management_url`` (the ``management_url`` setting) or next to the broker."""
+        """The reader of ``app``'s broker (every node its URL lists), with the management API
+        at ``management_url`` (the ``management_url`` setting) or next to each node."""
         from .. import broker_url_of
 
         url = broker_url_of(app)
+        listed = app.conf.broker_url
+        if isinstance(listed, (list, tuple)):
+            listed = ";".join(str(piece) for piece in listed)
+        nodes = [p.strip() for p in str(listed or "").split(";") if p.strip()] or [url]
         return cls(
-            url,
-            management_url or default_management_url(url),
+            ";".join(nodes),
+            management_url or ";".join(default_management_url(node) for node in nodes),
             timeout=timeout,
             ssl=app.conf.broker_use_ssl,
         )
@@ -151,11 +168,13 @@ class AmqpQueues:
 
         try:
             if self._connection is None:
+                # kombu tries the nodes of the URL in turn, each for up to the timeout.
                 connection = _kombu_connection()(
                     self.broker_url, connect_timeout=self.timeout, ssl=self.ssl
                 )
                 connection.ensure_connection(
-                    max_retries=len(connection.alt) or 1, timeout=self.timeout
+                    max_retries=len(connection.alt) or 1,
+                    timeout=self.timeout * max(1, len(connection.alt)),
                 )
                 self._connection = connection
             channel = self._connection.connection.channel()
@@ -182,34 +201,84 @@ class AmqpQueues:
             columns = "name,type,messages_ready,messages_unacknowledged,head_message_timestamp"
             listed = self._get(f"/api/queues/{vhost}?columns={columns}")
             if not isinstance(listed, list):
-                raise self._unreadable(f"it answered {type(listed).__name__}, not a list of queues")
+                answer = f"it answered {type(listed).__name__}, not a list of queues"
+                raise self._unreadable([(self._apis[0], answer)])
             self._queues = {str(q.get("name")): q for q in listed if isinstance(q, dict)}
         return self._queues
 
     def _get(self, path: str) -> Any:
+        """``path`` of the first management API that answers, tried in turn; that one is
+        asked first next time."""
+        failed: list[tuple[_ManagementApi, str]] = []
+        for api in list(self._apis):
+            try:
+                found = api.get(path, self.timeout)
+            except _Unanswered as exc:
+                failed.append((api, exc.reason))
+                continue
+            if api is not self._apis[0]:
+                self._apis.remove(api)
+                self._apis.insert(0, api)
+            return found
+        raise self._unreadable(failed)
+
+    def _unreadable(self, failed: list[tuple[_ManagementApi, str]]) -> BrokerError:
+        if len(failed) == 1:
+            where = f"at {failed[0][0].shown}: {failed[0][1]}"
+        else:
+            where = "on any node: " + "; ".join(f"{api.shown}: {why}" for api, why in failed)
+        return BrokerError(
+            f"Could not read the RabbitMQ management API {where}. It tells the deliveries in"
+            " flight and the age of the oldest waiting one: enable the plugin (rabbitmq-plugins"
+            " enable rabbitmq_management), or set management_url to where it listens."
+        )
+
+
+class _Unanswered(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ManagementApi:
+    """One node's management API: its base URL, its Basic credentials, how it is shown."""
+
+    __slots__ = ("api", "auth", "shown")
+
+    def __init__(self, api: str, auth: str | None, shown: str) -> None:
+        self.api, self.auth, self.shown = api, auth, shown
+
+    @classmethod
+    def parse(cls, url: str) -> _ManagementApi:
+        parts = urllib.parse.urlsplit(url)
+        auth = None
+        if parts.username is not None:
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            auth = "Basic " + base64.b64encode(pair.encode()).decode()
+        netloc = parts.hostname or "localhost"
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        api = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return cls(api, auth, without_password(url))
+
+    def get(self, path: str, timeout: float) -> Any:
         request = urllib.request.Request(self.api + path, headers={"Accept": "application/json"})
-        if self._auth is not None:
-            request.add_header("Authorization", self._auth)
+        if self.auth is not None:
+            request.add_header("Authorization", self.auth)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise self._unreadable(
+                raise _Unanswered(
                     f"it refused the user (HTTP {exc.code}); the user needs the monitoring tag"
                     " (rabbitmqctl set_user_tags <user> monitoring)"
                 ) from exc
-            raise self._unreadable(f"HTTP {exc.code} {exc.reason}") from exc
+            raise _Unanswered(f"HTTP {exc.code} {exc.reason}") from exc
         except (OSError, ValueError) as exc:
-            raise self._unreadable(describe(exc)) from exc
-
-    def _unreadable(self, reason: str) -> BrokerError:
-        return BrokerError(
-            f"Could not read the RabbitMQ management API at {self.management_url}: {reason}. It"
-            " tells the deliveries in flight and the age of the oldest waiting one: enable the"
-            " plugin (rabbitmq-plugins enable rabbitmq_management), or set management_url to"
-            " where it listens."
-        )
+            raise _Unanswered(describe(exc)) from exc
 
 
 def _kombu_connection() -> Any:

@@ -119,6 +119,74 @@ def test_an_unreachable_management_api_is_a_broker_error_saying_so(
     queues.close()
 
 
+def test_a_cluster_url_whose_first_node_is_down_is_read_from_the_next_one(
+    managed_node: ManagedNode, channel: amqp.Channel
+) -> None:
+    name = f"events.status-next-{time.monotonic_ns()}"
+    _fill(channel, name, "classic", [int(time.time())] * 2)
+    down = "amqp://guest:guest@127.0.0.1:1//"
+    queues = AmqpQueues(
+        f"{down};{managed_node.url}",
+        f"http://guest:guest@127.0.0.1:1;{managed_node.management_url}",
+        timeout=2,
+    )
+    try:
+        assert queues.waiting(name)[0] == 2
+        wait_until(lambda: name in queues._all_queues(fresh=True), timeout=10)
+        assert queues.in_flight().get(name) is None
+        # The API that answered is asked first from now on.
+        assert queues.api == f"http://127.0.0.1:{managed_node.management_port}"
+    finally:
+        queues.close()
+
+
+def test_no_management_api_answering_names_each_one_tried(managed_node: ManagedNode) -> None:
+    queues = AmqpQueues(
+        managed_node.url,
+        "http://guest:secret@127.0.0.1:1;"
+        f"http://guest:wrong@127.0.0.1:{managed_node.management_port}",
+        timeout=2,
+    )
+    with pytest.raises(BrokerError) as caught:
+        queues.in_flight()
+    message = str(caught.value)
+    assert "management API on any node: http://guest:***@127.0.0.1:1: " in message
+    assert f"http://guest:***@127.0.0.1:{managed_node.management_port}: it refused" in message
+    assert "secret" not in message and "wrong" not in message
+    queues.close()
+
+
+def test_eventbus_status_reads_a_cluster_url_whose_first_node_is_down(
+    managed_node: ManagedNode, redis_url: str
+) -> None:
+    prefix = f"status-cluster-{time.monotonic_ns()}:"
+    subscriber = EventBus(
+        Celery("orders", broker=managed_node.url), service="orders", state_url=redis_url,
+        key_prefix=prefix,
+    )
+
+    @subscriber.subscribe("user.*")
+    def welcome(event: object) -> None: ...
+
+    subscriber.register()
+    subscriber.close()
+    down = "amqp://guest:guest@127.0.0.1:1//"
+    done = _status(
+        managed_node,
+        {
+            "CELERY_EVENTS_TEST_BROKER": f"{down};{managed_node.url}",
+            "CELERY_EVENTS_TEST_STATE": redis_url,
+            "CELERY_EVENTS_TEST_MANAGEMENT": (
+                f"http://guest:guest@127.0.0.1:1;{managed_node.management_url}"
+            ),
+            "CELERY_EVENTS_TEST_PREFIX": prefix,
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    (orders,) = json.loads(done.stdout)["services"]
+    assert (orders["service"], orders["in_flight"], orders["dead_letters"]) == ("orders", 0, 0)
+
+
 def test_a_refused_user_is_told_which_tag_it_needs(managed_node: ManagedNode) -> None:
     queues = AmqpQueues(
         managed_node.url, f"http://guest:wrong@127.0.0.1:{managed_node.management_port}"
