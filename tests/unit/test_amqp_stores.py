@@ -176,3 +176,12 @@ def test_several_management_urls_are_accepted() -> None:
         Settings.from_options({"management_url": "http://rabbit1:15672;rabbit2:15672"})
     with pytest.raises(ConfigurationError, match="management_url"):
         Settings.from_options({"management_url": " ; "})
+
+
+def test_nodes_of_one_host_ask_its_management_api_once_and_none_is_refused() -> None:
+    from celery import Celery
+
+    app = Celery("orders", broker="amqp://rabbit:5672//;amqp://rabbit:5673//")
+    assert AmqpQueues.from_app(app, None, 1.0).management_url == "http://guest:***@rabbit:15672"
+    with pytest.raises(ConfigurationError, match="names no URL"):
+        AmqpQueues("amqp://rabbit//", " ; ")

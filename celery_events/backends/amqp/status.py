@@ -39,7 +39,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ...errors import BrokerError, describe
+from ...errors import BrokerError, ConfigurationError, describe
 from .. import without_password
 
 __all__ = ["AmqpQueues", "default_management_url", "vhost_of"]
@@ -93,11 +93,14 @@ class AmqpQueues:
         self.vhost = vhost_of(self.nodes[0] if self.nodes else broker_url)
         self.timeout = timeout
         self.ssl = ssl
-        self._apis = [
-            _ManagementApi.parse(piece.strip())
-            for piece in management_url.split(";")
-            if piece.strip()
-        ]
+        # Nodes on one host (other AMQP ports) share its default API: asked once.
+        urls = dict.fromkeys(p.strip() for p in management_url.split(";") if p.strip())
+        if not urls:
+            raise ConfigurationError(
+                "The RabbitMQ management_url names no URL: give the management API's, such as"
+                " http://guest:guest@localhost:15672, or None for the broker's host."
+            )
+        self._apis = [_ManagementApi.parse(url) for url in urls]
         self._connection: Any = None
         self._queues: dict[str, dict[str, Any]] | None = None
 
