@@ -56,6 +56,8 @@ def test_the_benchmarks_run_in_smoke_mode() -> None:
         "| bare LPUSHes: Redis busy per publish | ",
         "| idle loop, another process publishing: loop lag max | ",
         "| apublish, 100 tasks: loop lag max, less garbage collections in it | ",
+        "| apublish, 100 tasks: full collections per run | ",
+        "| apublish, 100 tasks, start-up heap frozen (gc.freeze()): loop lag max | ",
     ):
         assert row in out, row
     assert "| 15. tracing and metrics on, publish to 10 ÷ off | " in out
