@@ -61,7 +61,9 @@ KERNEL = Path(__file__).with_name("kernel.py")
 SERVERS = ("redis", "rabbitmq", "rabbitmq-cluster", "sentinel", "postgres")
 RUN_LANGUAGES = {"python", "py", "pycon", "console", "sh", "bash", "json"}
 COMMAND_TIMEOUT = 180.0
-WAIT_TIMEOUT = float(os.environ.get("SAMPLE_WAIT", 60))
+# Long enough for a worker to drain a page's 2,000 deliveries under both test groups' load
+# (operations/sizing.md took 60 s so once).
+WAIT_TIMEOUT = float(os.environ.get("SAMPLE_WAIT", 180))
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*sample:\s*(?P<body>.*?)\s*-->\s*$")
